@@ -1,0 +1,105 @@
+# The checks of one system: the workspace tests, clippy and rustfmt, an
+# evaluation of the template's example host, and a build of every package
+# and dev shell.
+{
+  self,
+  inputs,
+  lib,
+  system,
+  pkgs,
+}:
+let
+  inherit (self.packages.${system}) waymark;
+  fs = lib.fileset;
+
+  # The package's source plus the lint settings its build does not read.
+  src = fs.toSource {
+    root = ../.;
+    fileset = fs.unions [
+      ../Cargo.toml
+      ../Cargo.lock
+      ../crates
+      (fs.maybeMissing ../rustfmt.toml)
+      (fs.maybeMissing ../clippy.toml)
+    ];
+  };
+
+  # Runs `command` in the workspace with the package's vendored crates and a
+  # writable HOME. Only success counts: the output is an empty file.
+  cargoCheck =
+    name:
+    {
+      command,
+      nativeBuildInputs ? [ ],
+      ...
+    }@args:
+    pkgs.stdenv.mkDerivation (
+      removeAttrs args [ "command" ]
+      // {
+        name = "waymark-${name}";
+        inherit src;
+        inherit (waymark) cargoDeps;
+        strictDeps = true;
+        nativeBuildInputs = [
+          pkgs.rustPlatform.cargoSetupHook
+          pkgs.cargo
+          pkgs.rustc
+          pkgs.writableTmpDirAsHomeHook
+        ]
+        ++ nativeBuildInputs;
+        dontConfigure = true;
+        dontBuild = true;
+        doCheck = true;
+        checkPhase = ''
+          runHook preCheck
+          ${command}
+          runHook postCheck
+        '';
+        installPhase = ''
+          touch $out
+        '';
+      }
+    );
+
+  # The template's flake, called with this flake's nixpkgs and this flake as
+  # its `waymark` input.
+  template = (import ../templates/default/flake.nix).outputs {
+    inherit (inputs) nixpkgs;
+    waymark = self;
+  };
+
+  packages = lib.mapAttrs' (name: lib.nameValuePair "package-${name}") (
+    removeAttrs self.packages.${system} [ "default" ]
+  );
+  devShells = lib.mapAttrs' (name: lib.nameValuePair "devShell-${name}") self.devShells.${system};
+in
+{
+  cargo-test = cargoCheck "cargo-test" {
+    # The tests build closures in private stores under $TMPDIR with nix and a
+    # static busybox as the only builder. busybox is passed by path only: on
+    # PATH its applets would shadow the builder's coreutils, sed and tar.
+    nativeCheckInputs = [ pkgs.nix ];
+    env.WAYMARK_BUSYBOX = "${pkgs.pkgsStatic.busybox}/bin/busybox";
+    command = "cargo test --workspace --frozen";
+  };
+
+  clippy = cargoCheck "clippy" {
+    nativeBuildInputs = [ pkgs.clippy ];
+    command = "cargo clippy --workspace --all-targets --frozen -- --deny warnings";
+  };
+
+  fmt = cargoCheck "fmt" {
+    nativeBuildInputs = [ pkgs.rustfmt ];
+    command = "cargo fmt --all --check";
+  };
+
+  # `nix flake check` does not notice a nixosConfigurations entry that fails
+  # to evaluate, so force the example host's toplevel derivation here. This
+  # evaluates the host; it does not build it.
+  template-default = pkgs.writeText "waymark-template-default-drv" (
+    builtins.unsafeDiscardStringContext
+      template.nixosConfigurations.example.config.system.build.toplevel.drvPath
+  );
+}
+// packages
+// devShells

@@ -1,0 +1,101 @@
+//! The nix CLI path: any store URL, and the fallback when the database cannot be read.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use waymark_diff::{Closure, PathEntry, selection_parents};
+
+use crate::error::{Error, Result};
+use crate::pathinfo::parse_path_info;
+
+/// Runs a command and returns stdout, or its last stderr line as the error.
+pub(crate) fn run(mut cmd: Command) -> Result<Vec<u8>> {
+    let command = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        program: cmd.get_program().to_string_lossy().into_owned(),
+        source,
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let message = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no error message")
+            .trim()
+            .to_owned();
+        return Err(Error::Command { command, message });
+    }
+    Ok(out.stdout)
+}
+
+/// A `nix` command with the experimental features this crate needs, and `--store URL`.
+pub(crate) fn nix(url: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = Command::new("nix");
+    cmd.args(["--extra-experimental-features", "nix-command flakes"]);
+    cmd.args(args);
+    if let Some(url) = url {
+        cmd.args(["--store", url]);
+    }
+    cmd
+}
+
+/// Reads the closure of `root` with `nix path-info --json --recursive`.
+pub fn closure(url: Option<&str>, store_dir: &str, root: &str) -> Result<Closure> {
+    let mut cmd = nix(url, &["path-info", "--json", "--recursive"]);
+    cmd.arg(root);
+    let infos = parse_path_info(&run(cmd).map_err(|e| not_valid(e, root, url))?, store_dir)?;
+    if let Some(bad) = infos.iter().find(|i| !i.valid) {
+        return Err(Error::NotValid {
+            path: bad.path.clone(),
+            store: url.unwrap_or(store_dir).to_owned(),
+        });
+    }
+    let refs_of = |p: &str| {
+        infos
+            .iter()
+            .find(|i| i.path == p)
+            .map(|i| i.references.clone())
+            .unwrap_or_default()
+    };
+    let root_refs = refs_of(root);
+    let mut selected: BTreeSet<String> = root_refs.iter().cloned().collect();
+    for parent in selection_parents(&root_refs) {
+        selected.extend(refs_of(parent));
+    }
+    selected.remove(root);
+    Ok(Closure {
+        root: root.to_owned(),
+        paths: infos
+            .into_iter()
+            .map(|i| PathEntry {
+                path: i.path,
+                nar_size: i.nar_size,
+                deriver: i.deriver,
+            })
+            .collect(),
+        selected,
+    })
+}
+
+/// Nix 2.19+ exits non-zero for a path it does not hold; say so the same way as 2.8.
+fn not_valid(e: Error, root: &str, url: Option<&str>) -> Error {
+    match &e {
+        Error::Command { message, .. }
+            if message.contains("is not valid") || message.contains("does not exist") =>
+        {
+            Error::NotValid {
+                path: root.to_owned(),
+                store: url.unwrap_or("the local store").to_owned(),
+            }
+        }
+        _ => e,
+    }
+}

@@ -1,0 +1,98 @@
+//! The fast path: a closure straight from the store's SQLite database, read-only.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
+use waymark_diff::{Closure, PathEntry, selection_parents};
+
+use crate::error::{Error, Result};
+use crate::store::LocalStore;
+
+/// How long to wait for a writer before calling the database locked. Nix's own writes
+/// are short; a longer wait means something holds an exclusive lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn is_locked(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Reads the closure of `root` from the database.
+///
+/// # Errors
+/// [`Error::Locked`] when another process holds the database; [`Error::NotValid`] when
+/// the root is not in it; [`Error::Database`] when the database cannot be used at all
+/// (the caller then falls back to the nix CLI).
+pub fn closure(store: &LocalStore, root: &str) -> Result<Closure> {
+    let err = |source: rusqlite::Error| {
+        if is_locked(&source) {
+            Error::Locked { db: store.db.clone() }
+        } else {
+            Error::Database { db: store.db.clone(), source }
+        }
+    };
+    if !store.db.exists() {
+        return Err(err(rusqlite::Error::InvalidPath(store.db.clone())));
+    }
+    let conn = Connection::open_with_flags(
+        &store.db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    let id: Option<i64> = conn
+        .query_row("SELECT id FROM ValidPaths WHERE path = ?1", [root], |r| r.get(0))
+        .optional()
+        .map_err(err)?;
+    let Some(id) = id else {
+        return Err(Error::NotValid {
+            path: root.to_owned(),
+            store: store.store_dir.clone(),
+        });
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "WITH RECURSIVE closure(id) AS (
+                 SELECT ?1
+                 UNION SELECT reference FROM Refs JOIN closure ON referrer = closure.id
+             )
+             SELECT path, narSize, deriver FROM ValidPaths JOIN closure USING (id)",
+        )
+        .map_err(err)?;
+    let paths = stmt
+        .query_map([id], |r| {
+            Ok(PathEntry {
+                path: r.get(0)?,
+                nar_size: r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64,
+                deriver: r.get::<_, Option<String>>(2)?.filter(|d| !d.is_empty()),
+            })
+        })
+        .map_err(err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(err)?;
+    let refs = |path: &str| -> Result<Vec<String>> {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference
+                 WHERE r.referrer = (SELECT id FROM ValidPaths WHERE path = ?1)",
+            )
+            .map_err(err)?;
+        stmt.query_map([path], |r| r.get(0))
+            .map_err(err)?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(err)
+    };
+    let root_refs = refs(root)?;
+    let mut selected: std::collections::BTreeSet<String> = root_refs.iter().cloned().collect();
+    for parent in selection_parents(&root_refs) {
+        selected.extend(refs(parent)?);
+    }
+    selected.remove(root);
+    Ok(Closure {
+        root: root.to_owned(),
+        paths,
+        selected,
+    })
+}

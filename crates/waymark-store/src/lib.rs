@@ -1,0 +1,98 @@
+//! Reads Nix stores for Waymark: the closure of a store path, straight from the store's
+//! SQLite database when it is on this machine (the fast path) and through the nix CLI
+//! otherwise; derivation files; what a user's argument (a profile, a link, a flake output)
+//! stands for.
+//!
+//! # Example
+//! ```no_run
+//! use waymark_store::{Store, resolve, read_closure};
+//!
+//! let store = Store::from_url(None)?;
+//! let path = resolve(&store, "/nix/var/nix/profiles/system")?;
+//! let (closure, _how) = read_closure(&store, &path)?;
+//! println!("{} paths", closure.paths.len());
+//! # Ok::<(), waymark_store::Error>(())
+//! ```
+
+mod cli;
+mod db;
+mod error;
+mod pathinfo;
+mod resolve;
+mod store;
+
+use waymark_diff::Closure;
+
+pub use error::{Error, Result};
+pub use pathinfo::{PathInfo, parse_path_info};
+pub use resolve::resolve;
+pub use store::{LocalStore, Store};
+
+/// How a closure was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// From the SQLite database.
+    Database,
+    /// From `nix path-info`.
+    Cli,
+}
+
+/// Reads the closure of `root`: the database when it can be read, the nix CLI otherwise.
+///
+/// # Errors
+/// The path is not valid in the store, the database is locked, or neither the database
+/// nor the CLI could be read.
+pub fn read_closure(store: &Store, root: &str) -> Result<(Closure, Source)> {
+    match store {
+        Store::Local(local) => match db::closure(local, root) {
+            Ok(c) => Ok((c, Source::Database)),
+            Err(Error::Database { .. }) => {
+                Ok((cli::closure(local.url.as_deref(), &local.store_dir, root)?, Source::Cli))
+            }
+            Err(e) => Err(e),
+        },
+        Store::Remote { url, store_dir } => Ok((cli::closure(Some(url), store_dir, root)?, Source::Cli)),
+    }
+}
+
+/// Reads derivation files for the structural diff. Derivations are content-addressed,
+/// so one read from this machine's store is the same file wherever the closure lives.
+#[derive(Debug, Clone)]
+pub struct DrvFiles {
+    stores: Vec<LocalStore>,
+}
+
+impl DrvFiles {
+    /// Reads from the local stores among `stores`, then from this machine's default store.
+    pub fn new<'a>(stores: impl IntoIterator<Item = &'a Store>) -> Self {
+        let mut locals: Vec<LocalStore> = stores
+            .into_iter()
+            .filter_map(|s| match s {
+                Store::Local(l) => Some(l.clone()),
+                Store::Remote { .. } => None,
+            })
+            .collect();
+        if let Ok(Store::Local(default)) = Store::from_url(None) {
+            if !locals.contains(&default) {
+                locals.push(default);
+            }
+        }
+        Self { stores: locals }
+    }
+}
+
+impl waymark_diff::DrvLoader for DrvFiles {
+    fn load(&self, drv_path: &str) -> std::result::Result<Vec<u8>, String> {
+        let mut last = String::from("not in any local store");
+        for store in &self.stores {
+            match std::fs::read(store.real_path(drv_path)) {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    "not in the store (garbage-collected, or built elsewhere)".clone_into(&mut last);
+                }
+                Err(e) => last = format!("unreadable: {e}"),
+            }
+        }
+        Err(last)
+    }
+}

@@ -1,0 +1,348 @@
+//! A model of a NixOS-like system: packages with outputs and dependencies, rendered to a
+//! Nix expression whose builder is a static busybox.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// A reference to one output of a package: (package key, output name).
+pub type OutputRef = (String, String);
+
+/// One package of the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pkg {
+    /// Unique key in its generation (the attribute name); usually the package name.
+    pub key: String,
+    /// Package name (`python3.11-requests`).
+    pub pname: String,
+    /// Version, possibly empty.
+    pub version: String,
+    /// Outputs, `out` first.
+    pub outputs: Vec<String>,
+    /// Run-time dependencies: written into the outputs, so they are in the closure.
+    pub deps: Vec<OutputRef>,
+    /// Build-time-only dependencies (keys): inputs of the derivation, not of the closure.
+    pub build_deps: Vec<String>,
+    /// Extra environment variables of the derivation.
+    pub env: BTreeMap<String, String>,
+    /// Extra arguments given to the builder.
+    pub extra_args: Vec<String>,
+    /// Contents of a source file (an input source of the derivation), if any.
+    pub src: Option<String>,
+    /// Bytes of data written to each output (drives NAR sizes).
+    pub size: u64,
+}
+
+impl Pkg {
+    /// A package with one `out` output, no dependencies and 1 KiB of data.
+    pub fn new(pname: &str, version: &str) -> Self {
+        Self {
+            key: pname.to_owned(),
+            pname: pname.to_owned(),
+            version: version.to_owned(),
+            outputs: vec!["out".to_owned()],
+            deps: Vec::new(),
+            build_deps: Vec::new(),
+            env: BTreeMap::new(),
+            extra_args: Vec::new(),
+            src: None,
+            size: 1024,
+        }
+    }
+
+    /// Sets the attribute key (for a second version of one package name).
+    #[must_use]
+    pub fn key(mut self, key: &str) -> Self {
+        key.clone_into(&mut self.key);
+        self
+    }
+
+    /// Sets the outputs.
+    #[must_use]
+    pub fn outputs(mut self, outputs: &[&str]) -> Self {
+        self.outputs = outputs.iter().map(|&o| o.to_owned()).collect();
+        self
+    }
+
+    /// Adds run-time dependencies, given as `key` (its `out`) or `key.output`.
+    #[must_use]
+    pub fn deps(mut self, deps: &[&str]) -> Self {
+        self.deps.extend(deps.iter().map(|d| output_ref(d)));
+        self
+    }
+
+    /// Adds build-time-only dependencies.
+    #[must_use]
+    pub fn build_deps(mut self, keys: &[&str]) -> Self {
+        self.build_deps.extend(keys.iter().map(|&k| k.to_owned()));
+        self
+    }
+
+    /// Sets an environment variable of the derivation.
+    #[must_use]
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Sets the builder's extra arguments.
+    #[must_use]
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra_args = args.iter().map(|&a| a.to_owned()).collect();
+        self
+    }
+
+    /// Sets the source file's contents.
+    #[must_use]
+    pub fn src(mut self, contents: &str) -> Self {
+        self.src = Some(contents.to_owned());
+        self
+    }
+
+    /// Sets the data size of each output.
+    #[must_use]
+    pub fn size(mut self, bytes: u64) -> Self {
+        self.size = bytes;
+        self
+    }
+
+    /// The derivation name.
+    pub fn name(&self) -> String {
+        if self.version.is_empty() {
+            self.pname.clone()
+        } else {
+            format!("{}-{}", self.pname, self.version)
+        }
+    }
+
+    /// What each output refers to: `out` → deps and own `lib`; `lib` → deps; `bin`, `dev`
+    /// → own `out` (and `lib`); documentation outputs → nothing. Acyclic by construction.
+    pub fn output_refs(&self, output: &str) -> Vec<OutputRef> {
+        let own = |o: &str| {
+            self.outputs
+                .iter()
+                .any(|x| x == o)
+                .then(|| (self.key.clone(), o.to_owned()))
+        };
+        match output {
+            "out" => self.deps.iter().cloned().chain(own("lib")).collect(),
+            "lib" => self.deps.clone(),
+            "bin" => own("out").into_iter().collect(),
+            "dev" => own("out").into_iter().chain(own("lib")).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Parses `key` or `key.output`.
+fn output_ref(s: &str) -> OutputRef {
+    match s.rsplit_once('.') {
+        Some((k, o)) if ["out", "lib", "dev", "bin", "man", "modules", "info"].contains(&o) => {
+            (k.to_owned(), o.to_owned())
+        }
+        _ => (s.to_owned(), "out".to_owned()),
+    }
+}
+
+/// One generation of a host: its packages and the top-level selection.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    /// Host name (in `nixos-system-<host>-<version>`).
+    pub host: String,
+    /// System version.
+    pub version: String,
+    /// Every package, in dependency order or not.
+    pub packages: Vec<Pkg>,
+    /// The system's package selection (`environment.systemPackages`).
+    pub selected: Vec<OutputRef>,
+    /// Activation actions (`dry-activate`, `test`, `switch`, `boot`) that fail on purpose.
+    pub fail: Vec<String>,
+}
+
+/// Key of the package-set pseudo-package made from the selection.
+pub const SYSTEM_PATH: &str = "system-path";
+
+impl Generation {
+    /// Packages including the `system-path` made from the selection.
+    pub fn all_packages(&self) -> Vec<Pkg> {
+        let mut all = self.packages.clone();
+        let mut sp = Pkg::new(SYSTEM_PATH, "");
+        sp.deps.clone_from(&self.selected);
+        all.push(sp);
+        all
+    }
+
+    /// The toplevel's derivation name.
+    pub fn toplevel_name(&self) -> String {
+        format!("nixos-system-{}-{}", self.host, self.version)
+    }
+
+    /// Every (key, output) in the run-time closure of the toplevel.
+    pub fn closure(&self) -> BTreeSet<OutputRef> {
+        let all = self.all_packages();
+        let by_key: BTreeMap<&str, &Pkg> = all.iter().map(|p| (p.key.as_str(), p)).collect();
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![(SYSTEM_PATH.to_owned(), "out".to_owned())];
+        while let Some(r) = todo.pop() {
+            if !seen.insert(r.clone()) {
+                continue;
+            }
+            if let Some(p) = by_key.get(r.0.as_str()) {
+                todo.extend(p.output_refs(&r.1));
+            }
+        }
+        seen
+    }
+
+    /// Renders the Nix expression for this generation (an attribute set's body).
+    fn render(&self, out: &mut String) {
+        out.push_str("let p = {\n");
+        for pkg in self.all_packages() {
+            render_pkg(&pkg, out);
+        }
+        let fail: Vec<String> = self.fail.iter().map(|f| nix_str(f)).collect();
+        let _ = writeln!(
+            out,
+            "}}; in toplevel {{ name = {}; version = {}; sw = p.{}.out; fail = [ {} ]; }}",
+            nix_str(&self.toplevel_name()),
+            nix_str(&self.version),
+            nix_str(SYSTEM_PATH),
+            fail.join(" ")
+        );
+    }
+}
+
+fn nix_str(s: &str) -> String {
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace("${", "\\${")
+        .replace('\n', "\\n");
+    format!("\"{escaped}\"")
+}
+
+fn render_pkg(pkg: &Pkg, out: &mut String) {
+    let list = |items: Vec<String>| format!("[ {} ]", items.join(" "));
+    let oref = |(k, o): &OutputRef| {
+        if *k == pkg.key {
+            format!("(builtins.placeholder {})", nix_str(o))
+        } else {
+            format!("p.{}.{}", nix_str(k), nix_str(o))
+        }
+    };
+    let _ = write!(
+        out,
+        "  {} = mk {{ pname = {}; version = {}; outputs = {}; size = {}; args = {}; buildDeps = {}; src = {}; env = {{",
+        nix_str(&pkg.key),
+        nix_str(&pkg.pname),
+        nix_str(&pkg.version),
+        list(pkg.outputs.iter().map(|o| nix_str(o)).collect()),
+        pkg.size,
+        list(pkg.extra_args.iter().map(|a| nix_str(a)).collect()),
+        list(pkg.build_deps.iter().map(|k| format!("p.{}.out", nix_str(k))).collect()),
+        pkg.src.as_ref().map_or("null".to_owned(), |s| format!(
+            "builtins.toFile {} {}",
+            nix_str(&format!("{}-source", pkg.pname)),
+            nix_str(s)
+        )),
+    );
+    for (k, v) in &pkg.env {
+        let _ = write!(out, " {} = {};", nix_str(k), nix_str(v));
+    }
+    for o in &pkg.outputs {
+        let refs = pkg.output_refs(o);
+        let _ = write!(
+            out,
+            " {} = {};",
+            nix_str(&format!("refs_{o}")),
+            list(refs.iter().map(oref).collect())
+        );
+    }
+    out.push_str(" }; };\n");
+}
+
+/// The builder of every package: one directory per output, holding its references (so
+/// Nix records them) and `size` bytes of data.
+const BUILD_SCRIPT: &str = r#"
+for o in $outputs; do
+  eval "d=\$$o"; eval "r=\${refs_$o:-}"
+  mkdir -p "$d/nix-support"
+  echo "$r" > "$d/nix-support/references"
+  head -c "$size" /dev/zero > "$d/data"
+done
+[ -z "${src:-}" ] || cp "$src" "$out/source"
+"#;
+
+/// `bin/switch-to-configuration` of the toplevel: records each action in a state
+/// directory and fails when told to (a planted failure in the closure, or a `fail-<action>`
+/// file in the state directory). The state directory is `$WAYMARK_TESTBED_STATE`, default
+/// `/run/waymark-testbed`.
+const SWITCH_SCRIPT: &str = r#"set -eu
+action="${1:-}"
+self="$(cd "$(dirname "$0")/.." && pwd -P)"
+state="${WAYMARK_TESTBED_STATE:-/run/waymark-testbed}"
+case "$action" in
+  dry-activate|test|switch|boot) ;;
+  *) echo "usage: switch-to-configuration dry-activate|test|switch|boot" >&2; exit 1 ;;
+esac
+if [ -e "$self/fail-$action" ] || [ -e "$state/fail-$action" ]; then
+  echo "switch-to-configuration: $action failed (planted failure)" >&2
+  exit 1
+fi
+mkdir -p "$state"
+case "$action" in
+  dry-activate) echo "would activate $self" ;;
+  test|switch) ln -sfn "$self" "$state/current-system" ;;
+esac
+[ "$action" = dry-activate ] || [ "$action" = test ] || ln -sfn "$self" "$state/boot-system"
+echo "$(date +%s) $action $self" >> "$state/log"
+"#;
+
+/// Renders a Nix file with one attribute per generation name.
+pub fn render_file(busybox_dir: &std::path::Path, generations: &[(&str, &Generation)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "let\n  bb = builtins.path {{ path = {}; name = \"busybox-static\"; }};",
+        nix_str(&busybox_dir.to_string_lossy())
+    );
+    let _ = writeln!(
+        out,
+        r##"  mk = {{ pname, version, outputs, size, args, buildDeps, src, env }}:
+    derivation (env // {{
+      name = if version == "" then pname else "${{pname}}-${{version}}";
+      inherit pname version outputs size buildDeps;
+      system = builtins.currentSystem;
+      builder = "${{bb}}/busybox";
+      args = [ "sh" "-eu" "-c" {} "builder" ] ++ args;
+      PATH = "${{bb}}";
+    }} // (if src == null then {{ }} else {{ inherit src; }}));
+  toplevel = {{ name, version, sw, fail }}: derivation {{
+    inherit name sw fail;
+    system = builtins.currentSystem;
+    builder = "${{bb}}/busybox";
+    PATH = "${{bb}}";
+    switch = "#!${{bb}}/busybox sh\n" + {};
+    args = [ "sh" "-eu" "-c" ''
+      mkdir -p $out/bin $out/etc
+      echo "$switch" > $out/bin/switch-to-configuration
+      chmod +x $out/bin/switch-to-configuration
+      ln -s $sw $out/sw
+      echo "{{}}" > $out/etc/waymark-testbed.json
+      printf '%s\n' "${{version}}" > $out/nixos-version
+      for f in $fail; do touch $out/fail-$f; done
+    '' ];
+  }};
+in {{"##,
+        nix_str(BUILD_SCRIPT),
+        nix_str(SWITCH_SCRIPT)
+    );
+    for (attr, generation) in generations {
+        let _ = write!(out, "  {} = ", nix_str(attr));
+        generation.render(&mut out);
+        out.push_str("  ;\n");
+    }
+    out.push_str("}\n");
+    out
+}

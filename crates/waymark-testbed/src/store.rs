@@ -1,0 +1,146 @@
+//! Private, throw-away Nix stores: a store directory, state, logs and nix.conf of their own,
+//! selected with the environment variables every Nix command honours.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{Error, Result};
+
+/// The settings every Nix call of the testbed uses (TESTBED.md): no binary cache (no
+/// network here, and retries cost seconds), builds as the calling user, no sandbox (the
+/// busybox builder needs nothing outside the store).
+const NIX_CONF: &str = "substituters =\nexperimental-features = nix-command flakes\nbuild-users-group =\nsandbox = false\n";
+
+/// A Nix store of its own under one directory.
+#[derive(Debug)]
+pub struct PrivateStore {
+    root: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl PrivateStore {
+    /// Makes (or reopens) a store under `root`.
+    pub fn at(root: &Path) -> Result<Self> {
+        let root = std::path::absolute(root).map_err(|source| Error::CreateStore {
+            path: root.to_owned(),
+            source,
+        })?;
+        let store = Self { root, _temp: None };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// Makes a store in a temporary directory removed when the value is dropped.
+    pub fn temp() -> Result<Self> {
+        let temp = tempfile::Builder::new()
+            .prefix("waymark-store-")
+            .tempdir()
+            .map_err(|source| Error::CreateStore {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let store = Self {
+            root: temp.path().to_owned(),
+            _temp: Some(temp),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    fn init(&self) -> Result<()> {
+        let err = |source| Error::CreateStore {
+            path: self.root.clone(),
+            source,
+        };
+        for dir in [self.store_dir(), self.state_dir(), self.log_dir(), self.conf_dir()] {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        std::fs::write(self.conf_dir().join("nix.conf"), NIX_CONF).map_err(err)
+    }
+
+    /// The directory everything lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The logical and physical store directory (`NIX_STORE_DIR`).
+    pub fn store_dir(&self) -> PathBuf {
+        self.root.join("store")
+    }
+
+    /// The state directory holding the database, profiles and GC roots (`NIX_STATE_DIR`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("var")
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.root.join("log")
+    }
+
+    fn conf_dir(&self) -> PathBuf {
+        self.root.join("etc")
+    }
+
+    /// The store's SQLite database.
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir().join("db/db.sqlite")
+    }
+
+    /// The environment that points Nix (and Waymark) at this store.
+    pub fn env(&self) -> Vec<(&'static str, OsString)> {
+        vec![
+            ("NIX_STORE_DIR", self.store_dir().into()),
+            ("NIX_STATE_DIR", self.state_dir().into()),
+            ("NIX_LOG_DIR", self.log_dir().into()),
+            ("NIX_CONF_DIR", self.conf_dir().into()),
+            // NIX_CONFIG would override nix.conf; the store's own settings must win.
+            ("NIX_CONFIG", NIX_CONF.into()),
+        ]
+    }
+
+    /// Returns a command for `program` with this store's environment.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.envs(self.env());
+        cmd
+    }
+
+    /// Runs a prepared command, returning its stdout or its stderr as the error.
+    pub fn run(&self, mut cmd: Command) -> Result<String> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let out = cmd.output().map_err(|source| Error::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        if !out.status.success() {
+            return Err(Error::Nix {
+                program,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Builds attributes of a Nix expression file and returns their output paths in order.
+    pub fn build(&self, file: &Path, attrs: &[&str]) -> Result<Vec<String>> {
+        let mut cmd = self.command("nix-build");
+        cmd.arg(file).arg("--no-out-link").arg("--quiet");
+        for a in attrs {
+            cmd.arg("-A").arg(a);
+        }
+        Ok(self.run(cmd)?.lines().map(str::to_owned).collect())
+    }
+}
+
+/// Finds a static busybox: `WAYMARK_BUSYBOX`, then Debian's `busybox-static` locations.
+pub fn busybox() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WAYMARK_BUSYBOX") {
+        return Ok(PathBuf::from(p));
+    }
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or(Error::NoBusybox)
+}

@@ -1,0 +1,56 @@
+//! The command line: one `*Args` struct and `cmd_*` function per subcommand.
+
+mod demo;
+mod diff;
+
+use clap::{Parser, Subcommand};
+
+use crate::ExitStatus;
+use crate::printer::{ColorChoice, Printer};
+
+/// Gated NixOS deploys: a closure is only called good after it has proven itself
+#[derive(Debug, Parser)]
+#[command(name = "waymark", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// When to colour output: auto, always, never (NO_COLOR and CLICOLOR are honoured)
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
+    /// Print details (data sources, timings) on stderr
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// Print only errors on stderr
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show what changed between two system closures, and why things were rebuilt
+    Diff(diff::DiffArgs),
+    /// Build two demo system closures in a private store and diff them
+    Demo(demo::DemoArgs),
+}
+
+/// Options every command shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Global {
+    pub color: ColorChoice,
+    pub printer: Printer,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
+    let global = Global {
+        color: cli.color,
+        printer: Printer {
+            verbose: cli.verbose,
+            quiet: cli.quiet,
+        },
+    };
+    match cli.command {
+        Command::Diff(args) => diff::cmd_diff(global, &args),
+        Command::Demo(args) => demo::cmd_demo(global, &args),
+    }
+}

@@ -1,0 +1,1 @@
+//! CLI tests, one binary (jj style): each `test_<cmd>.rs` is a module here.

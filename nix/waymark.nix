@@ -1,0 +1,64 @@
+# The `waymark` CLI, built from the Cargo workspace at the repository root.
+{
+  lib,
+  rustPlatform,
+  makeWrapper,
+  nix,
+  git,
+}:
+let
+  fs = lib.fileset;
+  cargoToml = lib.importTOML ../Cargo.toml;
+
+  runtimePath = lib.makeBinPath [
+    nix
+    git
+  ];
+in
+rustPlatform.buildRustPackage {
+  pname = "waymark";
+  inherit (cargoToml.workspace.package) version;
+
+  # Only the files cargo reads, so edits to Nix files, docs or CI scripts do
+  # not rebuild the package.
+  src = fs.toSource {
+    root = ../.;
+    fileset = fs.unions [
+      ../Cargo.toml
+      ../Cargo.lock
+      ../crates
+    ];
+  };
+
+  cargoLock.lockFile = ../Cargo.lock;
+
+  # Build and install the CLI only: the `waymark-testbed` binary is test
+  # support and does not belong on a user's PATH.
+  cargoBuildFlags = [
+    "--package"
+    "waymark"
+  ];
+
+  strictDeps = true;
+  nativeBuildInputs = [ makeWrapper ];
+
+  # The tests need nix and a static busybox in the sandbox; they run in
+  # `checks.<system>.cargo-test`, so building the package only builds.
+  doCheck = false;
+
+  # waymark runs nix (nix-store, nix copy, ...) and git. They are appended,
+  # not prepended: the user's own nix, the one that matches their daemon and
+  # store schema, must win; ours only fills in where there is none.
+  postInstall = ''
+    wrapProgram $out/bin/waymark \
+      --suffix PATH : ${runtimePath}
+  '';
+
+  meta = {
+    description = "Deploy NixOS fleets through gates";
+    homepage = "https://github.com/waymark-nix/waymark";
+    license = lib.licenses.mit;
+    mainProgram = "waymark";
+    platforms = lib.platforms.linux;
+  };
+}
