@@ -80,7 +80,9 @@ in
     # PATH its applets would shadow the builder's coreutils, sed and tar.
     nativeCheckInputs = [ pkgs.nix ];
     env.WAYMARK_BUSYBOX = "${pkgs.pkgsStatic.busybox}/bin/busybox";
-    command = "cargo test --workspace --frozen";
+    # The remote-store test starts a real sshd, which the build sandbox cannot
+    # run (no /run/sshd, no loopback login); it runs in `.ci/run` instead.
+    command = "cargo test --workspace --frozen -- --skip test_diff_remote::old_side_on_a_remote_host";
   };
 
   clippy = cargoCheck "clippy" {

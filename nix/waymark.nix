@@ -5,6 +5,7 @@
   makeWrapper,
   nix,
   git,
+  pkgsStatic,
 }:
 let
   fs = lib.fileset;
@@ -49,9 +50,12 @@ rustPlatform.buildRustPackage {
   # waymark runs nix (nix-store, nix copy, ...) and git. They are appended,
   # not prepended: the user's own nix, the one that matches their daemon and
   # store schema, must win; ours only fills in where there is none.
+  # `waymark demo` builds its closures with a static busybox; a user's own
+  # WAYMARK_BUSYBOX still wins.
   postInstall = ''
     wrapProgram $out/bin/waymark \
-      --suffix PATH : ${runtimePath}
+      --suffix PATH : ${runtimePath} \
+      --set-default WAYMARK_BUSYBOX ${pkgsStatic.busybox}/bin/busybox
   '';
 
   meta = {

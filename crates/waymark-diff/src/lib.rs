@@ -112,7 +112,10 @@ pub fn diff(old: &Closure, new: &Closure, loader: &dyn DrvLoader) -> DiffReport 
     }
     let mut order: Vec<(usize, usize)> = caused.into_iter().collect();
     let node = |n: usize| &analysis.nodes[n];
-    order.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| node(a.0).new.cmp(&node(b.0).new)));
+    // Most consequential first; ties by name, never by hash, so the order is the same on
+    // every machine.
+    let key = |n: usize| (drv_name(&node(n).new).unwrap_or_default(), &node(n).new);
+    order.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| key(a.0).cmp(&key(b.0))));
     let position: BTreeMap<usize, usize> =
         order.iter().enumerate().map(|(i, (n, _))| (*n, i)).collect();
     for r in &mut rebuilt {

@@ -1,6 +1,7 @@
-//! `nix path-info --json`, in both shapes: Nix up to 2.18 (and Lix) print a list of
-//! objects with a `path` key; Nix 2.19+ print an object keyed by path, with `null` for an
-//! invalid path.
+//! `nix path-info --json`, in every shape Nix has printed: up to 2.18 (and Lix) a list
+//! of objects with a `path` key; 2.19+ an object keyed by absolute path, `null` for an
+//! invalid path; 2.33+ with `--json-format 2` an envelope `{version, storeDir, info}`
+//! keyed by base name, with base names in `references` and `deriver` too.
 
 use serde::Deserialize;
 
@@ -25,6 +26,7 @@ pub struct PathInfo {
 #[serde(rename_all = "camelCase")]
 struct Entry {
     path: Option<String>,
+    store_dir: Option<String>,
     #[serde(default = "yes")]
     valid: bool,
     #[serde(default)]
@@ -39,9 +41,19 @@ fn yes() -> bool {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Envelope {
+    #[allow(dead_code)]
+    version: u32,
+    store_dir: String,
+    info: std::collections::BTreeMap<String, Option<Entry>>,
+}
+
+#[derive(Deserialize)]
 #[serde(untagged)]
 enum Shape {
     List(Vec<Entry>),
+    Envelope(Envelope),
     Object(std::collections::BTreeMap<String, Option<Entry>>),
 }
 
@@ -74,13 +86,16 @@ pub fn parse_path_info(json: &[u8], store_dir: &str) -> Result<Vec<PathInfo>> {
             deriver: None,
             references: Vec::new(),
         },
-        Some(e) => PathInfo {
-            path: absolute(store_dir, path),
-            valid: e.valid,
-            nar_size: e.nar_size,
-            deriver: e.deriver.map(|d| absolute(store_dir, d)),
-            references: e.references.into_iter().map(|r| absolute(store_dir, r)).collect(),
-        },
+        Some(e) => {
+            let dir = e.store_dir.as_deref().unwrap_or(store_dir);
+            PathInfo {
+                path: absolute(dir, path),
+                valid: e.valid,
+                nar_size: e.nar_size,
+                deriver: e.deriver.map(|d| absolute(dir, d)),
+                references: e.references.into_iter().map(|r| absolute(dir, r)).collect(),
+            }
+        }
     };
     Ok(match shape {
         Shape::List(list) => list
@@ -91,5 +106,19 @@ pub fn parse_path_info(json: &[u8], store_dir: &str) -> Result<Vec<PathInfo>> {
             })
             .collect(),
         Shape::Object(map) => map.into_iter().map(|(p, e)| convert(p, e)).collect(),
+        Shape::Envelope(env) => env
+            .info
+            .into_iter()
+            .map(|(p, e)| {
+                let e = e.map(|mut e| {
+                    e.store_dir.get_or_insert_with(|| env.store_dir.clone());
+                    e
+                });
+                match e {
+                    Some(e) => convert(p, Some(e)),
+                    None => convert(absolute(&env.store_dir, p), None),
+                }
+            })
+            .collect(),
     })
 }

@@ -102,7 +102,9 @@ impl Store {
                 Self::local(&store_dir, real, &state.to_string_lossy(), Some(url.to_owned()))
             }
             None => {
-                let url = (scheme == "daemon").then(|| url.to_owned());
+                // Plain `auto`/`local` is what the CLI does anyway; keep anything more
+                // specific (a daemon, explicit directories) for the CLI fallback.
+                let url = (scheme == "daemon" || !query.is_empty()).then(|| url.to_owned());
                 Self::local(&store_dir, PathBuf::from(&store_dir), &state_dir, url)
             }
         })
@@ -147,7 +149,7 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
             if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
                 out.push(b);
                 i += 3;
@@ -176,6 +178,11 @@ mod tests {
             Store::Remote { .. }
         ));
         assert!(Store::from_url(Some("bogus")).is_err());
+        let Store::Local(l) = Store::from_url(Some("local?store=/s/store&state=/s/var")).unwrap() else {
+            panic!("local expected")
+        };
+        assert_eq!((l.store_dir.as_str(), l.db.as_path()), ("/s/store", Path::new("/s/var/db/db.sqlite")));
+        assert_eq!(l.url.as_deref(), Some("local?store=/s/store&state=/s/var"));
         assert_eq!(percent_decode("local%3Froot%3D%2Fx"), "local?root=/x");
     }
 }

@@ -16,6 +16,7 @@
 mod error;
 pub mod fixtures;
 pub mod model;
+mod ssh;
 mod store;
 mod truth;
 
@@ -23,6 +24,7 @@ use serde::Serialize;
 
 pub use error::{Error, Result};
 pub use model::{Generation, Pkg};
+pub use ssh::SshHost;
 pub use store::{PrivateStore, busybox};
 pub use truth::{Planted, planted};
 
@@ -55,7 +57,7 @@ pub fn build_generations(store: &PrivateStore, generations: &[&Generation]) -> R
         .zip(generations.iter().copied())
         .collect();
     let file = store.root().join("generations.nix");
-    std::fs::write(&file, model::render_file(&bb_dir, &pairs))
+    std::fs::write(&file, model::render_file(&pairs))
         .map_err(|source| Error::Write { path: file.clone(), source })?;
     let attrs: Vec<&str> = names.iter().map(String::as_str).collect();
     store.build(&file, &attrs)

@@ -299,28 +299,33 @@ esac
 echo "$(date +%s) $action $self" >> "$state/log"
 "#;
 
-/// Renders a Nix file with one attribute per generation name.
-pub fn render_file(busybox_dir: &std::path::Path, generations: &[(&str, &Generation)]) -> String {
+/// The Nix system of this machine (`x86_64-linux`).
+pub fn this_system() -> String {
+    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
+}
+
+/// Renders a Nix file with one attribute per generation name. The file expects the
+/// static busybox at `./busybox/busybox` beside it, and evaluates in pure mode too (a
+/// flake can import it), where `builtins.currentSystem` does not exist.
+pub fn render_file(generations: &[(&str, &Generation)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "let\n  bb = builtins.path {{ path = {}; name = \"busybox-static\"; }};",
-        nix_str(&busybox_dir.to_string_lossy())
+        "let\n  bb = builtins.path {{ path = ./busybox; name = \"busybox-static\"; }};\n  system = builtins.currentSystem or {};",
+        nix_str(&this_system())
     );
     let _ = writeln!(
         out,
         r##"  mk = {{ pname, version, outputs, size, args, buildDeps, src, env }}:
     derivation (env // {{
       name = if version == "" then pname else "${{pname}}-${{version}}";
-      inherit pname version outputs size buildDeps;
-      system = builtins.currentSystem;
+      inherit pname version outputs size buildDeps system;
       builder = "${{bb}}/busybox";
       args = [ "sh" "-eu" "-c" {} "builder" ] ++ args;
       PATH = "${{bb}}";
     }} // (if src == null then {{ }} else {{ inherit src; }}));
   toplevel = {{ name, version, sw, fail }}: derivation {{
-    inherit name sw fail;
-    system = builtins.currentSystem;
+    inherit name sw fail system;
     builder = "${{bb}}/busybox";
     PATH = "${{bb}}";
     switch = "#!${{bb}}/busybox sh\n" + {};

@@ -87,6 +87,16 @@ impl PrivateStore {
         self.state_dir().join("db/db.sqlite")
     }
 
+    /// A Nix store URL naming this store, for `--store`.
+    pub fn url(&self) -> String {
+        format!(
+            "local?store={}&state={}&log={}",
+            self.store_dir().display(),
+            self.state_dir().display(),
+            self.log_dir().display()
+        )
+    }
+
     /// The environment that points Nix (and Waymark) at this store.
     pub fn env(&self) -> Vec<(&'static str, OsString)> {
         vec![
