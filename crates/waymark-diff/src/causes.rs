@@ -129,14 +129,20 @@ fn pair_by_name<'a>(
     for o in &rest_old {
         let p = pname(o);
         if count(&rest_old, &p) == 1 && count(&rest_new, &p) == 1 {
-            let n = rest_new.iter().find(|n| pname(n) == p).expect("counted above");
+            let n = rest_new
+                .iter()
+                .find(|n| pname(n) == p)
+                .expect("counted above");
             taken.insert(&n.0);
             pairs.push((&o.0, &n.0));
         } else {
             unpaired_old.push(*o);
         }
     }
-    let unpaired_new = rest_new.into_iter().filter(|n| !taken.contains(&n.0)).collect();
+    let unpaired_new = rest_new
+        .into_iter()
+        .filter(|n| !taken.contains(&n.0))
+        .collect();
     (pairs, unpaired_old, unpaired_new)
 }
 
@@ -159,30 +165,47 @@ fn compare(old: &Drv, new: &Drv) -> (Vec<Change>, Vec<(String, String)>) {
         renames.push((old_version.to_owned(), new_version.to_owned()));
     }
     let only = |xs: &[(String, String)], ys: &[(String, String)]| -> Vec<(String, String)> {
-        xs.iter().filter(|x| !ys.iter().any(|y| y.0 == x.0)).cloned().collect()
+        xs.iter()
+            .filter(|x| !ys.iter().any(|y| y.0 == x.0))
+            .cloned()
+            .collect()
     };
     let name_of = |list: &[(String, String)], path: &String| {
-        list.iter().find(|i| &i.0 == path).map(|i| i.1.clone()).unwrap_or_default()
+        list.iter()
+            .find(|i| &i.0 == path)
+            .map(|i| i.1.clone())
+            .unwrap_or_default()
     };
     let old_srcs = only(&old.input_srcs, &new.input_srcs);
     let new_srcs = only(&new.input_srcs, &old.input_srcs);
-    let (src_pairs, src_gone, src_came) = pair_by_name(old_srcs.iter().collect(), new_srcs.iter().collect());
+    let (src_pairs, src_gone, src_came) =
+        pair_by_name(old_srcs.iter().collect(), new_srcs.iter().collect());
     for (o, n) in &src_pairs {
         let name = name_of(&new_srcs, n);
         renames.push((name_of(&old_srcs, o), name.clone()));
-        changes.push(Change::Source { name, change: Presence::Changed });
+        changes.push(Change::Source {
+            name,
+            change: Presence::Changed,
+        });
     }
     for (list, change) in [(src_gone, Presence::Removed), (src_came, Presence::Added)] {
         for (_, name) in list {
-            changes.push(Change::Source { name: name.clone(), change });
+            changes.push(Change::Source {
+                name: name.clone(),
+                change,
+            });
         }
     }
     let old_inputs = only(&old.input_drvs, &new.input_drvs);
     let new_inputs = only(&new.input_drvs, &old.input_drvs);
-    let (pairs, gone, came) = pair_by_name(old_inputs.iter().collect(), new_inputs.iter().collect());
+    let (pairs, gone, came) =
+        pair_by_name(old_inputs.iter().collect(), new_inputs.iter().collect());
     for (list, change) in [(gone, Presence::Removed), (came, Presence::Added)] {
         for (_, name) in list {
-            changes.push(Change::Input { name: name.clone(), change });
+            changes.push(Change::Input {
+                name: name.clone(),
+                change,
+            });
         }
     }
     for (o, n) in &pairs {
@@ -190,11 +213,15 @@ fn compare(old: &Drv, new: &Drv) -> (Vec<Change>, Vec<(String, String)>) {
     }
     renames.retain(|(o, n)| o != n && !o.is_empty());
     // Longest first: whole names before the bare version string.
-    renames.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-    let renamed = |s: &str| -> String {
-        renames
-            .iter()
-            .fold(s.to_owned(), |acc, (o, n)| if acc.contains(o.as_str()) { acc.replace(o.as_str(), n) } else { acc })
+    renames.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+    let rename = |s: &str| -> String {
+        renames.iter().fold(s.to_owned(), |acc, (o, n)| {
+            if acc.contains(o.as_str()) {
+                acc.replace(o.as_str(), n)
+            } else {
+                acc
+            }
+        })
     };
     if old.system != new.system {
         changes.push(Change::System {
@@ -202,13 +229,18 @@ fn compare(old: &Drv, new: &Drv) -> (Vec<Change>, Vec<(String, String)>) {
             after: new.system.clone(),
         });
     }
-    if renamed(&old.builder) != new.builder {
+    if rename(&old.builder) != new.builder {
         changes.push(Change::Builder {
             before: old.builder.clone(),
             after: new.builder.clone(),
         });
     }
-    if old.args.iter().map(|a| renamed(a)).ne(new.args.iter().cloned()) {
+    if old
+        .args
+        .iter()
+        .map(|a| rename(a))
+        .ne(new.args.iter().cloned())
+    {
         changes.push(Change::Args {
             before: old.args.clone(),
             after: new.args.clone(),
@@ -224,7 +256,7 @@ fn compare(old: &Drv, new: &Drv) -> (Vec<Change>, Vec<(String, String)>) {
     for key in keys {
         let (b, a) = (old.env.get(key), new.env.get(key));
         // `name` is the derivation name: a move there is the version change above.
-        if key == "name" || b.map(|v| renamed(v)).as_ref() == a {
+        if key == "name" || b.map(|v| rename(v)).as_ref() == a {
             continue;
         }
         changes.push(Change::Env {
@@ -233,7 +265,10 @@ fn compare(old: &Drv, new: &Drv) -> (Vec<Change>, Vec<(String, String)>) {
             after: a.cloned(),
         });
     }
-    let children = pairs.into_iter().map(|(o, n)| (o.clone(), n.clone())).collect();
+    let children = pairs
+        .into_iter()
+        .map(|(o, n)| (o.clone(), n.clone()))
+        .collect();
     (changes, children)
 }
 
@@ -261,6 +296,8 @@ pub struct Analysis {
 }
 
 type Parsed = Result<Arc<Drv>, String>;
+/// Local changes and child pairs, or which side could not be read and why.
+type Compared = Result<(Vec<Change>, Vec<(String, String)>), (crate::report::Side, String)>;
 
 /// Walks the requested (old, new) derivation pairs and everything beneath them that
 /// changed, and attributes each requested pair to its root causes.
@@ -298,21 +335,27 @@ pub fn analyze(requested: &[(String, String)], loader: &dyn DrvLoader) -> Analys
         let fresh: Vec<(String, Parsed)> = wanted
             .par_iter()
             .map(|p| {
-                let drv = loader.load(p).and_then(|bytes| parse(p, &bytes)).map(Arc::new);
+                let drv = loader
+                    .load(p)
+                    .and_then(|bytes| parse(p, &bytes))
+                    .map(Arc::new);
                 ((*p).to_owned(), drv)
             })
             .collect();
         parsed.extend(fresh);
-        let compared: Vec<(usize, Result<(Vec<Change>, Vec<(String, String)>), (crate::report::Side, String)>)> =
-            frontier
-                .par_iter()
-                .map(|&n| {
-                    let node = &nodes[n];
-                    let old = parsed[&node.old].clone().map_err(|e| (crate::report::Side::Old, e));
-                    let new = parsed[&node.new].clone().map_err(|e| (crate::report::Side::New, e));
-                    (n, old.and_then(|o| new.map(|n| compare(&o, &n))))
-                })
-                .collect();
+        let compared: Vec<(usize, Compared)> = frontier
+            .par_iter()
+            .map(|&n| {
+                let node = &nodes[n];
+                let old = parsed[&node.old]
+                    .clone()
+                    .map_err(|e| (crate::report::Side::Old, e));
+                let new = parsed[&node.new]
+                    .clone()
+                    .map_err(|e| (crate::report::Side::New, e));
+                (n, old.and_then(|o| new.map(|n| compare(&o, &n))))
+            })
+            .collect();
         let mut next = Vec::new();
         for (n, result) in compared {
             match result {
@@ -331,7 +374,10 @@ pub fn analyze(requested: &[(String, String)], loader: &dyn DrvLoader) -> Analys
     }
     let node_causes = cause_sets(&nodes);
     Analysis {
-        causes: requested_nodes.iter().map(|&n| node_causes[n].clone()).collect(),
+        causes: requested_nodes
+            .iter()
+            .map(|&n| node_causes[n].clone())
+            .collect(),
         nodes,
     }
 }
@@ -386,9 +432,15 @@ mod tests {
             system: "x86_64-linux".into(),
             builder: "/s/store/<hash>-busybox/busybox".into(),
             args: vec!["sh".into()],
-            env: env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
             outputs: vec!["out".into()],
-            input_drvs: inputs.iter().map(|(p, n)| ((*p).into(), (*n).into())).collect(),
+            input_drvs: inputs
+                .iter()
+                .map(|(p, n)| ((*p).into(), (*n).into()))
+                .collect(),
             input_srcs: vec![],
         }
     }
@@ -397,32 +449,58 @@ mod tests {
     fn version_bump_is_one_change_and_pairs_inputs_by_pname() {
         let old = drv(
             "openssl-3.0.13",
-            &[("version", "3.0.13"), ("out", "/s/store/<hash>-openssl-3.0.13")],
+            &[
+                ("version", "3.0.13"),
+                ("out", "/s/store/<hash>-openssl-3.0.13"),
+            ],
             &[("/s/store/a-glibc-2.39.drv", "glibc-2.39")],
         );
         let new = drv(
             "openssl-3.0.14",
-            &[("version", "3.0.14"), ("out", "/s/store/<hash>-openssl-3.0.14")],
+            &[
+                ("version", "3.0.14"),
+                ("out", "/s/store/<hash>-openssl-3.0.14"),
+            ],
             &[("/s/store/b-glibc-2.40.drv", "glibc-2.40")],
         );
         let (changes, children) = compare(&old, &new);
         assert_eq!(
             changes,
-            vec![Change::Version { before: "3.0.13".into(), after: "3.0.14".into() }]
+            vec![Change::Version {
+                before: "3.0.13".into(),
+                after: "3.0.14".into()
+            }]
         );
         assert_eq!(
             children,
-            vec![("/s/store/a-glibc-2.39.drv".into(), "/s/store/b-glibc-2.40.drv".into())]
+            vec![(
+                "/s/store/a-glibc-2.39.drv".into(),
+                "/s/store/b-glibc-2.40.drv".into()
+            )]
         );
     }
 
     #[test]
     fn input_swap_is_reported_as_added_and_removed() {
-        let old = drv("app-1", &[], &[("/s/store/a-libressl-3.8.drv", "libressl-3.8")]);
-        let new = drv("app-1", &[], &[("/s/store/b-openssl-3.0.drv", "openssl-3.0")]);
+        let old = drv(
+            "app-1",
+            &[],
+            &[("/s/store/a-libressl-3.8.drv", "libressl-3.8")],
+        );
+        let new = drv(
+            "app-1",
+            &[],
+            &[("/s/store/b-openssl-3.0.drv", "openssl-3.0")],
+        );
         let (changes, children) = compare(&old, &new);
         assert!(children.is_empty());
-        assert!(changes.contains(&Change::Input { name: "libressl-3.8".into(), change: Presence::Removed }));
-        assert!(changes.contains(&Change::Input { name: "openssl-3.0".into(), change: Presence::Added }));
+        assert!(changes.contains(&Change::Input {
+            name: "libressl-3.8".into(),
+            change: Presence::Removed
+        }));
+        assert!(changes.contains(&Change::Input {
+            name: "openssl-3.0".into(),
+            change: Presence::Added
+        }));
     }
 }

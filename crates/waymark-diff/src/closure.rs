@@ -34,7 +34,7 @@ const SELECTION_SETS: &[&str] = &["system-path", "user-environment", "home-manag
 
 /// Returns the direct references of a root whose own references are also selected
 /// packages (the package sets a system or profile is made of).
-pub fn selection_parents<'a>(root_refs: &'a [String]) -> impl Iterator<Item = &'a String> {
+pub fn selection_parents(root_refs: &[String]) -> impl Iterator<Item = &String> {
     root_refs
         .iter()
         .filter(|r| store_path_name(r).is_some_and(|n| SELECTION_SETS.contains(&n)))

@@ -58,7 +58,27 @@ fn summary(c: &Closure) -> ClosureSummary {
 
 /// Diffs two closures, reading derivations through `loader` for the root causes.
 pub fn diff(old: &Closure, new: &Closure, loader: &dyn DrvLoader) -> DiffReport {
+    diff_with(old, new, Some(loader))
+}
+
+/// Diffs two closures; without a loader only versions are compared (no root causes, and
+/// no derivation is read).
+pub fn diff_with(old: &Closure, new: &Closure, loader: Option<&dyn DrvLoader>) -> DiffReport {
     let packages = packages::diff_packages(old, new);
+    let Some(loader) = loader else {
+        return DiffReport {
+            schema: SCHEMA,
+            old: summary(old),
+            new: summary(new),
+            changed: packages.changed,
+            added: packages.added,
+            removed: packages.removed,
+            outputs_changed: packages.outputs_changed,
+            rebuilt: packages.rebuilt,
+            root_causes: Vec::new(),
+            missing_derivations: Vec::new(),
+        };
+    };
     let mut missing = Vec::new();
     // (rebuild index, requested pair index)
     let mut requests: Vec<(usize, usize)> = Vec::new();
@@ -88,7 +108,11 @@ pub fn diff(old: &Closure, new: &Closure, loader: &dyn DrvLoader) -> DiffReport 
     let analysis = causes::analyze(&pairs, loader);
     for node in &analysis.nodes {
         if let Some((side, reason)) = &node.missing {
-            let drv = if *side == Side::Old { &node.old } else { &node.new };
+            let drv = if *side == Side::Old {
+                &node.old
+            } else {
+                &node.new
+            };
             missing.push(MissingDerivation {
                 name: drv_name(drv).map_or("", |n| parse_drv_name(n).0).to_owned(),
                 side: *side,
@@ -116,8 +140,11 @@ pub fn diff(old: &Closure, new: &Closure, loader: &dyn DrvLoader) -> DiffReport 
     // every machine.
     let key = |n: usize| (drv_name(&node(n).new).unwrap_or_default(), &node(n).new);
     order.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| key(a.0).cmp(&key(b.0))));
-    let position: BTreeMap<usize, usize> =
-        order.iter().enumerate().map(|(i, (n, _))| (*n, i)).collect();
+    let position: BTreeMap<usize, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (*n, i))
+        .collect();
     for r in &mut rebuilt {
         r.causes = r.causes.iter().map(|c| position[c]).collect();
         r.causes.sort_unstable();

@@ -85,17 +85,19 @@ pub fn package_id(path_name: &str, deriver_name: Option<&str>) -> PackageId {
         }
     }
     let (pname, version) = parse_drv_name(path_name);
-    if let Some((rest, suffix)) = version.rsplit_once('-') {
-        if KNOWN_OUTPUTS.contains(&suffix) && !rest.is_empty() {
-            return make(&path_name[..path_name.len() - suffix.len() - 1], suffix);
-        }
+    if let Some((rest, suffix)) = version.rsplit_once('-')
+        && KNOWN_OUTPUTS.contains(&suffix)
+        && !rest.is_empty()
+    {
+        return make(&path_name[..path_name.len() - suffix.len() - 1], suffix);
     }
-    if version.is_empty() {
-        if let Some((rest, suffix)) = pname.rsplit_once('-') {
-            if KNOWN_OUTPUTS.contains(&suffix) && deriver_name.is_none() && !rest.is_empty() {
-                return make(rest, suffix);
-            }
-        }
+    if version.is_empty()
+        && let Some((rest, suffix)) = pname.rsplit_once('-')
+        && KNOWN_OUTPUTS.contains(&suffix)
+        && deriver_name.is_none()
+        && !rest.is_empty()
+    {
+        return make(rest, suffix);
     }
     make(path_name, "out")
 }

@@ -4,9 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::closure::{Closure, PathEntry};
 use crate::name::{drv_name, package_id, store_path_name};
-use crate::report::{
-    Direction, OutputsChange, PackageVersions, Rebuild, VersionChange,
-};
+use crate::report::{Direction, OutputsChange, PackageVersions, Rebuild, VersionChange};
 use crate::version::{compare_versions, sort_versions};
 
 /// version → output → paths
@@ -153,14 +151,7 @@ pub fn diff_packages<'a>(old: &'a Closure, new: &'a Closure) -> PackageDiff<'a> 
                     let Some(new_outputs) = a.get(version) else {
                         continue;
                     };
-                    compare_version(
-                        &mut out,
-                        name,
-                        version,
-                        old_outputs,
-                        new_outputs,
-                        selected,
-                    );
+                    compare_version(&mut out, name, version, old_outputs, new_outputs, selected);
                 }
             }
             (None, None) => unreachable!("name comes from one of the sides"),

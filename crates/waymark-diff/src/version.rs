@@ -83,12 +83,20 @@ mod tests {
     fn orders_like_nix() {
         // Expected values from Nix's own tests (tests/lang/eval-okay-versions.nix).
         let ordered = [
-            "1.0pre1", "1.0", "1.0a", "1.0.1", "1.1", "1.2pre", "1.2", "2.3a", "2.3.1",
-            "2.3.1.1", "2.3.2",
+            "1.0pre1", "1.0", "1.0a", "1.0.1", "1.1", "1.2pre", "1.2", "2.3a", "2.3.1", "2.3.1.1",
+            "2.3.2",
         ];
         for pair in ordered.windows(2) {
-            assert_eq!(compare_versions(pair[0], pair[1]), Ordering::Less, "{pair:?}");
-            assert_eq!(compare_versions(pair[1], pair[0]), Ordering::Greater, "{pair:?}");
+            assert_eq!(
+                compare_versions(pair[0], pair[1]),
+                Ordering::Less,
+                "{pair:?}"
+            );
+            assert_eq!(
+                compare_versions(pair[1], pair[0]),
+                Ordering::Greater,
+                "{pair:?}"
+            );
         }
         assert_eq!(compare_versions("2.3", "2.3"), Ordering::Equal);
         assert_eq!(compare_versions("6.6.30", "6.6.4"), Ordering::Greater);

@@ -1,4 +1,4 @@
-//! The fast path: a closure straight from the store's SQLite database, read-only.
+//! The fast path: a closure straight from the store's `SQLite` database, read-only.
 
 use std::time::Duration;
 
@@ -28,9 +28,14 @@ fn is_locked(e: &rusqlite::Error) -> bool {
 pub fn closure(store: &LocalStore, root: &str) -> Result<Closure> {
     let err = |source: rusqlite::Error| {
         if is_locked(&source) {
-            Error::Locked { db: store.db.clone() }
+            Error::Locked {
+                db: store.db.clone(),
+            }
         } else {
-            Error::Database { db: store.db.clone(), source }
+            Error::Database {
+                db: store.db.clone(),
+                source,
+            }
         }
     };
     if !store.db.exists() {
@@ -43,7 +48,9 @@ pub fn closure(store: &LocalStore, root: &str) -> Result<Closure> {
     .map_err(err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
     let id: Option<i64> = conn
-        .query_row("SELECT id FROM ValidPaths WHERE path = ?1", [root], |r| r.get(0))
+        .query_row("SELECT id FROM ValidPaths WHERE path = ?1", [root], |r| {
+            r.get(0)
+        })
         .optional()
         .map_err(err)?;
     let Some(id) = id else {

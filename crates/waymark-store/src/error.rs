@@ -7,10 +7,14 @@ pub enum Error {
     #[error("{arg}: no such file or directory")]
     NotFound { arg: String },
     /// The argument exists but is not, and does not link to, a store path.
-    #[error("{arg} is not in the Nix store {store_dir} (give a store path, a profile or a link to one)")]
+    #[error(
+        "{arg} is not in the Nix store {store_dir} (give a store path, a profile or a link to one)"
+    )]
     NotInStore { arg: String, store_dir: String },
     /// A derivation was given where a closure (an output) is expected.
-    #[error("{path} is a derivation, not a closure (build it and give its output, e.g. nix-store --realise {path})")]
+    #[error(
+        "{path} is a derivation, not a closure (build it and give its output, e.g. nix-store --realise {path})"
+    )]
     IsDerivation { path: String },
     /// The store does not hold the path (never built, or garbage-collected).
     #[error("{path} is not a valid path in the store {store} (was it garbage-collected?)")]

@@ -1,5 +1,5 @@
 //! Reads Nix stores for Waymark: the closure of a store path, straight from the store's
-//! SQLite database when it is on this machine (the fast path) and through the nix CLI
+//! `SQLite` database when it is on this machine (the fast path) and through the nix CLI
 //! otherwise; derivation files; what a user's argument (a profile, a link, a flake output)
 //! stands for.
 //!
@@ -31,7 +31,7 @@ pub use store::{LocalStore, Store};
 /// How a closure was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// From the SQLite database.
+    /// From the `SQLite` database.
     Database,
     /// From `nix path-info`.
     Cli,
@@ -46,12 +46,15 @@ pub fn read_closure(store: &Store, root: &str) -> Result<(Closure, Source)> {
     match store {
         Store::Local(local) => match db::closure(local, root) {
             Ok(c) => Ok((c, Source::Database)),
-            Err(Error::Database { .. }) => {
-                Ok((cli::closure(local.url.as_deref(), &local.store_dir, root)?, Source::Cli))
-            }
+            Err(Error::Database { .. }) => Ok((
+                cli::closure(local.url.as_deref(), &local.store_dir, root)?,
+                Source::Cli,
+            )),
             Err(e) => Err(e),
         },
-        Store::Remote { url, store_dir } => Ok((cli::closure(Some(url), store_dir, root)?, Source::Cli)),
+        Store::Remote { url, store_dir } => {
+            Ok((cli::closure(Some(url), store_dir, root)?, Source::Cli))
+        }
     }
 }
 
@@ -72,10 +75,10 @@ impl DrvFiles {
                 Store::Remote { .. } => None,
             })
             .collect();
-        if let Ok(Store::Local(default)) = Store::from_url(None) {
-            if !locals.contains(&default) {
-                locals.push(default);
-            }
+        if let Ok(Store::Local(default)) = Store::from_url(None)
+            && !locals.contains(&default)
+        {
+            locals.push(default);
         }
         Self { stores: locals }
     }
@@ -88,7 +91,8 @@ impl waymark_diff::DrvLoader for DrvFiles {
             match std::fs::read(store.real_path(drv_path)) {
                 Ok(bytes) => return Ok(bytes),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    "not in the store (garbage-collected, or built elsewhere)".clone_into(&mut last);
+                    "not in the store (garbage-collected, or built elsewhere)"
+                        .clone_into(&mut last);
                 }
                 Err(e) => last = format!("unreadable: {e}"),
             }

@@ -47,7 +47,10 @@ fn store_path_prefix(p: &str, store_dir: &str) -> Option<String> {
 /// Follows links until a store path. Links name logical store paths, also in a chroot
 /// store, so no mapping to real locations is needed.
 fn follow_links(arg: &str, store_dir: &str) -> Result<String> {
-    let io = |path: &Path, source| Error::Io { path: path.to_owned(), source };
+    let io = |path: &Path, source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut p = std::path::absolute(arg).map_err(|e| io(Path::new(arg), e))?;
     for _ in 0..MAX_LINKS {
         let s = p.to_string_lossy().into_owned();
@@ -57,7 +60,9 @@ fn follow_links(arg: &str, store_dir: &str) -> Result<String> {
         let meta = match std::fs::symlink_metadata(&p) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound { arg: arg.to_owned() });
+                return Err(Error::NotFound {
+                    arg: arg.to_owned(),
+                });
             }
             Err(e) => return Err(io(&p, e)),
         };
@@ -74,7 +79,9 @@ fn follow_links(arg: &str, store_dir: &str) -> Result<String> {
             p.parent().unwrap_or(Path::new("/")).join(target)
         };
     }
-    Err(Error::LinkLoop { arg: arg.to_owned() })
+    Err(Error::LinkLoop {
+        arg: arg.to_owned(),
+    })
 }
 
 /// Evaluates and builds a flake output (`.#nixosConfigurations.web.config.system.build.toplevel`).
@@ -82,9 +89,11 @@ fn build_flake_output(arg: &str) -> Result<String> {
     let mut cmd = nix(None, &["build", "--no-link", "--json"]);
     cmd.arg(arg);
     let out = run(cmd)?;
-    let bad = |message: String| Error::Output { command: format!("nix build {arg}"), message };
-    let json: serde_json::Value =
-        serde_json::from_slice(&out).map_err(|e| bad(e.to_string()))?;
+    let bad = |message: String| Error::Output {
+        command: format!("nix build {arg}"),
+        message,
+    };
+    let json: serde_json::Value = serde_json::from_slice(&out).map_err(|e| bad(e.to_string()))?;
     json.get(0)
         .and_then(|b| b.get("outputs"))
         .and_then(|o| o.get("out").or_else(|| o.as_object()?.values().next()))

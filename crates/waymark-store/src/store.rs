@@ -12,7 +12,7 @@ pub struct LocalStore {
     pub store_dir: String,
     /// Where the store's files really are (differs for a chroot store `local?root=`).
     pub real_store_dir: PathBuf,
-    /// The SQLite database.
+    /// The `SQLite` database.
     pub db: PathBuf,
     /// The URL to hand to the nix CLI when the database cannot be read.
     pub url: Option<String>,
@@ -59,7 +59,12 @@ impl Store {
         let state_dir = env_or("NIX_STATE_DIR", "/nix/var/nix");
         let url = url.map(str::trim).filter(|u| !u.is_empty());
         let Some(url) = url else {
-            return Ok(Self::local(&store_dir, PathBuf::from(&store_dir), &state_dir, None));
+            return Ok(Self::local(
+                &store_dir,
+                PathBuf::from(&store_dir),
+                &state_dir,
+                None,
+            ));
         };
         let (scheme, query) = url.split_once('?').unwrap_or((url, ""));
         let mut root = None;
@@ -93,20 +98,22 @@ impl Store {
         }
         let store_dir = params_store.unwrap_or(store_dir);
         let state_dir = params_state.unwrap_or(state_dir);
-        Ok(match root {
-            Some(root) => {
-                let root = Path::new(&root);
-                let under = |p: &str| root.join(p.trim_start_matches('/'));
-                let real = under(&store_dir);
-                let state = under(&state_dir);
-                Self::local(&store_dir, real, &state.to_string_lossy(), Some(url.to_owned()))
-            }
-            None => {
-                // Plain `auto`/`local` is what the CLI does anyway; keep anything more
-                // specific (a daemon, explicit directories) for the CLI fallback.
-                let url = (scheme == "daemon" || !query.is_empty()).then(|| url.to_owned());
-                Self::local(&store_dir, PathBuf::from(&store_dir), &state_dir, url)
-            }
+        Ok(if let Some(root) = root {
+            let root = Path::new(&root);
+            let under = |p: &str| root.join(p.trim_start_matches('/'));
+            let real = under(&store_dir);
+            let state = under(&state_dir);
+            Self::local(
+                &store_dir,
+                real,
+                &state.to_string_lossy(),
+                Some(url.to_owned()),
+            )
+        } else {
+            // Plain `auto`/`local` is what the CLI does anyway; keep anything more
+            // specific (a daemon, explicit directories) for the CLI fallback.
+            let url = (scheme == "daemon" || !query.is_empty()).then(|| url.to_owned());
+            Self::local(&store_dir, PathBuf::from(&store_dir), &state_dir, url)
         })
     }
 
@@ -149,12 +156,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -171,17 +179,24 @@ mod tests {
         let Store::Local(l) = Store::from_url(Some("local?root=/tmp/r")).unwrap() else {
             panic!("local expected")
         };
-        assert_eq!(l.real_path("/nix/store/x-a"), PathBuf::from("/tmp/r/nix/store/x-a"));
+        assert_eq!(
+            l.real_path("/nix/store/x-a"),
+            PathBuf::from("/tmp/r/nix/store/x-a")
+        );
         assert_eq!(l.db, PathBuf::from("/tmp/r/nix/var/nix/db/db.sqlite"));
         assert!(matches!(
             Store::from_url(Some("ssh-ng://root@host")).unwrap(),
             Store::Remote { .. }
         ));
         assert!(Store::from_url(Some("bogus")).is_err());
-        let Store::Local(l) = Store::from_url(Some("local?store=/s/store&state=/s/var")).unwrap() else {
+        let Store::Local(l) = Store::from_url(Some("local?store=/s/store&state=/s/var")).unwrap()
+        else {
             panic!("local expected")
         };
-        assert_eq!((l.store_dir.as_str(), l.db.as_path()), ("/s/store", Path::new("/s/var/db/db.sqlite")));
+        assert_eq!(
+            (l.store_dir.as_str(), l.db.as_path()),
+            ("/s/store", Path::new("/s/var/db/db.sqlite"))
+        );
         assert_eq!(l.url.as_deref(), Some("local?store=/s/store&state=/s/var"));
         assert_eq!(percent_decode("local%3Froot%3D%2Fx"), "local?root=/x");
     }

@@ -5,7 +5,11 @@ use waymark_store::parse_path_info;
 const STORE_DIR: &str = "/tmp/demo1/store";
 
 fn parse(file: &str) -> Vec<waymark_store::PathInfo> {
-    let bytes = std::fs::read(format!("{}/tests/samples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let bytes = std::fs::read(format!(
+        "{}/tests/samples/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
     let mut infos = parse_path_info(&bytes, STORE_DIR).unwrap();
     infos.sort_by(|a, b| a.path.cmp(&b.path));
     for i in &mut infos {
@@ -18,13 +22,25 @@ fn parse(file: &str) -> Vec<waymark_store::PathInfo> {
 fn all_shapes_agree() {
     let list = parse("nix-2.8-list.json");
     assert_eq!(list.len(), 28, "the demo's generation-1 closure");
-    assert!(list.iter().all(|i| i.valid && i.path.starts_with(STORE_DIR)));
+    assert!(
+        list.iter()
+            .all(|i| i.valid && i.path.starts_with(STORE_DIR))
+    );
     let with_deriver = list.iter().filter(|i| i.deriver.is_some()).count();
-    assert_eq!(with_deriver, 27, "every built path records its deriver (busybox is a source)");
+    assert_eq!(
+        with_deriver, 27,
+        "every built path records its deriver (busybox is a source)"
+    );
     assert_eq!(parse("nix-2.19-object.json"), list);
     let mut format2 = parse("nix-2.33-format2.json");
-    let gone = format2.iter().position(|i| !i.valid).expect("the invalid path is reported");
-    assert_eq!(format2.remove(gone).path, format!("{STORE_DIR}/00000000000000000000000000000000-gone"));
+    let gone = format2
+        .iter()
+        .position(|i| !i.valid)
+        .expect("the invalid path is reported");
+    assert_eq!(
+        format2.remove(gone).path,
+        format!("{STORE_DIR}/00000000000000000000000000000000-gone")
+    );
     assert_eq!(format2, list);
 }
 

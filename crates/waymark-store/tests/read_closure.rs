@@ -1,4 +1,4 @@
-//! The fast path (SQLite) and the fallback (nix CLI) read the same closure of a real store.
+//! The fast path (`SQLite`) and the fallback (nix CLI) read the same closure of a real store.
 
 use std::path::PathBuf;
 
@@ -17,7 +17,9 @@ fn database_and_cli_agree() {
     let store = Store::from_url(Some(&tb.url())).unwrap();
     let (fast, source) = read_closure(&store, &pair.new).unwrap();
     assert_eq!(source, Source::Database);
-    let Store::Local(local) = &store else { panic!("a local store") };
+    let Store::Local(local) = &store else {
+        panic!("a local store")
+    };
     // A database that cannot be opened (missing here; unreadable for a non-root user in
     // practice) sends the read through the nix CLI.
     let broken = Store::Local(LocalStore {
@@ -34,10 +36,18 @@ fn database_and_cli_agree() {
         .iter()
         .filter_map(|p| waymark_diff::store_path_name(p))
         .collect();
-    for want in ["htop-3.3.0", "openssh-9.7p1", "bash-5.2p26-man", "system-path"] {
+    for want in [
+        "htop-3.3.0",
+        "openssh-9.7p1",
+        "bash-5.2p26-man",
+        "system-path",
+    ] {
         assert!(names.contains(&want), "{want} selected: {names:?}");
     }
-    assert!(!names.iter().any(|n| n.starts_with("ncurses")), "a deep dependency is not selected");
+    assert!(
+        !names.iter().any(|n| n.starts_with("ncurses")),
+        "a deep dependency is not selected"
+    );
 }
 
 #[test]
@@ -45,15 +55,25 @@ fn invalid_path_and_locked_database() {
     let tb = PrivateStore::temp().unwrap();
     let pair = build_pair(&tb, &fixtures::web_gen1(), &fixtures::web_gen1()).unwrap();
     let store = Store::from_url(Some(&tb.url())).unwrap();
-    let gone = format!("{}/00000000000000000000000000000000-gone", tb.store_dir().display());
-    assert!(matches!(read_closure(&store, &gone), Err(Error::NotValid { .. })));
+    let gone = format!(
+        "{}/00000000000000000000000000000000-gone",
+        tb.store_dir().display()
+    );
+    assert!(matches!(
+        read_closure(&store, &gone),
+        Err(Error::NotValid { .. })
+    ));
 
     let conn = rusqlite::Connection::open(tb.db_path()).unwrap();
-    conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;").unwrap();
+    conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
     let err = read_closure(&store, &pair.old).unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err:?}");
     assert!(err.to_string().contains("is locked by another process"));
     conn.execute_batch("COMMIT;").unwrap();
     drop(conn);
-    assert!(read_closure(&store, &pair.old).is_ok(), "readable again once released");
+    assert!(
+        read_closure(&store, &pair.old).is_ok(),
+        "readable again once released"
+    );
 }

@@ -4,9 +4,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No static busybox: without it nothing can be built in a store without nixpkgs.
-    #[error(
-        "no static busybox found (set WAYMARK_BUSYBOX, or install Debian's busybox-static)"
-    )]
+    #[error("no static busybox found (set WAYMARK_BUSYBOX, or install Debian's busybox-static)")]
     NoBusybox,
     /// The private store's directories could not be made.
     #[error("creating the private store in {path}")]

@@ -18,15 +18,21 @@ fn sel(refs: &[&str]) -> Vec<(String, String)> {
 /// outputs (`-dev`, `-lib`, `-man`), one package in two versions, a build-time-only tool.
 pub fn web_gen1() -> Generation {
     let packages = vec![
-        Pkg::new("glibc", "2.39-52").outputs(&["out", "dev", "bin"]).size(8192),
-        Pkg::new("zlib", "1.3.1").outputs(&["out", "dev"]).deps(&["glibc"]),
+        Pkg::new("glibc", "2.39-52")
+            .outputs(&["out", "dev", "bin"])
+            .size(8192),
+        Pkg::new("zlib", "1.3.1")
+            .outputs(&["out", "dev"])
+            .deps(&["glibc"]),
         Pkg::new("perl", "5.38.2").deps(&["glibc"]),
         Pkg::new("openssl", "3.0.13")
             .outputs(&["out", "dev", "man"])
             .deps(&["glibc", "zlib"])
             .build_deps(&["perl"])
             .size(4096),
-        Pkg::new("openssl", "1.1.1w").key("openssl_1_1").deps(&["glibc"]),
+        Pkg::new("openssl", "1.1.1w")
+            .key("openssl_1_1")
+            .deps(&["glibc"]),
         Pkg::new("sqlite", "3.45.3")
             .outputs(&["out", "dev"])
             .deps(&["glibc", "zlib"])
@@ -55,11 +61,17 @@ pub fn web_gen1() -> Generation {
         Pkg::new("systemd", "255.6")
             .outputs(&["out", "lib", "man"])
             .deps(&["glibc", "dbus.lib", "util-linux.lib"]),
-        Pkg::new("coreutils", "9.5").outputs(&["out", "info"]).deps(&["glibc"]),
+        Pkg::new("coreutils", "9.5")
+            .outputs(&["out", "info"])
+            .deps(&["glibc"]),
         Pkg::new("git", "2.44.0").deps(&["curl", "zlib", "python3"]),
         Pkg::new("nginx", "1.26.0").deps(&["openssl", "zlib"]),
-        Pkg::new("linux", "6.6.30").outputs(&["out", "modules"]).size(32768),
-        Pkg::new("nano", "7.2").outputs(&["out", "man"]).deps(&["glibc"]),
+        Pkg::new("linux", "6.6.30")
+            .outputs(&["out", "modules"])
+            .size(32768),
+        Pkg::new("nano", "7.2")
+            .outputs(&["out", "man"])
+            .deps(&["glibc"]),
         Pkg::openssl_legacy_user(),
     ];
     Generation {
@@ -67,8 +79,20 @@ pub fn web_gen1() -> Generation {
         version: "24.05.1".to_owned(),
         packages,
         selected: sel(&[
-            "bash", "bash.man", "coreutils", "curl.bin", "curl.man", "git", "nano", "nano.man",
-            "nginx", "python3.11-requests", "systemd", "linux", "linux.modules", "legacy-app",
+            "bash",
+            "bash.man",
+            "coreutils",
+            "curl.bin",
+            "curl.man",
+            "git",
+            "nano",
+            "nano.man",
+            "nginx",
+            "python3.11-requests",
+            "systemd",
+            "linux",
+            "linux.modules",
+            "legacy-app",
         ]),
         fail: Vec::new(),
     }
@@ -91,7 +115,7 @@ impl Pkg {
 ///   version change, not a rebuild).
 pub fn web_gen2() -> Generation {
     let mut g = web_gen1();
-    g.version = "24.05.2".to_owned();
+    "24.05.2".clone_into(&mut g.version);
     for p in &mut g.packages {
         match p.key.as_str() {
             "openssl" => "3.0.14".clone_into(&mut p.version),
@@ -109,8 +133,13 @@ pub fn web_gen2() -> Generation {
         }
     }
     g.packages.retain(|p| p.key != "nano");
-    g.packages.push(Pkg::new("ncurses", "6.4").outputs(&["out", "dev"]).deps(&["glibc"]));
-    g.packages.push(Pkg::new("htop", "3.3.0").deps(&["glibc", "ncurses"]));
+    g.packages.push(
+        Pkg::new("ncurses", "6.4")
+            .outputs(&["out", "dev"])
+            .deps(&["glibc"]),
+    );
+    g.packages
+        .push(Pkg::new("htop", "3.3.0").deps(&["glibc", "ncurses"]));
     g.packages
         .push(Pkg::new("openssh", "9.7p1").deps(&["glibc", "openssl", "krb5", "zlib"]));
     g.selected.retain(|(k, _)| k != "nano");
@@ -140,11 +169,46 @@ impl Rng {
 }
 
 const STEMS: &[&str] = &[
-    "libxml2", "gtk", "python3.12-numpy", "perl5.38-JSON", "libpng", "harfbuzz", "icu", "mesa",
-    "libffi", "gnutls", "nettle", "pcre2", "expat", "fontconfig", "freetype", "cairo", "pango",
-    "libxkbcommon", "wayland", "systemd-minimal", "libcap", "acl", "attr", "xz", "bzip2", "zstd",
-    "lz4", "libarchive", "gmp", "mpfr", "readline", "ncurses", "libidn2", "nghttp2", "brotli",
-    "libssh2", "libedit", "python3.12-setuptools", "rustc-wrapper", "go-modules",
+    "libxml2",
+    "gtk",
+    "python3.12-numpy",
+    "perl5.38-JSON",
+    "libpng",
+    "harfbuzz",
+    "icu",
+    "mesa",
+    "libffi",
+    "gnutls",
+    "nettle",
+    "pcre2",
+    "expat",
+    "fontconfig",
+    "freetype",
+    "cairo",
+    "pango",
+    "libxkbcommon",
+    "wayland",
+    "systemd-minimal",
+    "libcap",
+    "acl",
+    "attr",
+    "xz",
+    "bzip2",
+    "zstd",
+    "lz4",
+    "libarchive",
+    "gmp",
+    "mpfr",
+    "readline",
+    "ncurses",
+    "libidn2",
+    "nghttp2",
+    "brotli",
+    "libssh2",
+    "libedit",
+    "python3.12-setuptools",
+    "rustc-wrapper",
+    "go-modules",
 ];
 
 /// How the second generation of a synthetic pair differs from the first.
@@ -198,7 +262,7 @@ pub fn synthetic_pair(packages: usize, seed: u64, scenario: Scenario) -> (Genera
         fail: Vec::new(),
     };
     let mut new = old.clone();
-    new.version = "2".to_owned();
+    "2".clone_into(&mut new.version);
     match scenario {
         Scenario::MassRebuild => "2.40-36".clone_into(&mut new.packages[0].version),
         Scenario::Update => {
@@ -215,7 +279,8 @@ pub fn synthetic_pair(packages: usize, seed: u64, scenario: Scenario) -> (Genera
                 } else if rng.chance(4) {
                     p.version = format!("0.{}", p.version);
                 } else if rng.chance(8) {
-                    p.env.insert("NIX_CFLAGS_COMPILE".to_owned(), "-O3".to_owned());
+                    p.env
+                        .insert("NIX_CFLAGS_COMPILE".to_owned(), "-O3".to_owned());
                 } else if rng.chance(10) {
                     removed.push(p.key.clone());
                 }

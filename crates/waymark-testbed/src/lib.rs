@@ -25,7 +25,7 @@ use serde::Serialize;
 pub use error::{Error, Result};
 pub use model::{Generation, Pkg};
 pub use ssh::SshHost;
-pub use store::{PrivateStore, busybox};
+pub use store::{Layout, PrivateStore, busybox};
 pub use truth::{Planted, planted};
 
 /// Two generations built in a store, with what was planted between them.
@@ -48,7 +48,10 @@ pub fn build_generations(store: &PrivateStore, generations: &[&Generation]) -> R
         let source = busybox()?;
         std::fs::create_dir_all(&bb_dir)
             .and_then(|()| std::fs::copy(&source, &bb).map(drop))
-            .map_err(|source| Error::Write { path: bb.clone(), source })?;
+            .map_err(|source| Error::Write {
+                path: bb.clone(),
+                source,
+            })?;
     }
     let names: Vec<String> = (0..generations.len()).map(|i| format!("g{i}")).collect();
     let pairs: Vec<(&str, &Generation)> = names
@@ -57,8 +60,10 @@ pub fn build_generations(store: &PrivateStore, generations: &[&Generation]) -> R
         .zip(generations.iter().copied())
         .collect();
     let file = store.root().join("generations.nix");
-    std::fs::write(&file, model::render_file(&pairs))
-        .map_err(|source| Error::Write { path: file.clone(), source })?;
+    std::fs::write(&file, model::render_file(&pairs)).map_err(|source| Error::Write {
+        path: file.clone(),
+        source,
+    })?;
     let attrs: Vec<&str> = names.iter().map(String::as_str).collect();
     store.build(&file, &attrs)
 }
@@ -82,4 +87,3 @@ pub fn set_profile(store: &PrivateStore, name: &str, path: &str) -> Result<std::
     store.run(cmd)?;
     Ok(profile)
 }
-

@@ -240,7 +240,12 @@ fn render_pkg(pkg: &Pkg, out: &mut String) {
         list(pkg.outputs.iter().map(|o| nix_str(o)).collect()),
         pkg.size,
         list(pkg.extra_args.iter().map(|a| nix_str(a)).collect()),
-        list(pkg.build_deps.iter().map(|k| format!("p.{}.out", nix_str(k))).collect()),
+        list(
+            pkg.build_deps
+                .iter()
+                .map(|k| format!("p.{}.out", nix_str(k)))
+                .collect()
+        ),
         pkg.src.as_ref().map_or("null".to_owned(), |s| format!(
             "builtins.toFile {} {}",
             nix_str(&format!("{}-source", pkg.pname)),

@@ -19,7 +19,10 @@ pub struct SshHost {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Write { path: path.to_owned(), source }
+    move |source| Error::Write {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn keygen(path: &Path) -> Result<()> {
@@ -30,7 +33,10 @@ fn keygen(path: &Path) -> Result<()> {
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(path)
         .output()
-        .map_err(|source| Error::Spawn { program: "ssh-keygen".into(), source })?;
+        .map_err(|source| Error::Spawn {
+            program: "ssh-keygen".into(),
+            source,
+        })?;
     if !out.status.success() {
         return Err(Error::Nix {
             program: "ssh-keygen".into(),
@@ -89,8 +95,15 @@ impl SshHost {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|source| Error::Spawn { program: "/usr/sbin/sshd".into(), source })?;
-        let host = Self { alias: alias.to_owned(), config, child };
+            .map_err(|source| Error::Spawn {
+                program: "/usr/sbin/sshd".into(),
+                source,
+            })?;
+        let host = Self {
+            alias: alias.to_owned(),
+            config,
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {

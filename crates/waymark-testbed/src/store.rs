@@ -12,21 +12,42 @@ use crate::error::{Error, Result};
 /// busybox builder needs nothing outside the store).
 const NIX_CONF: &str = "substituters =\nexperimental-features = nix-command flakes\nbuild-users-group =\nsandbox = false\n";
 
+/// Where a store keeps what, relative to its directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `store/`, `var/`, `log/`, `etc/`: the default for tests.
+    Compact,
+    /// `store/`, `var/nix/`, `var/log/nix/`, `etc/nix/`, as under `/nix`: mounted on `/nix`
+    /// in a private mount namespace it is the machine's store to every tool, even those
+    /// that hard-code `/nix/var/nix/db/db.sqlite` (the benchmark's peers).
+    Nix,
+}
+
 /// A Nix store of its own under one directory.
 #[derive(Debug)]
 pub struct PrivateStore {
     root: PathBuf,
+    layout: Layout,
     _temp: Option<tempfile::TempDir>,
 }
 
 impl PrivateStore {
     /// Makes (or reopens) a store under `root`.
     pub fn at(root: &Path) -> Result<Self> {
+        Self::at_with(root, Layout::Compact)
+    }
+
+    /// Makes (or reopens) a store under `root` with the given layout.
+    pub fn at_with(root: &Path, layout: Layout) -> Result<Self> {
         let root = std::path::absolute(root).map_err(|source| Error::CreateStore {
             path: root.to_owned(),
             source,
         })?;
-        let store = Self { root, _temp: None };
+        let store = Self {
+            root,
+            layout,
+            _temp: None,
+        };
         store.init()?;
         Ok(store)
     }
@@ -42,6 +63,7 @@ impl PrivateStore {
             })?;
         let store = Self {
             root: temp.path().to_owned(),
+            layout: Layout::Compact,
             _temp: Some(temp),
         };
         store.init()?;
@@ -53,7 +75,12 @@ impl PrivateStore {
             path: self.root.clone(),
             source,
         };
-        for dir in [self.store_dir(), self.state_dir(), self.log_dir(), self.conf_dir()] {
+        for dir in [
+            self.store_dir(),
+            self.state_dir(),
+            self.log_dir(),
+            self.conf_dir(),
+        ] {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
         std::fs::write(self.conf_dir().join("nix.conf"), NIX_CONF).map_err(err)
@@ -71,18 +98,27 @@ impl PrivateStore {
 
     /// The state directory holding the database, profiles and GC roots (`NIX_STATE_DIR`).
     pub fn state_dir(&self) -> PathBuf {
-        self.root.join("var")
+        match self.layout {
+            Layout::Compact => self.root.join("var"),
+            Layout::Nix => self.root.join("var/nix"),
+        }
     }
 
     fn log_dir(&self) -> PathBuf {
-        self.root.join("log")
+        match self.layout {
+            Layout::Compact => self.root.join("log"),
+            Layout::Nix => self.root.join("var/log/nix"),
+        }
     }
 
     fn conf_dir(&self) -> PathBuf {
-        self.root.join("etc")
+        match self.layout {
+            Layout::Compact => self.root.join("etc"),
+            Layout::Nix => self.root.join("etc/nix"),
+        }
     }
 
-    /// The store's SQLite database.
+    /// The store's `SQLite` database.
     pub fn db_path(&self) -> PathBuf {
         self.state_dir().join("db/db.sqlite")
     }

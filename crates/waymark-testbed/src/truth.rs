@@ -91,9 +91,9 @@ pub fn planted(old: &Generation, new: &Generation) -> Planted {
                 let all = |o: Ordering| {
                     !gone.is_empty()
                         && !came.is_empty()
-                        && gone.iter().all(|g| {
-                            came.iter().all(|c| version_cmp(c, g) == o)
-                        })
+                        && gone
+                            .iter()
+                            .all(|g| came.iter().all(|c| version_cmp(c, g) == o))
                 };
                 let versions = || (b.keys().cloned().collect(), a.keys().cloned().collect());
                 if all(Ordering::Greater) {
@@ -102,13 +102,16 @@ pub fn planted(old: &Generation, new: &Generation) -> Planted {
                     truth.downgrades.insert(name.clone(), versions());
                 }
                 for (v, outs) in b {
-                    if let Some(new_outs) = a.get(v) {
-                        if outs != new_outs {
-                            truth.outputs_changed.insert(
-                                name.clone(),
-                                (outs.iter().cloned().collect(), new_outs.iter().cloned().collect()),
-                            );
-                        }
+                    if let Some(new_outs) = a.get(v)
+                        && outs != new_outs
+                    {
+                        truth.outputs_changed.insert(
+                            name.clone(),
+                            (
+                                outs.iter().cloned().collect(),
+                                new_outs.iter().cloned().collect(),
+                            ),
+                        );
                     }
                 }
             }
@@ -121,40 +124,12 @@ pub fn planted(old: &Generation, new: &Generation) -> Planted {
     let old_by_key: BTreeMap<&str, &Pkg> = old_all.iter().map(|p| (p.key.as_str(), p)).collect();
     let new_by_key: BTreeMap<&str, &Pkg> = new_all.iter().map(|p| (p.key.as_str(), p)).collect();
     let mut causes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    fn causes_of(
-        key: &str,
-        old: &BTreeMap<&str, &Pkg>,
-        new: &BTreeMap<&str, &Pkg>,
-        memo: &mut BTreeMap<String, BTreeSet<String>>,
-        truth: &mut Planted,
-    ) -> BTreeSet<String> {
-        if let Some(c) = memo.get(key) {
-            return c.clone();
-        }
-        let mut set = BTreeSet::new();
-        if let (Some(o), Some(n)) = (old.get(key), new.get(key)) {
-            if let Some(what) = local_change(o, n) {
-                set.insert(n.pname.clone());
-                truth.causes.insert(n.pname.clone(), what);
-            }
-            let inputs: BTreeSet<&str> = n
-                .deps
-                .iter()
-                .map(|d| d.0.as_str())
-                .chain(n.build_deps.iter().map(String::as_str))
-                .filter(|k| *k != key)
-                .collect();
-            for input in inputs {
-                set.extend(causes_of(input, old, new, memo, truth));
-            }
-        }
-        memo.insert(key.to_owned(), set.clone());
-        set
-    }
     let old_closure = old.closure();
     let new_closure = new.closure();
     for (key, pkg) in &new_by_key {
-        let Some(o) = old_by_key.get(key) else { continue };
+        let Some(o) = old_by_key.get(key) else {
+            continue;
+        };
         let in_both = |c: &BTreeSet<(String, String)>| c.iter().any(|(k, _)| k == key);
         if o.version != pkg.version || !in_both(&old_closure) || !in_both(&new_closure) {
             continue;
@@ -170,12 +145,42 @@ pub fn planted(old: &Generation, new: &Generation) -> Planted {
     truth
 }
 
+/// The packages whose own change reaches `key` through its inputs (itself included).
+fn causes_of(
+    key: &str,
+    old: &BTreeMap<&str, &Pkg>,
+    new: &BTreeMap<&str, &Pkg>,
+    memo: &mut BTreeMap<String, BTreeSet<String>>,
+    truth: &mut Planted,
+) -> BTreeSet<String> {
+    if let Some(c) = memo.get(key) {
+        return c.clone();
+    }
+    let mut set = BTreeSet::new();
+    if let (Some(o), Some(n)) = (old.get(key), new.get(key)) {
+        if let Some(what) = local_change(o, n) {
+            set.insert(n.pname.clone());
+            truth.causes.insert(n.pname.clone(), what);
+        }
+        let inputs: BTreeSet<&str> = n
+            .deps
+            .iter()
+            .map(|d| d.0.as_str())
+            .chain(n.build_deps.iter().map(String::as_str))
+            .filter(|k| *k != key)
+            .collect();
+        for input in inputs {
+            set.extend(causes_of(input, old, new, memo, truth));
+        }
+    }
+    memo.insert(key.to_owned(), set.clone());
+    set
+}
+
 /// Nix version order, kept apart from the engine's so the truth does not share its bugs:
 /// numeric components compare as numbers, others as text.
 fn version_cmp(a: &str, b: &str) -> Ordering {
-    let parts = |s: &str| -> Vec<String> {
-        s.split(['.', '-']).map(str::to_owned).collect()
-    };
+    let parts = |s: &str| -> Vec<String> { s.split(['.', '-']).map(str::to_owned).collect() };
     let (pa, pb) = (parts(a), parts(b));
     for (x, y) in pa.iter().zip(&pb) {
         let o = match (x.parse::<u64>(), y.parse::<u64>()) {

@@ -5,6 +5,7 @@ mod commands;
 mod printer;
 mod render;
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
             // One line that names the problem, with its causes after colons.
             let mut msg = format!("error: {err}");
             for cause in err.chain().skip(1) {
-                msg.push_str(&format!(": {cause}"));
+                let _ = write!(msg, ": {cause}");
             }
             #[allow(clippy::print_stderr)]
             {

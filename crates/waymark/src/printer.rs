@@ -7,7 +7,7 @@ use clap::ValueEnum;
 /// When to colour output.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum ColorChoice {
-    /// Colour when stdout is a terminal and neither NO_COLOR nor CLICOLOR=0 is set
+    /// Colour when stdout is a terminal and neither `NO_COLOR` nor CLICOLOR=0 is set
     #[default]
     Auto,
     /// Always colour
@@ -26,7 +26,9 @@ impl ColorChoice {
             Self::Auto => {
                 if set("NO_COLOR") {
                     false
-                } else if set("CLICOLOR_FORCE") && std::env::var_os("CLICOLOR_FORCE") != Some("0".into()) {
+                } else if set("CLICOLOR_FORCE")
+                    && std::env::var_os("CLICOLOR_FORCE") != Some("0".into())
+                {
                     true
                 } else if std::env::var_os("CLICOLOR") == Some("0".into()) {
                     false

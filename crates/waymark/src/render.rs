@@ -58,7 +58,14 @@ fn clip(s: &str, width: usize) -> String {
     }
 }
 
-fn row(out: &mut String, opts: Options, tag: (char, Style), selected: bool, name: &str, rest: &str) {
+fn row(
+    out: &mut String,
+    opts: Options,
+    tag: (char, Style),
+    selected: bool,
+    name: &str,
+    rest: &str,
+) {
     let mark = if selected { '*' } else { ' ' };
     let tag_text = format!("[{}{mark}]", tag.0);
     let _ = writeln!(
@@ -88,10 +95,17 @@ fn bold() -> Style {
 
 /// One change in words, at most `width` characters.
 pub fn describe_change(change: &Change, width: usize) -> String {
-    let quote = |v: &Option<String>| v.as_ref().map_or("(unset)".to_owned(), |v| format!("{v:?}"));
+    let quote = |v: &Option<String>| {
+        v.as_ref()
+            .map_or("(unset)".to_owned(), |v| format!("{v:?}"))
+    };
     let text = match change {
         Change::Version { before, after } => format!("version {before} → {after}"),
-        Change::Env { name, before, after } => {
+        Change::Env {
+            name,
+            before,
+            after,
+        } => {
             format!("env {name}: {} → {}", quote(before), quote(after))
         }
         Change::Builder { after, .. } => format!("builder → {after}"),
@@ -130,7 +144,11 @@ pub fn cause_label(cause: &RootCause) -> String {
     let version = |drv: &str| waymark_diff::parse_drv_name(drv).1.to_owned();
     let (b, a) = (version(&cause.before), version(&cause.after));
     if b == a {
-        if b.is_empty() { cause.name.clone() } else { format!("{} {b}", cause.name) }
+        if b.is_empty() {
+            cause.name.clone()
+        } else {
+            format!("{} {b}", cause.name)
+        }
     } else {
         format!("{} {b} → {a}", cause.name)
     }
@@ -139,8 +157,18 @@ pub fn cause_label(cause: &RootCause) -> String {
 /// Renders the report as text.
 pub fn render(report: &DiffReport, opts: Options) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{} {}", paint(opts.color, bold(), "old"), report.old.path);
-    let _ = writeln!(out, "{} {}", paint(opts.color, bold(), "new"), report.new.path);
+    let _ = writeln!(
+        out,
+        "{} {}",
+        paint(opts.color, bold(), "old"),
+        report.old.path
+    );
+    let _ = writeln!(
+        out,
+        "{} {}",
+        paint(opts.color, bold(), "new"),
+        report.new.path
+    );
     let versions = report.changed.len()
         + report.added.len()
         + report.removed.len()
@@ -149,7 +177,11 @@ pub fn render(report: &DiffReport, opts: Options) -> String {
         let _ = writeln!(
             out,
             "\n{}",
-            paint(opts.color, bold(), "Package versions (* = in the top-level selection)")
+            paint(
+                opts.color,
+                bold(),
+                "Package versions (* = in the top-level selection)"
+            )
         );
     }
     for c in &report.changed {
@@ -162,19 +194,42 @@ pub fn render(report: &DiffReport, opts: Options) -> String {
         if c.direction == Direction::Downgrade {
             rest.push_str("  (downgrade)");
         }
-        let rest = format!("{:<38} {:>12}", clip(&rest, 38), signed_size(c.nar_size_delta));
+        let rest = format!(
+            "{:<38} {:>12}",
+            clip(&rest, 38),
+            signed_size(c.nar_size_delta)
+        );
         row(&mut out, opts, tag, c.selected, &c.name, &rest);
     }
-    for (list, tag, sign) in [(&report.added, ('A', green()), 1), (&report.removed, ('R', red()), -1)] {
+    for (list, tag, sign) in [
+        (&report.added, ('A', green()), 1),
+        (&report.removed, ('R', red()), -1),
+    ] {
         for p in list {
             let delta = sign * p.nar_size as i64;
-            let rest = format!("{:<38} {:>12}", clip(&p.versions.join(", "), 38), signed_size(delta));
+            let rest = format!(
+                "{:<38} {:>12}",
+                clip(&p.versions.join(", "), 38),
+                signed_size(delta)
+            );
             row(&mut out, opts, tag, p.selected, &p.name, &rest);
         }
     }
     for o in &report.outputs_changed {
-        let rest = format!("{}  outputs {} → {}", o.version, o.before.join(", "), o.after.join(", "));
-        row(&mut out, opts, ('O', cyan()), o.selected, &o.name, &clip(&rest, 51));
+        let rest = format!(
+            "{}  outputs {} → {}",
+            o.version,
+            o.before.join(", "),
+            o.after.join(", ")
+        );
+        row(
+            &mut out,
+            opts,
+            ('O', cyan()),
+            o.selected,
+            &o.name,
+            &clip(&rest, 51),
+        );
     }
     if !report.rebuilt.is_empty() {
         let _ = writeln!(
@@ -183,17 +238,26 @@ pub fn render(report: &DiffReport, opts: Options) -> String {
             paint(
                 opts.color,
                 bold(),
-                &format!("Rebuilt without a version change ({})", report.rebuilt.len())
+                &format!(
+                    "Rebuilt without a version change ({})",
+                    report.rebuilt.len()
+                )
             )
         );
-        let shown = if opts.all { report.rebuilt.len() } else { LIMIT };
+        let shown = if opts.all {
+            report.rebuilt.len()
+        } else {
+            LIMIT
+        };
         for r in report.rebuilt.iter().take(shown) {
             let why: Vec<String> = r
                 .causes
                 .iter()
                 .map(|&c| report.root_causes[c].name.clone())
                 .collect();
-            let why = if why.is_empty() {
+            let why = if why.is_empty() && report.missing_derivations.is_empty() {
+                String::new() // --no-causes: nothing was looked for
+            } else if why.is_empty() {
                 "cause unknown (derivation missing)".to_owned()
             } else {
                 format!("← {}", why.join(", "))
@@ -202,7 +266,11 @@ pub fn render(report: &DiffReport, opts: Options) -> String {
             row(&mut out, opts, ('B', cyan()), r.selected, &r.name, &rest);
         }
         if report.rebuilt.len() > shown {
-            let _ = writeln!(out, "      … and {} more (--all lists them)", report.rebuilt.len() - shown);
+            let _ = writeln!(
+                out,
+                "      … and {} more (--all lists them)",
+                report.rebuilt.len() - shown
+            );
         }
     }
     if !report.root_causes.is_empty() {
@@ -215,14 +283,26 @@ pub fn render(report: &DiffReport, opts: Options) -> String {
                 &format!(
                     "Root causes: {} change{} explain{} the {} rebuild{}",
                     report.root_causes.len(),
-                    if report.root_causes.len() == 1 { "" } else { "s" },
-                    if report.root_causes.len() == 1 { "s" } else { "" },
+                    if report.root_causes.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
+                    if report.root_causes.len() == 1 {
+                        "s"
+                    } else {
+                        ""
+                    },
                     report.rebuilt.len(),
                     if report.rebuilt.len() == 1 { "" } else { "s" },
                 )
             )
         );
-        let shown = if opts.all { report.root_causes.len() } else { LIMIT };
+        let shown = if opts.all {
+            report.root_causes.len()
+        } else {
+            LIMIT
+        };
         for cause in report.root_causes.iter().take(shown) {
             let caused = format!("caused {}", cause.caused);
             let _ = writeln!(
@@ -245,7 +325,11 @@ pub fn render(report: &DiffReport, opts: Options) -> String {
             }
         }
         if report.root_causes.len() > shown {
-            let _ = writeln!(out, "  … and {} more (--all lists them)", report.root_causes.len() - shown);
+            let _ = writeln!(
+                out,
+                "  … and {} more (--all lists them)",
+                report.root_causes.len() - shown
+            );
         }
     }
     if !report.missing_derivations.is_empty() {
@@ -261,12 +345,21 @@ pub fn render(report: &DiffReport, opts: Options) -> String {
                 )
             )
         );
-        for m in report.missing_derivations.iter().take(if opts.all { usize::MAX } else { 10 }) {
+        for m in report
+            .missing_derivations
+            .iter()
+            .take(if opts.all { usize::MAX } else { 10 })
+        {
             let side = match m.side {
                 waymark_diff::Side::Old => "old",
                 waymark_diff::Side::New => "new",
             };
-            let _ = writeln!(out, "  {:<NAME_WIDTH$} {side}: {}", clip(&m.name, NAME_WIDTH), clip(&m.reason, 48));
+            let _ = writeln!(
+                out,
+                "  {:<NAME_WIDTH$} {side}: {}",
+                clip(&m.name, NAME_WIDTH),
+                clip(&m.reason, 48)
+            );
         }
     }
     let size_delta = report.new.nar_size as i64 - report.old.nar_size as i64;

@@ -12,7 +12,10 @@ fn every_test_file_is_listed() {
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         if let Some(module) = name.strip_suffix(".rs").filter(|m| m.starts_with("test_")) {
-            assert!(listed.contains(&format!("mod {module};")), "tests/{name} is not listed in runner.rs");
+            assert!(
+                listed.contains(&format!("mod {module};")),
+                "tests/{name} is not listed in runner.rs"
+            );
         }
     }
 }

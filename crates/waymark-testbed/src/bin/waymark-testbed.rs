@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use waymark_testbed::fixtures::{self, Scenario};
-use waymark_testbed::{PrivateStore, build_pair};
+use waymark_testbed::{Layout, PrivateStore, build_pair};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Fixture {
@@ -32,6 +32,12 @@ struct Args {
     /// Directory of the store (created or reused)
     #[arg(long)]
     dir: PathBuf,
+    /// Lay the store out like /nix (store/, var/nix/), to mount it on /nix
+    #[arg(long)]
+    nix_layout: bool,
+    /// Only print how many paths each generation's closure has; build nothing
+    #[arg(long)]
+    count_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,14 +47,30 @@ fn main() -> anyhow::Result<()> {
         Fixture::Update => fixtures::synthetic_pair(args.packages, args.seed, Scenario::Update),
         Fixture::Mass => fixtures::synthetic_pair(args.packages, args.seed, Scenario::MassRebuild),
     };
-    let store = PrivateStore::at(&args.dir).context("opening the store")?;
+    if args.count_only {
+        // The toplevel and busybox are not packages of the model.
+        let doc =
+            serde_json::json!({ "old": old.closure().len() + 2, "new": new.closure().len() + 2 });
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{doc}");
+        }
+        return Ok(());
+    }
+    let layout = if args.nix_layout {
+        Layout::Nix
+    } else {
+        Layout::Compact
+    };
+    let store = PrivateStore::at_with(&args.dir, layout).context("opening the store")?;
     let pair = build_pair(&store, &old, &new).context("building the pair")?;
     let env: serde_json::Map<String, serde_json::Value> = store
         .env()
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_string_lossy().into_owned().into()))
         .collect();
-    let doc = serde_json::json!({ "env": env, "old": pair.old, "new": pair.new, "truth": pair.truth });
+    let doc =
+        serde_json::json!({ "env": env, "old": pair.old, "new": pair.new, "truth": pair.truth });
     #[allow(clippy::print_stdout)]
     {
         println!("{}", serde_json::to_string_pretty(&doc)?);

@@ -13,7 +13,7 @@ use crate::ExitStatus;
 
 /// Build two demo system closures in a private store and diff them
 ///
-/// Needs only Nix and a static busybox (WAYMARK_BUSYBOX, or Debian's busybox-static):
+/// Needs only Nix and a static busybox (`WAYMARK_BUSYBOX`, or Debian's busybox-static):
 /// no nixpkgs, no network, no root. The store is left in the directory named at the end,
 /// so you can look around and run `waymark diff` on it yourself.
 #[derive(Debug, Args)]
@@ -37,7 +37,10 @@ pub fn cmd_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
             .keep(),
     };
     let store = PrivateStore::at(&dir).context("creating the demo's private store")?;
-    p.info(format_args!("Building two generations of a demo host `web` in a private store in {}.", dir.display()));
+    p.info(format_args!(
+        "Building two generations of a demo host `web` in a private store in {}.",
+        dir.display()
+    ));
     p.info("Generation 2 bumps openssl and linux, downgrades nginx, adds htop and openssh, removes nano,");
     p.info("changes an environment variable of sqlite, a builder argument of bash and the source of dbus.");
     let (g1, g2) = (fixtures::web_gen1(), fixtures::web_gen2());
@@ -56,6 +59,7 @@ pub fn cmd_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
         json: args.json,
         exit_code: false,
         all: false,
+        no_causes: false,
     };
     let local = Store::Local(LocalStore {
         store_dir: store.store_dir().to_string_lossy().into_owned(),
@@ -64,7 +68,11 @@ pub fn cmd_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
         url: None,
     });
     let report = compute(&diff_args, (local.clone(), local), global)?;
-    let format = if args.json { OutputFormat::Json } else { OutputFormat::Text };
+    let format = if args.json {
+        OutputFormat::Json
+    } else {
+        OutputFormat::Text
+    };
     print(&report, format, false, global)?;
     p.info(format_args!(
         "\nThe demo store stays in {dir}. To run the same diff yourself:\n  NIX_STORE_DIR={store} NIX_STATE_DIR={state} waymark diff {a} {b}",

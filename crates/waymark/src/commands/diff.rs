@@ -30,6 +30,7 @@ pub enum OutputFormat {
 /// --store, a side can live in another store, e.g. the target's /run/current-system
 /// over ssh-ng://.
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // independent command-line switches
 pub struct DiffArgs {
     /// The closure to diff from
     pub old: String,
@@ -56,9 +57,16 @@ pub struct DiffArgs {
     /// List every rebuild and root cause, not only the first ones
     #[arg(long)]
     pub all: bool,
+    /// Compare versions only: skip reading derivations for root causes
+    #[arg(long)]
+    pub no_causes: bool,
 }
 
-fn read_side(label: &str, store: Store, arg: &str) -> anyhow::Result<(Store, waymark_diff::Closure, Source)> {
+fn read_side(
+    label: &str,
+    store: Store,
+    arg: &str,
+) -> anyhow::Result<(Store, waymark_diff::Closure, Source)> {
     let path = resolve(&store, arg).with_context(|| format!("{label} side"))?;
     let (closure, source) = read_closure(&store, &path).with_context(|| format!("{label} side"))?;
     Ok((store, closure, source))
@@ -75,7 +83,11 @@ pub fn stores(args: &DiffArgs) -> anyhow::Result<(Store, Store)> {
 }
 
 /// Computes the report of two arguments in the given (old, new) stores.
-pub fn compute(args: &DiffArgs, stores: (Store, Store), global: Global) -> anyhow::Result<DiffReport> {
+pub fn compute(
+    args: &DiffArgs,
+    stores: (Store, Store),
+    global: Global,
+) -> anyhow::Result<DiffReport> {
     let started = Instant::now();
     let (old_store, new_store) = stores;
     // Both closures at once: two database reads (or two nix calls) in parallel.
@@ -94,16 +106,26 @@ pub fn compute(args: &DiffArgs, stores: (Store, Store), global: Global) -> anyho
         started.elapsed()
     ));
     if old_source == Source::Cli || new_source == Source::Cli {
-        global.printer.detail("the store database was not readable: used the nix CLI");
+        global
+            .printer
+            .detail("the store database was not readable: used the nix CLI");
     }
     let drvs = DrvFiles::new([&old_store, &new_store]);
-    let report = waymark_diff::diff(&old, &new, &drvs);
-    global.printer.detail(format_args!("diffed in {:?}", started.elapsed()));
+    let loader: Option<&dyn waymark_diff::DrvLoader> = (!args.no_causes).then_some(&drvs);
+    let report = waymark_diff::diff_with(&old, &new, loader);
+    global
+        .printer
+        .detail(format_args!("diffed in {:?}", started.elapsed()));
     Ok(report)
 }
 
 /// Prints a report in the requested format.
-pub fn print(report: &DiffReport, format: OutputFormat, all: bool, global: Global) -> anyhow::Result<()> {
+pub fn print(
+    report: &DiffReport,
+    format: OutputFormat,
+    all: bool,
+    global: Global,
+) -> anyhow::Result<()> {
     let text = match format {
         OutputFormat::Json => {
             let mut s = serde_json::to_string_pretty(report).context("encoding JSON")?;
@@ -123,7 +145,11 @@ pub fn print(report: &DiffReport, format: OutputFormat, all: bool, global: Globa
 
 pub fn cmd_diff(global: Global, args: &DiffArgs) -> anyhow::Result<ExitStatus> {
     let report = compute(args, stores(args)?, global)?;
-    let format = if args.json { OutputFormat::Json } else { args.output_format };
+    let format = if args.json {
+        OutputFormat::Json
+    } else {
+        args.output_format
+    };
     print(&report, format, args.all, global)?;
     if !report.missing_derivations.is_empty() {
         global.printer.warn(format_args!(

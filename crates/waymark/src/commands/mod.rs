@@ -14,7 +14,7 @@ use crate::printer::{ColorChoice, Printer};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// When to colour output: auto, always, never (NO_COLOR and CLICOLOR are honoured)
+    /// When to colour output: auto, always, never (`NO_COLOR` and CLICOLOR are honoured)
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
     /// Print details (data sources, timings) on stderr
