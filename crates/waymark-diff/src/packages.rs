@@ -224,3 +224,86 @@ fn compare_version<'a>(
         out.rebuilt.push(rebuild);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(hash: char, name: &str, deriver: Option<&str>) -> PathEntry {
+        let h: String = std::iter::repeat_n(hash, 32).collect();
+        PathEntry {
+            path: format!("/nix/store/{h}-{name}"),
+            nar_size: 100,
+            deriver: deriver.map(|d| format!("/nix/store/{h}-{d}.drv")),
+        }
+    }
+
+    fn closure(entries: Vec<PathEntry>) -> Closure {
+        Closure {
+            root: entries[0].path.clone(),
+            paths: entries,
+            selected: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn output_set_change_is_not_a_version_change() {
+        let old = closure(vec![entry('a', "krb5-1.21.2-lib", Some("krb5-1.21.2"))]);
+        let new = closure(vec![
+            entry('a', "krb5-1.21.2-lib", Some("krb5-1.21.2")),
+            entry('a', "krb5-1.21.2", Some("krb5-1.21.2")),
+        ]);
+        let d = diff_packages(&old, &new);
+        assert!(d.changed.is_empty() && d.rebuilt.is_empty() && d.added.is_empty());
+        assert_eq!(d.outputs_changed[0].before, ["lib"]);
+        assert_eq!(d.outputs_changed[0].after, ["lib", "out"]);
+    }
+
+    #[test]
+    fn several_versions_and_directions() {
+        let old = closure(vec![
+            entry('a', "openssl-1.1.1w", None),
+            entry('b', "openssl-3.0.13", None),
+            entry('c', "nginx-1.26.0", None),
+            entry('d', "python3-3.11.9", None),
+        ]);
+        let new = closure(vec![
+            entry('a', "openssl-1.1.1w", None),
+            entry('e', "openssl-3.0.14", None),
+            entry('f', "nginx-1.24.0", None),
+            entry('g', "python3-3.11.9", None),
+            entry('h', "python3-3.12.3", None),
+        ]);
+        let d = diff_packages(&old, &new);
+        let by_name: BTreeMap<&str, &VersionChange> =
+            d.changed.iter().map(|c| (c.name.as_str(), c)).collect();
+        assert_eq!(by_name["openssl"].direction, Direction::Upgrade);
+        assert_eq!(by_name["openssl"].before, ["1.1.1w", "3.0.13"]);
+        assert_eq!(by_name["nginx"].direction, Direction::Downgrade);
+        // A version added beside a kept one is a change, not an upgrade of the kept one...
+        assert_eq!(by_name["python3"].direction, Direction::Changed);
+        // ...and the kept one, rebuilt, is a rebuild.
+        assert_eq!(d.rebuilt.len(), 1);
+        assert_eq!(
+            (d.rebuilt[0].name.as_str(), d.rebuilt[0].version.as_str()),
+            ("python3", "3.11.9")
+        );
+        assert_eq!(d.pairs.len(), 1);
+    }
+
+    #[test]
+    fn added_removed_and_identical() {
+        let old = closure(vec![
+            entry('a', "nano-7.2", None),
+            entry('b', "bash-5.2p26", None),
+        ]);
+        let new = closure(vec![
+            entry('c', "htop-3.3.0", None),
+            entry('b', "bash-5.2p26", None),
+        ]);
+        let d = diff_packages(&old, &new);
+        assert_eq!(d.added[0].name, "htop");
+        assert_eq!(d.removed[0].name, "nano");
+        assert!(d.changed.is_empty() && d.rebuilt.is_empty());
+    }
+}

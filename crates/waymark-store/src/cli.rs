@@ -85,6 +85,29 @@ pub fn closure(url: Option<&str>, store_dir: &str, root: &str) -> Result<Closure
     })
 }
 
+/// Reads one path's entry with `nix path-info --json`, `None` when the store lacks it.
+pub fn path_entry(url: Option<&str>, store_dir: &str, path: &str) -> Result<Option<PathEntry>> {
+    let mut cmd = nix(url, &["path-info", "--json"]);
+    cmd.arg(path);
+    let out = match run(cmd) {
+        Ok(out) => out,
+        Err(e) => {
+            return match not_valid(e, path, url) {
+                Error::NotValid { .. } => Ok(None),
+                e => Err(e),
+            };
+        }
+    };
+    Ok(parse_path_info(&out, store_dir)?
+        .into_iter()
+        .find(|i| i.valid && i.path == path)
+        .map(|i| PathEntry {
+            path: i.path,
+            nar_size: i.nar_size,
+            deriver: i.deriver,
+        }))
+}
+
 /// Nix 2.19+ exits non-zero for a path it does not hold; say so the same way as 2.8.
 fn not_valid(e: Error, root: &str, url: Option<&str>) -> Error {
     match &e {

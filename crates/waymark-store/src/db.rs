@@ -19,6 +19,52 @@ fn is_locked(e: &rusqlite::Error) -> bool {
     )
 }
 
+fn open(store: &LocalStore) -> Result<Connection> {
+    let err = |source: rusqlite::Error| Error::Database {
+        db: store.db.clone(),
+        source,
+    };
+    if !store.db.exists() {
+        return Err(err(rusqlite::Error::InvalidPath(store.db.clone())));
+    }
+    let conn = Connection::open_with_flags(
+        &store.db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    Ok(conn)
+}
+
+/// Reads one path's entry, `None` when the store does not hold it.
+pub fn path_entry(store: &LocalStore, path: &str) -> Result<Option<PathEntry>> {
+    let conn = open(store)?;
+    conn.query_row(
+        "SELECT path, narSize, deriver FROM ValidPaths WHERE path = ?1",
+        [path],
+        |r| {
+            Ok(PathEntry {
+                path: r.get(0)?,
+                nar_size: r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64,
+                deriver: r.get::<_, Option<String>>(2)?.filter(|d| !d.is_empty()),
+            })
+        },
+    )
+    .optional()
+    .map_err(|source| {
+        if is_locked(&source) {
+            Error::Locked {
+                db: store.db.clone(),
+            }
+        } else {
+            Error::Database {
+                db: store.db.clone(),
+                source,
+            }
+        }
+    })
+}
+
 /// Reads the closure of `root` from the database.
 ///
 /// # Errors
@@ -38,15 +84,7 @@ pub fn closure(store: &LocalStore, root: &str) -> Result<Closure> {
             }
         }
     };
-    if !store.db.exists() {
-        return Err(err(rusqlite::Error::InvalidPath(store.db.clone())));
-    }
-    let conn = Connection::open_with_flags(
-        &store.db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    let conn = open(store)?;
     let id: Option<i64> = conn
         .query_row("SELECT id FROM ValidPaths WHERE path = ?1", [root], |r| {
             r.get(0)

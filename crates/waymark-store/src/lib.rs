@@ -58,6 +58,22 @@ pub fn read_closure(store: &Store, root: &str) -> Result<(Closure, Source)> {
     }
 }
 
+/// Returns the store's entry for `path` (size, deriver), `None` when it does not hold it.
+///
+/// # Errors
+/// The store cannot be read at all, or its database is locked.
+pub fn path_entry(store: &Store, path: &str) -> Result<Option<waymark_diff::PathEntry>> {
+    match store {
+        Store::Local(local) => match db::path_entry(local, path) {
+            Err(Error::Database { .. }) => {
+                cli::path_entry(local.url.as_deref(), &local.store_dir, path)
+            }
+            other => other,
+        },
+        Store::Remote { url, store_dir } => cli::path_entry(Some(url), store_dir, path),
+    }
+}
+
 /// Reads derivation files for the structural diff. Derivations are content-addressed,
 /// so one read from this machine's store is the same file wherever the closure lives.
 #[derive(Debug, Clone)]

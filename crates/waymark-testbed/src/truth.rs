@@ -193,3 +193,61 @@ fn version_cmp(a: &str, b: &str) -> Ordering {
     }
     pa.len().cmp(&pb.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{web_gen1, web_gen2};
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|&s| s.to_owned()).collect()
+    }
+
+    /// The truth of the web pair is what its documentation says was planted.
+    #[test]
+    fn web_pair_truth() {
+        let t = planted(&web_gen1(), &web_gen2());
+        assert_eq!(
+            t.upgrades.keys().cloned().collect::<BTreeSet<_>>(),
+            set(&["linux", "openssl"])
+        );
+        assert_eq!(
+            t.downgrades.keys().cloned().collect::<BTreeSet<_>>(),
+            set(&["nginx"])
+        );
+        assert_eq!(t.added, set(&["htop", "ncurses", "openssh"]));
+        assert_eq!(t.removed, set(&["nano"]));
+        assert_eq!(
+            t.outputs_changed["krb5"],
+            (vec!["lib".into()], vec!["lib".into(), "out".into()])
+        );
+        assert_eq!(t.rebuilds["curl"], set(&["openssl"]));
+        assert_eq!(t.rebuilds["git"], set(&["openssl", "sqlite"]));
+        assert_eq!(t.rebuilds["systemd"], set(&["dbus"]));
+        assert_eq!(t.rebuilds["bash"], set(&["bash"]));
+        assert!(
+            !t.rebuilds.contains_key("krb5"),
+            "an output-set change is no rebuild"
+        );
+        assert_eq!(t.causes["sqlite"], "environment");
+        assert_eq!(t.causes["dbus"], "source");
+        assert_eq!(t.causes["bash"], "builder arguments");
+    }
+
+    #[test]
+    fn mass_rebuild_truth() {
+        let (old, new) =
+            crate::fixtures::synthetic_pair(200, 7, crate::fixtures::Scenario::MassRebuild);
+        let t = planted(&old, &new);
+        assert_eq!(
+            t.causes.keys().cloned().collect::<BTreeSet<_>>(),
+            set(&["glibc"])
+        );
+        assert!(t.rebuilds.values().all(|c| c == &set(&["glibc"])));
+        assert!(
+            t.rebuilds.len() > 150,
+            "every package of the closure: {}",
+            t.rebuilds.len()
+        );
+    }
+}
