@@ -65,13 +65,22 @@ pub struct PackageId {
 /// assert_eq!((id.pname.as_str(), id.version.as_str(), id.output.as_str()), ("krb5", "1.21.2", "lib"));
 /// ```
 pub fn package_id(path_name: &str, deriver_name: Option<&str>) -> PackageId {
-    let make = |drv_name: &str, output: &str| {
+    let (pname, version, output) = split_package(path_name, deriver_name);
+    PackageId {
+        pname: pname.to_owned(),
+        version: version.to_owned(),
+        output: output.to_owned(),
+    }
+}
+
+/// [`package_id`] without allocating: (package name, version, output), borrowed.
+pub fn split_package<'a>(
+    path_name: &'a str,
+    deriver_name: Option<&'a str>,
+) -> (&'a str, &'a str, &'a str) {
+    let make = |drv_name: &'a str, output: &'a str| {
         let (pname, version) = parse_drv_name(drv_name);
-        PackageId {
-            pname: pname.to_owned(),
-            version: version.to_owned(),
-            output: output.to_owned(),
-        }
+        (pname, version, output)
     };
     if let Some(drv_name) = deriver_name {
         if path_name == drv_name {
@@ -92,9 +101,9 @@ pub fn package_id(path_name: &str, deriver_name: Option<&str>) -> PackageId {
         return make(&path_name[..path_name.len() - suffix.len() - 1], suffix);
     }
     if version.is_empty()
+        && deriver_name.is_none()
         && let Some((rest, suffix)) = pname.rsplit_once('-')
         && KNOWN_OUTPUTS.contains(&suffix)
-        && deriver_name.is_none()
         && !rest.is_empty()
     {
         return make(rest, suffix);

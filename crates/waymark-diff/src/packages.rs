@@ -1,74 +1,83 @@
 //! The package-version half of the diff: pairing closure paths by package name.
+//!
+//! Each side becomes one flat list of borrowed (name, version, output, path) items sorted
+//! by name, and the two lists are merge-joined: no per-package maps, no copies of names.
+//! On a 6,000-path pair this is a few milliseconds next to the database reads.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::closure::{Closure, PathEntry};
-use crate::name::{drv_name, package_id, store_path_name};
+use crate::name::{drv_name, split_package, store_path_name};
 use crate::report::{Direction, OutputsChange, PackageVersions, Rebuild, VersionChange};
 use crate::version::{compare_versions, sort_versions};
 
-/// version → output → paths
-type Versions<'a> = BTreeMap<String, BTreeMap<String, Vec<&'a PathEntry>>>;
-
-struct Side<'a> {
-    packages: BTreeMap<String, Versions<'a>>,
-    selected: &'a BTreeSet<String>,
+/// One path of a closure as a package output.
+#[derive(Debug, Clone, Copy)]
+struct Item<'a> {
+    pname: &'a str,
+    version: &'a str,
+    output: &'a str,
+    entry: &'a PathEntry,
 }
 
-impl<'a> Side<'a> {
-    fn new(closure: &'a Closure) -> Self {
-        let mut packages: BTreeMap<String, Versions<'a>> = BTreeMap::new();
-        for entry in &closure.paths {
-            let Some(name) = store_path_name(&entry.path) else {
-                continue;
-            };
-            let id = package_id(name, entry.deriver.as_deref().and_then(drv_name));
-            packages
-                .entry(id.pname)
-                .or_default()
-                .entry(id.version)
-                .or_default()
-                .entry(id.output)
-                .or_default()
-                .push(entry);
-        }
-        Side {
-            packages,
-            selected: &closure.selected,
-        }
-    }
-
-    fn is_selected(&self, versions: Option<&Versions<'_>>) -> bool {
-        versions.is_some_and(|v| {
-            v.values()
-                .flat_map(BTreeMap::values)
-                .flatten()
-                .any(|e| self.selected.contains(&e.path))
+/// The items of a closure sorted by (name, version, output, path).
+fn items(closure: &Closure) -> Vec<Item<'_>> {
+    let mut items: Vec<Item<'_>> = closure
+        .paths
+        .iter()
+        .filter_map(|entry| {
+            let name = store_path_name(&entry.path)?;
+            let (pname, version, output) =
+                split_package(name, entry.deriver.as_deref().and_then(drv_name));
+            Some(Item {
+                pname,
+                version,
+                output,
+                entry,
+            })
         })
-    }
+        .collect();
+    items.sort_unstable_by(|a, b| {
+        (a.pname, a.version, a.output, &a.entry.path).cmp(&(
+            b.pname,
+            b.version,
+            b.output,
+            &b.entry.path,
+        ))
+    });
+    items
 }
 
-fn nar_size(versions: Option<&Versions<'_>>) -> u64 {
-    versions.map_or(0, |v| {
-        v.values()
-            .flat_map(BTreeMap::values)
-            .flatten()
-            .map(|e| e.nar_size)
-            .sum()
-    })
+fn nar_size(items: &[Item<'_>]) -> u64 {
+    items.iter().map(|i| i.entry.nar_size).sum()
 }
 
 fn delta(after: u64, before: u64) -> i64 {
     after as i64 - before as i64
 }
 
-fn sorted_versions(versions: &Versions<'_>) -> Vec<String> {
-    let mut v: Vec<String> = versions.keys().cloned().collect();
+/// Distinct versions of a package's items (sorted by text, as the items are).
+fn versions<'a>(items: &[Item<'a>]) -> Vec<&'a str> {
+    let mut v: Vec<&str> = items.iter().map(|i| i.version).collect();
+    v.dedup();
+    v
+}
+
+fn sorted_versions(items: &[Item<'_>]) -> Vec<String> {
+    let mut v: Vec<String> = versions(items).into_iter().map(str::to_owned).collect();
     sort_versions(&mut v);
     v
 }
 
-fn direction(removed: &[&String], added: &[&String]) -> Direction {
+/// Splits sorted items into runs sharing a key.
+fn runs<'s, 'a, K: PartialEq>(
+    items: &'s [Item<'a>],
+    key: impl Fn(&Item<'a>) -> K,
+) -> impl Iterator<Item = &'s [Item<'a>]> {
+    items.chunk_by(move |a, b| key(a) == key(b))
+}
+
+fn direction(removed: &[&str], added: &[&str]) -> Direction {
     use std::cmp::Ordering::{Greater, Less};
     let all = |want| {
         !removed.is_empty()
@@ -109,74 +118,112 @@ pub struct PackageDiff<'a> {
     pub pairs: Vec<RebuildPair<'a>>,
 }
 
+/// Whether any of a package's paths, on either side, is in that side's selection.
+/// Only asked for packages that are reported.
+struct Selection<'a> {
+    old: &'a BTreeSet<String>,
+    new: &'a BTreeSet<String>,
+}
+
+impl Selection<'_> {
+    fn any(&self, before: &[Item<'_>], after: &[Item<'_>]) -> bool {
+        before.iter().any(|i| self.old.contains(&i.entry.path))
+            || after.iter().any(|i| self.new.contains(&i.entry.path))
+    }
+}
+
 /// Pairs the two closures by package name and version.
 pub fn diff_packages<'a>(old: &'a Closure, new: &'a Closure) -> PackageDiff<'a> {
-    let (old_side, new_side) = (Side::new(old), Side::new(new));
-    let names: BTreeSet<&String> = old_side
-        .packages
-        .keys()
-        .chain(new_side.packages.keys())
-        .collect();
+    let (old_items, new_items) = rayon::join(|| items(old), || items(new));
+    let sel = Selection {
+        old: &old.selected,
+        new: &new.selected,
+    };
     let mut out = PackageDiff::default();
-    for name in names {
-        let (before, after) = (old_side.packages.get(name), new_side.packages.get(name));
-        let selected = old_side.is_selected(before) || new_side.is_selected(after);
-        match (before, after) {
+    let mut before = runs(&old_items, |i| i.pname).peekable();
+    let mut after = runs(&new_items, |i| i.pname).peekable();
+    loop {
+        let (b, a) = match (before.peek(), after.peek()) {
+            (None, None) => break,
+            (Some(b), Some(a)) => match b[0].pname.cmp(a[0].pname) {
+                std::cmp::Ordering::Less => (before.next(), None),
+                std::cmp::Ordering::Greater => (None, after.next()),
+                std::cmp::Ordering::Equal => (before.next(), after.next()),
+            },
+            (Some(_), None) => (before.next(), None),
+            (None, Some(_)) => (None, after.next()),
+        };
+        match (b, a) {
             (None, Some(a)) => out.added.push(PackageVersions {
-                name: name.clone(),
+                name: a[0].pname.to_owned(),
                 versions: sorted_versions(a),
-                selected,
-                nar_size: nar_size(after),
+                selected: sel.any(&[], a),
+                nar_size: nar_size(a),
             }),
             (Some(b), None) => out.removed.push(PackageVersions {
-                name: name.clone(),
+                name: b[0].pname.to_owned(),
                 versions: sorted_versions(b),
-                selected,
-                nar_size: nar_size(before),
+                selected: sel.any(b, &[]),
+                nar_size: nar_size(b),
             }),
-            (Some(b), Some(a)) => {
-                let removed: Vec<&String> = b.keys().filter(|v| !a.contains_key(*v)).collect();
-                let added: Vec<&String> = a.keys().filter(|v| !b.contains_key(*v)).collect();
-                if !removed.is_empty() || !added.is_empty() {
-                    out.changed.push(VersionChange {
-                        name: name.clone(),
-                        before: sorted_versions(b),
-                        after: sorted_versions(a),
-                        direction: direction(&removed, &added),
-                        selected,
-                        nar_size_delta: delta(nar_size(after), nar_size(before)),
-                    });
-                }
-                for (version, old_outputs) in b {
-                    let Some(new_outputs) = a.get(version) else {
-                        continue;
-                    };
-                    compare_version(&mut out, name, version, old_outputs, new_outputs, selected);
-                }
-            }
-            (None, None) => unreachable!("name comes from one of the sides"),
+            (Some(b), Some(a)) => compare_package(&mut out, &sel, b, a),
+            (None, None) => unreachable!("one side has a package"),
         }
     }
     out
 }
 
+fn compare_package<'a>(
+    out: &mut PackageDiff<'a>,
+    sel: &Selection<'_>,
+    b: &[Item<'a>],
+    a: &[Item<'a>],
+) {
+    let (bv, av) = (versions(b), versions(a));
+    let removed: Vec<&str> = bv.iter().copied().filter(|v| !av.contains(v)).collect();
+    let added: Vec<&str> = av.iter().copied().filter(|v| !bv.contains(v)).collect();
+    let name = b[0].pname;
+    if !removed.is_empty() || !added.is_empty() {
+        out.changed.push(VersionChange {
+            name: name.to_owned(),
+            before: sorted_versions(b),
+            after: sorted_versions(a),
+            direction: direction(&removed, &added),
+            selected: sel.any(b, a),
+            nar_size_delta: delta(nar_size(a), nar_size(b)),
+        });
+    }
+    let new_by_version: Vec<&[Item<'a>]> = runs(a, |i| i.version).collect();
+    for old_version in runs(b, |i| i.version) {
+        let version = old_version[0].version;
+        if let Some(new_version) = new_by_version.iter().find(|r| r[0].version == version) {
+            compare_version(out, sel, old_version, new_version);
+        }
+    }
+}
+
 fn compare_version<'a>(
     out: &mut PackageDiff<'a>,
-    name: &str,
-    version: &str,
-    old_outputs: &BTreeMap<String, Vec<&'a PathEntry>>,
-    new_outputs: &BTreeMap<String, Vec<&'a PathEntry>>,
-    selected: bool,
+    sel: &Selection<'_>,
+    b: &[Item<'a>],
+    a: &[Item<'a>],
 ) {
-    let old_names: Vec<String> = old_outputs.keys().cloned().collect();
-    let new_names: Vec<String> = new_outputs.keys().cloned().collect();
-    if old_names != new_names {
+    let outputs = |items: &[Item<'_>]| -> Vec<String> {
+        let mut o: Vec<String> = items.iter().map(|i| i.output.to_owned()).collect();
+        o.dedup();
+        o
+    };
+    let (old_outputs, new_outputs) = (outputs(b), outputs(a));
+    let (name, version) = (b[0].pname, b[0].version);
+    let mut selected = None;
+    let mut is_selected = || *selected.get_or_insert_with(|| sel.any(b, a));
+    if old_outputs != new_outputs {
         out.outputs_changed.push(OutputsChange {
             name: name.to_owned(),
             version: version.to_owned(),
-            before: old_names,
-            after: new_names,
-            selected,
+            before: old_outputs,
+            after: new_outputs,
+            selected: is_selected(),
         });
     }
     let index = out.rebuilt.len();
@@ -184,43 +231,46 @@ fn compare_version<'a>(
         name: name.to_owned(),
         version: version.to_owned(),
         outputs: Vec::new(),
-        selected,
+        selected: false,
         nar_size_delta: 0,
         causes: Vec::new(),
     };
-    for (output, old_paths) in old_outputs {
-        let Some(new_paths) = new_outputs.get(output) else {
+    let new_outputs: Vec<&[Item<'a>]> = runs(a, |i| i.output).collect();
+    for old_paths in runs(b, |i| i.output) {
+        let output = old_paths[0].output;
+        let Some(new_paths) = new_outputs.iter().find(|r| r[0].output == output) else {
             continue;
         };
         let same = old_paths.len() == new_paths.len()
             && old_paths
                 .iter()
-                .all(|o| new_paths.iter().any(|n| n.path == o.path));
+                .zip(new_paths.iter())
+                .all(|(o, n)| o.entry.path == n.entry.path);
         if same {
             continue;
         }
-        rebuild.outputs.push(output.clone());
-        let sum = |paths: &[&PathEntry]| paths.iter().map(|e| e.nar_size).sum::<u64>();
-        rebuild.nar_size_delta += delta(sum(new_paths), sum(old_paths));
+        rebuild.outputs.push(output.to_owned());
+        rebuild.nar_size_delta += delta(nar_size(new_paths), nar_size(old_paths));
         // Several unversioned paths of one name (`source`, `hook`) cannot be paired by name;
         // they pair when exactly one path changed on each side.
-        let gone: Vec<&&PathEntry> = old_paths
+        let gone: Vec<&Item<'a>> = old_paths
             .iter()
-            .filter(|o| !new_paths.iter().any(|n| n.path == o.path))
+            .filter(|o| !new_paths.iter().any(|n| n.entry.path == o.entry.path))
             .collect();
-        let came: Vec<&&PathEntry> = new_paths
+        let came: Vec<&Item<'a>> = new_paths
             .iter()
-            .filter(|n| !old_paths.iter().any(|o| o.path == n.path))
+            .filter(|n| !old_paths.iter().any(|o| o.entry.path == n.entry.path))
             .collect();
         if let ([o], [n]) = (gone.as_slice(), came.as_slice()) {
             out.pairs.push(RebuildPair {
                 rebuild: index,
-                old: o,
-                new: n,
+                old: o.entry,
+                new: n.entry,
             });
         }
     }
     if !rebuild.outputs.is_empty() {
+        rebuild.selected = is_selected();
         out.rebuilt.push(rebuild);
     }
 }
@@ -275,7 +325,7 @@ mod tests {
             entry('h', "python3-3.12.3", None),
         ]);
         let d = diff_packages(&old, &new);
-        let by_name: BTreeMap<&str, &VersionChange> =
+        let by_name: std::collections::BTreeMap<&str, &VersionChange> =
             d.changed.iter().map(|c| (c.name.as_str(), c)).collect();
         assert_eq!(by_name["openssl"].direction, Direction::Upgrade);
         assert_eq!(by_name["openssl"].before, ["1.1.1w", "3.0.13"]);

@@ -34,7 +34,7 @@ pub enum Error {
     #[error("{path} is a derivation, not a closure")]
     IsDerivation { path: String },
     /// The evidence does not support the mark.
-    #[error("refusing to mark: {0}")]
+    #[error("refusing to mark")]
     Evidence(#[from] waymark_evidence::Error),
     /// Roots outside the store's gcroots directory are not seen by the garbage collector.
     #[error(
@@ -43,7 +43,7 @@ pub enum Error {
     RootsOutsideGcroots { roots: PathBuf, gcroots: PathBuf },
     /// Writing is not allowed (not root, read-only file system).
     #[error(
-        "cannot write {path} (permission denied: run as root, or pass --roots-dir/--state-dir you can write)"
+        "cannot write {path}: permission denied or read-only file system (run as root, or pass --roots-dir/--state-dir you can write)"
     )]
     Permission { path: PathBuf },
     /// Other I/O failures.
@@ -73,7 +73,10 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error, singling out permission problems (they need a different fix).
     pub(crate) fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
-        if source.kind() == std::io::ErrorKind::PermissionDenied {
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        ) {
             Self::Permission {
                 path: path.to_owned(),
             }

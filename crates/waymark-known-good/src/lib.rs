@@ -273,7 +273,7 @@ impl KnownGood {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if name.starts_with('.') || !name.ends_with(".json") {
+            if name.starts_with('.') || path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
             let bytes = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;

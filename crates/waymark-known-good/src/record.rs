@@ -74,12 +74,12 @@ pub fn mark_name(t: SystemTime, rev: &str) -> String {
 
 /// Which marks prune removes: all but the `keep` most recent and those marked within
 /// `keep_since` of `now`; never the latest. `records` are ordered oldest first.
-pub fn to_prune<'a>(
-    records: &'a [Record],
+pub fn to_prune(
+    records: &[Record],
     keep: usize,
     keep_since: Option<Duration>,
     now: SystemTime,
-) -> Vec<&'a Record> {
+) -> Vec<&Record> {
     let keep = keep.max(1);
     let cutoff = keep_since.and_then(|d| now.checked_sub(d));
     records
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(seqs(to_prune(&rs, 0, None, now)), [1, 2, 3, 4]);
         // Marked within 3 days of the 23rd: the 21st, 22nd (and the 20th is exactly 3 days).
         assert_eq!(
-            seqs(to_prune(&rs, 1, Some(Duration::from_secs(3 * 86400)), now)),
+            seqs(to_prune(&rs, 1, Some(Duration::from_hours(72)), now)),
             [1, 2]
         );
     }

@@ -33,6 +33,12 @@ fn open(store: &LocalStore) -> Result<Connection> {
     )
     .map_err(err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    // The closure query reads much of the database: map it instead of copying pages, and
+    // keep the recursive query's de-duplication b-tree in memory (halves its time here).
+    conn.execute_batch(
+        "PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY; PRAGMA query_only = 1;",
+    )
+    .map_err(err)?;
     Ok(conn)
 }
 

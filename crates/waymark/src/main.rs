@@ -10,16 +10,41 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-/// Exit statuses, documented in the README: 0 success; 1 a valid negative answer
-/// (`diff --exit-code` found differences); 2 an error (bad input, unreadable store, usage).
+/// Exit statuses, documented in the README: 0 success; 1 a valid negative answer or a
+/// refusal (`diff --exit-code` found differences, no previous mark, refusing to unmark
+/// the latest, a tag that exists); 2 an error (bad input, unreadable store, usage);
+/// 3 a release branch update that is not a fast-forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
     /// Success.
     Success = 0,
-    /// A valid negative answer.
+    /// A valid negative answer or a refusal.
     Negative = 1,
     /// An error.
     Error = 2,
+    /// Not a fast-forward.
+    NonFastForward = 3,
+}
+
+/// The one place that maps error kinds to exit statuses.
+fn exit_status(err: &anyhow::Error) -> ExitStatus {
+    use waymark_known_good::Error as Kg;
+    use waymark_release::Error as Rel;
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<Kg>()
+            && matches!(e, Kg::RefuseLatest { .. } | Kg::NoPrevious { .. })
+        {
+            return ExitStatus::Negative;
+        }
+        if let Some(e) = cause.downcast_ref::<Rel>() {
+            return match e {
+                Rel::NonFastForward { .. } | Rel::RemoteAhead { .. } => ExitStatus::NonFastForward,
+                Rel::TagExists { .. } => ExitStatus::Negative,
+                _ => ExitStatus::Error,
+            };
+        }
+    }
+    ExitStatus::Error
 }
 
 fn main() -> ExitCode {
@@ -36,7 +61,7 @@ fn main() -> ExitCode {
             {
                 eprintln!("{msg}");
             }
-            ExitCode::from(ExitStatus::Error as u8)
+            ExitCode::from(exit_status(&err) as u8)
         }
     }
 }

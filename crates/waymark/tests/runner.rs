@@ -4,6 +4,8 @@ mod common;
 mod test_demo;
 mod test_diff;
 mod test_diff_remote;
+mod test_known_good;
+mod test_release;
 
 #[test]
 fn every_test_file_is_listed() {

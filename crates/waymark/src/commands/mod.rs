@@ -2,6 +2,8 @@
 
 mod demo;
 mod diff;
+mod known_good;
+mod release;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +31,10 @@ pub struct Cli {
 enum Command {
     /// Show what changed between two system closures, and why things were rebuilt
     Diff(diff::DiffArgs),
+    /// Manage known-good marks: GC-rooted closures that passed every gate
+    KnownGood(known_good::KnownGoodArgs),
+    /// Manage release records: tags and fast-forward-only branches per target
+    Release(release::ReleaseArgs),
     /// Build two demo system closures in a private store and diff them
     Demo(demo::DemoArgs),
 }
@@ -51,6 +57,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     };
     match cli.command {
         Command::Diff(args) => diff::cmd_diff(global, &args),
+        Command::KnownGood(args) => known_good::cmd_known_good(global, &args),
+        Command::Release(args) => release::cmd_release(global, &args),
         Command::Demo(args) => demo::cmd_demo(global, &args),
     }
 }
