@@ -1,6 +1,6 @@
 # `nix run .#<name>` runs `waymark <name>`; `default` runs the demo.
-# `deploy`, `known-good` and `release` join once the CLI has those
-# subcommands: an app for a missing subcommand would only fail.
+# `deploy` joins once the CLI has that subcommand: an app for a missing
+# subcommand would only fail.
 {
   self,
   system,
@@ -23,5 +23,7 @@ in
 {
   inherit demo;
   diff = mkApp "diff" "Show what changes between two NixOS system closures";
+  known-good = mkApp "known-good" "Manage known-good marks: GC-rooted closures that passed every gate";
+  release = mkApp "release" "Manage release tags and fast-forward-only release branches";
   default = demo;
 }

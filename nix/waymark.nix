@@ -3,6 +3,8 @@
   lib,
   rustPlatform,
   makeWrapper,
+  pkg-config,
+  openssl,
   nix,
   git,
   pkgsStatic,
@@ -41,7 +43,13 @@ rustPlatform.buildRustPackage {
   ];
 
   strictDeps = true;
-  nativeBuildInputs = [ makeWrapper ];
+  # git2 (release tags and pushes over ssh/https) links openssl; libgit2 itself is
+  # vendored by the crate.
+  nativeBuildInputs = [
+    makeWrapper
+    pkg-config
+  ];
+  buildInputs = [ openssl ];
 
   # The tests need nix and a static busybox in the sandbox; they run in
   # `checks.<system>.cargo-test`, so building the package only builds.

@@ -372,6 +372,12 @@ fn bad_input() {
         r.stderr
     );
 
+}
+
+#[test]
+fn no_permission_to_write_the_roots_directory() {
+    let m = Marks::new();
+    let ok_ev = m.evidence("web", &m.old, "passed");
     // No permission to write the roots directory: it is bind-mounted read-only in a
     // private mount namespace (needs root, as CI has).
     assert!(
