@@ -65,26 +65,36 @@ pub fn diff(old: &Closure, new: &Closure, loader: &dyn DrvLoader) -> DiffReport 
 /// no derivation is read).
 pub fn diff_with(old: &Closure, new: &Closure, loader: Option<&dyn DrvLoader>) -> DiffReport {
     let packages = packages::diff_packages(old, new);
-    let Some(loader) = loader else {
-        return DiffReport {
-            schema: SCHEMA,
-            old: summary(old),
-            new: summary(new),
-            changed: packages.changed,
-            added: packages.added,
-            removed: packages.removed,
-            outputs_changed: packages.outputs_changed,
-            rebuilt: packages.rebuilt,
-            root_causes: Vec::new(),
-            missing_derivations: Vec::new(),
-        };
+    let mut report = DiffReport {
+        schema: SCHEMA,
+        old: summary(old),
+        new: summary(new),
+        changed: packages.changed,
+        added: packages.added,
+        removed: packages.removed,
+        outputs_changed: packages.outputs_changed,
+        rebuilt: packages.rebuilt,
+        root_causes: Vec::new(),
+        missing_derivations: Vec::new(),
     };
+    if let Some(loader) = loader {
+        explain(&mut report, &packages.pairs, loader);
+    }
+    report
+}
+
+/// Fills in the root causes of the report's rebuilds by walking their derivations.
+fn explain(
+    report: &mut DiffReport,
+    rebuild_pairs: &[packages::RebuildPair<'_>],
+    loader: &dyn DrvLoader,
+) {
     let mut missing = Vec::new();
     // (rebuild index, requested pair index)
     let mut requests: Vec<(usize, usize)> = Vec::new();
     let mut pairs: Vec<(String, String)> = Vec::new();
-    for pair in &packages.pairs {
-        let name = &packages.rebuilt[pair.rebuild].name;
+    for pair in rebuild_pairs {
+        let name = &report.rebuilt[pair.rebuild].name;
         match (&pair.old.deriver, &pair.new.deriver) {
             (Some(o), Some(n)) if o != n => {
                 requests.push((pair.rebuild, pairs.len()));
@@ -121,13 +131,13 @@ pub fn diff_with(old: &Closure, new: &Closure, loader: Option<&dyn DrvLoader>) -
             });
         }
     }
-    let mut rebuilt = packages.rebuilt;
+    let rebuilt = &mut report.rebuilt;
     for (rebuild, pair) in requests {
         rebuilt[rebuild].causes.extend(&analysis.causes[pair]);
     }
     // Node ids → root-cause list, ordered by how much each explains.
     let mut caused: BTreeMap<usize, usize> = BTreeMap::new();
-    for r in &mut rebuilt {
+    for r in rebuilt.iter_mut() {
         r.causes.sort_unstable();
         r.causes.dedup();
         for &c in &r.causes {
@@ -145,11 +155,11 @@ pub fn diff_with(old: &Closure, new: &Closure, loader: Option<&dyn DrvLoader>) -
         .enumerate()
         .map(|(i, (n, _))| (*n, i))
         .collect();
-    for r in &mut rebuilt {
+    for r in rebuilt.iter_mut() {
         r.causes = r.causes.iter().map(|c| position[c]).collect();
         r.causes.sort_unstable();
     }
-    let root_causes = order
+    report.root_causes = order
         .into_iter()
         .map(|(n, count)| {
             let node = node(n);
@@ -168,16 +178,5 @@ pub fn diff_with(old: &Closure, new: &Closure, loader: Option<&dyn DrvLoader>) -
         .collect();
     missing.sort_by(|a, b| (&a.name, a.side, &a.drv).cmp(&(&b.name, b.side, &b.drv)));
     missing.dedup();
-    DiffReport {
-        schema: SCHEMA,
-        old: summary(old),
-        new: summary(new),
-        changed: packages.changed,
-        added: packages.added,
-        removed: packages.removed,
-        outputs_changed: packages.outputs_changed,
-        rebuilt,
-        root_causes,
-        missing_derivations: missing,
-    }
+    report.missing_derivations = missing;
 }

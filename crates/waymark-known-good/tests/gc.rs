@@ -126,7 +126,9 @@ fn refusals_leave_nothing_behind() {
     let mut failed = request("web", a);
     failed.evidence.gates[0].result = Outcome::Failed;
     let err = kg.mark(&failed).unwrap_err();
-    let cause = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+    let cause = std::error::Error::source(&err)
+        .map(ToString::to_string)
+        .unwrap_or_default();
     assert!(cause.contains("test gate failed"), "{err}: {cause}");
     assert!(
         !state.path().join("known-good").exists(),

@@ -19,11 +19,23 @@ fn is_locked(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// A locked database is its own error (retrying later helps, the CLI would only hang);
+/// anything else sends the caller to the nix CLI.
+fn db_error(store: &LocalStore, source: rusqlite::Error) -> Error {
+    if is_locked(&source) {
+        Error::Locked {
+            db: store.db.clone(),
+        }
+    } else {
+        Error::Database {
+            db: store.db.clone(),
+            source,
+        }
+    }
+}
+
 fn open(store: &LocalStore) -> Result<Connection> {
-    let err = |source: rusqlite::Error| Error::Database {
-        db: store.db.clone(),
-        source,
-    };
+    let err = |source| db_error(store, source);
     if !store.db.exists() {
         return Err(err(rusqlite::Error::InvalidPath(store.db.clone())));
     }
@@ -57,18 +69,7 @@ pub fn path_entry(store: &LocalStore, path: &str) -> Result<Option<PathEntry>> {
         },
     )
     .optional()
-    .map_err(|source| {
-        if is_locked(&source) {
-            Error::Locked {
-                db: store.db.clone(),
-            }
-        } else {
-            Error::Database {
-                db: store.db.clone(),
-                source,
-            }
-        }
-    })
+    .map_err(|source| db_error(store, source))
 }
 
 /// Reads the closure of `root` from the database.
@@ -78,18 +79,7 @@ pub fn path_entry(store: &LocalStore, path: &str) -> Result<Option<PathEntry>> {
 /// the root is not in it; [`Error::Database`] when the database cannot be used at all
 /// (the caller then falls back to the nix CLI).
 pub fn closure(store: &LocalStore, root: &str) -> Result<Closure> {
-    let err = |source: rusqlite::Error| {
-        if is_locked(&source) {
-            Error::Locked {
-                db: store.db.clone(),
-            }
-        } else {
-            Error::Database {
-                db: store.db.clone(),
-                source,
-            }
-        }
-    };
+    let err = |source| db_error(store, source);
     let conn = open(store)?;
     let id: Option<i64> = conn
         .query_row("SELECT id FROM ValidPaths WHERE path = ?1", [root], |r| {

@@ -80,3 +80,11 @@ pub fn write_stdout(data: &str) -> std::io::Result<()> {
         r => r,
     }
 }
+
+/// Writes a value as pretty JSON and a newline to stdout.
+pub fn write_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut s = serde_json::to_string_pretty(value).context("encoding JSON")?;
+    s.push('\n');
+    write_stdout(&s).context("writing to stdout")
+}

@@ -23,6 +23,30 @@ fn names(v: &Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// Rebuilt package → the names of its root causes.
+fn rebuilt_with_causes(report: &Value) -> BTreeMap<String, BTreeSet<String>> {
+    let causes = report["root_causes"].as_array().unwrap();
+    report["rebuilt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let why = r["causes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    causes[i.as_u64().unwrap() as usize]["name"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect();
+            (r["name"].as_str().unwrap().to_owned(), why)
+        })
+        .collect()
+}
+
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -83,25 +107,7 @@ fn planted_changes_are_reported_and_explained() {
 
     // Every same-version rebuild, attributed to exactly its planted root causes.
     let causes = report["root_causes"].as_array().unwrap();
-    let rebuilt: BTreeMap<String, BTreeSet<String>> = report["rebuilt"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let why = r["causes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| {
-                    causes[i.as_u64().unwrap() as usize]["name"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned()
-                })
-                .collect();
-            (r["name"].as_str().unwrap().to_owned(), why)
-        })
-        .collect();
+    let rebuilt = rebuilt_with_causes(&report);
     assert_eq!(&rebuilt, &truth.rebuilds);
     assert_eq!(
         names(&report["root_causes"]),
@@ -413,25 +419,7 @@ fn synthetic_pairs_match_their_truth() {
         assert_eq!(r.code, 0, "{}", r.stderr);
         let report: Value = serde_json::from_str(&r.stdout).unwrap();
         let causes = report["root_causes"].as_array().unwrap();
-        let rebuilt: BTreeMap<String, BTreeSet<String>> = report["rebuilt"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let why = r["causes"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|i| {
-                        causes[i.as_u64().unwrap() as usize]["name"]
-                            .as_str()
-                            .unwrap()
-                            .to_owned()
-                    })
-                    .collect();
-                (r["name"].as_str().unwrap().to_owned(), why)
-            })
-            .collect();
+        let rebuilt = rebuilt_with_causes(&report);
         assert_eq!(rebuilt, pair.truth.rebuilds, "{scenario:?}");
         assert_eq!(names(&report["added"]), pair.truth.added, "{scenario:?}");
         assert_eq!(

@@ -268,79 +268,32 @@ fn bad_input() {
         m.store.store_dir().display()
     );
     let ok_ev = m.evidence("web", &m.old, "passed");
+    let mark = |closure: &str, rev: &str, evidence: &Path| -> Vec<String> {
+        ["mark", "web", closure, "--rev", rev, "--evidence"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain([evidence.display().to_string()])
+            .collect()
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            vec![
-                "mark".into(),
-                "web".into(),
-                m.old.clone(),
-                "--rev".into(),
-                "1a2b3c4".into(),
-                "--evidence".into(),
-                invalid_json.display().to_string(),
-            ],
+            mark(&m.old, "1a2b3c4", &invalid_json),
             "not a valid waymark.evidence/v1 document",
         ),
         (
-            vec![
-                "mark".into(),
-                "web".into(),
-                m.old.clone(),
-                "--rev".into(),
-                "1a2b3c4".into(),
-                "--evidence".into(),
-                "/nonexistent.json".into(),
-            ],
+            mark(&m.old, "1a2b3c4", Path::new("/nonexistent.json")),
             "reading the evidence file /nonexistent.json",
         ),
+        (mark(&m.old, "1a2b3c4", &failed), "test gate failed"),
         (
-            vec![
-                "mark".into(),
-                "web".into(),
-                m.old.clone(),
-                "--rev".into(),
-                "1a2b3c4".into(),
-                "--evidence".into(),
-                failed.display().to_string(),
-            ],
-            "test gate failed",
-        ),
-        (
-            vec![
-                "mark".into(),
-                "web".into(),
-                m.old.clone(),
-                "--rev".into(),
-                "1a2b3c4".into(),
-                "--evidence".into(),
-                other_target.display().to_string(),
-            ],
+            mark(&m.old, "1a2b3c4", &other_target),
             "about target db, not web",
         ),
         (
-            vec![
-                "mark".into(),
-                "web".into(),
-                gone.clone(),
-                "--rev".into(),
-                "1a2b3c4".into(),
-                "--evidence".into(),
-                ok_ev.display().to_string(),
-            ],
+            mark(&gone, "1a2b3c4", &ok_ev),
             "is not a valid path in the store",
         ),
-        (
-            vec![
-                "mark".into(),
-                "web".into(),
-                m.old.clone(),
-                "--rev".into(),
-                "HEAD".into(),
-                "--evidence".into(),
-                ok_ev.display().to_string(),
-            ],
-            "invalid commit \"HEAD\"",
-        ),
+        (mark(&m.old, "HEAD", &ok_ev), "invalid commit \"HEAD\""),
         (
             vec!["latest".into(), "nope".into()],
             "no known-good marks for target nope",
@@ -371,7 +324,6 @@ fn bad_input() {
         "{}",
         r.stderr
     );
-
 }
 
 #[test]

@@ -9,7 +9,7 @@ use waymark_store::{DrvFiles, Source, Store, read_closure, resolve};
 
 use super::Global;
 use crate::ExitStatus;
-use crate::printer::write_stdout;
+use crate::printer::{write_json, write_stdout};
 use crate::render;
 
 /// Output format.
@@ -127,11 +127,7 @@ pub fn print(
     global: Global,
 ) -> anyhow::Result<()> {
     let text = match format {
-        OutputFormat::Json => {
-            let mut s = serde_json::to_string_pretty(report).context("encoding JSON")?;
-            s.push('\n');
-            s
-        }
+        OutputFormat::Json => return write_json(report),
         OutputFormat::Text => render::render(
             report,
             render::Options {

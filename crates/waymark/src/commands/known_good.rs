@@ -11,7 +11,7 @@ use waymark_store::{Store, resolve};
 
 use super::Global;
 use crate::ExitStatus;
-use crate::printer::write_stdout;
+use crate::printer::{write_json as json, write_stdout};
 
 /// Where marks live: shared by `known-good` and `release tag`.
 #[derive(Debug, Clone, Args)]
@@ -113,12 +113,6 @@ enum KnownGoodCommand {
         #[arg(long)]
         force: bool,
     },
-}
-
-fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let mut s = serde_json::to_string_pretty(value).context("encoding JSON")?;
-    s.push('\n');
-    write_stdout(&s).context("writing to stdout")
 }
 
 fn describe(r: &Record) -> String {

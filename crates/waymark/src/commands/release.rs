@@ -9,7 +9,7 @@ use waymark_release::{Release, Releases, TagRequest, branch_name};
 use super::Global;
 use super::known_good::MarkDirs;
 use crate::ExitStatus;
-use crate::printer::write_stdout;
+use crate::printer::{write_json as json, write_stdout};
 
 /// Manage release records: annotated tags release/<target>/<UTC>-<shortrev> and
 /// fast-forward-only branches release/<target>
@@ -63,12 +63,6 @@ enum ReleaseCommand {
         /// The target
         target: String,
     },
-}
-
-fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let mut s = serde_json::to_string_pretty(value).context("encoding JSON")?;
-    s.push('\n');
-    write_stdout(&s).context("writing to stdout")
 }
 
 fn describe(r: &Release) -> String {
