@@ -31,14 +31,24 @@
       devShells = eachSystem (import ./nix/dev-shells.nix);
       formatter = eachSystem (import ./nix/formatter.nix);
 
-      nixosModules.default = ./modules/default.nix;
+      nixosModules = {
+        harness = ./modules/harness.nix;
+        runners = ./modules/runners.nix;
+        sweeps = ./modules/sweeps.nix;
+        known-good = ./modules/known-good.nix;
+        deploy = ./modules/deploy.nix;
+        default = ./modules/default.nix;
+      };
+
+      # The example hosts of hosts/; checks.<system>.host-<name> evaluates them.
+      nixosConfigurations = import ./hosts { inherit self nixpkgs; };
 
       templates.default = {
         path = ./templates/default;
         description = "A NixOS fleet deployed with Waymark";
       };
 
-      # Pure Nix functions (no pkgs) arrive with the deploy work.
-      lib = { };
+      # Pure Nix functions (no pkgs): `lib.fleet nixosConfigurations`.
+      lib = import ./nix/lib { inherit lib; };
     };
 }

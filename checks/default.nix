@@ -1,6 +1,6 @@
-# The checks of one system: the workspace tests, clippy and rustfmt, an
-# evaluation of the template's example host, and a build of every package
-# and dev shell.
+# The checks of one system: the workspace tests, clippy and rustfmt, the
+# NixOS module tests, an evaluation of every example host and of the
+# template's host, and a build of every package and dev shell.
 {
   self,
   inputs,
@@ -65,10 +65,60 @@ let
 
   # The template's flake, called with this flake's nixpkgs and this flake as
   # its `waymark` input.
-  template = (import ../templates/default/flake.nix).outputs {
-    inherit (inputs) nixpkgs;
-    waymark = self;
-  };
+  template =
+    let
+      outputs = (import ../templates/default/flake.nix).outputs {
+        self = outputs;
+        inherit (inputs) nixpkgs;
+        waymark = self;
+      };
+    in
+    outputs;
+
+  # The module tests (checks/modules/test-*.nix). `checks/modules/run.sh`
+  # runs them with nothing but nixpkgs' lib, against a declared contract of
+  # the NixOS options the modules touch; here they run twice: the same way
+  # (with this nixpkgs' lib), and against the real `nixosSystem`, forcing each
+  # clean host's toplevel drvPath. Evaluation only: a test that fails throws
+  # while the check is evaluated.
+  moduleTests = lib.filter (name: lib.hasPrefix "test-" name && lib.hasSuffix ".nix" name) (
+    lib.attrNames (builtins.readDir ./modules)
+  );
+  runModuleTests =
+    args:
+    pkgs.writeText "waymark-module-tests" (
+      lib.concatMapStrings (
+        name:
+        assert import (./modules + "/${name}") args;
+        "${name}\n"
+      ) moduleTests
+    );
+  nixosTestConfig =
+    modules:
+    (inputs.nixpkgs.lib.nixosSystem {
+      modules = [
+        self.nixosModules.default
+        ../hosts/hardware.nix
+        {
+          system.stateVersion = lib.mkDefault "26.05";
+          # Unit scripts (the sweeps' failure hook) must pass shellcheck.
+          systemd.enableStrictShellChecks = true;
+          # The drone-exec runner's package is unfree (Polyform Small
+          # Business); the tests accept it for themselves only.
+          nixpkgs.config.allowUnfreePredicate = pkg: lib.getName pkg == "drone-runner-exec";
+        }
+      ]
+      ++ modules;
+    }).config;
+
+  hosts = lib.mapAttrs' (
+    name: host:
+    lib.nameValuePair "host-${name}" (
+      pkgs.writeText "waymark-host-${name}-drv" (
+        builtins.unsafeDiscardStringContext host.config.system.build.toplevel.drvPath
+      )
+    )
+  ) self.nixosConfigurations;
 
   packages = lib.mapAttrs' (name: lib.nameValuePair "package-${name}") (
     removeAttrs self.packages.${system} [ "default" ]
@@ -105,6 +155,15 @@ in
     builtins.unsafeDiscardStringContext
       template.nixosConfigurations.example.config.system.build.toplevel.drvPath
   );
+
+  modules-contract = runModuleTests { inherit lib; };
+
+  modules-nixos = runModuleTests {
+    inherit lib;
+    evalConfig = nixosTestConfig;
+    forceConfig = config: builtins.unsafeDiscardStringContext config.system.build.toplevel.drvPath;
+  };
 }
+// hosts
 // packages
 // devShells

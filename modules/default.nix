@@ -1,7 +1,12 @@
-# The NixOS modules of Waymark. They follow in later work, one file each in
-# this directory, imported here; until then this module is empty, so a fleet
-# can already import `waymark.nixosModules.default`.
-{ ... }:
+# The NixOS modules of Waymark, one file each, all imported here: a fleet
+# imports `waymark.nixosModules.default` and enables what it uses. Nothing is
+# enabled by default.
 {
-  imports = [ ];
+  imports = [
+    ./harness.nix
+    ./runners.nix
+    ./sweeps.nix
+    ./known-good.nix
+    ./deploy.nix
+  ];
 }

@@ -10,24 +10,39 @@
   };
 
   outputs =
-    { nixpkgs, waymark, ... }:
     {
+      self,
+      nixpkgs,
+      waymark,
+      ...
+    }:
+    let
+      system = "x86_64-linux";
+      pkgs = nixpkgs.legacyPackages.${system};
+    in
+    {
+      # One host; add more as `hosts/<name>/configuration.nix`.
       nixosConfigurations.example = nixpkgs.lib.nixosSystem {
         modules = [
           waymark.nixosModules.default
-
-          # A placeholder host: replace it with the real host's configuration,
-          # usually ./hosts/<name>/configuration.nix and its hardware file.
-          {
-            nixpkgs.hostPlatform = "x86_64-linux";
-            boot.loader.grub.device = "nodev";
-            fileSystems."/" = {
-              device = "/dev/disk/by-label/nixos";
-              fsType = "ext4";
-            };
-            system.stateVersion = "26.05";
-          }
+          ./hosts/example/configuration.nix
         ];
       };
+
+      # `nix flake check` (the CI job in .github/workflows/check.yml) does not
+      # notice a host that fails to evaluate, so evaluate each host's
+      # toplevel here (without building it), and check the fleet's deploy
+      # declarations with `waymark.lib.fleet`.
+      checks.${system} = {
+        fleet = pkgs.writeText "waymark-fleet.json" (builtins.toJSON (waymark.lib.fleet self.nixosConfigurations));
+      }
+      // nixpkgs.lib.mapAttrs' (
+        name: host:
+        nixpkgs.lib.nameValuePair "host-${name}" (
+          pkgs.writeText "host-${name}-drv" (
+            builtins.unsafeDiscardStringContext host.config.system.build.toplevel.drvPath
+          )
+        )
+      ) self.nixosConfigurations;
     };
 }

@@ -1,0 +1,82 @@
+# The flake's outputs that need no nixpkgs packages, evaluated with a
+# stand-in nixpkgs whose `lib.nixosSystem` evaluates against the contract:
+# the exported modules (each usable on its own), the example hosts as
+# nixosConfigurations, and `lib.fleet` over them.
+{ lib, ... }:
+let
+  t = import ./lib.nix { inherit lib; };
+
+  contractSystem =
+    { modules, ... }:
+    {
+      config =
+        (lib.evalModules {
+          modules = [
+            ./contract.nix
+            ./host-stubs.nix
+          ]
+          ++ modules;
+        }).config;
+    };
+
+  nixpkgs = {
+    lib = lib // {
+      nixosSystem = contractSystem;
+    };
+  };
+  flake = import ../../flake.nix;
+  outputs = flake.outputs {
+    self = outputs;
+    inherit nixpkgs;
+  };
+
+  alone = module: extra: (contractSystem { modules = [ module extra ]; }).config;
+  m = outputs.nixosModules;
+in
+t.all [
+  (t.eq "the exported modules" [
+    "default"
+    "deploy"
+    "harness"
+    "known-good"
+    "runners"
+    "sweeps"
+  ] (lib.attrNames m))
+  (t.clean "harness alone" (alone m.harness { waymark.harness.enable = true; }))
+  (t.clean "runners alone (they bring the harness)" (
+    alone m.runners (
+      { pkgs, ... }:
+      {
+        waymark.harness.enable = true;
+        waymark.harness.packages = [ pkgs.bash ];
+        waymark.runners.r = {
+          kind = "command";
+          command = "true";
+        };
+      }
+    )
+  ))
+  (t.clean "sweeps alone (they bring the harness)" (
+    alone m.sweeps (
+      { pkgs, ... }:
+      {
+        waymark.harness.enable = true;
+        waymark.harness.packages = [ pkgs.bash ];
+        waymark.sweeps.s = {
+          command = "true";
+          schedule = "daily";
+        };
+      }
+    )
+  ))
+  (t.clean "known-good alone (it brings deploy)" (alone m.known-good { waymark.knownGood.enable = true; }))
+  (t.clean "deploy alone" (alone m.deploy { waymark.deploy.enable = true; }))
+  (t.eq "the example hosts" [ "builder" "ci" ] (lib.attrNames outputs.nixosConfigurations))
+  (t.ok "every example host evaluates clean and is deployable" (
+    lib.all (c: t.clean "host ${c.config.networking.hostName}" c.config && c.config.waymark.deploy.enable) (
+      lib.attrValues outputs.nixosConfigurations
+    )
+  ))
+  (t.eq "lib.fleet over the flake's own hosts" [ [ "builder" ] [ "ci" ] ] (outputs.lib.fleet outputs.nixosConfigurations).waves)
+  (t.ok "the template is exported" (builtins.pathExists (outputs.templates.default.path + "/flake.nix")))
+]

@@ -1,0 +1,5 @@
+# The flake's `lib`: pure Nix functions, no pkgs.
+{ lib }:
+{
+  fleet = import ./fleet.nix { inherit lib; };
+}
