@@ -280,6 +280,7 @@ let
   hostName = config.networking.hostName;
 
   hardening = import ./hardening.nix;
+  gcRootsDirs = import ./gc-roots-dirs.nix { inherit lib; };
 
   runnerAssertions =
     name: r:
@@ -443,23 +444,13 @@ in
         # when `allowed-users` is narrowed; `extra-` keeps NixOS's default.
         nix.settings.extra-allowed-users = lib.unique (lib.mapAttrsToList (_: r: r.user) enabled);
 
-        systemd.tmpfiles.settings."10-waymark-runners" = {
-          ${gcRootsBase}.d = {
-            mode = "0755";
-            user = "root";
-            group = "root";
-          };
-        }
-        // lib.mapAttrs' (
-          _: r:
-          lib.nameValuePair r.gcRootsDir {
-            d = {
-              mode = "0755";
-              inherit (r) user;
-              group = r.user;
-            };
-          }
-        ) enabled;
+        systemd.tmpfiles.settings."10-waymark-runners" = gcRootsDirs gcRootsBase (
+          lib.mapAttrsToList (_: r: {
+            dir = r.gcRootsDir;
+            inherit (r) user;
+            group = r.user;
+          }) enabled
+        );
 
         systemd.services = lib.mapAttrs' (
           _: r:

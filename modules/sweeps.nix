@@ -32,6 +32,7 @@ let
   ) harness.exports;
 
   hardening = import ./hardening.nix;
+  gcRootsDirs = import ./gc-roots-dirs.nix { inherit lib; };
 
   sweepModule =
     { name, ... }:
@@ -214,23 +215,13 @@ in
 
     nix.settings.extra-allowed-users = lib.unique (lib.mapAttrsToList (_: userOf) enabled);
 
-    systemd.tmpfiles.settings."10-waymark-sweeps" = {
-      ${gcRootsBase}.d = {
-        mode = "0755";
-        user = "root";
-        group = "root";
-      };
-    }
-    // lib.mapAttrs' (
-      _: s:
-      lib.nameValuePair s.gcRootsDir {
-        d = {
-          mode = "0755";
-          user = userOf s;
-          group = groupOf s;
-        };
-      }
-    ) enabled;
+    systemd.tmpfiles.settings."10-waymark-sweeps" = gcRootsDirs gcRootsBase (
+      lib.mapAttrsToList (_: s: {
+        dir = s.gcRootsDir;
+        user = userOf s;
+        group = groupOf s;
+      }) enabled
+    );
 
     systemd.services =
       lib.mapAttrs' (name: s: lib.nameValuePair s.unit (sweepService name s)) enabled

@@ -312,15 +312,31 @@ fn a_remote_refusal_is_reported_and_changes_nothing() {
     Repository::init_bare(&bare).unwrap();
     let hook = bare.join("hooks/pre-receive");
     std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
-    std::fs::write(&hook, "#!/bin/sh\necho 'release refs need an approval here' >&2\nexit 1\n").unwrap();
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho 'release refs need an approval here' >&2\nexit 1\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     // git-daemon itself, not `git daemon`: the wrapper forks it, and killing the wrapper
     // would leave the daemon running.
-    let exec_path = std::process::Command::new("git").arg("--exec-path").output().expect("git");
+    let exec_path = std::process::Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("git");
     let exec_path = String::from_utf8_lossy(&exec_path.stdout).trim().to_owned();
     let mut daemon = std::process::Command::new(format!("{exec_path}/git-daemon"))
-        .args(["--reuseaddr", "--export-all", "--enable=receive-pack", "--listen=127.0.0.1"])
+        .args([
+            "--reuseaddr",
+            "--export-all",
+            "--enable=receive-pack",
+            "--listen=127.0.0.1",
+        ])
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", base.display()))
         .arg(&base)
@@ -330,13 +346,18 @@ fn a_remote_refusal_is_reported_and_changes_nothing() {
         .expect("git daemon (Debian's git package)");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "git daemon did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "git daemon did not start"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    repo.remote("origin", &format!("git://127.0.0.1:{port}/remote.git")).unwrap();
+    repo.remote("origin", &format!("git://127.0.0.1:{port}/remote.git"))
+        .unwrap();
     let c1 = commit(&repo, None, "one");
     let rel = Releases::open(&work).unwrap();
-    rel.tag(&req("web", "20261123T170000Z-aaaaaaa", c1)).unwrap();
+    rel.tag(&req("web", "20261123T170000Z-aaaaaaa", c1))
+        .unwrap();
     let err = rel.push("origin", Some("web"));
     let _ = daemon.kill();
     let _ = daemon.wait();
@@ -345,6 +366,10 @@ fn a_remote_refusal_is_reported_and_changes_nothing() {
     assert!(err.to_string().contains("nothing was forced"), "{err}");
     let remote = Repository::open_bare(&bare).unwrap();
     assert!(remote.find_reference("refs/heads/release/web").is_err());
-    assert!(remote.find_reference("refs/tags/release/web/20261123T170000Z-aaaaaaa").is_err());
+    assert!(
+        remote
+            .find_reference("refs/tags/release/web/20261123T170000Z-aaaaaaa")
+            .is_err()
+    );
     assert_eq!(branch_tip(&repo, "web"), Some(c1), "local state unchanged");
 }

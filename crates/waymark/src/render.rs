@@ -77,6 +77,11 @@ fn row(
     );
 }
 
+/// A section heading after a blank line.
+fn heading(out: &mut String, opts: Options, style: Style, text: &str) {
+    let _ = writeln!(out, "\n{}", paint(opts.color, style, text));
+}
+
 fn green() -> Style {
     Style::new().fg_color(Some(AnsiColor::Green.into()))
 }
@@ -174,14 +179,11 @@ pub fn render(report: &DiffReport, opts: Options) -> String {
         + report.removed.len()
         + report.outputs_changed.len();
     if versions > 0 {
-        let _ = writeln!(
-            out,
-            "\n{}",
-            paint(
-                opts.color,
-                bold(),
-                "Package versions (* = in the top-level selection)"
-            )
+        heading(
+            &mut out,
+            opts,
+            bold(),
+            "Package versions (* = in the top-level selection)",
         );
     }
     for c in &report.changed {
@@ -232,17 +234,14 @@ pub fn render(report: &DiffReport, opts: Options) -> String {
         );
     }
     if !report.rebuilt.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{}",
-            paint(
-                opts.color,
-                bold(),
-                &format!(
-                    "Rebuilt without a version change ({})",
-                    report.rebuilt.len()
-                )
-            )
+        heading(
+            &mut out,
+            opts,
+            bold(),
+            &format!(
+                "Rebuilt without a version change ({})",
+                report.rebuilt.len()
+            ),
         );
         let shown = if opts.all {
             report.rebuilt.len()
@@ -274,29 +273,26 @@ pub fn render(report: &DiffReport, opts: Options) -> String {
         }
     }
     if !report.root_causes.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{}",
-            paint(
-                opts.color,
-                bold(),
-                &format!(
-                    "Root causes: {} change{} explain{} the {} rebuild{}",
-                    report.root_causes.len(),
-                    if report.root_causes.len() == 1 {
-                        ""
-                    } else {
-                        "s"
-                    },
-                    if report.root_causes.len() == 1 {
-                        "s"
-                    } else {
-                        ""
-                    },
-                    report.rebuilt.len(),
-                    if report.rebuilt.len() == 1 { "" } else { "s" },
-                )
-            )
+        heading(
+            &mut out,
+            opts,
+            bold(),
+            &format!(
+                "Root causes: {} change{} explain{} the {} rebuild{}",
+                report.root_causes.len(),
+                if report.root_causes.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                if report.root_causes.len() == 1 {
+                    "s"
+                } else {
+                    ""
+                },
+                report.rebuilt.len(),
+                if report.rebuilt.len() == 1 { "" } else { "s" },
+            ),
         );
         let shown = if opts.all {
             report.root_causes.len()
@@ -333,17 +329,14 @@ pub fn render(report: &DiffReport, opts: Options) -> String {
         }
     }
     if !report.missing_derivations.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{}",
-            paint(
-                opts.color,
-                yellow(),
-                &format!(
-                    "Derivations unavailable ({}): their rebuilds are shown by version only",
-                    report.missing_derivations.len()
-                )
-            )
+        heading(
+            &mut out,
+            opts,
+            yellow(),
+            &format!(
+                "Derivations unavailable ({}): their rebuilds are shown by version only",
+                report.missing_derivations.len()
+            ),
         );
         for m in report
             .missing_derivations
