@@ -306,8 +306,8 @@ fn a_remote_refusal_is_reported_and_changes_nothing() {
     use std::os::unix::fs::PermissionsExt as _;
 
     let dir = tempfile::tempdir().unwrap();
-    let (work, base) = (dir.path().join("work"), dir.path().join("srv"));
-    let bare = base.join("remote.git");
+    let (work, served) = (dir.path().join("work"), dir.path().join("srv"));
+    let bare = served.join("remote.git");
     let repo = init(&work);
     Repository::init_bare(&bare).unwrap();
     let hook = bare.join("hooks/pre-receive");
@@ -338,8 +338,8 @@ fn a_remote_refusal_is_reported_and_changes_nothing() {
             "--listen=127.0.0.1",
         ])
         .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", base.display()))
-        .arg(&base)
+        .arg(format!("--base-path={}", served.display()))
+        .arg(&served)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
