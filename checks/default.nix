@@ -132,10 +132,11 @@ in
     # PATH its applets would shadow the builder's coreutils, sed and tar.
     nativeCheckInputs = [ pkgs.nix ];
     env.WAYMARK_BUSYBOX = "${pkgs.pkgsStatic.busybox}/bin/busybox";
-    # Two tests need what the build sandbox does not have, and run in `.ci/run`
-    # instead: a real sshd (no /run/sshd, no loopback login) and a private mount
-    # namespace for a read-only bind mount (needs root).
-    command = "cargo test --workspace --frozen -- --skip test_diff_remote::old_side_on_a_remote_host --skip test_known_good::no_permission_to_write_the_roots_directory";
+    # Three tests need what the build sandbox does not have, and run in
+    # `.ci/run` instead: a real sshd (no /run/sshd, no loopback login), and
+    # mount namespaces (a read-only bind mount; simulated hosts with their own
+    # /nix), which need root.
+    command = "cargo test --workspace --frozen -- --skip test_diff_remote::old_side_on_a_remote_host --skip test_known_good::no_permission_to_write_the_roots_directory --skip test_sim_fleet::";
   };
 
   clippy = cargoCheck "clippy" {

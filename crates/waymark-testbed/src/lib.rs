@@ -16,14 +16,18 @@
 mod error;
 pub mod fixtures;
 pub mod model;
+mod sim;
 mod ssh;
 mod store;
 mod truth;
+
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 pub use error::{Error, Result};
 pub use model::{Generation, Pkg};
+pub use sim::{SimFleet, SimHost};
 pub use ssh::SshHost;
 pub use store::{Layout, PrivateStore, busybox};
 pub use truth::{Planted, planted};
@@ -39,10 +43,13 @@ pub struct BuiltPair {
     pub truth: Planted,
 }
 
-/// Builds generations in `store` (one evaluation, one `nix-build`) and returns their
-/// toplevel paths in order.
-pub fn build_generations(store: &PrivateStore, generations: &[&Generation]) -> Result<Vec<String>> {
-    let bb_dir = store.root().join("busybox");
+/// Writes `generations.nix` (attributes `g0`, `g1`, …) and the static busybox it builds
+/// with into `dir`, and returns the file's path and the attribute names.
+pub fn write_generations(
+    dir: &Path,
+    generations: &[&Generation],
+) -> Result<(PathBuf, Vec<String>)> {
+    let bb_dir = dir.join("busybox");
     let bb = bb_dir.join("busybox");
     if !bb.exists() {
         let source = busybox()?;
@@ -59,11 +66,18 @@ pub fn build_generations(store: &PrivateStore, generations: &[&Generation]) -> R
         .map(String::as_str)
         .zip(generations.iter().copied())
         .collect();
-    let file = store.root().join("generations.nix");
+    let file = dir.join("generations.nix");
     std::fs::write(&file, model::render_file(&pairs)).map_err(|source| Error::Write {
         path: file.clone(),
         source,
     })?;
+    Ok((file, names))
+}
+
+/// Builds generations in `store` (one evaluation, one `nix-build`) and returns their
+/// toplevel paths in order.
+pub fn build_generations(store: &PrivateStore, generations: &[&Generation]) -> Result<Vec<String>> {
+    let (file, names) = write_generations(store.root(), generations)?;
     let attrs: Vec<&str> = names.iter().map(String::as_str).collect();
     store.build(&file, &attrs)
 }

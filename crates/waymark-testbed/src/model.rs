@@ -282,7 +282,8 @@ done
 /// `bin/switch-to-configuration` of the toplevel: records each action in a state
 /// directory and fails when told to (a planted failure in the closure, or a `fail-<action>`
 /// file in the state directory). The state directory is `$WAYMARK_TESTBED_STATE`, default
-/// `/run/waymark-testbed`.
+/// `/run/waymark-testbed`; with the default (a simulated host, whose `/run` is its own),
+/// `test` and `switch` also point `/run/current-system` at the closure, as NixOS does.
 const SWITCH_SCRIPT: &str = r#"set -eu
 action="${1:-}"
 self="$(cd "$(dirname "$0")/.." && pwd -P)"
@@ -298,7 +299,11 @@ fi
 mkdir -p "$state"
 case "$action" in
   dry-activate) echo "would activate $self" ;;
-  test|switch) ln -sfn "$self" "$state/current-system" ;;
+  test|switch)
+    ln -sfn "$self" "$state/current-system"
+    # On a simulated host (its own /run, no WAYMARK_TESTBED_STATE) this is NixOS's link.
+    [ -n "${WAYMARK_TESTBED_STATE:-}" ] || ln -sfn "$self" /run/current-system
+    ;;
 esac
 [ "$action" = dry-activate ] || [ "$action" = test ] || ln -sfn "$self" "$state/boot-system"
 echo "$(date +%s) $action $self" >> "$state/log"

@@ -6,6 +6,7 @@ mod test_diff;
 mod test_diff_remote;
 mod test_known_good;
 mod test_release;
+mod test_sim_fleet;
 
 #[test]
 fn every_test_file_is_listed() {

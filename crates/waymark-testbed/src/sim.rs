@@ -1,0 +1,291 @@
+//! Simulated machines: each host is a directory with its own `/nix` (store, database,
+//! profiles, GC roots), bind-mounted on `/nix` in a private mount namespace, with its own
+//! tmpfs `/run` and a real sshd on 127.0.0.1 inside that namespace (TESTBED.md). Store
+//! paths live at their real `/nix/store` locations there, so closures copy between hosts
+//! with `nix copy --from ssh-ng://a --to ssh-ng://b` exactly as between machines, and a
+//! host's `/run/current-system` is its own. Needs root (mount namespaces).
+//!
+//! Hosts of one [`SimFleet`] share one ssh client configuration (`NIX_SSHOPTS="-F …"`),
+//! and trust one signing key, which builders use to sign what they build.
+
+use std::io::Write as _;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+const NIX_CONF: &str = "substituters =\nexperimental-features = nix-command flakes\nbuild-users-group =\nsandbox = false\ntrusted-users = root\n";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(Error::Nix {
+            program,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn keygen(path: &Path) -> Result<()> {
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path))
+    .map(drop)
+}
+
+/// One simulated machine.
+#[derive(Debug)]
+pub struct SimHost {
+    name: String,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl SimHost {
+    /// The host's name (its ssh alias).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The host's directory (`nix/` is its `/nix`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `ssh-ng://<name>`.
+    pub fn store_url(&self) -> String {
+        format!("ssh-ng://{}", self.name)
+    }
+}
+
+impl Drop for SimHost {
+    fn drop(&mut self) {
+        // Only the sshd this value started; sessions die with it or on their own.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Simulated machines sharing an ssh configuration and a signing key.
+#[derive(Debug)]
+pub struct SimFleet {
+    dir: PathBuf,
+    ssh_config: PathBuf,
+    hosts: Vec<SimHost>,
+}
+
+impl SimFleet {
+    /// An empty fleet in `dir` (created).
+    pub fn new(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("keys")).map_err(io(dir))?;
+        let secret = dir.join("keys/signing.sec");
+        if !secret.exists() {
+            let key = run(Command::new("nix").args([
+                "--extra-experimental-features",
+                "nix-command",
+                "key",
+                "generate-secret",
+                "--key-name",
+                "waymark-sim-builder",
+            ]))?;
+            std::fs::write(&secret, key.trim()).map_err(io(&secret))?;
+        }
+        let ssh_config = dir.join("ssh_config");
+        std::fs::write(&ssh_config, "").map_err(io(&ssh_config))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            ssh_config,
+            hosts: Vec::new(),
+        })
+    }
+
+    /// The ssh client configuration naming every host.
+    pub fn ssh_config(&self) -> &Path {
+        &self.ssh_config
+    }
+
+    /// The value of `NIX_SSHOPTS` (and the arguments of `ssh`) that reach the hosts.
+    pub fn nix_sshopts(&self) -> String {
+        format!("-F {}", self.ssh_config.display())
+    }
+
+    /// The secret key builders sign with.
+    pub fn signing_key(&self) -> PathBuf {
+        self.dir.join("keys/signing.sec")
+    }
+
+    fn public_key(&self) -> Result<String> {
+        let mut cmd = Command::new("nix");
+        cmd.args([
+            "--extra-experimental-features",
+            "nix-command",
+            "key",
+            "convert-secret-to-public",
+        ]);
+        let secret = std::fs::read(self.signing_key()).map_err(io(&self.dir))?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: "nix".into(),
+            source,
+        })?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(&secret)
+            .map_err(io(&self.dir))?;
+        let out = child.wait_with_output().map_err(io(&self.dir))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Starts host `name`: its `/nix`, `/run`, nix.conf (trusting the fleet's signing key)
+    /// and sshd.
+    pub fn start(&mut self, name: &str) -> Result<&SimHost> {
+        let h = self.dir.join("hosts").join(name);
+        for d in ["nix/store", "nix/var/nix", "etc-nix", "ssh"] {
+            std::fs::create_dir_all(h.join(d)).map_err(io(&h))?;
+        }
+        let conf = h.join("etc-nix/nix.conf");
+        std::fs::write(
+            &conf,
+            format!("{NIX_CONF}trusted-public-keys = {}\n", self.public_key()?),
+        )
+        .map_err(io(&conf))?;
+        let ssh = h.join("ssh");
+        if !ssh.join("host_key").exists() {
+            keygen(&ssh.join("host_key"))?;
+            keygen(&ssh.join("client_key"))?;
+        }
+        std::fs::copy(ssh.join("client_key.pub"), ssh.join("authorized_keys")).map_err(io(&ssh))?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io(&h))?
+            .port();
+        let sshd_config = ssh.join("sshd_config");
+        std::fs::write(
+            &sshd_config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nAuthorizedKeysFile {auth}\nPidFile none\n\
+                 UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nSetEnv NIX_CONF_DIR={conf}\n",
+                key = ssh.join("host_key").display(),
+                auth = ssh.join("authorized_keys").display(),
+                conf = h.join("etc-nix").display(),
+            ),
+        )
+        .map_err(io(&sshd_config))?;
+        let mut client = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.ssh_config)
+            .map_err(io(&self.ssh_config))?;
+        writeln!(
+            client,
+            "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  \
+             StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes",
+            key = ssh.join("client_key").display(),
+        )
+        .map_err(io(&self.ssh_config))?;
+        let log = std::fs::File::create(h.join("sshd.log")).map_err(io(&h))?;
+        // `unshare` and `sh -c … exec` keep one PID: killing it stops this host's sshd.
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+            .arg(r#"mount --bind "$0/nix" /nix && mount -t tmpfs tmpfs /run && mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -f "$0/ssh/sshd_config""#)
+            .arg(&h)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|source| Error::Spawn { program: "unshare".into(), source })?;
+        let host = SimHost {
+            name: name.to_owned(),
+            dir: h.clone(),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(h.join("sshd.log")).unwrap_or_default();
+                return Err(Error::Nix {
+                    program: "sshd".into(),
+                    stderr: format!("host {name} not listening after 10 s: {log}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.hosts.push(host);
+        Ok(self.hosts.last().expect("just pushed"))
+    }
+
+    /// An `ssh <host> -- …` command.
+    pub fn ssh(&self, host: &str) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-F").arg(&self.ssh_config).arg(host).arg("--");
+        cmd
+    }
+
+    /// Runs a shell command line on a host and returns its stdout.
+    pub fn exec(&self, host: &str, command_line: &str) -> Result<String> {
+        run(self.ssh(host).arg(command_line))
+    }
+
+    /// Builds attributes of a generations file (see [`crate::model::render_file`]) on a
+    /// builder host and signs the results with the fleet's key. The file and its
+    /// `busybox/` must be on a path the host sees (anything outside `/nix` and `/run`).
+    pub fn build(&self, builder: &str, file: &Path, attrs: &[&str]) -> Result<Vec<String>> {
+        let mut line = format!("nix-build {} --no-out-link --quiet", file.display());
+        for a in attrs {
+            line.push_str(&format!(" -A {a}"));
+        }
+        let paths: Vec<String> = self
+            .exec(builder, &line)?
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        self.exec(
+            builder,
+            &format!(
+                "nix --extra-experimental-features nix-command store sign --key-file {} --recursive {}",
+                self.signing_key().display(),
+                paths.join(" ")
+            ),
+        )?;
+        Ok(paths)
+    }
+
+    /// Copies a closure from one host straight to another (signatures checked).
+    pub fn copy(&self, from: &str, to: &str, path: &str) -> Result<()> {
+        let mut cmd = Command::new("nix");
+        cmd.args([
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--from",
+        ])
+        .arg(format!("ssh-ng://{from}"))
+        .arg("--to")
+        .arg(format!("ssh-ng://{to}"))
+        .arg(path)
+        .env("NIX_SSHOPTS", self.nix_sshopts())
+        .env(
+            "NIX_CONFIG",
+            "substituters =\nexperimental-features = nix-command flakes\nbuild-users-group =",
+        );
+        run(&mut cmd).map(drop)
+    }
+}
