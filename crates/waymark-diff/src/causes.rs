@@ -100,7 +100,7 @@ fn parse(drv_path: &str, bytes: &[u8]) -> Result<Drv, String> {
 
 /// Pairs items only on one side by exact name, then by package name when that is unique
 /// on both sides. Returns (pairs, unpaired old, unpaired new).
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::needless_pass_by_value)]
 fn pair_by_name<'a>(
     old: Vec<&'a (String, String)>,
     new: Vec<&'a (String, String)>,
@@ -109,26 +109,39 @@ fn pair_by_name<'a>(
     Vec<&'a (String, String)>,
     Vec<&'a (String, String)>,
 ) {
+    // A name shared by several inputs on one side (`source`, `hook`) says nothing about
+    // which old one became which new one: only names unique on both sides pair.
     let mut pairs = Vec::new();
     let mut rest_old = Vec::new();
-    let mut new_by_name: BTreeMap<&str, Vec<&(String, String)>> = BTreeMap::new();
-    for n in new {
-        new_by_name.entry(n.1.as_str()).or_default().push(n);
-    }
-    for o in old {
-        match new_by_name.get_mut(o.1.as_str()) {
-            Some(list) if !list.is_empty() => pairs.push((&o.0, &list.remove(0).0)),
-            _ => rest_old.push(o),
+    let mut taken = BTreeSet::new();
+    let tally = |list: &[&'a (String, String)], key: &dyn Fn(&(String, String)) -> String| {
+        let mut m: BTreeMap<String, usize> = BTreeMap::new();
+        for i in list {
+            *m.entry(key(i)).or_default() += 1;
+        }
+        m
+    };
+    let full = |i: &(String, String)| i.1.clone();
+    let (names_before, names_after) = (tally(&old, &full), tally(&new, &full));
+    for o in &old {
+        let unique = names_before[&o.1] == 1 && names_after.get(&o.1) == Some(&1);
+        match new.iter().find(|n| unique && n.1 == o.1) {
+            Some(n) => {
+                taken.insert(&n.0);
+                pairs.push((&o.0, &n.0));
+            }
+            None => rest_old.push(*o),
         }
     }
-    let rest_new: Vec<&(String, String)> = new_by_name.into_values().flatten().collect();
+    let rest_new: Vec<&(String, String)> =
+        new.into_iter().filter(|n| !taken.contains(&n.0)).collect();
     let pname = |i: &(String, String)| parse_drv_name(&i.1).0.to_owned();
-    let count = |list: &[&(String, String)], p: &str| list.iter().filter(|i| pname(i) == p).count();
+    let (pnames_before, pnames_after) = (tally(&rest_old, &pname), tally(&rest_new, &pname));
+
     let mut unpaired_old = Vec::new();
-    let mut taken = BTreeSet::new();
     for o in &rest_old {
         let p = pname(o);
-        if count(&rest_old, &p) == 1 && count(&rest_new, &p) == 1 {
+        if pnames_before.get(&p) == Some(&1) && pnames_after.get(&p) == Some(&1) {
             let n = rest_new
                 .iter()
                 .find(|n| pname(n) == p)
@@ -144,6 +157,35 @@ fn pair_by_name<'a>(
         .filter(|n| !taken.contains(&n.0))
         .collect();
     (pairs, unpaired_old, unpaired_new)
+}
+
+/// Replaces whole occurrences of a version token: not inside a longer number or word
+/// (`6` in `x86_64`, `1.2` in `1.2.3`).
+fn replace_token(s: &str, from: &str, to: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    for (at, _) in s.match_indices(from) {
+        if at < last {
+            continue;
+        }
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let after = bytes.get(at + from.len()).copied();
+        let after_next = bytes.get(at + from.len() + 1).copied();
+        let bounded_before = !before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'.');
+        let bounded_after = match after {
+            None => true,
+            Some(b'.') => !after_next.is_some_and(|b| b.is_ascii_digit()),
+            Some(b) => !b.is_ascii_alphanumeric(),
+        };
+        if bounded_before && bounded_after {
+            out.push_str(&s[last..at]);
+            out.push_str(to);
+            last = at + from.len();
+        }
+    }
+    out.push_str(&s[last..]);
+    out
 }
 
 /// Compares two derivations: their local changes, and the pairs of input derivations
@@ -216,10 +258,12 @@ fn compare(old: &Drv, new: &Drv) -> (Vec<Change>, Vec<(String, String)>) {
     renames.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
     let rename = |s: &str| -> String {
         renames.iter().fold(s.to_owned(), |acc, (o, n)| {
-            if acc.contains(o.as_str()) {
-                acc.replace(o.as_str(), n)
-            } else {
+            if !acc.contains(o.as_str()) {
                 acc
+            } else if o == old_version {
+                replace_token(&acc, o, n)
+            } else {
+                acc.replace(o.as_str(), n)
             }
         })
     };
@@ -229,17 +273,19 @@ fn compare(old: &Drv, new: &Drv) -> (Vec<Change>, Vec<(String, String)>) {
             after: new.system.clone(),
         });
     }
-    if rename(&old.builder) != new.builder {
+    // A value equal on both sides is no change, whatever renaming would make of it.
+    if old.builder != new.builder && rename(&old.builder) != new.builder {
         changes.push(Change::Builder {
             before: old.builder.clone(),
             after: new.builder.clone(),
         });
     }
-    if old
-        .args
-        .iter()
-        .map(|a| rename(a))
-        .ne(new.args.iter().cloned())
+    if old.args != new.args
+        && old
+            .args
+            .iter()
+            .map(|a| rename(a))
+            .ne(new.args.iter().cloned())
     {
         changes.push(Change::Args {
             before: old.args.clone(),
@@ -256,7 +302,7 @@ fn compare(old: &Drv, new: &Drv) -> (Vec<Change>, Vec<(String, String)>) {
     for key in keys {
         let (b, a) = (old.env.get(key), new.env.get(key));
         // `name` is the derivation name: a move there is the version change above.
-        if key == "name" || b.map(|v| rename(v)).as_ref() == a {
+        if key == "name" || b == a || b.map(|v| rename(v)).as_ref() == a {
             continue;
         }
         changes.push(Change::Env {
@@ -477,6 +523,71 @@ mod tests {
                 "/s/store/a-glibc-2.39.drv".into(),
                 "/s/store/b-glibc-2.40.drv".into()
             )]
+        );
+    }
+
+    #[test]
+    fn version_tokens_are_renamed_whole() {
+        assert_eq!(replace_token("x86_64-linux", "6", "7"), "x86_64-linux");
+        assert_eq!(replace_token("lib-6 v6 6", "6", "7"), "lib-7 v6 7");
+        assert_eq!(
+            replace_token("foo-1.2.3.tar.gz", "1.2", "1.3"),
+            "foo-1.2.3.tar.gz"
+        );
+        assert_eq!(
+            replace_token("foo-1.2.tar.gz", "1.2", "1.3"),
+            "foo-1.3.tar.gz"
+        );
+    }
+
+    #[test]
+    fn unchanged_values_are_no_changes_after_a_bump() {
+        let old = drv(
+            "lib-6",
+            &[("system", "x86_64-linux"), ("CFLAGS", "-O1")],
+            &[],
+        );
+        let new = drv(
+            "lib-7",
+            &[("system", "x86_64-linux"), ("CFLAGS", "-O1")],
+            &[],
+        );
+        let (changes, _) = compare(&old, &new);
+        assert_eq!(
+            changes,
+            vec![Change::Version {
+                before: "6".into(),
+                after: "7".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn same_name_inputs_do_not_pair_by_hash_order() {
+        let old = drv(
+            "app-1",
+            &[],
+            &[
+                ("/s/store/a-source.drv", "source"),
+                ("/s/store/b-source.drv", "source"),
+            ],
+        );
+        let new = drv(
+            "app-1",
+            &[],
+            &[
+                ("/s/store/c-source.drv", "source"),
+                ("/s/store/d-source.drv", "source"),
+            ],
+        );
+        let (changes, children) = compare(&old, &new);
+        assert!(children.is_empty(), "no guessed pairs: {children:?}");
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|c| matches!(c, Change::Input { .. }))
+                .count(),
+            4
         );
     }
 

@@ -61,6 +61,24 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A record whose target, name or contents do not match where it lives: it could
+    /// point the tool at files outside the roots directory, so it is not used.
+    #[error("refusing the record {path}: {reason} (fix or remove it by hand)")]
+    TamperedRecord { path: PathBuf, reason: String },
+    /// The latest mark's closure is gone: there is nothing to roll back to.
+    #[error(
+        "known-good mark {mark} of {target} is broken: the store no longer holds {closure} (redeploy and mark again, or unmark it)"
+    )]
+    Broken {
+        target: String,
+        mark: String,
+        closure: String,
+    },
+    /// Marks are made on the machine that holds the closure.
+    #[error(
+        "known-good marks are made on the machine that holds the closure, not through the store URL {url} (run waymark known-good there)"
+    )]
+    RemoteStore { url: String },
     /// Asking the store failed.
     #[error("asking the store about {path}")]
     Store {

@@ -57,11 +57,18 @@ pub fn symlink_atomic(target: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes a file or link; one that is already gone is fine.
+/// Removes a file or link, durably (the directory is synced, so the order of removals
+/// survives a power loss); one that is already gone is fine.
 pub fn remove(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", path, e)),
-        _ => Ok(()),
+        Err(_) => Ok(()),
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                sync_dir(dir);
+            }
+            Ok(())
+        }
     }
 }
 

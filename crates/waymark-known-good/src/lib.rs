@@ -34,10 +34,15 @@ use waymark_store::Store;
 
 pub use error::{Error, Result};
 pub use record::{
-    Record, Roots, SCHEMA, mark_name, normalize_rev, rfc3339, to_prune, valid_target,
+    Record, Roots, SCHEMA, mark_name, normalize_rev, rfc3339, to_prune, valid_mark, valid_target,
 };
 
 use fsutil::{Lock, create_dir, remove, symlink_atomic, write_atomic};
+
+/// Suffix of the file that announces a change of a mark's roots before it happens. Repair
+/// only ever removes roots named by one of these: roots it cannot account for may
+/// belong to another state directory sharing the roots directory, and stay.
+const INTENT: &str = ".intent";
 
 /// Where marks live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +141,24 @@ impl KnownGood {
         self.dirs.roots.join(target)
     }
 
+    /// The GC root links of a mark, derived from the roots directory and a validated
+    /// name, never read from a record.
+    fn root_links(&self, target: &str, mark: &str) -> (PathBuf, PathBuf) {
+        let dir = self.roots_dir(target);
+        (dir.join(mark), dir.join(format!("{mark}.drv")))
+    }
+
+    fn intent(&self, target: &str, mark: &str) -> PathBuf {
+        self.records_dir(target).join(format!(".{mark}{INTENT}"))
+    }
+
+    fn check_local(&self) -> Result<()> {
+        match &self.store {
+            Store::Remote { url, .. } => Err(Error::RemoteStore { url: url.clone() }),
+            Store::Local(_) => Ok(()),
+        }
+    }
+
     fn check_target(target: &str) -> Result<()> {
         if valid_target(target) {
             Ok(())
@@ -192,6 +215,7 @@ impl KnownGood {
     /// support the mark, roots the GC would not see, no permission.
     pub fn mark(&self, req: &MarkRequest) -> Result<Record> {
         Self::check_target(&req.target)?;
+        self.check_local()?;
         let rev = normalize_rev(&req.rev).ok_or_else(|| Error::BadRev(req.rev.clone()))?;
         if Path::new(&req.closure)
             .extension()
@@ -229,9 +253,10 @@ impl KnownGood {
             }
             mark = format!("{base}-{n}");
         }
-        let root = roots.join(&mark);
-        let drv_root = roots.join(format!("{mark}.drv"));
-        // Roots first: from here on the closure survives a GC whatever happens next.
+        let (root, drv_root) = self.root_links(&req.target, &mark);
+        // Announce, then roots: from here on the closure survives a GC whatever happens
+        // next, and a crash leaves roots that repair knows to be ours.
+        write_atomic(&self.intent(&req.target, &mark), b"mark\n")?;
         symlink_atomic(&req.closure, &root)?;
         if let Some(d) = &drv {
             symlink_atomic(d, &drv_root)?;
@@ -255,6 +280,7 @@ impl KnownGood {
         };
         let json = serde_json::to_vec_pretty(&record).expect("a record serialises");
         write_atomic(&records.join(format!("{mark}.json")), &json)?;
+        remove(&self.intent(&req.target, &mark))?;
         Ok(record)
     }
 
@@ -276,13 +302,37 @@ impl KnownGood {
             if name.starts_with('.') || path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
-            records.push(
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                // Removed by a concurrent prune or unmark between listing and reading.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("reading", &path, e)),
+            };
+            let record: Record =
                 serde_json::from_slice(&bytes).map_err(|source| Error::BadRecord {
                     path: path.clone(),
                     source,
-                })?,
-            );
+                })?;
+            let stem = name.trim_end_matches(".json");
+            let reason = if !valid_mark(&record.mark) {
+                Some(format!("{:?} is not a mark name", record.mark))
+            } else if record.mark != stem {
+                Some(format!(
+                    "it names mark {} but is stored as {stem}",
+                    record.mark
+                ))
+            } else if record.target != target {
+                Some(format!(
+                    "it is for target {} but is stored under {target}",
+                    record.target
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(Error::TamperedRecord { path, reason });
+            }
+            records.push(record);
         }
         records.sort_by_key(|r: &Record| r.seq);
         Ok(records)
@@ -321,12 +371,14 @@ impl KnownGood {
         })
     }
 
-    /// Repairs what a crash can leave, under the target's lock: roots without a record
-    /// (an unfinished mark or unmark) are removed; a record whose root is missing gets it
-    /// back while the store still holds the closure, and is reported broken otherwise.
+    /// Repairs what a crash can leave, under the target's lock. An interrupted mark or
+    /// unmark left an intent file: without a record its roots are removed, with one the
+    /// intent is dropped. A record whose root is missing gets it back while the store
+    /// still holds the closure, and is reported broken otherwise. Roots no intent or
+    /// record of this state directory names are left alone.
     fn repair(&self, target: &str) -> Result<Vec<Repair>> {
         let records = self.read_records(target)?;
-        let roots = self.roots_dir(target);
+        let records_dir = self.records_dir(target);
         let mut repairs = Vec::new();
         let mut report = |mark: &str, action: String, broken: bool| {
             repairs.push(Repair {
@@ -336,35 +388,50 @@ impl KnownGood {
                 broken,
             });
         };
-        if let Ok(entries) = std::fs::read_dir(&roots) {
-            for entry in entries.filter_map(std::result::Result::ok) {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let mark = name.strip_suffix(".drv").unwrap_or(&name);
-                if name.starts_with('.') {
-                    remove(&entry.path())?; // a temporary link of an interrupted rename
-                } else if !records.iter().any(|r| r.mark == mark) {
-                    remove(&entry.path())?;
-                    report(
-                        mark,
-                        format!(
-                            "removed the GC root {name}: its mark was never recorded (interrupted mark or unmark)"
-                        ),
-                        false,
-                    );
-                }
+        let entries: Vec<String> = std::fs::read_dir(&records_dir)
+            .map(|d| {
+                d.filter_map(std::result::Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in entries {
+            if name.contains(".tmp-") && name.starts_with('.') {
+                // A temporary file of an interrupted write of this state directory
+                // (writers hold the lock we hold).
+                remove(&records_dir.join(&name))?;
+                continue;
             }
+            let Some(mark) = name.strip_prefix('.').and_then(|n| n.strip_suffix(INTENT)) else {
+                continue;
+            };
+            if !valid_mark(mark) {
+                continue;
+            }
+            if !records.iter().any(|r| r.mark == mark) {
+                let (root, drv_root) = self.root_links(target, mark);
+                remove(&root)?;
+                remove(&drv_root)?;
+                report(
+                    mark,
+                    "removed the GC roots of an interrupted mark or unmark (no record)".to_owned(),
+                    false,
+                );
+            }
+            remove(&records_dir.join(&name))?;
         }
         for r in &records {
-            let mut wanted = vec![(PathBuf::from(&r.roots.closure), r.closure.clone())];
-            if let (Some(link), Some(drv)) = (&r.roots.drv, &r.drv) {
-                wanted.push((PathBuf::from(link), drv.clone()));
+            let (root, drv_root) = self.root_links(target, &r.mark);
+            let mut wanted = vec![(root, r.closure.clone())];
+            if let Some(drv) = &r.drv {
+                wanted.push((drv_root, drv.clone()));
             }
             for (link, target_path) in wanted {
                 if std::fs::symlink_metadata(&link).is_ok() {
                     continue;
                 }
                 if self.is_valid(&target_path)? {
-                    create_dir(link.parent().unwrap_or(Path::new("/")))?;
+                    create_dir(&self.roots_dir(target))?;
                     symlink_atomic(&target_path, &link)?;
                     report(
                         &r.mark,
@@ -388,6 +455,7 @@ impl KnownGood {
 
     /// Lists the marks of one target or all, repairing first.
     pub fn list(&self, target: Option<&str>) -> Result<Listing> {
+        self.check_local()?;
         let targets = match target {
             Some(t) => {
                 self.known_target(t)?;
@@ -430,32 +498,46 @@ impl KnownGood {
 
     /// The latest mark: the closure a rollback redeploys.
     pub fn latest(&self, target: &str) -> Result<Record> {
-        self.get(target, None)
+        self.usable(self.get(target, None)?)
+    }
+
+    /// A record whose closure the store still holds: what rollback can redeploy.
+    fn usable(&self, r: Record) -> Result<Record> {
+        if self.is_valid(&r.closure)? {
+            Ok(r)
+        } else {
+            Err(Error::Broken {
+                target: r.target,
+                mark: r.mark,
+                closure: r.closure,
+            })
+        }
     }
 
     /// The mark before the latest.
     pub fn previous(&self, target: &str) -> Result<Record> {
         self.known_target(target)?;
         let records = self.read_records(target)?;
-        records
+        let r = records
             .len()
             .checked_sub(2)
             .map(|i| records[i].clone())
             .ok_or_else(|| Error::NoPrevious {
                 target: target.to_owned(),
-            })
+            })?;
+        self.usable(r)
     }
 
     fn remove_mark(&self, r: &Record) -> Result<()> {
-        // Record first: a crash in between leaves a root without a record (repaired by
-        // `list`), never a record whose closure the GC may take.
+        // Announce, record, roots: a crash in between leaves roots that repair knows to
+        // remove, never a record whose closure the GC may take.
+        write_atomic(&self.intent(&r.target, &r.mark), b"unmark\n")?;
         remove(&self.records_dir(&r.target).join(format!("{}.json", r.mark)))?;
         fault_point("after-unrecord");
-        remove(Path::new(&r.roots.closure))?;
-        if let Some(d) = &r.roots.drv {
-            remove(Path::new(d))?;
-        }
-        Ok(())
+        let (root, drv_root) = self.root_links(&r.target, &r.mark);
+        remove(&root)?;
+        remove(&drv_root)?;
+        remove(&self.intent(&r.target, &r.mark))
     }
 
     /// Removes all but the `keep` newest marks and those made within `keep_since`;

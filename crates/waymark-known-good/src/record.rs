@@ -52,6 +52,24 @@ pub fn valid_target(target: &str) -> bool {
         && target.len() <= 64
 }
 
+/// Checks a mark name: `<8 digits>T<6 digits>Z-<7 hex>` with an optional `-N`. Mark
+/// names become file names, so nothing else is accepted from a record.
+pub fn valid_mark(mark: &str) -> bool {
+    let b = mark.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let base = b.len() >= 24
+        && digits(0..8)
+        && b[8] == b'T'
+        && digits(9..15)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..24]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    base && (b.len() == 24 || (b.len() > 25 && b[24] == b'-' && digits(25..b.len())))
+}
+
 /// Normalises a commit id: 7 to 40 hex digits, lowercase.
 pub fn normalize_rev(rev: &str) -> Option<String> {
     let r = rev.to_ascii_lowercase();
@@ -151,6 +169,21 @@ mod tests {
             seqs(to_prune(&rs, 1, Some(Duration::from_hours(72)), now)),
             [1, 2]
         );
+    }
+
+    #[test]
+    fn mark_names() {
+        assert!(valid_mark("20261123T172900Z-1a2b3c4"));
+        assert!(valid_mark("20261123T172900Z-1a2b3c4-12"));
+        for bad in [
+            "../../etc/passwd",
+            "20261123T172900Z-1a2b3c4.drv",
+            "20261123T172900Z-1A2B3C4",
+            "x",
+            "20261123T172900Z-1a2b3c4-",
+        ] {
+            assert!(!valid_mark(bad), "{bad}");
+        }
     }
 
     #[test]

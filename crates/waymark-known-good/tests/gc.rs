@@ -166,3 +166,22 @@ fn roots_outside_gcroots_are_refused() {
         Err(Error::RootsOutsideGcroots { .. })
     ));
 }
+
+#[test]
+fn latest_of_a_collected_closure_is_broken_not_a_dangling_path() {
+    let (tb, kg, paths, _state) = setup();
+    let r = kg.mark(&request("web", &paths[0])).unwrap();
+    // Someone deletes the roots by hand and collects garbage.
+    std::fs::remove_file(&r.roots.closure).unwrap();
+    std::fs::remove_file(r.roots.drv.as_ref().unwrap()).unwrap();
+    gc(&tb);
+    assert!(!Path::new(&paths[0]).exists());
+    let err = kg.latest("web").unwrap_err();
+    assert!(matches!(err, Error::Broken { .. }), "{err}");
+    let listing = kg.list(Some("web")).unwrap();
+    assert!(
+        listing.repairs.iter().any(|r| r.broken),
+        "{:?}",
+        listing.repairs
+    );
+}

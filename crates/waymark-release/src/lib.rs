@@ -334,6 +334,9 @@ impl Releases {
         };
         let moved = match moved {
             Ok(m) => m,
+            // Someone moved the branch meanwhile. At our commit (a concurrent run of this
+            // same release), both have converged: keep the tag.
+            Err(_) if self.branch_tip(&req.target)? == Some(commit) => false,
             Err(e) => {
                 if created {
                     // Together or not at all: take back the tag we just made.

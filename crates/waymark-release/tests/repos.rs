@@ -373,3 +373,33 @@ fn a_remote_refusal_is_reported_and_changes_nothing() {
     );
     assert_eq!(branch_tip(&repo, "web"), Some(c1), "local state unchanged");
 }
+
+/// Several processes releasing the same mark at once: every one succeeds or refuses
+/// cleanly, and the end state is the tag and the branch, together.
+#[test]
+fn concurrent_runs_of_one_release_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init(dir.path());
+    let c1 = commit(&repo, None, "one");
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            let path = dir.path();
+            s.spawn(move || {
+                let rel = Releases::open(path).unwrap();
+                // A lost race may surface as a git error from the losing side; never as
+                // a half-made release.
+                let _ = rel.tag(&req("web", "20261123T170000Z-aaaaaaa", c1));
+            });
+        }
+    });
+    assert!(
+        repo.find_reference("refs/tags/release/web/20261123T170000Z-aaaaaaa")
+            .is_ok(),
+        "the tag exists"
+    );
+    assert_eq!(
+        branch_tip(&repo, "web"),
+        Some(c1),
+        "and the branch is there"
+    );
+}

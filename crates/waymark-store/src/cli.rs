@@ -112,7 +112,9 @@ pub fn path_entry(url: Option<&str>, store_dir: &str, path: &str) -> Result<Opti
 fn not_valid(e: Error, root: &str, url: Option<&str>) -> Error {
     match &e {
         Error::Command { message, .. }
-            if message.contains("is not valid") || message.contains("does not exist") =>
+            if message.contains("is not valid")
+                || message.contains("is not a valid store path")
+                || message.contains("does not exist") =>
         {
             Error::NotValid {
                 path: root.to_owned(),

@@ -44,6 +44,22 @@ fn store_path_prefix(p: &str, store_dir: &str) -> Option<String> {
     Some(format!("{store_dir}/{first}"))
 }
 
+/// Removes `.` and `..` components lexically (`/a/b/../c` → `/a/c`), as the kernel
+/// would when following a link whose target is relative.
+fn normalize(p: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Follows links until a store path. Links name logical store paths, also in a chroot
 /// store, so no mapping to real locations is needed.
 fn follow_links(arg: &str, store_dir: &str) -> Result<String> {
@@ -53,6 +69,7 @@ fn follow_links(arg: &str, store_dir: &str) -> Result<String> {
     };
     let mut p = std::path::absolute(arg).map_err(|e| io(Path::new(arg), e))?;
     for _ in 0..MAX_LINKS {
+        p = normalize(&p);
         let s = p.to_string_lossy().into_owned();
         if let Some(store_path) = store_path_prefix(&s, store_dir) {
             return Ok(store_path);
@@ -102,6 +119,11 @@ fn build_flake_output(arg: &str) -> Result<String> {
         .ok_or_else(|| bad("no output path".to_owned()))
 }
 
+/// Quotes a string for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// Reads a link on the machine behind an `ssh://` or `ssh-ng://` store, with the same
 /// ssh options Nix uses (`NIX_SSHOPTS`).
 fn remote_readlink(url: &str, arg: &str, store_dir: &str) -> Result<String> {
@@ -113,15 +135,50 @@ fn remote_readlink(url: &str, arg: &str, store_dir: &str) -> Result<String> {
             url: url.to_owned(),
             reason: format!("{arg} is not a store path, and links can only be read over ssh"),
         })?;
+    // A host that starts with `-` would be read by ssh as an option (`-oProxyCommand=…`).
+    if host.is_empty() || host.starts_with('-') {
+        return Err(Error::BadUrl {
+            url: url.to_owned(),
+            reason: "the host name must not be empty or start with '-'".into(),
+        });
+    }
     let mut cmd = Command::new("ssh");
     if let Ok(opts) = std::env::var("NIX_SSHOPTS") {
         cmd.args(opts.split_whitespace());
     }
-    cmd.args([host, "--", "readlink", "-e"]).arg(arg);
+    // ssh joins its arguments into one remote shell command line: quote the path.
+    cmd.args([host, "--", "readlink", "-e"])
+        .arg(shell_quote(arg));
     let out = run(cmd)?;
     let target = String::from_utf8_lossy(&out).trim().to_owned();
     store_path_prefix(&target, store_dir).ok_or_else(|| Error::NotInStore {
         arg: format!("{host}:{arg}"),
         store_dir: store_dir.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_and_normalising() {
+        assert_eq!(shell_quote("/x;rm -rf ~"), "'/x;rm -rf ~'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(
+            normalize(Path::new("/tmp/l/../store/./x")),
+            Path::new("/tmp/store/x")
+        );
+    }
+
+    #[test]
+    fn hosts_that_look_like_options_are_refused() {
+        let err = remote_readlink(
+            "ssh://-oProxyCommand=touch /tmp/pwn",
+            "/run/current-system",
+            "/nix/store",
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::BadUrl { .. }), "{err}");
+    }
 }

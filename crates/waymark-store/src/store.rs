@@ -97,12 +97,15 @@ impl Store {
             }
         }
         let store_dir = params_store.unwrap_or(store_dir);
+        let state_given = params_state.clone();
         let state_dir = params_state.unwrap_or(state_dir);
         Ok(if let Some(root) = root {
+            // As Nix: the store's files under root + store dir, its state under
+            // root + /nix/var/nix unless `state=` names it (taken as given).
             let root = Path::new(&root);
             let under = |p: &str| root.join(p.trim_start_matches('/'));
             let real = under(&store_dir);
-            let state = under(&state_dir);
+            let state = state_given.map_or_else(|| under("/nix/var/nix"), PathBuf::from);
             Self::local(
                 &store_dir,
                 real,
@@ -156,9 +159,11 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+            && let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(b);
             i += 3;
@@ -199,5 +204,10 @@ mod tests {
         );
         assert_eq!(l.url.as_deref(), Some("local?store=/s/store&state=/s/var"));
         assert_eq!(percent_decode("local%3Froot%3D%2Fx"), "local?root=/x");
+        assert_eq!(
+            percent_decode("/tmp/%aé"),
+            "/tmp/%aé",
+            "no panic on a broken escape"
+        );
     }
 }

@@ -161,7 +161,8 @@ fn a_crash_between_root_and_record_is_repaired_by_list() {
     let r = run(list);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
-        r.stderr.contains("its mark was never recorded"),
+        r.stderr
+            .contains("removed the GC roots of an interrupted mark"),
         "reported: {}",
         r.stderr
     );
@@ -207,8 +208,12 @@ fn a_crash_in_unmark_never_leaves_a_record_without_a_root() {
     assert_eq!(listing["marks"].as_array().unwrap().len(), 1);
     assert_eq!(
         listing["repairs"].as_array().unwrap().len(),
-        2,
-        "closure and .drv roots removed"
+        1,
+        "the interrupted unmark is finished"
+    );
+    assert!(
+        !m.roots("web").join(&old_mark).exists()
+            && !m.roots("web").join(format!("{old_mark}.drv")).exists()
     );
     assert_eq!(first["closure"], m.new.as_str());
 }
@@ -378,4 +383,76 @@ fn nix_is_root() -> bool {
         s.lines()
             .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
     })
+}
+
+/// Two state directories sharing the default roots directory: one's repair never takes
+/// the other's roots (the GC would then collect a rollback target).
+#[test]
+fn a_shared_roots_directory_is_left_alone() {
+    let m = Marks::new();
+    let other = tempfile::tempdir().unwrap();
+    assert_eq!(m.mark("web", &m.old, "1111111").code, 0);
+    let mut b = waymark(&m.store);
+    let ev = m.evidence("web", &m.new, "passed");
+    b.arg("known-good").arg("--state-dir").arg(other.path());
+    b.args(["mark", "web", &m.new, "--rev", "2222222", "--evidence"])
+        .arg(ev);
+    assert_eq!(run(b).code, 0);
+    let mut list_b = waymark(&m.store);
+    list_b
+        .arg("known-good")
+        .arg("--state-dir")
+        .arg(other.path())
+        .args(["list"]);
+    let r = run(list_b);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("removed"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_dir(m.roots("web")).unwrap().count(),
+        4,
+        "both marks keep both roots"
+    );
+}
+
+/// A record is data, not a pointer to files: one that names another target, mark or
+/// root path is refused, and nothing outside the roots directory is touched.
+#[test]
+fn a_tampered_record_is_refused() {
+    let m = Marks::new();
+    assert_eq!(m.mark("web", &m.old, "1111111").code, 0);
+    let victim = m.state.path().join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    let dir = m.state.path().join("known-good/web");
+    let record = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    // Root paths in a record are ignored: unmarking does not delete the file it names.
+    doc["roots"]["closure"] = Value::String(victim.display().to_string());
+    std::fs::write(&record, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let mut unmark = m.cmd();
+    unmark.args(["unmark", "web", doc["mark"].as_str().unwrap(), "--force"]);
+    assert_eq!(run(unmark).code, 0);
+    assert!(victim.exists(), "a path named by a record is never removed");
+    // A record whose mark is not a mark name is refused outright.
+    assert_eq!(m.mark("web", &m.old, "1111111").code, 0);
+    let record = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    doc["mark"] = Value::String("../../../../tmp/x".into());
+    std::fs::write(&record, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let mut list = m.cmd();
+    list.args(["list", "web"]);
+    let r = run(list);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("refusing the record") && r.stderr.contains("is not a mark name"),
+        "{}",
+        r.stderr
+    );
 }
