@@ -120,10 +120,15 @@ pub struct KnownGood {
     store: Store,
 }
 
-/// Test hook: `WAYMARK_FAULT=<point>` aborts the process there, as a crash would.
+/// Test hook: `WAYMARK_FAULT=<point>` aborts the process there, as a crash would;
+/// `WAYMARK_FAULT=slow-<point>` pauses there for 300 ms (to widen a race window).
 fn fault_point(point: &str) {
-    if std::env::var("WAYMARK_FAULT").is_ok_and(|f| f == point) {
-        std::process::abort();
+    match std::env::var("WAYMARK_FAULT") {
+        Ok(f) if f == point => std::process::abort(),
+        Ok(f) if f.strip_prefix("slow-") == Some(point) => {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        _ => {}
     }
 }
 

@@ -403,3 +403,69 @@ fn concurrent_runs_of_one_release_converge() {
         "and the branch is there"
     );
 }
+
+/// `push web` pushes web's branch and tags only (not web2's, whose names share the
+/// prefix), and a tag the remote already has on another commit is refused, unsent.
+#[test]
+fn push_selects_one_target_and_refuses_a_foreign_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (work, bare, other) = (
+        dir.path().join("work"),
+        dir.path().join("remote.git"),
+        dir.path().join("other"),
+    );
+    let repo = init(&work);
+    Repository::init_bare(&bare).unwrap();
+    repo.remote("origin", bare.to_str().unwrap()).unwrap();
+    let c1 = commit(&repo, None, "one");
+    let rel = Releases::open(&work).unwrap();
+    rel.tag(&req("web", "20261123T170000Z-aaaaaaa", c1))
+        .unwrap();
+    rel.tag(&req("web2", "20261123T170000Z-aaaaaaa", c1))
+        .unwrap();
+    let pushed = rel.push("origin", Some("web")).unwrap();
+    assert_eq!(
+        pushed,
+        [
+            "refs/heads/release/web",
+            "refs/tags/release/web/20261123T170000Z-aaaaaaa"
+        ]
+    );
+    let remote = Repository::open_bare(&bare).unwrap();
+    assert!(
+        remote.find_reference("refs/heads/release/web2").is_err(),
+        "web2 is another target"
+    );
+
+    // Someone else published release/web/<mark> on a different commit.
+    let other_repo = init(&other);
+    other_repo.remote("origin", bare.to_str().unwrap()).unwrap();
+    let foreign = commit(&other_repo, None, "foreign");
+    let foreign_rel = Releases::open(&other).unwrap();
+    foreign_rel
+        .tag(&req("web", "20261123T180000Z-bbbbbbb", foreign))
+        .unwrap();
+    let mut r = other_repo.find_remote("origin").unwrap();
+    r.push(&["refs/tags/release/web/20261123T180000Z-bbbbbbb:refs/tags/release/web/20261123T180000Z-bbbbbbb"], None).unwrap();
+    let c2 = commit(&repo, Some(c1), "two");
+    let mut mine = req("web", "20261123T180000Z-bbbbbbb", c2);
+    mine.mark.rev = c2.to_string()[..7].into();
+    rel.tag(&mine).unwrap();
+    let err = rel.push("origin", Some("web")).unwrap_err();
+    assert!(matches!(err, Error::TagExists { .. }), "{err}");
+    let remote_tag = remote
+        .find_reference("refs/tags/release/web/20261123T180000Z-bbbbbbb")
+        .unwrap()
+        .peel_to_commit()
+        .unwrap()
+        .id();
+    assert_eq!(remote_tag, foreign, "the remote's tag is not moved");
+    assert_eq!(
+        remote
+            .find_reference("refs/heads/release/web")
+            .unwrap()
+            .target(),
+        Some(c1),
+        "nothing else was sent"
+    );
+}

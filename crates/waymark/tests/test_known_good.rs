@@ -231,6 +231,9 @@ fn concurrent_markers_both_land_in_order() {
     .map(|(closure, rev)| {
         let ev = m.evidence("web", closure, "passed");
         let mut cmd = m.cmd();
+        // Each marker pauses between its roots and its record, inside the lock: without
+        // the lock all four would read the same records and take the same seq.
+        cmd.env("WAYMARK_FAULT", "slow-after-root");
         cmd.args(["mark", "web", closure, "--rev", rev, "--evidence"])
             .arg(ev);
         cmd.stdout(std::process::Stdio::null())
