@@ -71,6 +71,22 @@ fn record(target: &str, mark: &str, rev: Oid) -> Record {
     }
 }
 
+/// A working repository with a bare remote `origin`, and where a second clone may live.
+fn with_remote(
+    dir: &Path,
+) -> (
+    Repository,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let (work, bare, other) = (dir.join("work"), dir.join("remote.git"), dir.join("other"));
+    let repo = init(&work);
+    Repository::init_bare(&bare).unwrap();
+    repo.remote("origin", bare.to_str().unwrap()).unwrap();
+    (repo, work, bare, other)
+}
+
 fn req(target: &str, mark: &str, rev: Oid) -> TagRequest {
     TagRequest {
         target: target.into(),
@@ -208,14 +224,7 @@ fn concurrent_taggers_of_two_targets_do_not_interfere() {
 #[test]
 fn push_to_a_bare_remote_never_forces() {
     let dir = tempfile::tempdir().unwrap();
-    let (work, bare, other) = (
-        dir.path().join("work"),
-        dir.path().join("remote.git"),
-        dir.path().join("other"),
-    );
-    let repo = init(&work);
-    Repository::init_bare(&bare).unwrap();
-    repo.remote("origin", bare.to_str().unwrap()).unwrap();
+    let (repo, work, bare, other) = with_remote(dir.path());
     let c1 = commit(&repo, None, "one");
     let c2 = commit(&repo, Some(c1), "two");
     let rel = Releases::open(&work).unwrap();
@@ -409,14 +418,7 @@ fn concurrent_runs_of_one_release_converge() {
 #[test]
 fn push_selects_one_target_and_refuses_a_foreign_tag() {
     let dir = tempfile::tempdir().unwrap();
-    let (work, bare, other) = (
-        dir.path().join("work"),
-        dir.path().join("remote.git"),
-        dir.path().join("other"),
-    );
-    let repo = init(&work);
-    Repository::init_bare(&bare).unwrap();
-    repo.remote("origin", bare.to_str().unwrap()).unwrap();
+    let (repo, work, bare, other) = with_remote(dir.path());
     let c1 = commit(&repo, None, "one");
     let rel = Releases::open(&work).unwrap();
     rel.tag(&req("web", "20261123T170000Z-aaaaaaa", c1))

@@ -13,6 +13,7 @@
 //! # Ok::<(), waymark_testbed::Error>(())
 //! ```
 
+mod cmd;
 mod error;
 pub mod fixtures;
 pub mod model;

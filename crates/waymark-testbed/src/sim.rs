@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cmd::{keygen, run};
 use crate::error::{Error, Result};
 
 const NIX_CONF: &str = "substituters =\nexperimental-features = nix-command flakes\nbuild-users-group =\nsandbox = false\ntrusted-users = root\n";
@@ -23,28 +24,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
         path: path.to_owned(),
         source,
     }
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd.output().map_err(|source| Error::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(Error::Nix {
-            program,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn keygen(path: &Path) -> Result<()> {
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path))
-    .map(drop)
 }
 
 /// One simulated machine.
@@ -168,10 +147,8 @@ impl SimFleet {
         )
         .map_err(io(&conf))?;
         let ssh = h.join("ssh");
-        if !ssh.join("host_key").exists() {
-            keygen(&ssh.join("host_key"))?;
-            keygen(&ssh.join("client_key"))?;
-        }
+        keygen(&ssh.join("host_key"))?;
+        keygen(&ssh.join("client_key"))?;
         std::fs::copy(ssh.join("client_key.pub"), ssh.join("authorized_keys")).map_err(io(&ssh))?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cmd::keygen;
 use crate::error::{Error, Result};
 use crate::store::PrivateStore;
 
@@ -23,27 +24,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
         path: path.to_owned(),
         source,
     }
-}
-
-fn keygen(path: &Path) -> Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .output()
-        .map_err(|source| Error::Spawn {
-            program: "ssh-keygen".into(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(Error::Nix {
-            program: "ssh-keygen".into(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(())
 }
 
 fn free_port() -> Result<u16> {

@@ -154,18 +154,7 @@ impl PrivateStore {
 
     /// Runs a prepared command, returning its stdout or its stderr as the error.
     pub fn run(&self, mut cmd: Command) -> Result<String> {
-        let program = cmd.get_program().to_string_lossy().into_owned();
-        let out = cmd.output().map_err(|source| Error::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-        if !out.status.success() {
-            return Err(Error::Nix {
-                program,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::cmd::run(&mut cmd)
     }
 
     /// Builds attributes of a Nix expression file and returns their output paths in order.

@@ -1,0 +1,33 @@
+//! Running the external programs the testbed drives (nix, ssh-keygen, ssh).
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::error::{Error, Result};
+
+/// Runs a command; returns its stdout, or its stderr as the error.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(Error::Nix {
+            program,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Makes an ed25519 key pair at `path` (and `path.pub`) unless it exists.
+pub fn keygen(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path))
+    .map(drop)
+}
