@@ -4,54 +4,90 @@
 # `waymark.deploy.enable` are not part of the fleet) and checks what no single
 # host can: each host's `waymark.deploy.name` is its attribute name, build
 # hosts and dependencies name fleet hosts, and dependencies have no cycle.
-# Returns plain data (`nix eval --json` can print it):
+# Returns plain data, which `nix eval --json` prints and `waymark fleet` reads
+# (expose it as the flake output `waymark`):
 #
 #   {
-#     hosts.<name> = { targetHost; sshUser; buildHost; allowBuildOnTarget;
-#                      tags; healthChecks; activationTimeout; confirmTimeout;
-#                      tagReleases; dependsOn; };
+#     hosts.<name> = { toplevel; targetHost; sshUser; buildHost;
+#                      allowBuildOnTarget; tags; healthChecks;
+#                      activationTimeout; confirmTimeout; tagReleases;
+#                      dependsOn; };
 #     waves = [ [ <name> ... ] ... ];  # deploy order: a host comes after
 #                                      # every host it depends on; the hosts
 #                                      # of one wave are independent.
 #   }
 #
-# Throws, naming the host and the option, when a check fails.
-{ lib }:
+# `toplevel` is the host's system derivation path (evaluated, never built), or
+# null where the configuration has none.
+#
+# Throws, naming the host and the option, when a check fails. Builtins only: it
+# evaluates without nixpkgs (`nix-instantiate --eval --strict`), which is how
+# it is tested. The `lib` argument is accepted for the flake's `lib` interface.
+{ ... }:
 nixosConfigurations:
 let
-  declared = lib.mapAttrs (_: c: c.config.waymark.deploy) nixosConfigurations;
-  enabled = lib.filterAttrs (_: d: d.enable) declared;
-  names = lib.attrNames enabled;
+  inherit (builtins)
+    all
+    attrNames
+    concatLists
+    concatStringsSep
+    elem
+    filter
+    listToAttrs
+    map
 
-  problems = lib.concatLists (
-    lib.mapAttrsToList (
-      host: d:
-      lib.optional (d.name != host) "${host}: waymark.deploy.name is \"${d.name}\", not its nixosConfigurations name"
-      ++ lib.optional (
-        d.buildHost != null && !(lib.elem d.buildHost names)
+    ;
+  optional = cond: x: if cond then [ x ] else [ ];
+  names = filter (n: (nixosConfigurations.${n}.config.waymark.deploy.enable or false)) (
+    attrNames nixosConfigurations
+  );
+  declared = n: nixosConfigurations.${n}.config.waymark.deploy;
+
+  problems = concatLists (
+    map (
+      host:
+      let
+        d = declared host;
+      in
+      optional (d.name != host) "${host}: waymark.deploy.name is \"${d.name}\", not its nixosConfigurations name"
+      ++ optional (
+        d.buildHost != null && !(elem d.buildHost names)
       ) "${host}: waymark.deploy.buildHost \"${d.buildHost}\" is not a deployable host of the fleet"
       ++ map (dep: "${host}: waymark.deploy.dependsOn names \"${dep}\", not a deployable host of the fleet") (
-        lib.filter (dep: !(lib.elem dep names)) d.dependsOn
+        filter (dep: !(elem dep names)) d.dependsOn
       )
-    ) enabled
+    ) names
   );
 
-  # Waves by Kahn's algorithm; names are sorted, so the order is stable.
+  # Waves by Kahn's algorithm; attrNames is sorted, so the order is stable.
   waves =
     remaining: done:
     let
-      ready = lib.filter (n: lib.all (dep: lib.elem dep done) enabled.${n}.dependsOn) remaining;
+      ready = filter (n: all (dep: elem dep done) (declared n).dependsOn) remaining;
     in
     if remaining == [ ] then
       [ ]
     else if ready == [ ] then
-      throw "lib.fleet: waymark.deploy.dependsOn has a cycle among: ${lib.concatStringsSep ", " remaining}"
+      throw "lib.fleet: waymark.deploy.dependsOn has a cycle among: ${concatStringsSep ", " remaining}"
     else
-      [ ready ] ++ waves (lib.subtractLists ready remaining) (done ++ ready);
+      [ ready ] ++ waves (filter (n: !(elem n ready)) remaining) (done ++ ready);
+
+  toplevel =
+    n:
+    let
+      drv = nixosConfigurations.${n}.config.system.build.toplevel.drvPath or null;
+    in
+    # The path only: its string context would make whoever consumes the JSON
+    # (a flake check's writeText) build every system.
+    if drv == null then null else builtins.unsafeDiscardStringContext drv;
 
   data =
-    d:
+    n:
+    let
+      d = declared n;
+    in
     {
+      toplevel = toplevel n;
       inherit (d)
         targetHost
         sshUser
@@ -75,9 +111,9 @@ let
     };
 in
 if problems != [ ] then
-  throw "lib.fleet: the fleet's deploy declarations disagree:\n${lib.concatMapStringsSep "\n" (p: "  - ${p}") problems}"
+  throw "lib.fleet: the fleet's deploy declarations disagree:\n${concatStringsSep "\n" (map (p: "  - ${p}") problems)}"
 else
   {
-    hosts = lib.mapAttrs (_: data) enabled;
+    hosts = listToAttrs (map (n: { name = n; value = data n; }) names);
     waves = waves names [ ];
   }

@@ -33,8 +33,11 @@
       # notice a host that fails to evaluate, so evaluate each host's
       # toplevel here (without building it), and check the fleet's deploy
       # declarations with `waymark.lib.fleet`.
+      # What `waymark fleet` and the deploy read: hosts, declarations, order.
+      waymark = waymark.lib.fleet self.nixosConfigurations;
+
       checks.${system} = {
-        fleet = pkgs.writeText "waymark-fleet.json" (builtins.toJSON (waymark.lib.fleet self.nixosConfigurations));
+        fleet = pkgs.writeText "waymark-fleet.json" (builtins.toJSON self.waymark);
       }
       // nixpkgs.lib.mapAttrs' (
         name: host:

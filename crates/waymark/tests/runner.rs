@@ -4,6 +4,7 @@ mod common;
 mod test_demo;
 mod test_diff;
 mod test_diff_remote;
+mod test_fleet;
 mod test_known_good;
 mod test_release;
 mod test_sim_fleet;

@@ -2,6 +2,7 @@
 
 mod demo;
 mod diff;
+mod fleet;
 mod known_good;
 mod release;
 
@@ -31,6 +32,8 @@ pub struct Cli {
 enum Command {
     /// Show what changed between two system closures, and why things were rebuilt
     Diff(diff::DiffArgs),
+    /// Show the fleet: deployable hosts, how each is deployed, and the deploy order
+    Fleet(fleet::FleetArgs),
     /// Manage known-good marks: GC-rooted closures that passed every gate
     KnownGood(known_good::KnownGoodArgs),
     /// Manage release records: tags and fast-forward-only branches per target
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     };
     match cli.command {
         Command::Diff(args) => diff::cmd_diff(global, &args),
+        Command::Fleet(args) => fleet::cmd_fleet(global, &args),
         Command::KnownGood(args) => known_good::cmd_known_good(global, &args),
         Command::Release(args) => release::cmd_release(global, &args),
         Command::Demo(args) => demo::cmd_demo(global, &args),
