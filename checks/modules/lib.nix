@@ -109,6 +109,19 @@ rec {
     else
       true;
 
+  # A host with the harness enabled on bash and coreutils: the base of most tests.
+  harnessHost =
+    name:
+    { pkgs, ... }:
+    {
+      networking.hostName = name;
+      waymark.harness.enable = true;
+      waymark.harness.packages = [
+        pkgs.bash
+        pkgs.coreutils
+      ];
+    };
+
   # Every test in `tests` (a list of booleans), forced in order.
   all = tests: builtins.foldl' (acc: t: builtins.seq t (acc && t)) true tests;
 

@@ -12,17 +12,7 @@ let
   host =
     extra:
     t.eval [
-      (
-        { pkgs, ... }:
-        {
-          networking.hostName = "h";
-          waymark.harness.enable = true;
-          waymark.harness.packages = [
-            pkgs.bash
-            pkgs.coreutils
-          ];
-        }
-      )
+      (t.harnessHost "h")
       extra
     ];
 

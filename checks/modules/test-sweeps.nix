@@ -12,31 +12,23 @@ let
   host =
     extra:
     t.eval [
-      (
-        { pkgs, ... }:
-        {
-          networking.hostName = "sweeper";
-          waymark.harness.enable = true;
-          waymark.harness.packages = [
-            pkgs.bash
-            pkgs.coreutils
+      (t.harnessHost "sweeper")
+      {
+        waymark.sweeps.nightly = {
+          command = "ci/run-tests --suite full";
+          schedule = [
+            "Mon..Fri 02:00"
+            "Sat 04:00"
           ];
-          waymark.sweeps.nightly = {
-            command = "ci/run-tests --suite full";
-            schedule = [
-              "Mon..Fri 02:00"
-              "Sat 04:00"
-            ];
-            randomizedDelaySec = "45min";
-            onFailure = [ "notify-admins@%n.service" ];
-          };
-          waymark.sweeps.weekly = {
-            command = "ci/run-tests --suite slow";
-            schedule = "weekly";
-            persistent = false;
-          };
-        }
-      )
+          randomizedDelaySec = "45min";
+          onFailure = [ "notify-admins@%n.service" ];
+        };
+        waymark.sweeps.weekly = {
+          command = "ci/run-tests --suite slow";
+          schedule = "weekly";
+          persistent = false;
+        };
+      }
       extra
     ];
 

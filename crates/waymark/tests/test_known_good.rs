@@ -27,11 +27,23 @@ impl Marks {
     }
 
     pub fn cmd(&self) -> Command {
+        self.cmd_in(self.state.path())
+    }
+
+    /// `waymark known-good` with another state directory on the same store.
+    pub fn cmd_in(&self, state: &Path) -> Command {
         let mut cmd = waymark(&self.store);
-        cmd.arg("known-good")
-            .arg("--state-dir")
-            .arg(self.state.path());
+        cmd.arg("known-good").arg("--state-dir").arg(state);
         cmd
+    }
+
+    /// The one record of `target` (the test made exactly one).
+    pub fn only_record(&self, target: &str) -> PathBuf {
+        std::fs::read_dir(self.state.path().join("known-good").join(target))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "json"))
+            .unwrap()
     }
 
     pub fn evidence(&self, target: &str, closure: &str, result: &str) -> PathBuf {
@@ -395,18 +407,13 @@ fn a_shared_roots_directory_is_left_alone() {
     let m = Marks::new();
     let other = tempfile::tempdir().unwrap();
     assert_eq!(m.mark("web", &m.old, "1111111").code, 0);
-    let mut b = waymark(&m.store);
+    let mut b = m.cmd_in(other.path());
     let ev = m.evidence("web", &m.new, "passed");
-    b.arg("known-good").arg("--state-dir").arg(other.path());
     b.args(["mark", "web", &m.new, "--rev", "2222222", "--evidence"])
         .arg(ev);
     assert_eq!(run(b).code, 0);
-    let mut list_b = waymark(&m.store);
-    list_b
-        .arg("known-good")
-        .arg("--state-dir")
-        .arg(other.path())
-        .args(["list"]);
+    let mut list_b = m.cmd_in(other.path());
+    list_b.args(["list"]);
     let r = run(list_b);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!r.stderr.contains("removed"), "{}", r.stderr);
@@ -425,12 +432,7 @@ fn a_tampered_record_is_refused() {
     assert_eq!(m.mark("web", &m.old, "1111111").code, 0);
     let victim = m.state.path().join("victim");
     std::fs::write(&victim, "keep me").unwrap();
-    let dir = m.state.path().join("known-good/web");
-    let record = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .unwrap();
+    let record = m.only_record("web");
     let mut doc: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     // Root paths in a record are ignored: unmarking does not delete the file it names.
     doc["roots"]["closure"] = Value::String(victim.display().to_string());
@@ -441,11 +443,7 @@ fn a_tampered_record_is_refused() {
     assert!(victim.exists(), "a path named by a record is never removed");
     // A record whose mark is not a mark name is refused outright.
     assert_eq!(m.mark("web", &m.old, "1111111").code, 0);
-    let record = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .unwrap();
+    let record = m.only_record("web");
     let mut doc: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     doc["mark"] = Value::String("../../../../tmp/x".into());
     std::fs::write(&record, serde_json::to_vec(&doc).unwrap()).unwrap();
