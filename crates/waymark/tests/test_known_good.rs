@@ -53,10 +53,13 @@ impl Marks {
             .unwrap_or_default()
             .get(..8)
             .unwrap_or_default();
+        // A fresh file per call: a marker already running may be reading an earlier one.
+        static WRITTEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = WRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self
             .state
             .path()
-            .join(format!("evidence-{target}-{hash}-{result}.json"));
+            .join(format!("evidence-{target}-{hash}-{result}-{n}.json"));
         let doc = serde_json::json!({
             "schema": "waymark.evidence/v1", "target": target, "closure": closure,
             "gates": [
