@@ -160,6 +160,30 @@ in
       description = "Whether a successful deploy of this host gets a release tag in git.";
     };
 
+    signingKeyFile = lib.mkOption {
+      type = lib.types.nullOr (lib.types.strMatching "/.+");
+      default = null;
+      example = "/var/lib/waymark/signing-key.sec";
+      description = ''
+        On a build host: the secret key (`nix key generate-secret`) that signs
+        the closures it builds before they are copied to their targets. The
+        targets trust its public key through {option}`nix.settings.trusted-public-keys`,
+        so nobody has to become a trusted user or skip signature checks. A
+        path on the build host, read there; never copied into the store.
+      '';
+    };
+
+    trustedBuilderKeys = lib.mkOption {
+      type = lib.types.listOf (lib.types.strMatching "[^:[:space:]]+:[A-Za-z0-9+/=]+");
+      default = [ ];
+      example = [ "builder-1:7pA2lk0Xq0Av8LdjB9CsF5nHUlkAwgWxr1hvfZ6Umh4=" ];
+      description = ''
+        Public keys of the build hosts' {option}`waymark.deploy.signingKeyFile`
+        (`nix key convert-secret-to-public`), added to this host's
+        `extra-trusted-public-keys`: closures they sign are accepted here.
+      '';
+    };
+
     dependsOn = lib.mkOption {
       type = lib.types.listOf hostNameType;
       default = [ ];
@@ -169,6 +193,8 @@ in
   };
 
   config = lib.mkIf cfg.enable {
+    nix.settings.extra-trusted-public-keys = lib.mkIf (cfg.trustedBuilderKeys != [ ]) cfg.trustedBuilderKeys;
+
     assertions = [
       {
         assertion = badChecks == [ ];

@@ -8,17 +8,17 @@
 # (expose it as the flake output `waymark`):
 #
 #   {
-#     hosts.<name> = { toplevel; targetHost; sshUser; buildHost;
+#     hosts.<name> = { toplevel; closure; targetHost; sshUser; buildHost;
 #                      allowBuildOnTarget; tags; healthChecks;
 #                      activationTimeout; confirmTimeout; tagReleases;
-#                      dependsOn; };
+#                      dependsOn; signingKeyFile; };
 #     waves = [ [ <name> ... ] ... ];  # deploy order: a host comes after
 #                                      # every host it depends on; the hosts
 #                                      # of one wave are independent.
 #   }
 #
-# `toplevel` is the host's system derivation path (evaluated, never built), or
-# null where the configuration has none.
+# `toplevel` is the host's system derivation path and `closure` its output path
+# (evaluated, never built), or null where the configuration has none.
 #
 # Throws, naming the host and the option, when a check fails. Builtins only: it
 # evaluates without nixpkgs (`nix-instantiate --eval --strict`), which is how
@@ -72,14 +72,14 @@ let
     else
       [ ready ] ++ waves (filter (n: !(elem n ready)) remaining) (done ++ ready);
 
-  toplevel =
-    n:
+  # Paths only: their string context would make whoever consumes the JSON (a
+  # flake check's writeText) build every system.
+  systemAttr =
+    n: attr:
     let
-      drv = nixosConfigurations.${n}.config.system.build.toplevel.drvPath or null;
+      value = nixosConfigurations.${n}.config.system.build.toplevel.${attr} or null;
     in
-    # The path only: its string context would make whoever consumes the JSON
-    # (a flake check's writeText) build every system.
-    if drv == null then null else builtins.unsafeDiscardStringContext drv;
+    if value == null then null else builtins.unsafeDiscardStringContext value;
 
   data =
     n:
@@ -87,7 +87,8 @@ let
       d = declared n;
     in
     {
-      toplevel = toplevel n;
+      toplevel = systemAttr n "drvPath";
+      closure = systemAttr n "outPath";
       inherit (d)
         targetHost
         sshUser
@@ -98,6 +99,7 @@ let
         confirmTimeout
         tagReleases
         dependsOn
+        signingKeyFile
         ;
       healthChecks = map (c: {
         inherit (c)

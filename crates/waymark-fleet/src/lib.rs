@@ -53,6 +53,9 @@ pub struct HealthCheck {
 pub struct Host {
     /// The system's derivation path, when the configuration has one.
     pub toplevel: Option<String>,
+    /// The system's output path (what the derivation builds), when known.
+    #[serde(default)]
+    pub closure: Option<String>,
     /// Address the deploy connects to.
     pub target_host: String,
     /// SSH user on the target.
@@ -73,6 +76,9 @@ pub struct Host {
     pub tag_releases: bool,
     /// Hosts that must be good first.
     pub depends_on: Vec<String>,
+    /// On a build host: the secret key that signs what it builds (a path there).
+    #[serde(default)]
+    pub signing_key_file: Option<String>,
 }
 
 /// The fleet: hosts and the order to deploy them in.

@@ -51,11 +51,24 @@ pub(crate) fn nix(url: Option<&str>, args: &[&str]) -> Command {
 pub fn closure(url: Option<&str>, store_dir: &str, root: &str) -> Result<Closure> {
     let mut cmd = nix(url, &["path-info", "--json", "--recursive"]);
     cmd.arg(root);
-    let infos = parse_path_info(&run(cmd).map_err(|e| not_valid(e, root, url))?, store_dir)?;
+    let json = run(cmd).map_err(|e| not_valid(e, root, url))?;
+    closure_from_path_info(&json, store_dir, root, url.unwrap_or(store_dir))
+}
+
+/// The closure of `root` from the output of `nix path-info --json --recursive ROOT`
+/// (any Nix version's shape), however it was run: `--store URL`, or over ssh on the
+/// machine that holds it. `origin` names that store in errors.
+pub fn closure_from_path_info(
+    json: &[u8],
+    store_dir: &str,
+    root: &str,
+    origin: &str,
+) -> Result<Closure> {
+    let infos = parse_path_info(json, store_dir)?;
     if let Some(bad) = infos.iter().find(|i| !i.valid) {
         return Err(Error::NotValid {
             path: bad.path.clone(),
-            store: url.unwrap_or(store_dir).to_owned(),
+            store: origin.to_owned(),
         });
     }
     let refs_of = |p: &str| {

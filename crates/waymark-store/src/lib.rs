@@ -23,9 +23,10 @@ mod store;
 
 use waymark_diff::Closure;
 
+pub use cli::closure_from_path_info;
 pub use error::{Error, Result};
 pub use pathinfo::{PathInfo, parse_path_info};
-pub use resolve::resolve;
+pub use resolve::{resolve, shell_quote};
 pub use store::{LocalStore, Store};
 
 /// How a closure was read.

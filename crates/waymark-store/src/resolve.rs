@@ -120,7 +120,8 @@ fn build_flake_output(arg: &str) -> Result<String> {
 }
 
 /// Quotes a string for a POSIX shell.
-fn shell_quote(s: &str) -> String {
+/// Quotes a word for a POSIX shell (the remote side of an ssh command line).
+pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 

@@ -16,6 +16,7 @@
 mod cmd;
 mod error;
 pub mod fixtures;
+mod fleet_flake;
 pub mod model;
 mod sim;
 mod ssh;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use error::{Error, Result};
+pub use fleet_flake::{FlakeHost, FleetFlake, command_check};
 pub use model::{Generation, Pkg};
 pub use sim::{SimFleet, SimHost};
 pub use ssh::SshHost;

@@ -298,7 +298,7 @@ if [ -e "$self/fail-$action" ] || [ -e "$state/fail-$action" ]; then
 fi
 mkdir -p "$state"
 case "$action" in
-  dry-activate) echo "would activate $self" ;;
+  dry-activate) echo "would activate the configuration..."; echo "would restart the following units: sshd.service" ;;
   test|switch)
     ln -sfn "$self" "$state/current-system"
     # On a simulated host (its own /run, no WAYMARK_TESTBED_STATE) this is NixOS's link.

@@ -209,6 +209,53 @@ impl SimFleet {
         Ok(self.hosts.last().expect("just pushed"))
     }
 
+    /// A host started earlier.
+    pub fn host(&self, name: &str) -> Option<&SimHost> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// How many SSH connections `host` accepted so far (from its sshd's log).
+    pub fn connections(&self, host: &str) -> usize {
+        self.host(host)
+            .and_then(|h| std::fs::read_to_string(h.dir.join("sshd.log")).ok())
+            .map_or(0, |log| log.matches("Accepted publickey").count())
+    }
+
+    /// A command that runs `program` as the deploying machine: in a mount namespace of
+    /// its own with `<fleet>/deployer/nix` on `/nix` (evaluating a flake writes `.drv`
+    /// files; they must never land in this machine's store), with the fleet's ssh
+    /// configuration in `NIX_SSHOPTS`.
+    pub fn deployer_command(&self, program: &Path) -> Result<Command> {
+        let d = self.dir.join("deployer");
+        for sub in ["nix/store", "nix/var/nix"] {
+            std::fs::create_dir_all(d.join(sub)).map_err(io(&d))?;
+        }
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "--", "sh", "-c"])
+            .arg(r#"mount --bind "$0/nix" /nix && exec "$@""#)
+            .arg(&d)
+            .arg(program)
+            .env("NIX_SSHOPTS", self.nix_sshopts())
+            .env(
+                "NIX_CONFIG",
+                "substituters =\nexperimental-features = nix-command flakes\nbuild-users-group =\nsandbox = false",
+            );
+        Ok(cmd)
+    }
+
+    /// Makes `path` (built on `builder`) the installed system of `host`: copied there,
+    /// the system profile set, and activated, as on a freshly installed machine.
+    pub fn install(&self, builder: &str, host: &str, path: &str) -> Result<()> {
+        self.copy(builder, host, path)?;
+        self.exec(
+            host,
+            &format!(
+                "nix-env -p /nix/var/nix/profiles/system --set {path} && {path}/bin/switch-to-configuration switch"
+            ),
+        )
+        .map(drop)
+    }
+
     /// An `ssh <host> -- …` command.
     pub fn ssh(&self, host: &str) -> Command {
         let mut cmd = Command::new("ssh");

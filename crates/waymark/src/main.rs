@@ -13,7 +13,8 @@ use clap::Parser as _;
 /// Exit statuses, documented in the README: 0 success; 1 a valid negative answer or a
 /// refusal (`diff --exit-code` found differences, no previous mark, refusing to unmark
 /// the latest, a tag that exists); 2 an error (bad input, unreadable store, usage);
-/// 3 a release branch update that is not a fast-forward.
+/// 3 a release branch update that is not a fast-forward; 4 a deploy that could not
+/// restore or verify a host (needs a human).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
     /// Success.
@@ -24,6 +25,8 @@ pub enum ExitStatus {
     Error = 2,
     /// Not a fast-forward.
     NonFastForward = 3,
+    /// A deploy could not restore a host, or verify it: needs a human.
+    NeedsHuman = 4,
 }
 
 /// The one place that maps error kinds to exit statuses.

@@ -47,14 +47,14 @@ impl Marks {
     }
 
     pub fn evidence(&self, target: &str, closure: &str, result: &str) -> PathBuf {
+        // A fresh file per call: a marker already running may be reading an earlier one.
+        static WRITTEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let hash = closure
             .rsplit('/')
             .next()
             .unwrap_or_default()
             .get(..8)
             .unwrap_or_default();
-        // A fresh file per call: a marker already running may be reading an earlier one.
-        static WRITTEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = WRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self
             .state

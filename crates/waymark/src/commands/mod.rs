@@ -1,6 +1,7 @@
 //! The command line: one `*Args` struct and `cmd_*` function per subcommand.
 
 mod demo;
+mod deploy;
 mod diff;
 mod fleet;
 mod known_good;
@@ -32,6 +33,8 @@ pub struct Cli {
 enum Command {
     /// Show what changed between two system closures, and why things were rebuilt
     Diff(diff::DiffArgs),
+    /// Deploy a host through the gates: build, diff, dry-activate, switch test, commit and mark
+    Deploy(deploy::DeployArgs),
     /// Show the fleet: deployable hosts, how each is deployed, and the deploy order
     Fleet(fleet::FleetArgs),
     /// Manage known-good marks: GC-rooted closures that passed every gate
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     };
     match cli.command {
         Command::Diff(args) => diff::cmd_diff(global, &args),
+        Command::Deploy(args) => deploy::cmd_deploy(global, &args),
         Command::Fleet(args) => fleet::cmd_fleet(global, &args),
         Command::KnownGood(args) => known_good::cmd_known_good(global, &args),
         Command::Release(args) => release::cmd_release(global, &args),

@@ -1,0 +1,89 @@
+# The activation agent: runs on the target, detached from the SSH session that
+# started it (it survives the connection dropping and the deployer dying), and
+# owns the decision between committing and restoring.
+#
+#   agent.sh DIR NEW PREV COMMIT CONFIRM_SECONDS ACTIVATION_SECONDS
+#
+# 1. `NEW/bin/switch-to-configuration test` (runtime only: no profile, no boot entry).
+# 2. Opens a confirmation window (the file DIR/window) for CONFIRM_SECONDS.
+#    The deployer confirms by renaming window to confirmed, over a new SSH
+#    connection, or aborts by renaming it to aborted. At the deadline the agent
+#    renames it to expired. A rename succeeds once, so exactly one of the three
+#    happens: a late confirmation fails, visibly, instead of racing a rollback.
+# 3. confirmed: COMMIT is `switch` (set the system profile to NEW, then
+#    `switch-to-configuration boot`), `boot` (the same, then re-activate PREV:
+#    NEW runs from the next boot) or `none` (keep NEW running, as `test` does).
+#    Otherwise, or when anything fails: `PREV/bin/switch-to-configuration test`,
+#    an explicit store path, never "the previous generation"; the profile is put
+#    back if it was moved.
+#
+# Progress goes to DIR/state (written by rename, so a reader never sees half a
+# line); logs to DIR/*.log. Terminal states: committed, kept, restored:<why>,
+# restore-failed:<why>. The lock /run/waymark/active is held until then.
+set -u
+dir=$1 new=$2 prev=$3 commit=$4 confirm=$5 activation=$6
+profile=/nix/var/nix/profiles/system
+
+state() {
+  printf '%s\n' "$1" > "$dir/state.tmp" && mv -f "$dir/state.tmp" "$dir/state"
+}
+finish() {
+  state "$1"
+  rm -rf /run/waymark/active
+  exit 0
+}
+restore() {
+  why=$1
+  state "restoring:$why"
+  if [ -n "${profile_before:-}" ]; then
+    nix-env -p "$profile" --set "$profile_before" >> "$dir/restore.log" 2>&1
+    "$profile_before/bin/switch-to-configuration" boot >> "$dir/restore.log" 2>&1
+  fi
+  if [ -z "$prev" ]; then
+    finish "restore-failed:$why"
+  fi
+  if timeout "$activation" "$prev/bin/switch-to-configuration" test >> "$dir/restore.log" 2>&1 &&
+    [ "$(readlink /run/current-system)" = "$prev" ]; then
+    finish "restored:$why"
+  fi
+  finish "restore-failed:$why"
+}
+
+state activating
+if ! timeout "$activation" "$new/bin/switch-to-configuration" test > "$dir/activate.log" 2>&1; then
+  if grep -qi -e 'inhibit' -e 'nixos-rebuild boot' "$dir/activate.log"; then
+    restore inhibited
+  fi
+  restore activation-failed
+fi
+
+: > "$dir/window"
+state awaiting-confirmation
+deadline=$(( $(date +%s) + confirm ))
+while [ -e "$dir/window" ] && [ "$(date +%s)" -lt "$deadline" ]; do
+  sleep 0.1
+done
+if mv "$dir/window" "$dir/expired" 2> /dev/null; then
+  restore confirm-timeout
+fi
+[ -e "$dir/confirmed" ] || restore aborted
+
+case "$commit" in
+  none) finish kept ;;
+  switch | boot)
+    state committing
+    before=$(readlink -e "$profile" || true)
+    nix-env -p "$profile" --set "$new" > "$dir/commit.log" 2>&1 || restore commit-failed
+    # From here a failure puts the profile (and its boot entry) back first.
+    profile_before=$before
+    timeout "$activation" "$new/bin/switch-to-configuration" boot >> "$dir/commit.log" 2>&1 ||
+      restore commit-failed
+    profile_before=
+    if [ "$commit" = boot ]; then
+      timeout "$activation" "$prev/bin/switch-to-configuration" test >> "$dir/commit.log" 2>&1 ||
+        finish "restore-failed:boot-only"
+    fi
+    finish committed
+    ;;
+esac
+restore "unknown-commit-$commit"

@@ -1,0 +1,30 @@
+//! The gated deploy pipeline: build on the builder, diff against what the target runs,
+//! dry-activate, switch test with health checks under a watchdog that lives on the
+//! target, then commit, confirm over a new connection, and mark known-good.
+//!
+//! The target-side half is [`AGENT`], a POSIX shell script started detached on the
+//! target for gates 4 and 5: it activates, waits for the confirmation, and restores the
+//! previous closure by itself when the confirmation does not come, whatever happens to
+//! the deployer or its SSH connection. The deployer reports success only after reading,
+//! over a new connection, that the agent committed and the target runs the new closure.
+
+mod activation;
+mod events;
+mod pipeline;
+mod ssh;
+
+pub use activation::{AgentState, DryRun};
+pub use events::{Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
+pub use pipeline::{Deployer, Goal, Interaction, Mode, Settings};
+pub use ssh::{Endpoint, Reply, Ssh};
+
+/// The target-side activation agent (see its header).
+pub const AGENT: &str = include_str!("agent.sh");
+
+/// What went wrong outside a gate's own verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A program could not be started.
+    #[error("running {program}: {message}")]
+    Spawn { program: String, message: String },
+}

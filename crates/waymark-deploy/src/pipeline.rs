@@ -1,0 +1,1436 @@
+//! One host through the gates. Each gate either passes or stops the host with a
+//! [`HostResult`] that says where the target stands; the only way to `Deployed` at the
+//! goal `switch` is the agent's `committed`, read back over a new SSH connection, and
+//! the target verified to run the new closure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use waymark_diff::DiffReport;
+use waymark_evidence::{DiffSummary, Evidence, Gate, GateResult, Outcome};
+use waymark_fleet::{Fleet, Host};
+use waymark_known_good::Record;
+use waymark_store::{DrvFiles, closure_from_path_info, shell_quote as q};
+
+use crate::activation::{AgentState, DryRun};
+use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
+use crate::ssh::{Endpoint, Reply, Ssh};
+
+/// Where a deploy stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Goal {
+    /// Build on the builder and copy to the target.
+    Build,
+    /// Also diff against what the target runs.
+    Diff,
+    /// Also dry-activate.
+    DryActivate,
+    /// Also activate with `switch-to-configuration test` and run the health checks;
+    /// the target keeps running it, nothing is committed or marked.
+    Test,
+    /// Every gate: commit as the running system and the boot default, mark known-good.
+    Switch,
+    /// Every gate, but the new closure becomes the boot default only: after the test
+    /// activation the previous closure runs again until the next boot.
+    Boot,
+}
+
+/// What is deployed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The closure the flake declares now, built first.
+    Deploy,
+    /// A known-good closure again (gates 2-5, no build): the latest, or the mark named
+    /// (`previous` names the one before the latest).
+    Rollback {
+        /// The mark, default the latest.
+        to: Option<String>,
+    },
+}
+
+/// Questions for the person at the terminal, and the diff for them to read.
+pub trait Interaction: Sync {
+    /// Shows a host's closure diff (goal `diff`, or before asking).
+    fn show_diff(&self, host: &str, report: &DiffReport);
+    /// Asks whether to go on after the diff (`--ask`).
+    fn confirm(&self, host: &str, report: &DiffReport) -> bool;
+}
+
+/// How every host of a run is deployed.
+pub struct Settings {
+    /// Where to stop.
+    pub goal: Goal,
+    /// Deploy even when the target does not run its latest known-good closure.
+    pub allow_drift: bool,
+    /// Ask before activating (after the diff).
+    pub ask: bool,
+    /// The commit the closures are built from (what the marks record).
+    pub rev: Option<String>,
+    /// The `waymark` command on the hosts, for their known-good marks.
+    pub remote_waymark: String,
+    /// Key that signs closures built on this machine (hosts without a build host).
+    pub local_signing_key: Option<PathBuf>,
+    /// Where this machine keeps the deploy records (`<dir>/<host>/<mark>.json`).
+    pub records_dir: PathBuf,
+    /// The repository release tags go to, for hosts with `tagReleases`.
+    pub release_repo: Option<PathBuf>,
+    /// Unique id of this run (names the agent's directory on the targets).
+    pub run_id: String,
+}
+
+/// Deploys hosts of one fleet.
+pub struct Deployer<'a> {
+    fleet: &'a Fleet,
+    ssh: Ssh,
+    settings: Settings,
+    sink: &'a dyn Sink,
+    interaction: &'a dyn Interaction,
+    masters: Mutex<BTreeSet<String>>,
+}
+
+/// Why a host stopped before the end.
+struct Stop {
+    result: HostResult,
+    message: String,
+}
+
+fn stop(result: HostResult, message: impl Into<String>) -> Stop {
+    Stop {
+        result,
+        message: message.into(),
+    }
+}
+
+/// Where a host's closure is built.
+enum BuildAt {
+    /// On a build host, signed there.
+    Builder { host: Endpoint, key: String },
+    /// Here, signed with the local key.
+    Local { key: PathBuf },
+    /// On the target itself (`allowBuildOnTarget`, no build host).
+    Target,
+}
+
+/// One host's run: what it went through so far.
+struct Run<'h> {
+    name: String,
+    host: &'h Host,
+    target: Endpoint,
+    gates: Vec<GateResult>,
+    reached: Option<Gate>,
+    closure: Option<String>,
+    drv: Option<String>,
+    rev: Option<String>,
+    running: Option<String>,
+    change: Option<String>,
+    diff: Option<DiffSummary>,
+    mark: Option<String>,
+    release_tag: Option<String>,
+    fresh_connections: u32,
+    masters_opened: u32,
+    nix_time: Duration,
+    notes: Vec<String>,
+}
+
+/// What the target said when probed.
+#[derive(Default)]
+struct Probe {
+    running: Option<String>,
+    marks: Vec<Record>,
+    failed_units: Option<Vec<String>>,
+}
+
+/// Lines `key=value` of a remote script's output.
+fn fields(out: &str) -> BTreeMap<&str, Vec<&str>> {
+    let mut map: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for line in out.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            map.entry(k).or_default().push(v);
+        }
+    }
+    map
+}
+
+fn field<'m>(map: &'m BTreeMap<&str, Vec<&str>>, key: &str) -> Option<&'m str> {
+    map.get(key)
+        .and_then(|v| v.first().copied())
+        .filter(|v| !v.is_empty())
+}
+
+/// Test hook: `WAYMARK_FAULT=<point>` makes the deployer misbehave there.
+fn fault(point: &str) -> bool {
+    std::env::var("WAYMARK_FAULT").is_ok_and(|f| f == point)
+}
+
+/// A shell loop on the target that waits until the agent's state matches `pattern` (a
+/// `case` pattern) or `seconds` pass, then prints `state=`, `running=`, `profile=` and
+/// the tail of the activation log.
+fn wait_script(dir: &str, pattern: &str, seconds: u64) -> String {
+    format!(
+        r#"d={d}; end=$(( $(date +%s) + {seconds} ))
+while :; do s=$(cat "$d/state" 2>/dev/null); case "$s" in {pattern}) break ;; esac
+  [ "$(date +%s)" -lt "$end" ] || break; sleep 0.05; done
+echo "state=$s"; echo "running=$(readlink -e /run/current-system)"
+echo "profile=$(readlink -e /nix/var/nix/profiles/system)"
+tail -n 3 "$d/activate.log" "$d/commit.log" "$d/restore.log" 2>/dev/null | grep -v '^==>' | grep . | sed 's/^/log=/'
+"#,
+        d = q(dir)
+    )
+}
+
+const FINAL: &str = "committed|kept|restored:*|restore-failed:*";
+
+impl<'a> Deployer<'a> {
+    /// A deployer for `fleet`, reaching hosts with `ssh`.
+    pub fn new(
+        fleet: &'a Fleet,
+        ssh: Ssh,
+        settings: Settings,
+        sink: &'a dyn Sink,
+        interaction: &'a dyn Interaction,
+    ) -> Self {
+        Self {
+            fleet,
+            ssh,
+            settings,
+            sink,
+            interaction,
+            masters: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Closes the master connections this deployer opened.
+    pub fn close(&self) {
+        let masters = std::mem::take(&mut *self.masters.lock().expect("not poisoned"));
+        for dest in &masters {
+            if let Some((user, address)) = dest.split_once('@') {
+                self.ssh.close(&Endpoint {
+                    name: String::new(),
+                    user: user.to_owned(),
+                    address: address.to_owned(),
+                });
+            }
+        }
+    }
+
+    fn endpoint(&self, name: &str) -> Option<Endpoint> {
+        self.fleet.hosts.get(name).map(|h| Endpoint {
+            name: name.to_owned(),
+            user: h.ssh_user.clone(),
+            address: h.target_host.clone(),
+        })
+    }
+
+    /// Runs on a host over its master connection, counting the master the first time.
+    fn remote(&self, run: &mut Run, host: &Endpoint, script: &str) -> Reply {
+        self.remote_with_input(run, host, script, None)
+    }
+
+    fn remote_with_input(
+        &self,
+        run: &mut Run,
+        host: &Endpoint,
+        script: &str,
+        input: Option<&[u8]>,
+    ) -> Reply {
+        self.opened(run, host);
+        self.ssh
+            .run_with_input(host, script, input)
+            .unwrap_or_else(|e| Reply {
+                code: 255,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            })
+    }
+
+    fn opened(&self, run: &mut Run, host: &Endpoint) {
+        let mut masters = self.masters.lock().expect("not poisoned");
+        if masters.insert(host.destination()) {
+            run.masters_opened += 1;
+        }
+    }
+
+    fn nix(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nix");
+        cmd.args(["--extra-experimental-features", "nix-command"])
+            .args(args)
+            .env("NIX_SSHOPTS", self.ssh.nix_sshopts())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a local nix command, timing it as Nix's own work.
+    fn nix_run(run: &mut Run, mut cmd: Command) -> Result<String, String> {
+        let started = Instant::now();
+        let out = cmd.output().map_err(|e| format!("running nix: {e}"))?;
+        run.nix_time += started.elapsed();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            Err(stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no error message")
+                .trim()
+                .to_owned())
+        }
+    }
+
+    fn emit_note(&self, run: &mut Run, message: String) {
+        self.sink.emit(Event::Note {
+            schema: SCHEMA,
+            host: run.name.clone(),
+            at: now(),
+            message: message.clone(),
+        });
+        run.notes.push(message);
+    }
+
+    /// Runs one gate: events, timing, and its line in the evidence.
+    fn gate<T>(
+        &self,
+        run: &mut Run,
+        gate: Gate,
+        body: impl FnOnce(&Self, &mut Run) -> Result<(T, String), Stop>,
+    ) -> Result<T, Stop> {
+        let started_at = now();
+        let started = Instant::now();
+        run.reached = Some(gate);
+        self.sink.emit(Event::Start {
+            schema: SCHEMA,
+            host: run.name.clone(),
+            gate,
+            at: started_at.clone(),
+        });
+        let outcome = body(self, run);
+        let duration_ms = ms(started.elapsed());
+        let (result, summary) = match &outcome {
+            Ok((_, summary)) => (Outcome::Passed, summary.clone()),
+            Err(s) => (Outcome::Failed, s.message.clone()),
+        };
+        run.gates.push(GateResult {
+            gate,
+            result,
+            started_at,
+            duration_ms,
+            summary: Some(summary.clone()),
+        });
+        self.sink.emit(Event::End {
+            schema: SCHEMA,
+            host: run.name.clone(),
+            gate,
+            result,
+            at: now(),
+            duration_ms,
+            message: Some(summary),
+        });
+        outcome.map(|(v, _)| v)
+    }
+
+    /// Deploys (or rolls back) one host; never panics on the host's behalf, always
+    /// reports.
+    pub fn deploy_host(&self, name: &str, mode: &Mode) -> HostReport {
+        let started = Instant::now();
+        let Some(host) = self.fleet.hosts.get(name) else {
+            return HostReport {
+                host: name.to_owned(),
+                result: HostResult::Error,
+                reached: None,
+                closure: None,
+                running: None,
+                mark: None,
+                release_tag: None,
+                change: None,
+                message: format!("{name} is not a host of the fleet"),
+                duration_ms: 0,
+                ssh_connections: 0,
+                nix_ms: 0,
+            };
+        };
+        let mut run = Run {
+            name: name.to_owned(),
+            host,
+            target: self.endpoint(name).expect("a fleet host"),
+            gates: Vec::new(),
+            reached: None,
+            closure: None,
+            drv: None,
+            rev: self.settings.rev.clone(),
+            running: None,
+            change: None,
+            diff: None,
+            mark: None,
+            release_tag: None,
+            fresh_connections: 0,
+            masters_opened: 0,
+            nix_time: Duration::ZERO,
+            notes: Vec::new(),
+        };
+        let (result, message) = match self.pipeline(&mut run, mode) {
+            Ok((result, message)) => (result, message),
+            Err(s) => (s.result, s.message),
+        };
+        let report = HostReport {
+            host: name.to_owned(),
+            result,
+            reached: run.reached,
+            closure: run.closure.clone(),
+            running: run.running.clone(),
+            mark: run.mark.clone(),
+            release_tag: run.release_tag.clone(),
+            change: run.change.clone(),
+            message,
+            duration_ms: ms(started.elapsed()),
+            ssh_connections: run.masters_opened + run.fresh_connections,
+            nix_ms: ms(run.nix_time),
+        };
+        self.sink.emit(Event::Host {
+            schema: SCHEMA,
+            at: now(),
+            report: report.clone(),
+        });
+        report
+    }
+
+    fn build_at(&self, run: &Run) -> Result<BuildAt, Stop> {
+        match &run.host.build_host {
+            Some(b) => {
+                let builder = self.fleet.hosts.get(b).ok_or_else(|| {
+                    stop(
+                        HostResult::Error,
+                        format!("build host {b} is not a fleet host"),
+                    )
+                })?;
+                let key = builder.signing_key_file.clone().ok_or_else(|| {
+                    stop(
+                        HostResult::Error,
+                        format!(
+                            "build host {b} declares no waymark.deploy.signingKeyFile: {} would refuse its unsigned paths",
+                            run.name
+                        ),
+                    )
+                })?;
+                Ok(BuildAt::Builder {
+                    host: self.endpoint(b).expect("a fleet host"),
+                    key,
+                })
+            }
+            None if run.host.allow_build_on_target => Ok(BuildAt::Target),
+            None => match &self.settings.local_signing_key {
+                Some(key) => Ok(BuildAt::Local { key: key.clone() }),
+                None => Err(stop(
+                    HostResult::Error,
+                    format!(
+                        "{} has no build host, so it is built here: give --signing-key (a key {} trusts), declare waymark.deploy.buildHost, or allow building on the target",
+                        run.name, run.name
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// Asks the target what it runs, its known-good marks and its failed units: one
+    /// round trip.
+    fn probe(&self, run: &mut Run) -> Result<Probe, Stop> {
+        let script = format!(
+            r#"echo "running=$(readlink -e /run/current-system)"
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  echo "units=yes"; systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{{print "failed=" $1}}'
+fi
+echo "marks-follow=yes"
+{waymark} known-good list --json
+"#,
+            waymark = self.settings.remote_waymark,
+        );
+        let target = run.target.clone();
+        let r = self.remote(run, &target, &script);
+        if r.code == 255 && !r.stdout.contains("marks-follow=yes") {
+            return Err(stop(
+                HostResult::Error,
+                format!("cannot reach {}: {}", target.destination(), r.last_error()),
+            ));
+        }
+        let (head, marks_json) = r
+            .stdout
+            .split_once("marks-follow=yes\n")
+            .unwrap_or((&r.stdout, ""));
+        let f = fields(head);
+        if marks_json.trim().is_empty() {
+            return Err(stop(
+                HostResult::Error,
+                format!(
+                    "`{} known-good` cannot run on {} ({}): install waymark there (waymark.knownGood.package) or pass --remote-waymark",
+                    self.settings.remote_waymark,
+                    run.name,
+                    r.last_error()
+                ),
+            ));
+        }
+        let listing: serde_json::Value = serde_json::from_str(marks_json).map_err(|e| {
+            stop(
+                HostResult::Error,
+                format!(
+                    "reading the known-good marks of {} on the target: {e}: {}",
+                    run.name,
+                    r.last_error()
+                ),
+            )
+        })?;
+        let mut marks: Vec<Record> =
+            serde_json::from_value(listing["marks"].clone()).map_err(|e| {
+                stop(
+                    HostResult::Error,
+                    format!("the target's known-good records are not readable: {e}"),
+                )
+            })?;
+        marks.retain(|m| m.target == run.name);
+        Ok(Probe {
+            running: field(&f, "running").map(str::to_owned),
+            marks,
+            failed_units: field(&f, "units").map(|_| {
+                f.get("failed")
+                    .map(|v| v.iter().map(|s| (*s).to_owned()).collect())
+                    .unwrap_or_default()
+            }),
+        })
+    }
+
+    fn pipeline(&self, run: &mut Run, mode: &Mode) -> Result<(HostResult, String), Stop> {
+        let build_at = match mode {
+            Mode::Deploy => Some(self.build_at(run)?),
+            Mode::Rollback { .. } => None,
+        };
+        if let Mode::Deploy = mode {
+            run.drv = Some(run.host.toplevel.clone().ok_or_else(|| {
+                stop(
+                    HostResult::Error,
+                    format!("{} has no system.build.toplevel to deploy", run.name),
+                )
+            })?);
+            run.closure = Some(run.host.closure.clone().ok_or_else(|| {
+                stop(
+                    HostResult::Error,
+                    format!(
+                        "the fleet description gives no closure path for {}",
+                        run.name
+                    ),
+                )
+            })?);
+            if run.rev.is_none() {
+                return Err(stop(
+                    HostResult::Error,
+                    "no commit to record: deploy from a clean git checkout, or pass --rev",
+                ));
+            }
+        }
+        let probe = self.probe(run)?;
+        run.running.clone_from(&probe.running);
+        let latest = probe.marks.last().cloned();
+        if let Mode::Rollback { to } = mode {
+            let record = match to.as_deref() {
+                None => latest.clone(),
+                Some("previous") => probe.marks.iter().rev().nth(1).cloned(),
+                Some(m) => probe.marks.iter().find(|r| r.mark == m).cloned(),
+            }
+            .ok_or_else(|| {
+                stop(
+                    HostResult::Failed,
+                    format!(
+                        "{} has no known-good mark {}: nothing to roll back to (see waymark known-good list on the target)",
+                        run.name,
+                        to.as_deref().unwrap_or("at all")
+                    ),
+                )
+            })?;
+            run.closure = Some(record.closure.clone());
+            run.drv.clone_from(&record.drv);
+            run.rev = Some(record.rev.clone());
+            if to.is_none() && probe.running.as_deref() == Some(record.closure.as_str()) {
+                return Ok((
+                    HostResult::Unchanged,
+                    format!("already runs its latest known-good mark {}", record.mark),
+                ));
+            }
+            self.emit_note(
+                run,
+                format!("rolling back to known-good mark {}", record.mark),
+            );
+        }
+        let closure = run.closure.clone().expect("set above");
+        if mode == &Mode::Deploy
+            && self.settings.goal == Goal::Switch
+            && probe.running.as_deref() == Some(closure.as_str())
+            && latest.as_ref().is_some_and(|l| l.closure == closure)
+        {
+            run.change = Some("no change".into());
+            return Ok((
+                HostResult::Unchanged,
+                "already runs this closure, marked known-good".into(),
+            ));
+        }
+
+        // Gate 1: build on the builder, copy from there to the target. A rollback only
+        // copies, from the build host's known-good roots, if the target lost it.
+        match &build_at {
+            Some(at) => {
+                self.gate(run, Gate::Build, |d, run| d.build(run, at, &closure))?;
+            }
+            None => self.ensure_on_target(run, &closure)?,
+        }
+        if self.settings.goal == Goal::Build {
+            return Ok((
+                HostResult::Deployed,
+                format!("built and copied to {}", run.name),
+            ));
+        }
+
+        // Gate 2: diff against what runs; refuse to overwrite a hand deploy.
+        let rollback_to = self.gate(run, Gate::Diff, |d, run| {
+            d.diff(run, &probe, latest.as_ref(), mode, build_at.as_ref())
+        })?;
+        if self.settings.goal == Goal::Diff {
+            return Ok((HostResult::Deployed, "diffed; nothing activated".into()));
+        }
+
+        // Gate 3: dry-activate.
+        self.gate(run, Gate::DryActivate, |d, run| {
+            let target = run.target.clone();
+            let r = d.remote(
+                run,
+                &target,
+                &format!(
+                    "timeout {} {}/bin/switch-to-configuration dry-activate 2>&1",
+                    run.host.activation_timeout,
+                    q(&closure)
+                ),
+            );
+            if r.code == 0 {
+                Ok(((), DryRun::parse(&r.stdout).summary()))
+            } else {
+                Err(stop(
+                    HostResult::Failed,
+                    format!(
+                        "dry-activate failed (exit {}): {}; nothing was activated",
+                        r.code,
+                        r.stdout.lines().last().unwrap_or_else(|| r.stderr.trim())
+                    ),
+                ))
+            }
+        })?;
+        if self.settings.goal == Goal::DryActivate {
+            return Ok((
+                HostResult::Deployed,
+                "dry-activated; nothing changed".into(),
+            ));
+        }
+
+        // Gates 4 and 5 under the agent's watchdog.
+        let dir = format!("/run/waymark/deploy/{}-{}", self.settings.run_id, run.name);
+        self.gate(run, Gate::Test, |d, run| {
+            d.switch_test(
+                run,
+                &dir,
+                &closure,
+                &rollback_to,
+                probe.failed_units.as_deref(),
+            )
+        })?;
+        if self.settings.goal == Goal::Test {
+            // Confirmed like a switch, so the agent keeps it instead of restoring.
+            self.confirm(run, &dir, &closure, &rollback_to)?;
+            return Ok((
+                HostResult::Deployed,
+                "activated with switch-to-configuration test and checked; not committed, not marked".into(),
+            ));
+        }
+        let commit_gate = if self.settings.goal == Goal::Boot {
+            Gate::Boot
+        } else {
+            Gate::Switch
+        };
+        self.gate(run, commit_gate, |d, run| {
+            d.confirm(run, &dir, &closure, &rollback_to)
+                .map(|m| ((), m))
+        })?;
+
+        self.gate(run, Gate::Mark, |d, run| {
+            d.mark(run, &closure, build_at.as_ref())
+        })?;
+        Ok((
+            HostResult::Deployed,
+            format!(
+                "runs {} and it is known-good ({})",
+                closure,
+                run.mark.as_deref().unwrap_or("?")
+            ),
+        ))
+    }
+
+    fn build(&self, run: &mut Run, at: &BuildAt, closure: &str) -> Result<((), String), Stop> {
+        let drv = run.drv.clone().expect("deploys have a derivation");
+        let failed = |what: &str, why: String| {
+            stop(
+                HostResult::Error,
+                format!("{what} failed: {why}; the target was not touched"),
+            )
+        };
+        let target_url = run.target.store_url();
+        match at {
+            BuildAt::Builder { host, key } => {
+                self.opened(run, host);
+                let copy = self.nix(&["copy", "--derivation", "--to", &host.store_url(), &drv]);
+                Self::nix_run(run, copy)
+                    .map_err(|e| failed(&format!("sending the derivation to {}", host.name), e))?;
+                let started = Instant::now();
+                let r = self.remote(
+                    run,
+                    host,
+                    &format!(
+                        "set -e; out=$(nix-store --realise {drv} --quiet); \
+                         nix --extra-experimental-features nix-command store sign --key-file {key} --recursive $out; echo \"$out\"",
+                        drv = q(&drv),
+                        key = q(key)
+                    ),
+                );
+                run.nix_time += started.elapsed();
+                if r.code != 0 {
+                    return Err(failed(
+                        &format!("building on {}", host.name),
+                        r.last_error(),
+                    ));
+                }
+                if r.stdout.lines().last().map(str::trim) != Some(closure) {
+                    return Err(failed(
+                        &format!("building on {}", host.name),
+                        format!("it built {}, not {closure}", r.stdout.trim()),
+                    ));
+                }
+                let copy = self.nix(&[
+                    "copy",
+                    "--from",
+                    &host.store_url(),
+                    "--to",
+                    &target_url,
+                    closure,
+                ]);
+                Self::nix_run(run, copy).map_err(|e| {
+                    failed(&format!("copying from {} to {}", host.name, run.name), e)
+                })?;
+                Ok((
+                    (),
+                    format!("built on {} and copied to {}", host.name, run.name),
+                ))
+            }
+            BuildAt::Local { key } => {
+                let mut realise = Command::new("nix-store");
+                realise.args(["--realise", &drv, "--quiet"]);
+                Self::nix_run(run, realise).map_err(|e| failed("building here", e))?;
+                let mut sign = self.nix(&["store", "sign", "--recursive", "--key-file"]);
+                sign.arg(key).arg(closure);
+                Self::nix_run(run, sign).map_err(|e| failed("signing", e))?;
+                let copy = self.nix(&["copy", "--to", &target_url, closure]);
+                Self::nix_run(run, copy)
+                    .map_err(|e| failed(&format!("copying to {}", run.name), e))?;
+                Ok(((), format!("built here and copied to {}", run.name)))
+            }
+            BuildAt::Target => {
+                let copy = self.nix(&["copy", "--derivation", "--to", &target_url, &drv]);
+                Self::nix_run(run, copy)
+                    .map_err(|e| failed("sending the derivation to the target", e))?;
+                let target = run.target.clone();
+                let started = Instant::now();
+                let r = self.remote(
+                    run,
+                    &target,
+                    &format!("nix-store --realise {} --quiet", q(&drv)),
+                );
+                run.nix_time += started.elapsed();
+                if r.code != 0 {
+                    return Err(failed("building on the target", r.last_error()));
+                }
+                Ok(((), format!("built on {} (allowBuildOnTarget)", run.name)))
+            }
+        }
+    }
+
+    /// A rollback's closure must be on the target: it is, or it comes from the build
+    /// host, which keeps known-good closures rooted too.
+    fn ensure_on_target(&self, run: &mut Run, closure: &str) -> Result<(), Stop> {
+        let target = run.target.clone();
+        let check = format!("nix-store --check-validity {} 2>/dev/null", q(closure));
+        if self.remote(run, &target, &check).code == 0 {
+            return Ok(());
+        }
+        let (name, rev) = (run.name.clone(), run.rev.clone().unwrap_or_default());
+        let gone = |why: String| {
+            stop(
+                HostResult::Error,
+                format!(
+                    "{closure} is no longer in {name}'s store and {why}: redeploy it with waymark deploy from its commit {rev}"
+                ),
+            )
+        };
+        let Some(builder) = run
+            .host
+            .build_host
+            .as_deref()
+            .and_then(|b| self.endpoint(b))
+        else {
+            return Err(gone("there is no build host to copy it from".into()));
+        };
+        self.opened(run, &builder);
+        let copy = self.nix(&[
+            "copy",
+            "--from",
+            &builder.store_url(),
+            "--to",
+            &target.store_url(),
+            closure,
+        ]);
+        Self::nix_run(run, copy)
+            .map_err(|e| gone(format!("copying it from {} failed ({e})", builder.name)))?;
+        self.emit_note(
+            run,
+            format!(
+                "copied {closure} from {}, which keeps it known-good",
+                builder.name
+            ),
+        );
+        Ok(())
+    }
+
+    /// Gate 2. Returns the closure to restore on failure.
+    fn diff(
+        &self,
+        run: &mut Run,
+        probe: &Probe,
+        latest: Option<&Record>,
+        mode: &Mode,
+        build_at: Option<&BuildAt>,
+    ) -> Result<(String, String), Stop> {
+        let closure = run.closure.clone().expect("set");
+        let Some(running) = probe.running.clone() else {
+            return Err(stop(
+                HostResult::Failed,
+                format!(
+                    "{} runs no system (/run/current-system is missing): there would be nothing to restore if activation failed",
+                    run.name
+                ),
+            ));
+        };
+        match latest {
+            None => self.emit_note(
+                run,
+                format!(
+                    "first deploy: {} has no known-good mark yet; if a gate fails it is restored to what it runs now, {running}",
+                    run.name
+                ),
+            ),
+            Some(l) if l.closure != running => {
+                let what = format!(
+                    "{} runs {running}, not its latest known-good closure {} (mark {}): deployed by hand?",
+                    run.name, l.closure, l.mark
+                );
+                if self.settings.allow_drift || matches!(mode, Mode::Rollback { .. }) {
+                    self.emit_note(run, format!("{what} Going on; a failure restores what runs now."));
+                } else {
+                    return Err(stop(
+                        HostResult::Failed,
+                        format!("{what} Stopped, nothing changed; --allow-drift deploys anyway"),
+                    ));
+                }
+            }
+            Some(_) => {}
+        }
+        let target = run.target.clone();
+        let read = |run: &mut Run, path: &str| -> Result<waymark_diff::Closure, Stop> {
+            let r = self.remote(
+                run,
+                &target,
+                &format!(
+                    "nix --extra-experimental-features nix-command path-info --json --recursive {}",
+                    q(path)
+                ),
+            );
+            if r.code != 0 {
+                return Err(stop(
+                    HostResult::Error,
+                    format!(
+                        "reading the closure of {path} on {}: {}",
+                        run.name,
+                        r.last_error()
+                    ),
+                ));
+            }
+            closure_from_path_info(r.stdout.as_bytes(), "/nix/store", path, &target.store_url())
+                .map_err(|e| stop(HostResult::Error, e.to_string()))
+        };
+        let old = read(run, &running)?;
+        let new = read(run, &closure)?;
+        // The old side's derivations, for root causes: here if evaluated here before,
+        // else from the build host, which roots them with its marks.
+        if let (Some(BuildAt::Builder { host, .. }), Some(drv)) = (
+            build_at,
+            old.paths
+                .iter()
+                .find(|p| p.path == running)
+                .and_then(|p| p.deriver.clone()),
+        ) && !std::path::Path::new(&drv).exists()
+        {
+            let fetch = self.nix(&["copy", "--derivation", "--from", &host.store_url(), &drv]);
+            if let Err(e) = Self::nix_run(run, fetch) {
+                self.emit_note(run, format!("root causes by version only: {e}"));
+            }
+        }
+        let drvs = DrvFiles::new([]);
+        let report = waymark_diff::diff_with(&old, &new, Some(&drvs));
+        let summary = DiffSummary {
+            against: Some(running.clone()),
+            changed: report.changed.len(),
+            added: report.added.len(),
+            removed: report.removed.len(),
+            rebuilt: report.rebuilt.len(),
+            root_causes: report
+                .root_causes
+                .iter()
+                .map(|c| format!("{} → {} (caused {})", c.before, c.after, c.caused))
+                .collect(),
+        };
+        let line = if report.has_differences() {
+            let mut s = format!(
+                "{} changed, {} added, {} removed, {} rebuilt",
+                summary.changed, summary.added, summary.removed, summary.rebuilt
+            );
+            if let Some(c) = summary.root_causes.first() {
+                s.push_str(&format!("; {c}"));
+            }
+            s
+        } else if running == closure {
+            "no change".to_owned()
+        } else {
+            "same packages".to_owned()
+        };
+        run.change = Some(line.clone());
+        run.diff = Some(summary);
+        if self.settings.goal == Goal::Diff {
+            self.interaction.show_diff(&run.name, &report);
+        }
+        if self.settings.ask && !self.interaction.confirm(&run.name, &report) {
+            return Err(stop(
+                HostResult::Failed,
+                "declined after the diff; nothing changed",
+            ));
+        }
+        Ok((running, line))
+    }
+
+    /// Gate 4: start the agent, wait for its activation, run the health checks.
+    fn switch_test(
+        &self,
+        run: &mut Run,
+        dir: &str,
+        closure: &str,
+        rollback_to: &str,
+        failed_before: Option<&[String]>,
+    ) -> Result<((), String), Stop> {
+        let commit = match self.settings.goal {
+            Goal::Switch => "switch",
+            Goal::Boot => "boot",
+            _ => "none",
+        };
+        let checks_budget: u64 = run.host.health_checks.iter().map(|c| c.timeout).sum();
+        let window = run.host.confirm_timeout + checks_budget + 2;
+        let args = [dir, closure, rollback_to, commit]
+            .iter()
+            .map(|a| q(a))
+            .chain([window.to_string(), run.host.activation_timeout.to_string()])
+            .collect::<Vec<_>>()
+            .join(" ");
+        let unit = format!("waymark-activate-{}-{}", self.settings.run_id, run.name);
+        let script = format!(
+            r#"mkdir -p /run/waymark/deploy
+if ! mkdir /run/waymark/active 2>/dev/null; then
+  echo "busy=$(cat /run/waymark/active/id 2>/dev/null)"; exit 75
+fi
+echo {dir} > /run/waymark/active/id
+mkdir -p {dir} && cat > {dir}/agent.sh
+if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null; then
+  systemd-run --quiet --collect --unit={unit} --service-type=exec sh {dir}/agent.sh {args}
+elif command -v setsid >/dev/null; then
+  # -f: a session of its own, and ssh does not wait for it.
+  (cd / && setsid -f sh {dir}/agent.sh {args} </dev/null >{dir}/agent.log 2>&1)
+else
+  (cd / && nohup sh {dir}/agent.sh {args} </dev/null >{dir}/agent.log 2>&1 &)
+fi
+{wait}"#,
+            dir = q(dir),
+            unit = q(&unit),
+            wait = wait_script(
+                dir,
+                &format!("awaiting-confirmation|{FINAL}"),
+                run.host.activation_timeout + 10
+            ),
+        );
+        let target = run.target.clone();
+        let r = self.remote_with_input(run, &target, &script, Some(crate::AGENT.as_bytes()));
+        if r.code == 75 {
+            return Err(stop(
+                HostResult::Failed,
+                format!(
+                    "another deploy is activating on {} ({}); nothing changed",
+                    run.name,
+                    fields(&r.stdout)
+                        .get("busy")
+                        .and_then(|v| v.first())
+                        .unwrap_or(&"?")
+                ),
+            ));
+        }
+        let state = if r.code == 0 {
+            AgentState::parse(field(&fields(&r.stdout), "state").unwrap_or(""))
+        } else {
+            // The connection dropped: the agent goes on by itself. Read its end.
+            self.emit_note(
+                run,
+                format!(
+                    "lost the connection during activation ({}); waiting for the target's agent",
+                    r.last_error()
+                ),
+            );
+            return Err(self.await_restore(
+                run,
+                dir,
+                closure,
+                rollback_to,
+                "the connection dropped during activation",
+            ));
+        };
+        match state {
+            AgentState::AwaitingConfirmation => {}
+            AgentState::Restored(why) => {
+                let log = fields(&r.stdout)
+                    .get("log")
+                    .map(|l| l.join(" / "))
+                    .unwrap_or_default();
+                return Err(Self::verified_restore(
+                    run,
+                    rollback_to,
+                    format!(
+                        "{} ({log}); restored {rollback_to}",
+                        AgentState::reason(&why)
+                    ),
+                    &r.stdout,
+                ));
+            }
+            AgentState::RestoreFailed(why) => {
+                return Err(stop(
+                    HostResult::NeedsHuman,
+                    format!(
+                        "{}, and re-activating {rollback_to} failed: see {dir}/restore.log on {}",
+                        AgentState::reason(&why),
+                        run.name
+                    ),
+                ));
+            }
+            other => {
+                return Err(self.await_restore(
+                    run,
+                    dir,
+                    closure,
+                    rollback_to,
+                    &format!(
+                        "activation did not finish in {} s ({other:?})",
+                        run.host.activation_timeout
+                    ),
+                ));
+            }
+        }
+
+        // Health checks, over the master connection, while the agent waits.
+        let mut passed = Vec::new();
+        for check in &run.host.health_checks {
+            if fault("slow-health") {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            let probe = match (&check.command, &check.url) {
+                (Some(c), _) => format!("sh -c {}", q(c)),
+                (None, Some(u)) => format!(
+                    "if command -v curl >/dev/null; then curl -fsS -o /dev/null --max-time 10 {u}; \
+                     else wget -q -O /dev/null -T 10 {u}; fi",
+                    u = q(u)
+                ),
+                (None, None) => "false".to_owned(),
+            };
+            let script = format!(
+                "end=$(( $(date +%s) + {t} )); while :; do out=$({probe} 2>&1) && exit 0; \
+                 [ \"$(date +%s)\" -lt \"$end\" ] || {{ printf '%s\\n' \"$out\" | tail -n 1; exit 1; }}; sleep 1; done",
+                t = check.timeout
+            );
+            let r = self.remote(
+                run,
+                &target,
+                &format!("timeout {} sh -c {}", check.timeout + 5, q(&script)),
+            );
+            if r.code != 0 {
+                let why = format!(
+                    "health check {} failed: {}",
+                    check.name,
+                    r.stdout
+                        .trim()
+                        .lines()
+                        .last()
+                        .unwrap_or_else(|| r.stderr.trim())
+                );
+                return Err(self.abort(run, dir, closure, rollback_to, &why));
+            }
+            passed.push(check.name.clone());
+        }
+        if let Some(before) = failed_before {
+            let r = self.remote(
+                run,
+                &target,
+                "systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{print $1}'",
+            );
+            let new_failures: Vec<&str> = r
+                .stdout
+                .lines()
+                .map(str::trim)
+                .filter(|u| !u.is_empty() && !before.iter().any(|b| b == u))
+                .collect();
+            if !new_failures.is_empty() {
+                let why = format!("units failed after activation: {}", new_failures.join(", "));
+                return Err(self.abort(run, dir, closure, rollback_to, &why));
+            }
+            passed.push("no failed units".into());
+        }
+        Ok((
+            (),
+            if passed.is_empty() {
+                "activated (no health checks declared)".into()
+            } else {
+                format!("activated; passed: {}", passed.join(", "))
+            },
+        ))
+    }
+
+    /// A gate failed after activation: tell the agent, then verify it restored.
+    fn abort(&self, run: &mut Run, dir: &str, closure: &str, rollback_to: &str, why: &str) -> Stop {
+        let target = run.target.clone();
+        let _ = self.remote(
+            run,
+            &target,
+            &format!("mv {d}/window {d}/aborted", d = q(dir)),
+        );
+        self.await_restore(run, dir, closure, rollback_to, why)
+    }
+
+    /// Waits for the agent's end (reconnecting while it may still be restoring) and
+    /// reports where the target is.
+    fn await_restore(
+        &self,
+        run: &mut Run,
+        dir: &str,
+        closure: &str,
+        rollback_to: &str,
+        why: &str,
+    ) -> Stop {
+        let target = run.target.clone();
+        let patience = run.host.confirm_timeout
+            + run
+                .host
+                .health_checks
+                .iter()
+                .map(|c| c.timeout)
+                .sum::<u64>()
+            + 2 * run.host.activation_timeout
+            + 30;
+        let deadline = Instant::now() + Duration::from_secs(patience);
+        loop {
+            let r = self.remote(run, &target, &wait_script(dir, FINAL, patience.min(120)));
+            if r.code == 0 {
+                let f = fields(&r.stdout);
+                match AgentState::parse(field(&f, "state").unwrap_or("")) {
+                    AgentState::Restored(how) => {
+                        return Self::verified_restore(
+                            run,
+                            rollback_to,
+                            format!(
+                                "{why}; the target restored {rollback_to} ({})",
+                                AgentState::reason(&how)
+                            ),
+                            &r.stdout,
+                        );
+                    }
+                    AgentState::Committed | AgentState::Kept => {
+                        run.running = field(&f, "running").map(str::to_owned);
+                        return stop(
+                            HostResult::NeedsHuman,
+                            format!(
+                                "{why}, but the target's agent committed {closure}: it runs a closure that is not marked known-good"
+                            ),
+                        );
+                    }
+                    AgentState::RestoreFailed(_) => {
+                        return stop(
+                            HostResult::NeedsHuman,
+                            format!(
+                                "{why}, and re-activating {rollback_to} failed on the target: see {dir}/restore.log"
+                            ),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            if Instant::now() > deadline {
+                return stop(
+                    HostResult::NeedsHuman,
+                    format!(
+                        "{why}; could not learn whether {} restored {rollback_to}: check it",
+                        run.name
+                    ),
+                );
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// The agent says it restored: check the target runs `rollback_to` and its profile did
+    /// not move to the failed closure.
+    fn verified_restore(run: &mut Run, rollback_to: &str, message: String, out: &str) -> Stop {
+        let f = fields(out);
+        let running = field(&f, "running").map(str::to_owned);
+        run.running.clone_from(&running);
+        if running.as_deref() == Some(rollback_to) && field(&f, "profile") != run.closure.as_deref()
+        {
+            stop(HostResult::Failed, message)
+        } else {
+            stop(
+                HostResult::NeedsHuman,
+                format!(
+                    "{message}, but the target runs {} (profile {}): check it",
+                    running.as_deref().unwrap_or("nothing"),
+                    field(&f, "profile").unwrap_or("missing")
+                ),
+            )
+        }
+    }
+
+    /// Gate 5: confirm over a new connection; the agent commits; verify.
+    fn confirm(
+        &self,
+        run: &mut Run,
+        dir: &str,
+        closure: &str,
+        rollback_to: &str,
+    ) -> Result<String, Stop> {
+        let target = run.target.clone();
+        if fault("late-confirm") {
+            let late = run.host.confirm_timeout
+                + run
+                    .host
+                    .health_checks
+                    .iter()
+                    .map(|c| c.timeout)
+                    .sum::<u64>()
+                + 4;
+            std::thread::sleep(Duration::from_secs(late));
+        }
+        if fault("pause-before-confirm") {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let script = format!(
+            "mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit 3; }}\n{wait}",
+            d = q(dir),
+            wait = wait_script(dir, FINAL, run.host.activation_timeout * 2 + 10)
+        );
+        run.fresh_connections += 1;
+        let reply = if fault("confirm-unreachable") {
+            Ok(Reply {
+                code: 255,
+                stdout: String::new(),
+                stderr: "ssh: connect to host: Connection refused (WAYMARK_FAULT)".into(),
+            })
+        } else {
+            self.ssh
+                .run_fresh(&target, &script, Duration::from_secs(10))
+        };
+        let r = reply.unwrap_or_else(|e| Reply {
+            code: 255,
+            stdout: String::new(),
+            stderr: e.to_string(),
+        });
+        if r.code == 3 {
+            return Err(self.await_restore(
+                run,
+                dir,
+                closure,
+                rollback_to,
+                "the confirmation arrived after the target's window closed",
+            ));
+        }
+        if r.code != 0 {
+            return Err(self.await_restore(
+                run,
+                dir,
+                closure,
+                rollback_to,
+                &format!(
+                    "could not confirm over a new SSH connection ({})",
+                    r.last_error()
+                ),
+            ));
+        }
+        let f = fields(&r.stdout);
+        let running = field(&f, "running").map(str::to_owned);
+        let profile = field(&f, "profile");
+        run.running.clone_from(&running);
+        match AgentState::parse(field(&f, "state").unwrap_or("")) {
+            AgentState::Kept if running.as_deref() == Some(closure) => {
+                Ok("confirmed over a new connection; kept running, not committed".into())
+            }
+            AgentState::Committed => {
+                let expected_running = if self.settings.goal == Goal::Boot {
+                    rollback_to
+                } else {
+                    closure
+                };
+                if running.as_deref() == Some(expected_running) && profile == Some(closure) {
+                    Ok(if self.settings.goal == Goal::Boot {
+                        "confirmed; the boot default, from the next boot".into()
+                    } else {
+                        "confirmed over a new connection; profile and boot entry set".into()
+                    })
+                } else {
+                    Err(stop(
+                        HostResult::NeedsHuman,
+                        format!(
+                            "the agent committed, but the target runs {} with profile {}: check it",
+                            running.as_deref().unwrap_or("nothing"),
+                            profile.unwrap_or("missing")
+                        ),
+                    ))
+                }
+            }
+            AgentState::Restored(how) => Err(Self::verified_restore(
+                run,
+                rollback_to,
+                format!("{}; restored {rollback_to}", AgentState::reason(&how)),
+                &r.stdout,
+            )),
+            other => Err(stop(
+                HostResult::NeedsHuman,
+                format!(
+                    "after the confirmation the target's agent is {other:?}: check {dir} on {}",
+                    run.name
+                ),
+            )),
+        }
+    }
+
+    /// Gate 5's end: known-good marks on the target and the build host, the record
+    /// here, the release tag.
+    fn mark(
+        &self,
+        run: &mut Run,
+        closure: &str,
+        build_at: Option<&BuildAt>,
+    ) -> Result<((), String), Stop> {
+        let rev = run.rev.clone().expect("checked before");
+        let mut gates = run.gates.clone();
+        gates.retain(|g| g.result == Outcome::Passed);
+        let evidence = Evidence {
+            schema: waymark_evidence::SCHEMA.to_owned(),
+            target: run.name.clone(),
+            closure: closure.to_owned(),
+            drv: run.drv.clone(),
+            rev: Some(rev.clone()),
+            gates,
+            diff: run.diff.clone(),
+        };
+        let evidence_json = serde_json::to_vec(&evidence).expect("serializable");
+        let command = format!(
+            "{} known-good mark {} {} --rev {} --evidence - --json",
+            self.settings.remote_waymark,
+            q(&run.name),
+            q(closure),
+            q(&rev)
+        );
+        let name = run.name.clone();
+        let committed = |why: String| {
+            stop(
+                HostResult::NeedsHuman,
+                format!("{name} runs {closure} (committed), but {why}"),
+            )
+        };
+        let target = run.target.clone();
+        let r = self.remote_with_input(run, &target, &command, Some(&evidence_json));
+        if r.code != 0 {
+            return Err(committed(format!(
+                "marking it known-good there failed: {}",
+                r.last_error()
+            )));
+        }
+        let record: Record = serde_json::from_str(&r.stdout)
+            .map_err(|e| committed(format!("the target's mark record is unreadable: {e}")))?;
+        run.mark = Some(record.mark.clone());
+        let mut wheres = vec![run.name.clone()];
+        if let Some(BuildAt::Builder { host, .. }) = build_at {
+            let r = self.remote_with_input(run, host, &command, Some(&evidence_json));
+            if r.code == 0 {
+                wheres.push(host.name.clone());
+            } else {
+                self.emit_note(
+                    run,
+                    format!(
+                        "marking on build host {} failed: {}; the target's mark stands",
+                        host.name,
+                        r.last_error()
+                    ),
+                );
+            }
+        }
+        self.write_record(&record)
+            .map_err(|e| committed(format!("writing the deploy record here failed: {e}")))?;
+        if run.host.tag_releases {
+            match &self.settings.release_repo {
+                Some(repo) => match waymark_release::Releases::open(repo).and_then(|r| {
+                    r.tag(&waymark_release::TagRequest {
+                        target: run.name.clone(),
+                        rev: rev.clone(),
+                        mark: record.clone(),
+                        tagger: None,
+                    })
+                }) {
+                    Ok(t) => run.release_tag = Some(t.release.tag),
+                    Err(e) => self.emit_note(run, format!("release tag not created: {e}")),
+                },
+                None => self.emit_note(
+                    run,
+                    "release tag not created: the flake is not a local git checkout".into(),
+                ),
+            }
+        }
+        Ok((
+            (),
+            format!("marked {} on {}", record.mark, wheres.join(" and ")),
+        ))
+    }
+
+    /// Keeps the target's record and evidence on this machine, written by rename.
+    fn write_record(&self, record: &Record) -> std::io::Result<()> {
+        let dir = self.settings.records_dir.join(&record.target);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.json", record.mark));
+        let tmp = dir.join(format!(".{}.json.tmp", record.mark));
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(record).expect("serializable"),
+        )?;
+        std::fs::rename(&tmp, &path)
+    }
+}

@@ -1,0 +1,186 @@
+//! SSH to the hosts: one multiplexed master connection per host, reused by every
+//! command and by Nix's own ssh (through `NIX_SSHOPTS`), plus deliberately fresh
+//! connections where proving a new login works is the point (the confirmation).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::Error;
+
+/// `user@address` of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The host's fleet name.
+    pub name: String,
+    /// SSH user.
+    pub user: String,
+    /// Address (a name the ssh configuration may resolve further).
+    pub address: String,
+}
+
+impl Endpoint {
+    /// `user@address`.
+    pub fn destination(&self) -> String {
+        format!("{}@{}", self.user, self.address)
+    }
+
+    /// The host's store as Nix names it.
+    pub fn store_url(&self) -> String {
+        format!("ssh-ng://{}", self.destination())
+    }
+}
+
+/// How ssh is run: the user's options (`NIX_SSHOPTS`, as Nix reads them) and the
+/// directory of the master connections' sockets.
+#[derive(Debug, Clone)]
+pub struct Ssh {
+    user_opts: Vec<String>,
+    control_dir: PathBuf,
+}
+
+/// A remote command's result.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Exit status (255: ssh itself failed).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Reply {
+    /// The last non-empty stderr line, for one-line reports.
+    pub fn last_error(&self) -> String {
+        self.stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no error message")
+            .trim()
+            .to_owned()
+    }
+}
+
+fn reply(out: &Output) -> Reply {
+    Reply {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Ssh {
+    /// Options from `nix_sshopts` (whitespace-separated, as Nix splits `NIX_SSHOPTS`);
+    /// master sockets in `control_dir` (kept short: socket paths have a length limit).
+    pub fn new(nix_sshopts: &str, control_dir: &Path) -> Self {
+        Self {
+            user_opts: nix_sshopts.split_whitespace().map(str::to_owned).collect(),
+            control_dir: control_dir.to_owned(),
+        }
+    }
+
+    fn master_opts(&self) -> Vec<String> {
+        let mut o = self.user_opts.clone();
+        o.extend(
+            [
+                "ControlMaster=auto".to_owned(),
+                format!("ControlPath={}/%C", self.control_dir.display()),
+                "ControlPersist=60".to_owned(),
+                "ServerAliveInterval=5".to_owned(),
+                "ServerAliveCountMax=3".to_owned(),
+            ]
+            .into_iter()
+            .flat_map(|v| ["-o".to_owned(), v]),
+        );
+        o
+    }
+
+    /// `NIX_SSHOPTS` for nix commands, so `nix copy` rides the master connections.
+    pub fn nix_sshopts(&self) -> String {
+        self.master_opts().join(" ")
+    }
+
+    fn command(opts: &[String], host: &Endpoint, remote: &str) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(opts)
+            .arg(host.destination())
+            .arg("--")
+            .arg(remote)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a shell command line on `host` over its master connection.
+    pub fn run(&self, host: &Endpoint, remote: &str) -> Result<Reply, Error> {
+        self.run_with_input(host, remote, None)
+    }
+
+    /// Same, feeding `input` to the command's stdin.
+    pub fn run_with_input(
+        &self,
+        host: &Endpoint,
+        remote: &str,
+        input: Option<&[u8]>,
+    ) -> Result<Reply, Error> {
+        let cmd = Self::command(&self.master_opts(), host, remote);
+        output(cmd, input)
+    }
+
+    /// Runs a command over a NEW connection (no multiplexing), with a connect timeout.
+    pub fn run_fresh(
+        &self,
+        host: &Endpoint,
+        remote: &str,
+        connect_timeout: Duration,
+    ) -> Result<Reply, Error> {
+        let mut opts = self.user_opts.clone();
+        opts.extend(
+            [
+                "ControlMaster=no".to_owned(),
+                "ControlPath=none".to_owned(),
+                format!("ConnectTimeout={}", connect_timeout.as_secs().max(1)),
+            ]
+            .into_iter()
+            .flat_map(|v| ["-o".to_owned(), v]),
+        );
+        output(Self::command(&opts, host, remote), None)
+    }
+
+    /// Closes the master connection to `host`, if one is open.
+    pub fn close(&self, host: &Endpoint) {
+        let mut cmd = Command::new("ssh");
+        cmd.args(self.master_opts())
+            .args(["-O", "exit"])
+            .arg(host.destination())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _ = cmd.status();
+    }
+}
+
+fn output(mut cmd: Command, input: Option<&[u8]>) -> Result<Reply, Error> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if input.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().map_err(|e| Error::Spawn {
+        program: "ssh".into(),
+        message: e.to_string(),
+    })?;
+    if let Some(bytes) = input {
+        let mut stdin = child.stdin.take().expect("piped");
+        // A remote that exits early closes the pipe; its status says why.
+        let _ = stdin.write_all(bytes);
+    }
+    child
+        .wait_with_output()
+        .map(|o| reply(&o))
+        .map_err(|e| Error::Spawn {
+            program: "ssh".into(),
+            message: e.to_string(),
+        })
+}

@@ -1,0 +1,172 @@
+//! A fleet flake for simulated hosts: a git repository whose `nixosConfigurations` are
+//! busybox-built systems (no nixpkgs) with `waymark.deploy` declarations, and whose
+//! `waymark` output is Waymark's own `lib.fleet` (nix/lib/fleet.nix). Which generation
+//! each host gets is a file the tests rewrite and commit, as a user edits a flake.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cmd::run;
+use crate::error::{Error, Result};
+use crate::model::Generation;
+
+/// One host of the flake.
+#[derive(Debug, Clone)]
+pub struct FlakeHost {
+    /// Its name (and ssh alias).
+    pub name: String,
+    /// Nix attributes merged into its `waymark.deploy` (e.g. `{ buildHost = "builder"; }`).
+    pub deploy: String,
+    /// The generation it gets (`g0`, `g1`, ...), `None` for a host with no system
+    /// (a build host that is not deployed).
+    pub generation: Option<String>,
+}
+
+/// The flake: a committed git repository.
+#[derive(Debug)]
+pub struct FleetFlake {
+    dir: PathBuf,
+    hosts: BTreeMap<String, FlakeHost>,
+}
+
+/// `waymark.deploy` defaults of every host, as the module would fill them in.
+const DEFAULTS: &str = r#"{ enable = true; sshUser = "root"; buildHost = null;
+      allowBuildOnTarget = false; tags = [ ]; healthChecks = [ ]; activationTimeout = 30;
+      confirmTimeout = 10; tagReleases = false; dependsOn = [ ]; signingKeyFile = null; }"#;
+
+/// A health check as the module's submodule fills it in: a command run on the target.
+pub fn command_check(name: &str, command: &str, timeout: u64) -> String {
+    format!(
+        r#"{{ name = "{name}"; kind = "command"; command = {command:?}; url = null; timeout = {timeout}; }}"#
+    )
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    run(Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=Waymark Test",
+            "-c",
+            "user.email=test@waymark.invalid",
+        ])
+        .args(args))
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|source| Error::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl FleetFlake {
+    /// Writes the flake in `dir` (created) with `generations` (named `g0`, `g1`, ...)
+    /// and `hosts`, and commits it. `fleet_nix` is Waymark's nix/lib/fleet.nix.
+    pub fn create(
+        dir: &Path,
+        fleet_nix: &Path,
+        generations: &[&Generation],
+        hosts: Vec<FlakeHost>,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        crate::write_generations(dir, generations)?;
+        std::fs::copy(fleet_nix, dir.join("fleet.nix")).map_err(|source| Error::Write {
+            path: dir.join("fleet.nix"),
+            source,
+        })?;
+        write(
+            &dir.join("flake.nix"),
+            &format!(
+                r#"{{
+  outputs = {{ self }}:
+    let
+      bb = builtins.path {{ path = ./busybox; name = "busybox-static"; }};
+      # `broken`: a system whose build fails.
+      generations = import ./generations.nix // {{
+        broken = derivation {{
+          name = "nixos-system-broken";
+          system = builtins.currentSystem or "{system}";
+          builder = "${{bb}}/busybox";
+          args = [ "sh" "-c" "echo planted build failure >&2; exit 1" ];
+        }};
+      }};
+      hosts = import ./hosts.nix;
+      defaults = {DEFAULTS};
+      host = name: h: {{
+        config = {{
+          system.build = if h.generation == null then {{ }} else {{ toplevel = generations.${{h.generation}}; }};
+          waymark.deploy = defaults // {{ inherit name; targetHost = name; }} // h.deploy;
+        }};
+      }};
+    in
+    {{
+      nixosConfigurations = builtins.mapAttrs host hosts;
+      waymark = import ./fleet.nix {{ }} self.nixosConfigurations;
+    }};
+}}
+"#,
+                system = crate::model::this_system()
+            ),
+        )?;
+        let flake = Self {
+            dir: dir.to_owned(),
+            hosts: hosts.into_iter().map(|h| (h.name.clone(), h)).collect(),
+        };
+        flake.write_hosts()?;
+        git(dir, &["init", "-q", "-b", "main"])?;
+        flake.commit("fleet")?;
+        Ok(flake)
+    }
+
+    /// The flake's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn write_hosts(&self) -> Result<()> {
+        let mut text = String::from("{\n");
+        for h in self.hosts.values() {
+            let generation = h
+                .generation
+                .as_ref()
+                .map_or_else(|| "null".to_owned(), |g| format!("{g:?}"));
+            text.push_str(&format!(
+                "  {:?} = {{ generation = {generation}; deploy = {}; }};\n",
+                h.name, h.deploy
+            ));
+        }
+        text.push_str("}\n");
+        write(&self.dir.join("hosts.nix"), &text)
+    }
+
+    /// Gives `host` another generation and commits; returns the new commit.
+    pub fn set_generation(&mut self, host: &str, generation: &str) -> Result<String> {
+        if let Some(h) = self.hosts.get_mut(host) {
+            h.generation = Some(generation.to_owned());
+        }
+        self.write_hosts()?;
+        self.commit(&format!("{host}: {generation}"))
+    }
+
+    /// Replaces `host`'s deploy attributes and commits; returns the new commit.
+    pub fn set_deploy(&mut self, host: &str, deploy: &str) -> Result<String> {
+        if let Some(h) = self.hosts.get_mut(host) {
+            deploy.clone_into(&mut h.deploy);
+        }
+        self.write_hosts()?;
+        self.commit(&format!("{host}: deploy settings"))
+    }
+
+    /// Commits everything; returns HEAD.
+    pub fn commit(&self, message: &str) -> Result<String> {
+        git(&self.dir, &["add", "-A"])?;
+        git(&self.dir, &["commit", "-q", "--allow-empty", "-m", message])?;
+        Ok(git(&self.dir, &["rev-parse", "HEAD"])?.trim().to_owned())
+    }
+}

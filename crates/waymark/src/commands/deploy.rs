@@ -1,0 +1,331 @@
+//! `waymark deploy`: hosts through the five gates; `waymark deploy rollback`.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use waymark_deploy::{
+    Deployer, Event, Goal, HostReport, HostResult, Interaction, Mode, SCHEMA, Settings, Sink, Ssh,
+    now,
+};
+use waymark_diff::DiffReport;
+
+use super::Global;
+use super::fleet::read_fleet;
+use crate::ExitStatus;
+use crate::printer::write_stdout;
+use crate::render;
+
+/// Where to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GoalArg {
+    /// Build on the build host and copy to the target
+    Build,
+    /// Also show the closure diff against what the target runs
+    Diff,
+    /// Also dry-activate on the target
+    DryActivate,
+    /// Also activate with switch-to-configuration test and run the health checks (kept
+    /// running, not committed, not marked)
+    Test,
+    /// Every gate: commit (profile and boot entry) and mark known-good
+    Switch,
+    /// Every gate, but the new closure only becomes the boot default
+    Boot,
+}
+
+impl From<GoalArg> for Goal {
+    fn from(g: GoalArg) -> Self {
+        match g {
+            GoalArg::Build => Self::Build,
+            GoalArg::Diff => Self::Diff,
+            GoalArg::DryActivate => Self::DryActivate,
+            GoalArg::Test => Self::Test,
+            GoalArg::Switch => Self::Switch,
+            GoalArg::Boot => Self::Boot,
+        }
+    }
+}
+
+/// Options of a deploy and of a rollback.
+#[derive(Debug, Clone, Args)]
+#[allow(clippy::struct_excessive_bools)] // independent command-line switches
+pub struct DeployOptions {
+    /// The fleet's flake (an output other than `waymark` with FLAKE#ATTR)
+    #[arg(long, default_value = ".")]
+    pub flake: String,
+    /// Stop after this gate
+    #[arg(long, value_enum, default_value_t = GoalArg::Switch)]
+    pub goal: GoalArg,
+    /// Deploy even when the target does not run its latest known-good closure
+    #[arg(long)]
+    pub allow_drift: bool,
+    /// Show the closure diff and ask before activating (needs a terminal)
+    #[arg(long)]
+    pub ask: bool,
+    /// Print JSON Lines events (docs/deploy-events-schema.json) on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// The commit the closure is built from [default: HEAD of the flake's clean checkout]
+    #[arg(long)]
+    pub rev: Option<String>,
+    /// The waymark command on the hosts, for their known-good marks
+    #[arg(long, env = "WAYMARK_REMOTE_COMMAND", default_value = "waymark")]
+    pub remote_waymark: String,
+    /// Secret key signing closures built on this machine (hosts without a build host)
+    #[arg(long, env = "WAYMARK_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+    /// Where this machine keeps deploy records [default: /var/lib/waymark]
+    #[arg(long, env = "WAYMARK_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Deploy a host through the gates: build, diff, dry-activate, switch test, commit and mark
+///
+/// Only a closure that passed every gate is marked known-good. A failure after
+/// activation restores the previous known-good closure; the target restores it by
+/// itself when the confirmation does not arrive in time. Exit status: 0 every host
+/// good (or unchanged); 1 a gate failed or refused and the host runs what it ran
+/// before; 2 nothing could start (bad input, evaluation, build or copy); 4 restoring
+/// failed or could not be verified: needs a human.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The host to deploy (a name from `waymark fleet`), or `rollback HOST` to redeploy
+    /// a known-good closure (gates 2-5, no build): the latest, or --to MARK
+    #[arg(required = true, num_args = 1..=2, value_name = "HOST")]
+    pub words: Vec<String>,
+    /// With `rollback`: the mark to redeploy (`previous`: the one before the latest)
+    #[arg(long, value_name = "MARK")]
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub options: DeployOptions,
+}
+
+/// Prints events: JSON Lines on stdout, or one line per gate on stderr.
+struct Printer {
+    json: bool,
+    quiet: bool,
+    lock: Mutex<()>,
+}
+
+impl Sink for Printer {
+    fn emit(&self, event: Event) {
+        let _guard = self.lock.lock().expect("not poisoned");
+        if self.json {
+            let line = serde_json::to_string(&event).expect("serializable") + "\n";
+            let _ = write_stdout(&line);
+            return;
+        }
+        if self.quiet {
+            return;
+        }
+        let line = match event {
+            Event::Start { host, gate, .. } => {
+                if !std::io::stderr().is_terminal() {
+                    return;
+                }
+                format!("{host:<12} {:<13} …", gate.name())
+            }
+            Event::End {
+                host,
+                gate,
+                result,
+                duration_ms,
+                message,
+                ..
+            } => format!(
+                "{host:<12} {:<13} {:<7} {:>6.1} s  {}",
+                gate.name(),
+                format!("{result:?}").to_lowercase(),
+                duration_ms as f64 / 1000.0,
+                message.unwrap_or_default()
+            ),
+            Event::Note { host, message, .. } => format!("{host:<12} note: {message}"),
+            Event::Host { .. } | Event::Summary { .. } => return,
+        };
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
+struct Terminal {
+    color: bool,
+    show: bool,
+}
+
+impl Interaction for Terminal {
+    fn show_diff(&self, host: &str, report: &DiffReport) {
+        if self.show {
+            let text = render::render(
+                report,
+                render::Options {
+                    color: self.color,
+                    all: false,
+                },
+            );
+            let _ = write_stdout(&format!("{host}:\n{text}"));
+        }
+    }
+
+    fn confirm(&self, host: &str, report: &DiffReport) -> bool {
+        let text = render::render(
+            report,
+            render::Options {
+                color: self.color,
+                all: false,
+            },
+        );
+        let mut err = std::io::stderr();
+        let _ = write!(err, "{text}\nActivate this on {host}? [y/N] ");
+        let _ = err.flush();
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).is_ok()
+            && matches!(answer.trim(), "y" | "Y" | "yes")
+    }
+}
+
+/// The directory of a local flake reference, for its commit and release tags.
+fn local_flake_dir(flake: &str) -> Option<PathBuf> {
+    let r = flake.split('#').next().unwrap_or(flake);
+    let r = r.split('?').next().unwrap_or(r);
+    let path = r
+        .strip_prefix("path:")
+        .or_else(|| r.strip_prefix("git+file://"))
+        .unwrap_or(r);
+    (!path.contains("://") && !path.contains(':'))
+        .then(|| PathBuf::from(if path.is_empty() { "." } else { path }))
+}
+
+fn summary_table(reports: &[HostReport]) -> String {
+    let mut out = format!(
+        "{:<12} {:<13} {:<11} {:>7}  {}\n",
+        "HOST", "GATE", "RESULT", "TIME", "CHANGE"
+    );
+    for r in reports {
+        let result = serde_json::to_value(r.result)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{:<12} {:<13} {:<11} {:>5.1} s  {}\n",
+            r.host,
+            r.reached.map_or("-", waymark_evidence::Gate::name),
+            result,
+            r.duration_ms as f64 / 1000.0,
+            r.change.as_deref().unwrap_or("-")
+        ));
+        out.push_str(&format!("{:<12} {}\n", "", r.message));
+    }
+    out
+}
+
+fn exit_for(worst: HostResult) -> ExitStatus {
+    match worst {
+        HostResult::Deployed | HostResult::Unchanged => ExitStatus::Success,
+        HostResult::Failed | HostResult::Skipped => ExitStatus::Negative,
+        HostResult::Error => ExitStatus::Error,
+        HostResult::NeedsHuman => ExitStatus::NeedsHuman,
+    }
+}
+
+fn control_dir() -> anyhow::Result<tempfile::TempDir> {
+    // Short: ssh control socket paths are limited to about 100 bytes.
+    tempfile::Builder::new()
+        .prefix("wm-")
+        .tempdir_in("/tmp")
+        .context("creating the ssh control directory")
+}
+
+pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatus> {
+    let opts = &args.options;
+    let (host, mode) = match args.words.as_slice() {
+        [verb, host] if verb == "rollback" => (
+            host.clone(),
+            Mode::Rollback {
+                to: args.to.clone(),
+            },
+        ),
+        [host] if args.to.is_none() => (host.clone(), Mode::Deploy),
+        [_] => bail!("--to goes with `waymark deploy rollback HOST`"),
+        _ => bail!(
+            "expected `waymark deploy HOST` or `waymark deploy rollback HOST`, got {}",
+            args.words.join(" ")
+        ),
+    };
+    if opts.ask && !std::io::stdin().is_terminal() {
+        bail!("--ask needs a terminal on stdin to answer on");
+    }
+    let fleet = read_fleet(&opts.flake)?;
+    fleet.host(&host)?;
+    let flake_dir = local_flake_dir(&opts.flake);
+    let rev = match (&opts.rev, &mode, &flake_dir) {
+        (Some(r), _, _) => Some(r.clone()),
+        (None, Mode::Rollback { .. }, _) => None,
+        (None, Mode::Deploy, Some(dir)) => Some(
+            waymark_release::Releases::open(dir)
+                .and_then(|r| r.resolve_commit("HEAD"))
+                .with_context(|| {
+                    format!(
+                        "finding the commit the closure is built from in {} (or pass --rev)",
+                        dir.display()
+                    )
+                })?
+                .to_string(),
+        ),
+        (None, Mode::Deploy, None) => {
+            bail!(
+                "{} is not a local checkout: pass --rev with the commit it is built from",
+                opts.flake
+            )
+        }
+    };
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/waymark"));
+    let control = control_dir()?;
+    let ssh = Ssh::new(
+        &std::env::var("NIX_SSHOPTS").unwrap_or_default(),
+        control.path(),
+    );
+    let settings = Settings {
+        goal: opts.goal.into(),
+        allow_drift: opts.allow_drift,
+        ask: opts.ask,
+        rev,
+        remote_waymark: opts.remote_waymark.clone(),
+        local_signing_key: opts.signing_key.clone(),
+        records_dir: state_dir.join("deploys"),
+        release_repo: flake_dir
+            .filter(|d| d.join(".git").exists() || waymark_release::Releases::open(d).is_ok()),
+        run_id: format!("{}-{}", now().replace([':', '-'], ""), std::process::id()),
+    };
+    let printer = Printer {
+        json: opts.json,
+        quiet: global.printer.quiet,
+        lock: Mutex::new(()),
+    };
+    let terminal = Terminal {
+        color: global.color.should_style(),
+        show: !opts.json,
+    };
+    let deployer = Deployer::new(&fleet, ssh, settings, &printer, &terminal);
+    let report = deployer.deploy_host(&host, &mode);
+    deployer.close();
+    let reports = vec![report];
+    let worst = reports
+        .iter()
+        .fold(HostResult::Unchanged, |w, r| w.worst(r.result));
+    if opts.json {
+        printer.emit(Event::Summary {
+            schema: SCHEMA,
+            at: now(),
+            hosts: reports,
+            exit_code: worst.exit_code(),
+        });
+    } else {
+        write_stdout(&summary_table(&reports))?;
+    }
+    Ok(exit_for(worst))
+}

@@ -1,0 +1,496 @@
+//! `waymark deploy` on simulated hosts (own /nix and /run, real sshd, TESTBED.md): a
+//! builder and targets, a fleet flake in git, the deployer in a namespace of its own.
+//! The fault matrix: after each fault, what the target runs, its profile and boot entry,
+//! its marks, the report and the exit status. Needs root, as CI has.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use waymark_testbed::{FlakeHost, FleetFlake, SimFleet, command_check, fixtures};
+
+use crate::common::{Run, run};
+
+const WAYMARK: &str = env!("CARGO_BIN_EXE_waymark");
+
+/// A builder and targets running `g0`; the flake gives the targets `g0` too.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub fleet: SimFleet,
+    pub flake: FleetFlake,
+    /// Toplevels of g0, g1 (built on the builder).
+    pub g: Vec<String>,
+}
+
+/// The deploy attributes of a target built on `builder`.
+pub fn target_decl(extra: &str) -> String {
+    format!(r#"{{ buildHost = "builder"; confirmTimeout = 3; }} // {{ {extra} }}"#)
+}
+
+impl Lab {
+    pub fn new(targets: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fleet = SimFleet::new(dir.path()).unwrap();
+        fleet
+            .start("builder")
+            .expect("starting a simulated host (needs root and openssh-server)");
+        for t in targets {
+            fleet.start(t).unwrap();
+        }
+        let mut failing = fixtures::web_gen2();
+        failing.version.push_str("-failing");
+        failing.fail = vec!["test".into()];
+        let mut hosts = vec![FlakeHost {
+            name: "builder".into(),
+            deploy: format!(
+                "{{ signingKeyFile = {:?}; }}",
+                fleet.signing_key().display().to_string()
+            ),
+            generation: None,
+        }];
+        hosts.extend(targets.iter().map(|t| FlakeHost {
+            name: (*t).to_owned(),
+            deploy: target_decl(""),
+            generation: Some("g0".into()),
+        }));
+        let flake = FleetFlake::create(
+            &dir.path().join("flake"),
+            Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../nix/lib/fleet.nix"
+            )),
+            &[&fixtures::web_gen1(), &fixtures::web_gen2(), &failing],
+            hosts,
+        )
+        .unwrap();
+        let g = fleet
+            .build(
+                "builder",
+                &flake.dir().join("generations.nix"),
+                &["g0", "g1", "g2"],
+            )
+            .unwrap();
+        for t in targets {
+            fleet.install("builder", t, &g[0]).unwrap();
+        }
+        Self {
+            dir,
+            fleet,
+            flake,
+            g,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("deployer-state")
+    }
+
+    /// `waymark ARGS` as the deploying machine runs it.
+    pub fn waymark(&self, args: &[&str]) -> Command {
+        let mut cmd = self.fleet.deployer_command(Path::new(WAYMARK)).unwrap();
+        cmd.args(args)
+            .arg("--flake")
+            .arg(self.flake.dir())
+            .env(
+                "WAYMARK_REMOTE_COMMAND",
+                format!("WAYMARK_STATE_DIR=/nix/var/waymark {WAYMARK}"),
+            )
+            .env("WAYMARK_STATE_DIR", self.state_dir())
+            .env_remove("WAYMARK_FAULT");
+        cmd
+    }
+
+    pub fn deploy(&self, args: &[&str]) -> Run {
+        let mut all = vec!["deploy", "--json"];
+        all.extend_from_slice(args);
+        run(self.waymark(&all))
+    }
+
+    pub fn deploy_with_fault(&self, fault: &str, args: &[&str]) -> Run {
+        let mut all = vec!["deploy", "--json"];
+        all.extend_from_slice(args);
+        let mut cmd = self.waymark(&all);
+        cmd.env("WAYMARK_FAULT", fault);
+        run(cmd)
+    }
+
+    pub fn exec(&self, host: &str, line: &str) -> String {
+        self.fleet.exec(host, line).unwrap().trim().to_owned()
+    }
+
+    /// What the target runs, its profile, and its boot default.
+    pub fn system(&self, host: &str) -> (String, String, String) {
+        let out = self.exec(
+            host,
+            "readlink -e /run/current-system; readlink -e /nix/var/nix/profiles/system; \
+             readlink -e /run/waymark-testbed/boot-system || echo none",
+        );
+        let mut l = out.lines().map(str::to_owned);
+        (
+            l.next().unwrap_or_default(),
+            l.next().unwrap_or_default(),
+            l.next().unwrap_or_default(),
+        )
+    }
+
+    /// The target's known-good closures, oldest first.
+    pub fn marks(&self, host: &str, on: &str) -> Vec<String> {
+        let out = self.exec(
+            on,
+            &format!("WAYMARK_STATE_DIR=/nix/var/waymark {WAYMARK} known-good list --json"),
+        );
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["marks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["target"] == host)
+            .map(|m| m["closure"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// The JSON Lines events of a run, checked against the documented schema.
+pub fn events(r: &Run) -> Vec<Value> {
+    let schema: Value =
+        serde_json::from_str(include_str!("../../../docs/deploy-events-schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    r.stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            if let Err(e) = validator.validate(&v) {
+                panic!("event does not follow the schema: {e}: {l}");
+            }
+            v
+        })
+        .collect()
+}
+
+pub fn host_report<'a>(events: &'a [Value], host: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["event"] == "host" && e["host"] == host)
+        .unwrap_or_else(|| panic!("no host event for {host}: {events:?}"))
+}
+
+fn explain(r: &Run) -> String {
+    format!(
+        "exit {}\nstdout:\n{}\nstderr:\n{}",
+        r.code, r.stdout, r.stderr
+    )
+}
+
+#[test]
+fn first_deploy_no_change_drift_and_rollback() {
+    let mut lab = Lab::new(&["web1"]);
+    let (g0, g1) = (&lab.g[0], &lab.g[1]);
+    let before = lab.fleet.connections("web1");
+
+    // Gate by gate to known-good; the first deploy restores to what ran.
+    lab.flake.set_generation("web1", "g1").unwrap();
+    let r = lab.deploy(&["web1"]);
+    let used = lab.fleet.connections("web1") - before;
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let ev = events(&r);
+    let gates: Vec<&str> = ev
+        .iter()
+        .filter(|e| e["event"] == "end")
+        .map(|e| e["gate"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        gates,
+        ["build", "diff", "dry-activate", "test", "switch", "mark"]
+    );
+    assert!(
+        ev.iter()
+            .all(|e| e["event"] != "end" || e["result"] == "passed")
+    );
+    assert!(
+        ev.iter().any(
+            |e| e["event"] == "note" && e["message"].as_str().unwrap().contains("first deploy")
+        ),
+        "the first deploy says what it restores to"
+    );
+    let dry = ev
+        .iter()
+        .find(|e| e["gate"] == "dry-activate" && e["event"] == "end")
+        .unwrap();
+    assert_eq!(dry["message"], "would restart sshd.service");
+    let diff = ev
+        .iter()
+        .find(|e| e["gate"] == "diff" && e["event"] == "end")
+        .unwrap();
+    assert!(
+        diff["message"].as_str().unwrap().contains("openssl"),
+        "{diff}"
+    );
+    let report = host_report(&ev, "web1");
+    assert_eq!(report["result"], "deployed");
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+    assert_eq!(lab.marks("web1", "web1"), std::slice::from_ref(g1));
+    assert_eq!(
+        lab.marks("web1", "builder"),
+        std::slice::from_ref(g1),
+        "the build host keeps it too"
+    );
+    let records: Vec<_> = std::fs::read_dir(lab.state_dir().join("deploys/web1"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        records.len(),
+        1,
+        "the record is kept on the deploying machine"
+    );
+    // One master connection to the target and one fresh one for the confirmation,
+    // one master to the build host.
+    assert_eq!(report["ssh_connections"], 3, "{report}");
+    assert_eq!(used, 2, "connections to the target");
+
+    // The same closure again: nothing to do.
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let ev = events(&r);
+    assert_eq!(host_report(&ev, "web1")["result"], "unchanged");
+    assert!(ev.iter().all(|e| e["event"] != "start"), "no gate runs");
+
+    // A hand deploy: drift is refused, nothing changes, unless allowed.
+    lab.exec("web1", &format!("{g0}/bin/switch-to-configuration test"));
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 1, "{}", explain(&r));
+    let report = host_report(&events(&r), "web1").clone();
+    assert_eq!(report["result"], "failed");
+    assert_eq!(report["reached"], "diff");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("deployed by hand")
+    );
+    assert_eq!(lab.system("web1").0, *g0);
+    let r = lab.deploy(&["web1", "--allow-drift"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    assert_eq!(lab.system("web1").0, *g1);
+
+    // Rollback: back to the one before the latest, through the gates, marked again.
+    lab.flake.set_generation("web1", "g0").unwrap();
+    assert_eq!(lab.deploy(&["web1"]).code, 0);
+    assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
+    let r = lab.deploy(&["rollback", "web1", "--to", "previous"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let ev = events(&r);
+    assert!(
+        ev.iter().all(|e| e["gate"] != "build"),
+        "a rollback builds nothing"
+    );
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+    assert_eq!(lab.marks("web1", "web1").last(), Some(g1));
+    let r = lab.deploy(&["rollback", "web1"]);
+    assert_eq!(r.code, 0);
+    assert_eq!(host_report(&events(&r), "web1")["result"], "unchanged");
+}
+
+/// Asserts the target is untouched: runs g0, profile and boot entry on g0, no marks.
+fn assert_untouched(lab: &Lab, r: &Run, gate: &str, code: i32, words: &str) {
+    assert_eq!(r.code, code, "{}", explain(r));
+    let ev = events(r);
+    let report = host_report(&ev, "web1");
+    assert_eq!(report["reached"], gate, "{report}");
+    assert!(
+        report["message"].as_str().unwrap().contains(words),
+        "{report}"
+    );
+    let g0 = &lab.g[0];
+    assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
+    assert!(
+        lab.marks("web1", "web1").is_empty(),
+        "no mark for a failed closure"
+    );
+    assert!(
+        lab.exec("web1", "ls /run/waymark/active 2>/dev/null || echo free") == "free",
+        "the target's deploy lock is released"
+    );
+}
+
+#[test]
+fn failures_before_activation_leave_the_target_alone() {
+    let mut lab = Lab::new(&["web1"]);
+
+    lab.flake.set_generation("web1", "broken").unwrap();
+    let r = lab.deploy(&["web1"]);
+    assert_untouched(&lab, &r, "build", 2, "building on builder failed");
+
+    lab.flake.set_generation("web1", "g1").unwrap();
+    // The target does not trust the builder's key: the copy is refused, not forced.
+    let conf = lab
+        .fleet
+        .host("web1")
+        .unwrap()
+        .dir()
+        .join("etc-nix/nix.conf");
+    let trusting = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        trusting.replace("trusted-public-keys", "# trusted-public-keys"),
+    )
+    .unwrap();
+    let r = lab.deploy(&["web1"]);
+    assert_untouched(&lab, &r, "build", 2, "copying from builder to web1 failed");
+    std::fs::write(&conf, trusting).unwrap();
+
+    lab.exec("web1", "touch /run/waymark-testbed/fail-dry-activate");
+    let r = lab.deploy(&["web1"]);
+    assert_untouched(&lab, &r, "dry-activate", 1, "dry-activate failed");
+    lab.exec("web1", "rm /run/waymark-testbed/fail-dry-activate");
+
+    let r = lab.deploy(&["web1", "--goal", "dry-activate"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    assert_untouched(&lab, &r, "dry-activate", 0, "nothing changed");
+}
+
+#[test]
+fn failures_after_activation_restore_the_previous_closure() {
+    let mut lab = Lab::new(&["web1"]);
+    lab.flake.set_generation("web1", "g2").unwrap();
+    // g2's switch test fails (planted in the closure).
+    let r = lab.deploy(&["web1"]);
+    assert_untouched(&lab, &r, "test", 1, "switch-to-configuration test failed");
+
+    lab.flake
+        .set_deploy(
+            "web1",
+            &target_decl(&format!(
+                "healthChecks = [ {} ];",
+                command_check("web-up", "test ! -e /run/waymark-testbed/unhealthy", 2)
+            )),
+        )
+        .unwrap();
+    lab.flake.set_generation("web1", "g1").unwrap();
+    lab.exec("web1", "touch /run/waymark-testbed/unhealthy");
+    let r = lab.deploy(&["web1"]);
+    assert_untouched(&lab, &r, "test", 1, "health check web-up failed");
+    lab.exec("web1", "rm /run/waymark-testbed/unhealthy");
+
+    // The commit (profile + boot entry) fails: profile and boot entry are put back.
+    lab.exec("web1", "touch /run/waymark-testbed/fail-boot");
+    let r = lab.deploy(&["web1"]);
+    assert_untouched(
+        &lab,
+        &r,
+        "switch",
+        1,
+        "setting the profile or the boot entry failed",
+    );
+    lab.exec("web1", "rm /run/waymark-testbed/fail-boot");
+}
+
+#[test]
+fn a_confirmation_that_never_arrives_or_arrives_late_is_never_success() {
+    let mut lab = Lab::new(&["web1"]);
+    lab.flake.set_generation("web1", "g1").unwrap();
+
+    // The new connection cannot be made after the switch: the target restores itself.
+    let r = lab.deploy_with_fault("confirm-unreachable", &["web1"]);
+    assert_untouched(
+        &lab,
+        &r,
+        "switch",
+        1,
+        "could not confirm over a new SSH connection",
+    );
+
+    // deploy-rs #214: a confirmation after the window is refused, and said so.
+    let r = lab.deploy_with_fault("late-confirm", &["web1"]);
+    assert_untouched(&lab, &r, "switch", 1, "after the target's window closed");
+}
+
+/// Runs a deploy, SIGKILLs it once `gate` started (plus `after`), and waits for the
+/// target's agent to finish on its own.
+fn kill_during(lab: &Lab, fault: &str, gate: &str, after: Duration) {
+    let mut cmd = lab.waymark(&["deploy", "--json", "web1"]);
+    cmd.env("WAYMARK_FAULT", fault)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line.contains(r#""event":"start""#) && line.contains(&format!(r#""gate":"{gate}""#)) {
+            break;
+        }
+    }
+    std::thread::sleep(after);
+    // unshare and sh exec: the child is the deployer itself.
+    child.kill().unwrap();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab
+        .exec(
+            "web1",
+            "cat /run/waymark/deploy/*/state 2>/dev/null | tail -n 1",
+        )
+        .split(':')
+        .next()
+        != Some("restored")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not restore by itself"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_killed_deployer_leaves_the_previous_closure_running() {
+    let mut lab = Lab::new(&["web1"]);
+    lab.flake
+        .set_deploy(
+            "web1",
+            &target_decl(&format!(
+                "healthChecks = [ {} ];",
+                command_check("slow", "sleep 1", 3)
+            )),
+        )
+        .unwrap();
+    lab.flake.set_generation("web1", "g1").unwrap();
+    let g0 = &lab.g[0];
+
+    // In gate 4, during the health checks.
+    kill_during(&lab, "slow-health", "test", Duration::from_millis(1500));
+    assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
+    assert!(lab.marks("web1", "web1").is_empty());
+    lab.exec("web1", "rm -rf /run/waymark/deploy");
+
+    // In gate 5, before the confirmation.
+    kill_during(
+        &lab,
+        "pause-before-confirm",
+        "switch",
+        Duration::from_millis(500),
+    );
+    assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
+    assert!(lab.marks("web1", "web1").is_empty());
+
+    // The next deploy goes through.
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    assert_eq!(lab.system("web1").0, lab.g[1]);
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_runs() {
+    let mut lab = Lab::new(&["web1"]);
+    let r = lab.deploy(&["nosuchhost"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("unknown host nosuchhost"), "{}", r.stderr);
+    // A build host without a signing key: targets would refuse its paths.
+    lab.flake.set_deploy("builder", "{ }").unwrap();
+    lab.flake.set_generation("web1", "g1").unwrap();
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    assert!(r.stdout.contains("signingKeyFile"), "{}", r.stdout);
+    assert_eq!(lab.system("web1").0, lab.g[0]);
+}
