@@ -2,4 +2,6 @@
 { lib }:
 {
   fleet = import ./fleet.nix { inherit lib; };
+  # `fleetWith { deployAll = true; }`: the same, with fleet-wide settings.
+  fleetWith = settings: import ./fleet.nix { inherit lib settings; };
 }

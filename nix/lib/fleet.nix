@@ -12,6 +12,8 @@
 #                      allowBuildOnTarget; tags; healthChecks;
 #                      activationTimeout; confirmTimeout; tagReleases;
 #                      dependsOn; signingKeyFile; };
+#     settings.deployAll = false;    # `waymark deploy` with no selection
+#                                      # deploys every host (lib.fleetWith)
 #     waves = [ [ <name> ... ] ... ];  # deploy order: a host comes after
 #                                      # every host it depends on; the hosts
 #                                      # of one wave are independent.
@@ -23,7 +25,10 @@
 # Throws, naming the host and the option, when a check fails. Builtins only: it
 # evaluates without nixpkgs (`nix-instantiate --eval --strict`), which is how
 # it is tested. The `lib` argument is accepted for the flake's `lib` interface.
-{ ... }:
+{
+  settings ? { },
+  ...
+}:
 nixosConfigurations:
 let
   inherit (builtins)
@@ -111,11 +116,17 @@ let
           ;
       }) d.healthChecks;
     };
+
+  knownSettings = [ "deployAll" ];
+  unknownSettings = filter (k: !(elem k knownSettings)) (attrNames settings);
 in
-if problems != [ ] then
+if unknownSettings != [ ] then
+  throw "lib.fleetWith: unknown settings: ${concatStringsSep ", " unknownSettings} (known: ${concatStringsSep ", " knownSettings})"
+else if problems != [ ] then
   throw "lib.fleet: the fleet's deploy declarations disagree:\n${concatStringsSep "\n" (map (p: "  - ${p}") problems)}"
 else
   {
     hosts = listToAttrs (map (n: { name = n; value = data n; }) names);
     waves = waves names [ ];
+    settings.deployAll = settings.deployAll or false;
   }

@@ -10,11 +10,13 @@
 
 mod activation;
 mod events;
+mod fleet;
 mod pipeline;
 mod ssh;
 
 pub use activation::{AgentState, DryRun};
 pub use events::{Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
+pub use fleet::FleetOptions;
 pub use pipeline::{Deployer, Goal, Interaction, Mode, Settings};
 pub use ssh::{Endpoint, Reply, Ssh};
 

@@ -89,6 +89,8 @@ pub struct Deployer<'a> {
     sink: &'a dyn Sink,
     interaction: &'a dyn Interaction,
     masters: Mutex<BTreeSet<String>>,
+    /// Builds done for several hosts in one call, by host: how, or why not.
+    pub(crate) prebuilt: Mutex<BTreeMap<String, Result<String, String>>>,
 }
 
 /// Why a host stopped before the end.
@@ -199,6 +201,7 @@ impl<'a> Deployer<'a> {
             sink,
             interaction,
             masters: Mutex::new(BTreeSet::new()),
+            prebuilt: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -216,7 +219,15 @@ impl<'a> Deployer<'a> {
         }
     }
 
-    fn endpoint(&self, name: &str) -> Option<Endpoint> {
+    pub(crate) fn fleet(&self) -> &Fleet {
+        self.fleet
+    }
+
+    pub(crate) fn sink(&self) -> &dyn Sink {
+        self.sink
+    }
+
+    pub(crate) fn endpoint(&self, name: &str) -> Option<Endpoint> {
         self.fleet.hosts.get(name).map(|h| Endpoint {
             name: name.to_owned(),
             user: h.ssh_user.clone(),
@@ -236,7 +247,7 @@ impl<'a> Deployer<'a> {
         script: &str,
         input: Option<&[u8]>,
     ) -> Reply {
-        self.opened(run, host);
+        run.masters_opened += self.opened(host);
         self.ssh
             .run_with_input(host, script, input)
             .unwrap_or_else(|e| Reply {
@@ -246,11 +257,79 @@ impl<'a> Deployer<'a> {
             })
     }
 
-    fn opened(&self, run: &mut Run, host: &Endpoint) {
-        let mut masters = self.masters.lock().expect("not poisoned");
-        if masters.insert(host.destination()) {
-            run.masters_opened += 1;
+    /// Notes that a master connection to `host` is used: 1 the first time, else 0.
+    fn opened(&self, host: &Endpoint) -> u32 {
+        u32::from(
+            self.masters
+                .lock()
+                .expect("not poisoned")
+                .insert(host.destination()),
+        )
+    }
+
+    /// Sends derivations to a build host, builds them there in one call (going on past
+    /// failures) and signs what was built. One result per `(drv, out)` item.
+    pub(crate) fn build_on(
+        &self,
+        builder: &Endpoint,
+        key: &str,
+        items: &[(String, String)],
+    ) -> Vec<Result<(), String>> {
+        let all = |e: String| items.iter().map(|_| Err(e.clone())).collect();
+        let mut copy = self.nix(&["copy", "--derivation", "--to", &builder.store_url()]);
+        copy.args(items.iter().map(|(d, _)| d));
+        let mut scratch = Duration::ZERO;
+        if let Err(e) = Self::nix_output(&mut scratch, copy) {
+            return all(format!("sending the derivations to {}: {e}", builder.name));
         }
+        let drvs: Vec<String> = items.iter().map(|(d, _)| q(d)).collect();
+        let outs: Vec<String> = items.iter().map(|(_, o)| q(o)).collect();
+        let script = format!(
+            r#"err=$(nix-store --realise --keep-going --quiet {drvs} 2>&1 >/dev/null); rc=$?
+valid=""
+for o in {outs}; do
+  if nix-store --check-validity "$o" 2>/dev/null; then valid="$valid $o"; echo "built=$o"; fi
+done
+if [ -n "$valid" ]; then
+  nix --extra-experimental-features nix-command store sign --key-file {key} --recursive $valid >&2 || echo "unsigned=yes"
+fi
+[ $rc = 0 ] || printf 'error=%s
+' "$(printf '%s
+' "$err" | grep . | tail -n 1)"
+"#,
+            drvs = drvs.join(" "),
+            outs = outs.join(" "),
+            key = q(key),
+        );
+        self.opened(builder);
+        let r = self.ssh.run(builder, &script).unwrap_or_else(|e| Reply {
+            code: 255,
+            stdout: String::new(),
+            stderr: e.to_string(),
+        });
+        if r.code != 0 {
+            return all(format!("on {}: {}", builder.name, r.last_error()));
+        }
+        let f = fields(&r.stdout);
+        if field(&f, "unsigned").is_some() {
+            return all(format!(
+                "signing on {} with {key} failed: {}",
+                builder.name,
+                r.last_error()
+            ));
+        }
+        let built = f.get("built").cloned().unwrap_or_default();
+        let error = field(&f, "error").unwrap_or("the build failed").to_owned();
+        items
+            .iter()
+            .map(|(_, o)| {
+                if built.contains(&o.as_str()) {
+                    Ok(())
+                } else {
+                    Err(error.clone())
+                }
+            })
+            .collect()
     }
 
     fn nix(&self, args: &[&str]) -> Command {
@@ -263,10 +342,14 @@ impl<'a> Deployer<'a> {
     }
 
     /// Runs a local nix command, timing it as Nix's own work.
-    fn nix_run(run: &mut Run, mut cmd: Command) -> Result<String, String> {
+    fn nix_run(run: &mut Run, cmd: Command) -> Result<String, String> {
+        Self::nix_output(&mut run.nix_time, cmd)
+    }
+
+    fn nix_output(clock: &mut Duration, mut cmd: Command) -> Result<String, String> {
         let started = Instant::now();
         let out = cmd.output().map_err(|e| format!("running nix: {e}"))?;
-        run.nix_time += started.elapsed();
+        *clock += started.elapsed();
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -682,34 +765,25 @@ echo "marks-follow=yes"
         let target_url = run.target.store_url();
         match at {
             BuildAt::Builder { host, key } => {
-                self.opened(run, host);
-                let copy = self.nix(&["copy", "--derivation", "--to", &host.store_url(), &drv]);
-                Self::nix_run(run, copy)
-                    .map_err(|e| failed(&format!("sending the derivation to {}", host.name), e))?;
-                let started = Instant::now();
-                let r = self.remote(
-                    run,
-                    host,
-                    &format!(
-                        "set -e; out=$(nix-store --realise {drv} --quiet); \
-                         nix --extra-experimental-features nix-command store sign --key-file {key} --recursive $out; echo \"$out\"",
-                        drv = q(&drv),
-                        key = q(key)
-                    ),
-                );
-                run.nix_time += started.elapsed();
-                if r.code != 0 {
-                    return Err(failed(
-                        &format!("building on {}", host.name),
-                        r.last_error(),
-                    ));
-                }
-                if r.stdout.lines().last().map(str::trim) != Some(closure) {
-                    return Err(failed(
-                        &format!("building on {}", host.name),
-                        format!("it built {}, not {closure}", r.stdout.trim()),
-                    ));
-                }
+                run.masters_opened += self.opened(host);
+                let prebuilt = self
+                    .prebuilt
+                    .lock()
+                    .expect("not poisoned")
+                    .remove(&run.name);
+                let how = match prebuilt {
+                    Some(Ok(how)) => how,
+                    Some(Err(e)) => return Err(failed(&format!("building on {}", host.name), e)),
+                    None => {
+                        let started = Instant::now();
+                        let result = self
+                            .build_on(host, key, &[(drv.clone(), closure.to_owned())])
+                            .remove(0);
+                        run.nix_time += started.elapsed();
+                        result.map_err(|e| failed(&format!("building on {}", host.name), e))?;
+                        format!("built on {}", host.name)
+                    }
+                };
                 let copy = self.nix(&[
                     "copy",
                     "--from",
@@ -721,10 +795,7 @@ echo "marks-follow=yes"
                 Self::nix_run(run, copy).map_err(|e| {
                     failed(&format!("copying from {} to {}", host.name, run.name), e)
                 })?;
-                Ok((
-                    (),
-                    format!("built on {} and copied to {}", host.name, run.name),
-                ))
+                Ok(((), format!("{how}, copied to {}", run.name)))
             }
             BuildAt::Local { key } => {
                 let mut realise = Command::new("nix-store");
@@ -783,7 +854,7 @@ echo "marks-follow=yes"
         else {
             return Err(gone("there is no build host to copy it from".into()));
         };
-        self.opened(run, &builder);
+        run.masters_opened += self.opened(&builder);
         let copy = self.nix(&[
             "copy",
             "--from",

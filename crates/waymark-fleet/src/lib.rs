@@ -23,6 +23,12 @@ pub enum Error {
     /// Not the shape `lib.fleet` prints.
     #[error("the fleet description is not what lib.fleet prints: {0}")]
     Shape(String),
+    /// A selection item that names no host.
+    #[error("--on {item}: {why}")]
+    Selection { item: String, why: String },
+    /// Dependencies that go round.
+    #[error("the hosts depend on each other in a cycle: {cycle}")]
+    Cycle { cycle: String },
     /// A host the fleet does not declare.
     #[error("unknown host {name} (the fleet's deployable hosts: {known})")]
     UnknownHost { name: String, known: String },
@@ -81,6 +87,15 @@ pub struct Host {
     pub signing_key_file: Option<String>,
 }
 
+/// Fleet-wide settings (`lib.fleetWith`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Settings {
+    /// Whether `waymark deploy` with no selection deploys every host.
+    #[serde(default)]
+    pub deploy_all: bool,
+}
+
 /// The fleet: hosts and the order to deploy them in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fleet {
@@ -88,7 +103,14 @@ pub struct Fleet {
     pub hosts: BTreeMap<String, Host>,
     /// Deploy order: each wave's hosts depend only on hosts of earlier waves.
     pub waves: Vec<Vec<String>>,
+    /// Fleet-wide settings.
+    #[serde(default)]
+    pub settings: Settings,
 }
+
+/// What a host of a run waits for: the selected hosts it depends on, its build host
+/// when that is selected too.
+pub type Plan = Vec<(String, Vec<String>)>;
 
 fn valid_name(n: &str) -> bool {
     let mut c = n.chars();
@@ -195,6 +217,111 @@ impl Fleet {
     }
 }
 
+/// Depth-first, keeping the path to name a cycle.
+fn visit<'a>(
+    n: &'a str,
+    deps: &dyn Fn(&str) -> Vec<String>,
+    path: &mut Vec<String>,
+    done: &mut std::collections::BTreeSet<String>,
+    out: &mut Plan,
+) -> Result<(), Error> {
+    if done.contains(n) {
+        return Ok(());
+    }
+    if let Some(i) = path.iter().position(|p| p == n) {
+        let mut cycle = path[i..].to_vec();
+        cycle.push(n.to_owned());
+        return Err(Error::Cycle {
+            cycle: cycle.join(" → "),
+        });
+    }
+    path.push(n.to_owned());
+    let d = deps(n);
+    for dep in &d {
+        visit(dep, deps, path, done, out)?;
+    }
+    path.pop();
+    done.insert(n.to_owned());
+    out.push((n.to_owned(), d));
+    Ok(())
+}
+
+impl Fleet {
+    /// The hosts an `--on` selection names, in deploy order: host names, `@tag`, and
+    /// globs (`web-*`, `db?`). Each item must name at least one host.
+    ///
+    /// # Errors
+    /// An unknown name, a tag or glob that matches nothing, a bad glob.
+    pub fn select(&self, items: &[String]) -> Result<Vec<String>, Error> {
+        let mut chosen = std::collections::BTreeSet::new();
+        for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
+            let found: Vec<&String> = if let Some(tag) = item.strip_prefix('@') {
+                self.hosts
+                    .iter()
+                    .filter(|(_, h)| h.tags.iter().any(|t| t == tag))
+                    .map(|(n, _)| n)
+                    .collect()
+            } else if item.contains(['*', '?', '[']) {
+                let pattern = glob::Pattern::new(item).map_err(|e| Error::Selection {
+                    item: item.to_owned(),
+                    why: e.to_string(),
+                })?;
+                self.hosts.keys().filter(|n| pattern.matches(n)).collect()
+            } else {
+                vec![
+                    self.host(item)
+                        .map(|_| self.hosts.get_key_value(item).expect("found").0)?,
+                ]
+            };
+            if found.is_empty() {
+                return Err(Error::Selection {
+                    item: item.to_owned(),
+                    why: "matches no host of the fleet".into(),
+                });
+            }
+            chosen.extend(found.into_iter().cloned());
+        }
+        Ok(self
+            .waves
+            .iter()
+            .flatten()
+            .filter(|n| chosen.contains(*n))
+            .cloned()
+            .collect())
+    }
+
+    /// What each selected host waits for in this run: its `dependsOn` and its build
+    /// host, where they are selected too. Hosts come in an order where each follows
+    /// what it waits for.
+    ///
+    /// # Errors
+    /// A cycle, named host by host.
+    pub fn plan(&self, selected: &[String]) -> Result<Plan, Error> {
+        let chosen: std::collections::BTreeSet<&str> =
+            selected.iter().map(String::as_str).collect();
+        let deps = |n: &str| -> Vec<String> {
+            let h = &self.hosts[n];
+            let mut d: Vec<String> = h
+                .depends_on
+                .iter()
+                .chain(h.build_host.iter())
+                .filter(|d| chosen.contains(d.as_str()))
+                .cloned()
+                .collect();
+            d.sort();
+            d.dedup();
+            d
+        };
+        let mut out = Plan::new();
+        let mut done = std::collections::BTreeSet::new();
+        for n in selected {
+            self.host(n)?;
+            visit(n, &deps, &mut Vec::new(), &mut done, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +363,72 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("deployable hosts: db, web")
+        );
+    }
+
+    fn four(builder_deps: &str) -> Fleet {
+        let host = |extra: serde_json::Value| {
+            let mut h = serde_json::json!({"toplevel": null, "targetHost": "h", "sshUser": "root",
+                "buildHost": null, "allowBuildOnTarget": false, "tags": [], "healthChecks": [],
+                "activationTimeout": 60, "confirmTimeout": 30, "tagReleases": false, "dependsOn": []});
+            for (k, v) in extra.as_object().unwrap() {
+                h[k] = v.clone();
+            }
+            h
+        };
+        let deps: serde_json::Value = serde_json::from_str(builder_deps).unwrap();
+        let doc = serde_json::json!({
+            "hosts": {
+                "builder": host(serde_json::json!({"dependsOn": deps})),
+                "db": host(serde_json::json!({"tags": ["data"], "buildHost": "builder"})),
+                "web1": host(serde_json::json!({"tags": ["edge"], "buildHost": "builder", "dependsOn": ["db"]})),
+                "web2": host(serde_json::json!({"tags": ["edge"], "buildHost": "builder", "dependsOn": ["db"]})),
+            },
+            "waves": [["builder", "db"], ["web1", "web2"]],
+        });
+        // A cycle through build-host edges passes the description's own check.
+        serde_json::from_value(doc).unwrap()
+    }
+
+    #[test]
+    fn selects_by_name_tag_and_glob_in_deploy_order() {
+        let f = four("[]");
+        let sel =
+            |items: &[&str]| f.select(&items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(sel(&["@edge", "db"]).unwrap(), ["db", "web1", "web2"]);
+        assert_eq!(sel(&["web*"]).unwrap(), ["web1", "web2"]);
+        assert_eq!(sel(&["web?", "web1"]).unwrap(), ["web1", "web2"]);
+        let err = sel(&["@nope"]).unwrap_err().to_string();
+        assert!(err.contains("--on @nope: matches no host"), "{err}");
+        let err = sel(&["mail"]).unwrap_err().to_string();
+        assert!(err.contains("unknown host mail"), "{err}");
+        assert!(sel(&["db*x"]).is_err());
+        assert!(f.settings == Settings::default() && !f.settings.deploy_all);
+    }
+
+    #[test]
+    fn plans_dependencies_and_build_hosts_and_names_cycles() {
+        let f = four("[]");
+        let all: Vec<String> = ["builder", "db", "web1", "web2"].map(String::from).to_vec();
+        let plan = f.plan(&all).unwrap();
+        let waits = |n: &str| plan.iter().find(|(h, _)| h == n).unwrap().1.clone();
+        assert_eq!(
+            waits("web1"),
+            ["builder", "db"],
+            "its build host and its dependency"
+        );
+        assert_eq!(waits("db"), ["builder"]);
+        assert!(waits("builder").is_empty());
+        let pos = |n: &str| plan.iter().position(|(h, _)| h == n).unwrap();
+        assert!(pos("builder") < pos("db") && pos("db") < pos("web1"));
+        // Unselected hosts impose nothing.
+        let plan = f.plan(&["web1".to_owned()]).unwrap();
+        assert_eq!(plan, [("web1".to_owned(), vec![])]);
+        let cyclic = four(r#"["web1"]"#);
+        let err = cyclic.plan(&all).unwrap_err().to_string();
+        assert!(
+            err.contains("builder → web1 → builder"),
+            "the cycle, host by host: {err}"
         );
     }
 }

@@ -30,6 +30,9 @@ pub struct FleetFlake {
     hosts: BTreeMap<String, FlakeHost>,
 }
 
+/// Waymark's `lib.fleet`, as the flake exports it.
+const FLEET_NIX: &str = include_str!("../../../nix/lib/fleet.nix");
+
 /// `waymark.deploy` defaults of every host, as the module would fill them in.
 const DEFAULTS: &str = r#"{ enable = true; sshUser = "root"; buildHost = null;
       allowBuildOnTarget = false; tags = [ ]; healthChecks = [ ]; activationTimeout = 30;
@@ -64,22 +67,14 @@ fn write(path: &Path, text: &str) -> Result<()> {
 
 impl FleetFlake {
     /// Writes the flake in `dir` (created) with `generations` (named `g0`, `g1`, ...)
-    /// and `hosts`, and commits it. `fleet_nix` is Waymark's nix/lib/fleet.nix.
-    pub fn create(
-        dir: &Path,
-        fleet_nix: &Path,
-        generations: &[&Generation],
-        hosts: Vec<FlakeHost>,
-    ) -> Result<Self> {
+    /// and `hosts`, and commits it. Its `waymark` output is Waymark's nix/lib/fleet.nix.
+    pub fn create(dir: &Path, generations: &[&Generation], hosts: Vec<FlakeHost>) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Write {
             path: dir.to_owned(),
             source,
         })?;
         crate::write_generations(dir, generations)?;
-        std::fs::copy(fleet_nix, dir.join("fleet.nix")).map_err(|source| Error::Write {
-            path: dir.join("fleet.nix"),
-            source,
-        })?;
+        write(&dir.join("fleet.nix"), FLEET_NIX)?;
         write(
             &dir.join("flake.nix"),
             &format!(

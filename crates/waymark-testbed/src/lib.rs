@@ -17,6 +17,7 @@ mod cmd;
 mod error;
 pub mod fixtures;
 mod fleet_flake;
+pub mod lab;
 pub mod model;
 mod sim;
 mod ssh;
@@ -29,6 +30,7 @@ use serde::Serialize;
 
 pub use error::{Error, Result};
 pub use fleet_flake::{FlakeHost, FleetFlake, command_check};
+pub use lab::{Lab, target_decl};
 pub use model::{Generation, Pkg};
 pub use sim::{SimFleet, SimHost};
 pub use ssh::SshHost;

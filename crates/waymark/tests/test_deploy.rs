@@ -4,151 +4,73 @@
 //! its marks, the report and the exit status. Needs root, as CI has.
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use waymark_testbed::{FlakeHost, FleetFlake, SimFleet, command_check, fixtures};
+use waymark_testbed::{Lab, command_check, target_decl};
 
 use crate::common::{Run, run};
 
 const WAYMARK: &str = env!("CARGO_BIN_EXE_waymark");
 
-/// A builder and targets running `g0`; the flake gives the targets `g0` too.
-pub struct Lab {
-    pub dir: tempfile::TempDir,
-    pub fleet: SimFleet,
-    pub flake: FleetFlake,
-    /// Toplevels of g0, g1 (built on the builder).
-    pub g: Vec<String>,
+/// A lab with a builder and `targets`, all running `g0`; kept with its directory.
+pub struct TestLab {
+    pub lab: Lab,
+    _dir: tempfile::TempDir,
 }
 
-/// The deploy attributes of a target built on `builder`.
-pub fn target_decl(extra: &str) -> String {
-    format!(r#"{{ buildHost = "builder"; confirmTimeout = 3; }} // {{ {extra} }}"#)
+impl std::ops::Deref for TestLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
 }
 
-impl Lab {
+impl std::ops::DerefMut for TestLab {
+    fn deref_mut(&mut self) -> &mut Lab {
+        &mut self.lab
+    }
+}
+
+impl TestLab {
     pub fn new(targets: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut fleet = SimFleet::new(dir.path()).unwrap();
-        fleet
-            .start("builder")
-            .expect("starting a simulated host (needs root and openssh-server)");
-        for t in targets {
-            fleet.start(t).unwrap();
-        }
-        let mut failing = fixtures::web_gen2();
-        failing.version.push_str("-failing");
-        failing.fail = vec!["test".into()];
-        let mut hosts = vec![FlakeHost {
-            name: "builder".into(),
-            deploy: format!(
-                "{{ signingKeyFile = {:?}; }}",
-                fleet.signing_key().display().to_string()
-            ),
-            generation: None,
-        }];
-        hosts.extend(targets.iter().map(|t| FlakeHost {
-            name: (*t).to_owned(),
-            deploy: target_decl(""),
-            generation: Some("g0".into()),
-        }));
-        let flake = FleetFlake::create(
-            &dir.path().join("flake"),
-            Path::new(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../nix/lib/fleet.nix"
-            )),
-            &[&fixtures::web_gen1(), &fixtures::web_gen2(), &failing],
-            hosts,
-        )
-        .unwrap();
-        let g = fleet
-            .build(
-                "builder",
-                &flake.dir().join("generations.nix"),
-                &["g0", "g1", "g2"],
-            )
-            .unwrap();
-        for t in targets {
-            fleet.install("builder", t, &g[0]).unwrap();
-        }
-        Self {
-            dir,
-            fleet,
-            flake,
-            g,
-        }
+        let lab = Lab::new(dir.path(), targets, Path::new(WAYMARK)).expect(
+            "starting simulated hosts (needs root, openssh-server, nix-bin, busybox-static)",
+        );
+        Self { lab, _dir: dir }
     }
 
-    pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("deployer-state")
-    }
-
-    /// `waymark ARGS` as the deploying machine runs it.
-    pub fn waymark(&self, args: &[&str]) -> Command {
-        let mut cmd = self.fleet.deployer_command(Path::new(WAYMARK)).unwrap();
-        cmd.args(args)
-            .arg("--flake")
-            .arg(self.flake.dir())
-            .env(
-                "WAYMARK_REMOTE_COMMAND",
-                format!("WAYMARK_STATE_DIR=/nix/var/waymark {WAYMARK}"),
-            )
-            .env("WAYMARK_STATE_DIR", self.state_dir())
-            .env_remove("WAYMARK_FAULT");
-        cmd
+    pub fn g(&self, i: usize) -> &String {
+        &self.lab.generations[i]
     }
 
     pub fn deploy(&self, args: &[&str]) -> Run {
-        let mut all = vec!["deploy", "--json"];
+        let mut all = vec!["--json"];
         all.extend_from_slice(args);
-        run(self.waymark(&all))
+        run(self.lab.deploy_command(&all).unwrap())
     }
 
     pub fn deploy_with_fault(&self, fault: &str, args: &[&str]) -> Run {
-        let mut all = vec!["deploy", "--json"];
+        let mut all = vec!["--json"];
         all.extend_from_slice(args);
-        let mut cmd = self.waymark(&all);
+        let mut cmd = self.lab.deploy_command(&all).unwrap();
         cmd.env("WAYMARK_FAULT", fault);
         run(cmd)
     }
 
     pub fn exec(&self, host: &str, line: &str) -> String {
-        self.fleet.exec(host, line).unwrap().trim().to_owned()
+        self.lab.exec(host, line).unwrap()
     }
 
-    /// What the target runs, its profile, and its boot default.
     pub fn system(&self, host: &str) -> (String, String, String) {
-        let out = self.exec(
-            host,
-            "readlink -e /run/current-system; readlink -e /nix/var/nix/profiles/system; \
-             readlink -e /run/waymark-testbed/boot-system || echo none",
-        );
-        let mut l = out.lines().map(str::to_owned);
-        (
-            l.next().unwrap_or_default(),
-            l.next().unwrap_or_default(),
-            l.next().unwrap_or_default(),
-        )
+        self.lab.system(host).unwrap()
     }
 
-    /// The target's known-good closures, oldest first.
     pub fn marks(&self, host: &str, on: &str) -> Vec<String> {
-        let out = self.exec(
-            on,
-            &format!("WAYMARK_STATE_DIR=/nix/var/waymark {WAYMARK} known-good list --json"),
-        );
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v["marks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["target"] == host)
-            .map(|m| m["closure"].as_str().unwrap().to_owned())
-            .collect()
+        self.lab.marks(host, on).unwrap()
     }
 }
 
@@ -185,8 +107,8 @@ fn explain(r: &Run) -> String {
 
 #[test]
 fn first_deploy_no_change_drift_and_rollback() {
-    let mut lab = Lab::new(&["web1"]);
-    let (g0, g1) = (&lab.g[0], &lab.g[1]);
+    let mut lab = TestLab::new(&["web1"]);
+    let (g0, g1) = (&lab.g(0).clone(), &lab.g(1).clone());
     let before = lab.fleet.connections("web1");
 
     // Gate by gate to known-good; the first deploy restores to what ran.
@@ -293,7 +215,7 @@ fn first_deploy_no_change_drift_and_rollback() {
 }
 
 /// Asserts the target is untouched: runs g0, profile and boot entry on g0, no marks.
-fn assert_untouched(lab: &Lab, r: &Run, gate: &str, code: i32, words: &str) {
+fn assert_untouched(lab: &TestLab, r: &Run, gate: &str, code: i32, words: &str) {
     assert_eq!(r.code, code, "{}", explain(r));
     let ev = events(r);
     let report = host_report(&ev, "web1");
@@ -302,7 +224,7 @@ fn assert_untouched(lab: &Lab, r: &Run, gate: &str, code: i32, words: &str) {
         report["message"].as_str().unwrap().contains(words),
         "{report}"
     );
-    let g0 = &lab.g[0];
+    let g0 = &lab.g(0).clone();
     assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
     assert!(
         lab.marks("web1", "web1").is_empty(),
@@ -316,7 +238,7 @@ fn assert_untouched(lab: &Lab, r: &Run, gate: &str, code: i32, words: &str) {
 
 #[test]
 fn failures_before_activation_leave_the_target_alone() {
-    let mut lab = Lab::new(&["web1"]);
+    let mut lab = TestLab::new(&["web1"]);
 
     lab.flake.set_generation("web1", "broken").unwrap();
     let r = lab.deploy(&["web1"]);
@@ -352,7 +274,7 @@ fn failures_before_activation_leave_the_target_alone() {
 
 #[test]
 fn failures_after_activation_restore_the_previous_closure() {
-    let mut lab = Lab::new(&["web1"]);
+    let mut lab = TestLab::new(&["web1"]);
     lab.flake.set_generation("web1", "g2").unwrap();
     // g2's switch test fails (planted in the closure).
     let r = lab.deploy(&["web1"]);
@@ -388,7 +310,7 @@ fn failures_after_activation_restore_the_previous_closure() {
 
 #[test]
 fn a_confirmation_that_never_arrives_or_arrives_late_is_never_success() {
-    let mut lab = Lab::new(&["web1"]);
+    let mut lab = TestLab::new(&["web1"]);
     lab.flake.set_generation("web1", "g1").unwrap();
 
     // The new connection cannot be made after the switch: the target restores itself.
@@ -408,8 +330,8 @@ fn a_confirmation_that_never_arrives_or_arrives_late_is_never_success() {
 
 /// Runs a deploy, SIGKILLs it once `gate` started (plus `after`), and waits for the
 /// target's agent to finish on its own.
-fn kill_during(lab: &Lab, fault: &str, gate: &str, after: Duration) {
-    let mut cmd = lab.waymark(&["deploy", "--json", "web1"]);
+fn kill_during(lab: &TestLab, fault: &str, gate: &str, after: Duration) {
+    let mut cmd = lab.deploy_command(&["--json", "web1"]).unwrap();
     cmd.env("WAYMARK_FAULT", fault)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -445,7 +367,7 @@ fn kill_during(lab: &Lab, fault: &str, gate: &str, after: Duration) {
 
 #[test]
 fn a_killed_deployer_leaves_the_previous_closure_running() {
-    let mut lab = Lab::new(&["web1"]);
+    let mut lab = TestLab::new(&["web1"]);
     lab.flake
         .set_deploy(
             "web1",
@@ -456,7 +378,7 @@ fn a_killed_deployer_leaves_the_previous_closure_running() {
         )
         .unwrap();
     lab.flake.set_generation("web1", "g1").unwrap();
-    let g0 = &lab.g[0];
+    let g0 = &lab.g(0).clone();
 
     // In gate 4, during the health checks.
     kill_during(&lab, "slow-health", "test", Duration::from_millis(1500));
@@ -477,12 +399,12 @@ fn a_killed_deployer_leaves_the_previous_closure_running() {
     // The next deploy goes through.
     let r = lab.deploy(&["web1"]);
     assert_eq!(r.code, 0, "{}", explain(&r));
-    assert_eq!(lab.system("web1").0, lab.g[1]);
+    assert_eq!(lab.system("web1").0, *lab.g(1));
 }
 
 #[test]
 fn bad_input_is_refused_before_anything_runs() {
-    let mut lab = Lab::new(&["web1"]);
+    let mut lab = TestLab::new(&["web1"]);
     let r = lab.deploy(&["nosuchhost"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("unknown host nosuchhost"), "{}", r.stderr);
@@ -492,5 +414,5 @@ fn bad_input_is_refused_before_anything_runs() {
     let r = lab.deploy(&["web1"]);
     assert_eq!(r.code, 2, "{}", explain(&r));
     assert!(r.stdout.contains("signingKeyFile"), "{}", r.stdout);
-    assert_eq!(lab.system("web1").0, lab.g[0]);
+    assert_eq!(lab.system("web1").0, *lab.g(0));
 }

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use waymark_deploy::{
-    Deployer, Event, Goal, HostReport, HostResult, Interaction, Mode, SCHEMA, Settings, Sink, Ssh,
-    now,
+    Deployer, Event, FleetOptions, Goal, HostReport, HostResult, Interaction, Mode, SCHEMA,
+    Settings, Sink, Ssh, now,
 };
 use waymark_diff::DiffReport;
 
@@ -92,15 +92,51 @@ pub struct DeployOptions {
 /// failed or could not be verified: needs a human.
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// The host to deploy (a name from `waymark fleet`), or `rollback HOST` to redeploy
-    /// a known-good closure (gates 2-5, no build): the latest, or --to MARK
-    #[arg(required = true, num_args = 1..=2, value_name = "HOST")]
+    /// Hosts to deploy (names from `waymark fleet`), or `rollback HOST` to redeploy a
+    /// known-good closure (gates 2-5, no build): the latest, or --to MARK
+    #[arg(value_name = "HOST")]
     pub words: Vec<String>,
+    /// Select hosts: names, @tag, globs (web-*), comma-separated; `-` reads names from stdin
+    #[arg(long, value_name = "SELECTION", value_delimiter = ',')]
+    pub on: Vec<String>,
     /// With `rollback`: the mark to redeploy (`previous`: the one before the latest)
     #[arg(long, value_name = "MARK")]
     pub to: Option<String>,
+    /// Hosts deployed at the same time
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// Stop starting hosts after this many failed (the rest are skipped, untouched)
+    #[arg(long, value_name = "N")]
+    pub max_failures: Option<usize>,
+    /// Deploy this many hosts first; the others only if all of them pass
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u16).range(1..))]
+    pub canary: Option<u16>,
     #[command(flatten)]
     pub options: DeployOptions,
+}
+
+/// The hosts the command line names, or every host where the fleet allows it.
+fn selection(args: &DeployArgs, fleet: &waymark_fleet::Fleet) -> anyhow::Result<Vec<String>> {
+    let mut items: Vec<String> = args.words.clone();
+    for item in &args.on {
+        if item == "-" {
+            let mut names = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut names)
+                .context("reading host names from stdin")?;
+            items.extend(names.split_whitespace().map(str::to_owned));
+        } else {
+            items.push(item.clone());
+        }
+    }
+    if items.is_empty() {
+        if fleet.settings.deploy_all {
+            return Ok(fleet.waves.iter().flatten().cloned().collect());
+        }
+        bail!(
+            "no hosts selected: name them, or use --on @tag / --on 'glob*' / --on - (deploying every host at once needs `lib.fleetWith {{ deployAll = true; }}`)"
+        );
+    }
+    Ok(fleet.select(&items)?)
 }
 
 /// Prints events: JSON Lines on stdout, or one line per gate on stderr.
@@ -239,25 +275,32 @@ fn control_dir() -> anyhow::Result<tempfile::TempDir> {
 
 pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatus> {
     let opts = &args.options;
-    let (host, mode) = match args.words.as_slice() {
-        [verb, host] if verb == "rollback" => (
-            host.clone(),
-            Mode::Rollback {
-                to: args.to.clone(),
-            },
-        ),
-        [host] if args.to.is_none() => (host.clone(), Mode::Deploy),
-        [_] => bail!("--to goes with `waymark deploy rollback HOST`"),
-        _ => bail!(
-            "expected `waymark deploy HOST` or `waymark deploy rollback HOST`, got {}",
-            args.words.join(" ")
-        ),
+    let rollback = match args.words.as_slice() {
+        [verb, host] if verb == "rollback" => Some(host.clone()),
+        [verb, ..] if verb == "rollback" => {
+            bail!("usage: waymark deploy rollback HOST [--to MARK]")
+        }
+        _ if args.to.is_some() => bail!("--to goes with `waymark deploy rollback HOST`"),
+        _ => None,
+    };
+    let mode = match &rollback {
+        Some(_) => Mode::Rollback {
+            to: args.to.clone(),
+        },
+        None => Mode::Deploy,
     };
     if opts.ask && !std::io::stdin().is_terminal() {
         bail!("--ask needs a terminal on stdin to answer on");
     }
     let fleet = read_fleet(&opts.flake)?;
-    fleet.host(&host)?;
+    let hosts = match &rollback {
+        Some(host) => {
+            fleet.host(host)?;
+            vec![host.clone()]
+        }
+        None => selection(args, &fleet)?,
+    };
+    let plan = fleet.plan(&hosts)?;
     let flake_dir = local_flake_dir(&opts.flake);
     let rev = match (&opts.rev, &mode, &flake_dir) {
         (Some(r), _, _) => Some(r.clone()),
@@ -311,9 +354,24 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         show: !opts.json,
     };
     let deployer = Deployer::new(&fleet, ssh, settings, &printer, &terminal);
-    let report = deployer.deploy_host(&host, &mode);
+    let reports = if let Mode::Rollback { .. } = mode {
+        vec![deployer.deploy_host(&hosts[0], &mode)]
+    } else {
+        deployer.deploy_fleet(
+            &plan,
+            FleetOptions {
+                // One question at a time.
+                parallel: if opts.ask {
+                    1
+                } else {
+                    usize::from(args.parallel)
+                },
+                max_failures: args.max_failures,
+                canary: args.canary.map(usize::from),
+            },
+        )
+    };
     deployer.close();
-    let reports = vec![report];
     let worst = reports
         .iter()
         .fold(HostResult::Unchanged, |w, r| w.worst(r.result));
