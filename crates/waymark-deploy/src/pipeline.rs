@@ -1467,7 +1467,8 @@ fi
         }
         self.write_record(&record)
             .map_err(|e| committed(format!("writing the deploy record here failed: {e}")))?;
-        if run.host.tag_releases {
+        // A rollback redeploys an old release; release branches only move forward.
+        if run.host.tag_releases && build_at.is_some() {
             match &self.settings.release_repo {
                 Some(repo) => match waymark_release::Releases::open(repo).and_then(|r| {
                     r.tag(&waymark_release::TagRequest {

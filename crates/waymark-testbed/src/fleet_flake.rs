@@ -115,6 +115,9 @@ impl FleetFlake {
         };
         flake.write_hosts()?;
         git(dir, &["init", "-q", "-b", "main"])?;
+        // Release tags name a tagger.
+        git(dir, &["config", "user.name", "Waymark Lab"])?;
+        git(dir, &["config", "user.email", "lab@waymark.invalid"])?;
         flake.commit("fleet")?;
         Ok(flake)
     }

@@ -5,28 +5,186 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Args;
 use waymark_store::{LocalStore, Store};
-use waymark_testbed::{PrivateStore, build_pair, fixtures, set_profile};
+use waymark_testbed::{
+    Lab, PrivateStore, build_pair, command_check, fixtures, set_profile, target_decl,
+};
 
 use super::Global;
 use super::diff::{DiffArgs, OutputFormat, compute, print};
 use crate::ExitStatus;
 
-/// Build two demo system closures in a private store and diff them
+/// Deploy a throw-away local fleet through the gates, with a failure and a rollback
 ///
-/// Needs only Nix and a static busybox (`WAYMARK_BUSYBOX`, or Debian's busybox-static):
-/// no nixpkgs, no network, no root. The store is left in the directory named at the end,
-/// so you can look around and run `waymark diff` on it yourself.
+/// Starts a build host and three targets on this machine, each with its own Nix store
+/// and sshd on 127.0.0.1 (mount namespaces: needs root), deploys generation 1 to all,
+/// then generation 2 where one host's switch test fails, then rolls one host back.
+/// Needs only Nix, OpenSSH and a static busybox: no nixpkgs, no network. Stops only the
+/// processes it started and leaves its state in the directory it names.
+///
+/// Without root, or with --diff-only: builds two generations of a host in a private
+/// store and diffs them.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Directory for the demo's private store (default: a new directory under $TMPDIR)
+    /// Directory for the demo's state (default: a new directory under $TMPDIR)
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Print the diff as JSON
+    /// Only build two closures in a private store and diff them (no root needed)
+    #[arg(long)]
+    pub diff_only: bool,
+    /// With --diff-only: print the diff as JSON
     #[arg(long)]
     pub json: bool,
 }
 
+fn is_root() -> bool {
+    // The demo's hosts need mount namespaces; `id -u` avoids unsafe libc calls.
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
 pub fn cmd_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
+    if !args.diff_only && !args.json {
+        if is_root() {
+            return fleet_demo(global, args);
+        }
+        global.printer.info(
+            "The fleet demo needs root (each simulated host gets its own /nix in a mount namespace).
+Running the closure-diff demo instead; run as root for the deploy demo.
+",
+        );
+    }
+    diff_demo(global, args)
+}
+
+/// Runs one step of the fleet demo: `waymark deploy ARGS` in the deployer's namespace,
+/// its output shown as is.
+fn step(lab: &Lab, p: crate::printer::Printer, what: &str, args: &[&str]) -> anyhow::Result<i32> {
+    p.info(format_args!(
+        "\n==> {what}\n    waymark deploy {}\n",
+        args.join(" ")
+    ));
+    let status = lab
+        .deploy_command(args)
+        .context("preparing the deployer")?
+        .status()
+        .context("running waymark deploy")?;
+    Ok(status.code().unwrap_or(-1))
+}
+
+fn fleet_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
+    let p = global.printer;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => tempfile::Builder::new()
+            .prefix("waymark-demo-")
+            .tempdir()
+            .context("creating the demo directory")?
+            .keep(),
+    };
+    let me = std::env::current_exe().context("finding the waymark binary")?;
+    p.info(format_args!(
+        "Starting a build host `builder` and targets `db`, `web1`, `web2` in {}:\neach has its own /nix (store, profiles, GC roots), its own /run and an sshd on 127.0.0.1.\nThe targets run an installed system (generation 1), not yet known-good.",
+        dir.display()
+    ));
+    let mut lab = Lab::new(&dir, &["db", "web1", "web2"], &me)
+        .context("starting the demo fleet (needs root, openssh-server, nix-bin, busybox-static)")?;
+    lab.flake.set_deploy(
+        "db",
+        &target_decl(r#"tags = [ "data" ]; tagReleases = true;"#),
+    )?;
+    for web in ["web1", "web2"] {
+        lab.flake.set_deploy(
+            web,
+            &target_decl(&format!(
+                r#"tags = [ "edge" ]; dependsOn = [ "db" ]; tagReleases = true; healthChecks = [ {} ];"#,
+                command_check("web-responds", "test -e /run/current-system/nixos-version", 5)
+            )),
+        )?;
+    }
+    p.info(format_args!(
+        "The fleet's flake (a git repository) is in {}; `waymark fleet --flake {}` shows it.\nweb1 and web2 depend on db, so db goes first.",
+        lab.flake.dir().display(),
+        lab.flake.dir().display()
+    ));
+
+    step(
+        &lab,
+        p,
+        "Generation 1 to every host: the running system earns its known-good mark",
+        &["--on", "@data,@edge"],
+    )?;
+
+    for h in ["db", "web1"] {
+        lab.flake.set_generation(h, "g1")?;
+    }
+    lab.flake.set_generation("web2", "g2")?;
+    p.info(
+        "\nGeneration 2: openssl, linux and more move; web2's generation 2 fails its switch test.",
+    );
+    step(
+        &lab,
+        p,
+        "What generation 2 changes on web1, against what web1 runs (the diff gate only)",
+        &["web1", "--goal", "diff"],
+    )?;
+    let code = step(
+        &lab,
+        p,
+        "Generation 2 to every host: web2 fails and is restored; db and web1 advance",
+        &["--on", "db,web*"],
+    )?;
+    p.info(format_args!(
+        "    (exit status {code}: a gate failed and the host was restored)"
+    ));
+
+    step(
+        &lab,
+        p,
+        "Roll web1 back to its previous known-good closure (gates 2-5, nothing built)",
+        &["rollback", "web1", "--to", "previous"],
+    )?;
+
+    let mut report = String::from("\n==> Where things stand\n");
+    for h in ["db", "web1", "web2"] {
+        let (running, _, _) = lab.system(h)?;
+        let generation = lab
+            .generations
+            .iter()
+            .position(|g| *g == running)
+            .map_or_else(
+                || "?".to_owned(),
+                |i| format!("generation {}", i.min(1) + 1),
+            );
+        let marks = lab.marks(h, h)?.len();
+        report.push_str(&format!(
+            "    {h:<5} runs {generation}, {marks} known-good marks\n"
+        ));
+    }
+    let tags = std::process::Command::new("git")
+        .arg("-C")
+        .arg(lab.flake.dir())
+        .args(["tag", "--list", "release/*"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    report.push_str("    release tags (only for what passed):\n");
+    for t in tags.lines() {
+        report.push_str(&format!("      {t}\n"));
+    }
+    p.info(report);
+    p.info(format_args!(
+        "The demo's state stays in {d}: the hosts' stores under {d}/hosts/*/nix, the flake in {f},\nthe deploy records in {s}. Its sshd processes are stopped now.",
+        d = dir.display(),
+        f = lab.flake.dir().display(),
+        s = lab.state_dir().display(),
+    ));
+    drop(lab);
+    Ok(ExitStatus::Success)
+}
+
+fn diff_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
     let p = global.printer;
     let dir = match &args.dir {
         Some(d) => d.clone(),
