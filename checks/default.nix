@@ -132,11 +132,11 @@ in
     # PATH its applets would shadow the builder's coreutils, sed and tar.
     nativeCheckInputs = [ pkgs.nix ];
     env.WAYMARK_BUSYBOX = "${pkgs.pkgsStatic.busybox}/bin/busybox";
-    # Three tests need what the build sandbox does not have, and run in
+    # Some tests need what the build sandbox does not have, and run in
     # `.ci/run` instead: a real sshd (no /run/sshd, no loopback login), and
     # mount namespaces (a read-only bind mount; simulated hosts with their own
-    # /nix), which need root.
-    command = "cargo test --workspace --frozen -- --skip test_diff_remote::old_side_on_a_remote_host --skip test_known_good::no_permission_to_write_the_roots_directory --skip test_sim_fleet::";
+    # /nix: the deploy and fleet-demo tests), which need root.
+    command = "cargo test --workspace --frozen -- --skip test_diff_remote::old_side_on_a_remote_host --skip test_known_good::no_permission_to_write_the_roots_directory --skip test_sim_fleet:: --skip test_deploy --skip test_demo::fleet_demo";
   };
 
   clippy = cargoCheck "clippy" {

@@ -1,6 +1,4 @@
 # `nix run .#<name>` runs `waymark <name>`; `default` runs the demo.
-# `deploy` joins once the CLI has that subcommand: an app for a missing
-# subcommand would only fail.
 {
   self,
   system,
@@ -22,7 +20,9 @@ let
 in
 {
   inherit demo;
+  deploy = mkApp "deploy" "Deploy hosts through the gates; only what passed every gate is known-good";
   diff = mkApp "diff" "Show what changes between two NixOS system closures";
+  fleet = mkApp "fleet" "Show the fleet's deployable hosts, their declarations and the deploy order";
   known-good = mkApp "known-good" "Manage known-good marks: GC-rooted closures that passed every gate";
   release = mkApp "release" "Manage release tags and fast-forward-only release branches";
   default = demo;
