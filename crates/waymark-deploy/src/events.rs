@@ -89,6 +89,9 @@ pub struct HostReport {
     pub ssh_connections: u32,
     /// Time spent in Nix's own work (evaluation excluded): building and copying.
     pub nix_ms: u64,
+    /// Time spent waiting on the hosts: SSH round trips and what runs there
+    /// (activation, health checks, marking).
+    pub remote_ms: u64,
 }
 
 /// One line of the event stream.
@@ -153,6 +156,8 @@ pub enum Event {
         at: String,
         /// Per host, in deploy order.
         hosts: Vec<HostReport>,
+        /// Time the fleet's evaluation took (`nix eval`), before any host started.
+        eval_ms: u64,
         /// The process's exit status.
         exit_code: u8,
     },

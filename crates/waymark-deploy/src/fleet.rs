@@ -188,6 +188,7 @@ impl Deployer<'_> {
             duration_ms: 0,
             ssh_connections: 0,
             nix_ms: 0,
+            remote_ms: 0,
         };
         self.sink().emit(Event::Host {
             schema: SCHEMA,

@@ -134,6 +134,7 @@ struct Run<'h> {
     fresh_connections: u32,
     masters_opened: u32,
     nix_time: Duration,
+    remote_time: Duration,
     notes: Vec<String>,
 }
 
@@ -248,13 +249,17 @@ impl<'a> Deployer<'a> {
         input: Option<&[u8]>,
     ) -> Reply {
         run.masters_opened += self.opened(host);
-        self.ssh
+        let started = Instant::now();
+        let reply = self
+            .ssh
             .run_with_input(host, script, input)
             .unwrap_or_else(|e| Reply {
                 code: 255,
                 stdout: String::new(),
                 stderr: e.to_string(),
-            })
+            });
+        run.remote_time += started.elapsed();
+        reply
     }
 
     /// Notes that a master connection to `host` is used: 1 the first time, else 0.
@@ -433,6 +438,7 @@ fi
                 duration_ms: 0,
                 ssh_connections: 0,
                 nix_ms: 0,
+                remote_ms: 0,
             };
         };
         let mut run = Run {
@@ -452,6 +458,7 @@ fi
             fresh_connections: 0,
             masters_opened: 0,
             nix_time: Duration::ZERO,
+            remote_time: Duration::ZERO,
             notes: Vec::new(),
         };
         let (result, message) = match self.pipeline(&mut run, mode) {
@@ -471,6 +478,7 @@ fi
             duration_ms: ms(started.elapsed()),
             ssh_connections: run.masters_opened + run.fresh_connections,
             nix_ms: ms(run.nix_time),
+            remote_ms: ms(run.remote_time),
         };
         self.sink.emit(Event::Host {
             schema: SCHEMA,
@@ -820,6 +828,8 @@ echo "marks-follow=yes"
                     &target,
                     &format!("nix-store --realise {} --quiet", q(&drv)),
                 );
+                // Nix's work, not waiting on the host.
+                run.remote_time = run.remote_time.saturating_sub(started.elapsed());
                 run.nix_time += started.elapsed();
                 if r.code != 0 {
                     return Err(failed("building on the target", r.last_error()));
@@ -1327,8 +1337,12 @@ fi
                 stderr: "ssh: connect to host: Connection refused (WAYMARK_FAULT)".into(),
             })
         } else {
-            self.ssh
-                .run_fresh(&target, &script, Duration::from_secs(10))
+            let started = Instant::now();
+            let reply = self
+                .ssh
+                .run_fresh(&target, &script, Duration::from_secs(10));
+            run.remote_time += started.elapsed();
+            reply
         };
         let r = reply.unwrap_or_else(|e| Reply {
             code: 255,

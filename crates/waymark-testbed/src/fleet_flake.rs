@@ -145,11 +145,18 @@ impl FleetFlake {
 
     /// Gives `host` another generation and commits; returns the new commit.
     pub fn set_generation(&mut self, host: &str, generation: &str) -> Result<String> {
-        if let Some(h) = self.hosts.get_mut(host) {
-            h.generation = Some(generation.to_owned());
+        self.set_generations(&[host], generation)
+    }
+
+    /// Gives `hosts` another generation in one commit; returns it.
+    pub fn set_generations(&mut self, hosts: &[&str], generation: &str) -> Result<String> {
+        for host in hosts {
+            if let Some(h) = self.hosts.get_mut(*host) {
+                h.generation = Some(generation.to_owned());
+            }
         }
         self.write_hosts()?;
-        self.commit(&format!("{host}: {generation}"))
+        self.commit(&format!("{}: {generation}", hosts.join(", ")))
     }
 
     /// Replaces `host`'s deploy attributes and commits; returns the new commit.

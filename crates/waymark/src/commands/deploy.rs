@@ -292,7 +292,9 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
     if opts.ask && !std::io::stdin().is_terminal() {
         bail!("--ask needs a terminal on stdin to answer on");
     }
+    let eval_started = std::time::Instant::now();
     let fleet = read_fleet(&opts.flake)?;
+    let eval_ms = waymark_deploy::ms(eval_started.elapsed());
     let hosts = match &rollback {
         Some(host) => {
             fleet.host(host)?;
@@ -380,6 +382,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
             schema: SCHEMA,
             at: now(),
             hosts: reports,
+            eval_ms,
             exit_code: worst.exit_code(),
         });
     } else {

@@ -1,0 +1,161 @@
+//! Times `waymark deploy` on simulated hosts (a build host and N targets, each with its
+//! own /nix and sshd): one host through the five gates, a no-change redeploy, and fleets
+//! with `--parallel` equal to their size and 1. Prints JSON on stdout; bench/deploy.sh
+//! puts it beside deploy-rs. Needs root (mount namespaces).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+use waymark_testbed::Lab;
+
+/// Time waymark deploy on simulated hosts
+#[derive(Debug, Parser)]
+struct Args {
+    /// The waymark binary
+    #[arg(long)]
+    waymark: PathBuf,
+    /// Directory of the lab (created)
+    #[arg(long)]
+    dir: PathBuf,
+    /// Runs per figure
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Fleet sizes to time
+    #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
+    fleets: Vec<usize>,
+}
+
+/// One deploy: wall time and the summary event, with `gates`: seconds per gate of the
+/// first host.
+fn deploy(lab: &Lab, args: &[&str]) -> anyhow::Result<(f64, Value)> {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let mut cmd: Command = lab.deploy_command(&all)?;
+    let started = Instant::now();
+    let out = cmd.output().context("running waymark deploy")?;
+    let wall = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    let mut summary = events
+        .iter()
+        .find(|e| e["event"] == "summary")
+        .cloned()
+        .with_context(|| format!("no summary: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let first = summary["hosts"][0]["host"].clone();
+    let gates: serde_json::Map<String, Value> = events
+        .iter()
+        .filter(|e| e["event"] == "end" && e["host"] == first)
+        .map(|e| {
+            (
+                e["gate"].as_str().unwrap_or("?").to_owned(),
+                json!(ms(e, "duration_ms")),
+            )
+        })
+        .collect();
+    summary["gates"] = Value::Object(gates);
+    if summary["exit_code"] != 0 {
+        bail!("deploy {args:?} failed: {summary}");
+    }
+    Ok((wall, summary))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn ms(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(0.0) / 1000.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let biggest = args.fleets.iter().copied().max().unwrap_or(1).max(1);
+    let names: Vec<String> = (1..=biggest).map(|i| format!("t{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    eprintln!("starting a build host and {biggest} targets in {}", args.dir.display());
+    let mut lab = Lab::new(&args.dir, &refs, &args.waymark).context("starting the lab")?;
+
+    // One host, every gate; the generation flips each run.
+    let mut single = Vec::new();
+    for run in 0..args.runs {
+        let generation = if run % 2 == 0 { "g1" } else { "g0" };
+        lab.flake.set_generation("t01", generation)?;
+        let (wall, summary) = deploy(&lab, &["t01"])?;
+        let host = &summary["hosts"][0];
+        single.push(json!({
+            "wall_s": wall,
+            "eval_s": ms(&summary, "eval_ms"),
+            "host_s": ms(host, "duration_ms"),
+            "nix_s": ms(host, "nix_ms"),
+            "remote_s": ms(host, "remote_ms"),
+            "ssh_connections": host["ssh_connections"],
+            "result": host["result"],
+            "gates": summary["gates"],
+        }));
+        eprintln!("one host, run {run}: {wall:.2} s");
+    }
+    let mut unchanged = Vec::new();
+    for _ in 0..args.runs {
+        let (wall, summary) = deploy(&lab, &["t01"])?;
+        if summary["hosts"][0]["result"] != "unchanged" {
+            bail!("a redeploy of the same closure was not a no-op: {summary}");
+        }
+        unchanged.push(wall);
+    }
+
+    let mut fleets = Vec::new();
+    for &n in &args.fleets {
+        let hosts = &refs[..n];
+        let on = hosts.join(",");
+        for parallel in [n, 1] {
+            let mut walls = Vec::new();
+            let mut connections = 0u64;
+            for run in 0..args.runs {
+                let generation = if run % 2 == 0 { "g1" } else { "g0" };
+                // Every host gets a change (t01 may be on either generation).
+                lab.flake.set_generations(hosts, generation)?;
+                let (wall, summary) =
+                    deploy(&lab, &["--on", &on, "--parallel", &parallel.to_string()])?;
+                connections = summary["hosts"]
+                    .as_array()
+                    .map(|h| h.iter().filter_map(|r| r["ssh_connections"].as_u64()).max().unwrap_or(0))
+                    .unwrap_or(0);
+                walls.push(wall);
+                eprintln!("{n} hosts, --parallel {parallel}, run {run}: {wall:.2} s");
+            }
+            fleets.push(json!({
+                "hosts": n, "parallel": parallel, "wall_s": median(walls),
+                "max_ssh_connections_per_host": connections,
+            }));
+        }
+        // Leave every host on g0 or g1 consistently for the next size.
+        lab.flake.set_generations(hosts, "g0")?;
+        deploy(&lab, &["--on", &on, "--parallel", &n.to_string()])?;
+    }
+
+    let col = |key: &str| median(single.iter().map(|r| r[key].as_f64().unwrap_or(0.0)).collect());
+    let doc = json!({
+        "single": {
+            "runs": single,
+            "median_wall_s": col("wall_s"),
+            "median_eval_s": col("eval_s"),
+            "median_nix_s": col("nix_s"),
+            "median_remote_s": col("remote_s"),
+        },
+        "unchanged_median_wall_s": median(unchanged),
+        "fleets": fleets,
+    });
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    Ok(())
+}
