@@ -59,9 +59,11 @@ fi
 
 : > "$dir/window"
 state awaiting-confirmation
-deadline=$(( $(date +%s) + confirm ))
-while [ -e "$dir/window" ] && [ "$(date +%s)" -lt "$deadline" ]; do
-  sleep 0.1
+# Polled every 50 ms, counted rather than timed: no process but sleep per round.
+rounds=$(( confirm * 20 )) i=0
+while [ -e "$dir/window" ] && [ "$i" -lt "$rounds" ]; do
+  sleep 0.05
+  i=$(( i + 1 ))
 done
 if mv "$dir/window" "$dir/expired" 2> /dev/null; then
   restore confirm-timeout

@@ -78,11 +78,14 @@ impl Deployer<'_> {
             for ((name, _, _), result) in hosts.iter().zip(results) {
                 prebuilt.insert(
                     name.clone(),
-                    result.map(|()| {
-                        format!(
-                            "built on {builder} with {} others in {:.1} s",
-                            hosts.len() - 1,
-                            took.as_secs_f64()
+                    result.map(|json| {
+                        (
+                            format!(
+                                "built on {builder} with {} others in {:.1} s",
+                                hosts.len() - 1,
+                                took.as_secs_f64()
+                            ),
+                            json,
                         )
                     }),
                 );

@@ -89,8 +89,9 @@ pub struct Deployer<'a> {
     sink: &'a dyn Sink,
     interaction: &'a dyn Interaction,
     masters: Mutex<BTreeSet<String>>,
-    /// Builds done for several hosts in one call, by host: how, or why not.
-    pub(crate) prebuilt: Mutex<BTreeMap<String, Result<String, String>>>,
+    /// Builds done for several hosts in one call, by host: how and the closure's
+    /// path-info, or why not.
+    pub(crate) prebuilt: Mutex<BTreeMap<String, Result<(String, String), String>>>,
 }
 
 /// Why a host stopped before the end.
@@ -135,6 +136,19 @@ struct Run<'h> {
     masters_opened: u32,
     nix_time: Duration,
     remote_time: Duration,
+    /// `nix path-info --json --recursive` of the new closure, as the build host read it.
+    new_closure: Option<String>,
+    /// The build on the build host, done while the target was probed, and its time.
+    early_build: Option<(Result<String, String>, Duration)>,
+    /// The reply of the call that dry-activated and started the agent (gate 3 and the
+    /// start of gate 4 share one round trip).
+    launched: Option<Reply>,
+    /// Gate 3's session, started while the closure was copied.
+    held_launch: Option<crate::ssh::Held>,
+    /// Time measured in one gate that belongs to the next (the shared round trip).
+    carry: Duration,
+    /// The target's known-good record, made over the confirmation's connection.
+    target_record: Option<Record>,
     notes: Vec<String>,
 }
 
@@ -142,6 +156,8 @@ struct Run<'h> {
 #[derive(Default)]
 struct Probe {
     running: Option<String>,
+    /// `nix path-info --json --recursive` of what runs.
+    old_closure: Option<String>,
     marks: Vec<Record>,
     failed_units: Option<Vec<String>>,
 }
@@ -173,14 +189,15 @@ fn fault(point: &str) -> bool {
 /// the tail of the activation log.
 fn wait_script(dir: &str, pattern: &str, seconds: u64) -> String {
     format!(
-        r#"d={d}; end=$(( $(date +%s) + {seconds} ))
-while :; do s=$(cat "$d/state" 2>/dev/null); case "$s" in {pattern}) break ;; esac
-  [ "$(date +%s)" -lt "$end" ] || break; sleep 0.05; done
+        r#"d={d}; i=0; s=
+while :; do read -r s 2>/dev/null < "$d/state"; case "$s" in {pattern}) break ;; esac
+  [ "$i" -lt {rounds} ] || break; i=$(( i + 1 )); sleep 0.03; done
 echo "state=$s"; echo "running=$(readlink -e /run/current-system)"
 echo "profile=$(readlink -e /nix/var/nix/profiles/system)"
 tail -n 3 "$d/activate.log" "$d/commit.log" "$d/restore.log" 2>/dev/null | grep -v '^==>' | grep . | sed 's/^/log=/'
 "#,
-        d = q(dir)
+        d = q(dir),
+        rounds = seconds * 33
     )
 }
 
@@ -262,6 +279,13 @@ impl<'a> Deployer<'a> {
         reply
     }
 
+    fn is_open(&self, host: &Endpoint) -> bool {
+        self.masters
+            .lock()
+            .expect("not poisoned")
+            .contains(&host.destination())
+    }
+
     /// Notes that a master connection to `host` is used: 1 the first time, else 0.
     fn opened(&self, host: &Endpoint) -> u32 {
         u32::from(
@@ -273,20 +297,15 @@ impl<'a> Deployer<'a> {
     }
 
     /// Sends derivations to a build host, builds them there in one call (going on past
-    /// failures) and signs what was built. One result per `(drv, out)` item.
+    /// failures) and signs what was built. One result per `(drv, out)` item: the
+    /// built closure's `nix path-info --json --recursive`, read there.
     pub(crate) fn build_on(
         &self,
         builder: &Endpoint,
         key: &str,
         items: &[(String, String)],
-    ) -> Vec<Result<(), String>> {
+    ) -> Vec<Result<String, String>> {
         let all = |e: String| items.iter().map(|_| Err(e.clone())).collect();
-        let mut copy = self.nix(&["copy", "--derivation", "--to", &builder.store_url()]);
-        copy.args(items.iter().map(|(d, _)| d));
-        let mut scratch = Duration::ZERO;
-        if let Err(e) = Self::nix_output(&mut scratch, copy) {
-            return all(format!("sending the derivations to {}: {e}", builder.name));
-        }
         let drvs: Vec<String> = items.iter().map(|(d, _)| q(d)).collect();
         let outs: Vec<String> = items.iter().map(|(_, o)| q(o)).collect();
         let script = format!(
@@ -298,24 +317,49 @@ done
 if [ -n "$valid" ]; then
   nix --extra-experimental-features nix-command store sign --key-file {key} --recursive $valid >&2 || echo "unsigned=yes"
 fi
-[ $rc = 0 ] || printf 'error=%s
-' "$(printf '%s
-' "$err" | grep . | tail -n 1)"
+[ $rc = 0 ] || printf 'error=%s\n' "$(printf '%s\n' "$err" | grep . | tail -n 1)"
+for o in $valid; do
+  echo "@@closure $o"; nix --extra-experimental-features nix-command path-info --json --recursive "$o"
+done
 "#,
             drvs = drvs.join(" "),
             outs = outs.join(" "),
             key = q(key),
         );
-        self.opened(builder);
-        let r = self.ssh.run(builder, &script).unwrap_or_else(|e| Reply {
-            code: 255,
-            stdout: String::new(),
-            stderr: e.to_string(),
-        });
+        if self.opened(builder) == 1
+            && let Err(e) = self.ssh.open_master(builder)
+        {
+            return all(format!("cannot reach {}: {e}", builder.name));
+        }
+        // The build's session starts while the derivations are sent.
+        let held = self.ssh.hold(builder, &script);
+        let mut copy = self.nix(&["copy", "--derivation", "--to", &builder.store_url()]);
+        copy.args(items.iter().map(|(d, _)| d));
+        let mut scratch = Duration::ZERO;
+        if let Err(e) = Self::nix_output(&mut scratch, copy) {
+            return all(format!("sending the derivations to {}: {e}", builder.name));
+        }
+        let r = held
+            .and_then(|h| h.go(None))
+            .unwrap_or_else(|e| Reply {
+                code: 255,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            });
         if r.code != 0 {
             return all(format!("on {}: {}", builder.name, r.last_error()));
         }
-        let f = fields(&r.stdout);
+        let (head, closures) = r
+            .stdout
+            .split_once("@@closure ")
+            .map_or((r.stdout.as_str(), ""), |(h, c)| (h, c));
+        let mut json: BTreeMap<&str, &str> = BTreeMap::new();
+        for section in closures.split("@@closure ").filter(|s| !s.is_empty()) {
+            if let Some((out, body)) = section.split_once('\n') {
+                json.insert(out.trim(), body);
+            }
+        }
+        let f = fields(head);
         if field(&f, "unsigned").is_some() {
             return all(format!(
                 "signing on {} with {key} failed: {}",
@@ -327,12 +371,9 @@ fi
         let error = field(&f, "error").unwrap_or("the build failed").to_owned();
         items
             .iter()
-            .map(|(_, o)| {
-                if built.contains(&o.as_str()) {
-                    Ok(())
-                } else {
-                    Err(error.clone())
-                }
+            .map(|(_, o)| match json.get(o.as_str()) {
+                Some(j) if built.contains(&o.as_str()) => Ok((*j).to_owned()),
+                _ => Err(error.clone()),
             })
             .collect()
     }
@@ -395,8 +436,9 @@ fi
             gate,
             at: started_at.clone(),
         });
+        let carried_in = std::mem::take(&mut run.carry);
         let outcome = body(self, run);
-        let duration_ms = ms(started.elapsed());
+        let duration_ms = ms((started.elapsed() + carried_in).saturating_sub(run.carry));
         let (result, summary) = match &outcome {
             Ok((_, summary)) => (Outcome::Passed, summary.clone()),
             Err(s) => (Outcome::Failed, s.message.clone()),
@@ -459,6 +501,12 @@ fi
             masters_opened: 0,
             nix_time: Duration::ZERO,
             remote_time: Duration::ZERO,
+            new_closure: None,
+            early_build: None,
+            held_launch: None,
+            launched: None,
+            carry: Duration::ZERO,
+            target_record: None,
             notes: Vec::new(),
         };
         let (result, message) = match self.pipeline(&mut run, mode) {
@@ -533,23 +581,23 @@ fi
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   echo "units=yes"; systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{{print "failed=" $1}}'
 fi
-echo "marks-follow=yes"
+echo "@@marks"
 {waymark} known-good list --json
+running=$(readlink -e /run/current-system) && echo "@@old" &&
+  nix --extra-experimental-features nix-command path-info --json --recursive "$running"
 "#,
             waymark = self.settings.remote_waymark,
         );
         let target = run.target.clone();
         let r = self.remote(run, &target, &script);
-        if r.code == 255 && !r.stdout.contains("marks-follow=yes") {
+        if r.code == 255 && !r.stdout.contains("@@marks") {
             return Err(stop(
                 HostResult::Error,
                 format!("cannot reach {}: {}", target.destination(), r.last_error()),
             ));
         }
-        let (head, marks_json) = r
-            .stdout
-            .split_once("marks-follow=yes\n")
-            .unwrap_or((&r.stdout, ""));
+        let (head, rest) = r.stdout.split_once("@@marks\n").unwrap_or((&r.stdout, ""));
+        let (marks_json, old_json) = rest.split_once("@@old\n").unwrap_or((rest, ""));
         let f = fields(head);
         if marks_json.trim().is_empty() {
             return Err(stop(
@@ -582,6 +630,7 @@ echo "marks-follow=yes"
         marks.retain(|m| m.target == run.name);
         Ok(Probe {
             running: field(&f, "running").map(str::to_owned),
+            old_closure: (!old_json.trim().is_empty()).then(|| old_json.to_owned()),
             marks,
             failed_units: field(&f, "units").map(|_| {
                 f.get("failed")
@@ -619,7 +668,50 @@ echo "marks-follow=yes"
                 ));
             }
         }
-        let probe = self.probe(run)?;
+        // The two handshakes at once: the build host's master opens while the target
+        // is probed.
+        let builder = match &build_at {
+            Some(BuildAt::Builder { host, .. }) => Some(host.clone()),
+            _ => None,
+        };
+        // The build host builds while the target is probed (unless a batch build did it).
+        let early = match &build_at {
+            Some(BuildAt::Builder { key, .. })
+                if !self
+                    .prebuilt
+                    .lock()
+                    .expect("not poisoned")
+                    .contains_key(&run.name) =>
+            {
+                Some((key.clone(), run.drv.clone(), run.closure.clone()))
+            }
+            _ => None,
+        };
+        let (probe, early) = std::thread::scope(|scope| {
+            let early = match (&builder, early) {
+                (Some(b), Some((key, Some(drv), Some(out)))) => {
+                    // build_on opens the master; count it here, where it is known.
+                    run.masters_opened += u32::from(!self.is_open(b));
+                    Some(scope.spawn(move || {
+                        let started = Instant::now();
+                        let result = self.build_on(b, &key, &[(drv, out)]).remove(0);
+                        (result, started.elapsed())
+                    }))
+                }
+                (Some(b), _) => {
+                    if self.opened(b) == 1 {
+                        run.masters_opened += 1;
+                        scope.spawn(|| self.ssh.open_master(b));
+                    }
+                    None
+                }
+                _ => None,
+            };
+            let probe = self.probe(run);
+            (probe, early.map(|h| h.join().expect("building does not panic")))
+        });
+        run.early_build = early;
+        let probe = probe?;
         run.running.clone_from(&probe.running);
         let latest = probe.marks.last().cloned();
         if let Mode::Rollback { to } = mode {
@@ -665,10 +757,23 @@ echo "marks-follow=yes"
             ));
         }
 
+        // Gate 3's session starts while the closure is built and copied; it only runs
+        // once gates 1 and 2 passed, and never if they did not.
+        let dir = format!("/run/waymark/deploy/{}-{}", self.settings.run_id, run.name);
+        if self.settings.goal > Goal::Diff
+            && !self.settings.ask
+            && let Some(running) = &probe.running
+        {
+            let script = self.dry_launch_script(run, &dir, &closure, running);
+            run.held_launch = self.ssh.hold(&run.target, &script).ok();
+        }
+
         // Gate 1: build on the builder, copy from there to the target. A rollback only
         // copies, from the build host's known-good roots, if the target lost it.
         match &build_at {
             Some(at) => {
+                // The part done during the probe counts in the gate.
+                run.carry = run.early_build.as_ref().map_or(Duration::ZERO, |(_, t)| *t);
                 self.gate(run, Gate::Build, |d, run| d.build(run, at, &closure))?;
             }
             None => self.ensure_on_target(run, &closure)?,
@@ -688,30 +793,13 @@ echo "marks-follow=yes"
             return Ok((HostResult::Deployed, "diffed; nothing activated".into()));
         }
 
-        // Gate 3: dry-activate.
+        // Gate 3: dry-activate, in one round trip with the start of gate 4 (the agent is
+        // only started when dry-activate passed).
+        if run.held_launch.is_some() && probe.running.as_deref() != Some(rollback_to.as_str()) {
+            run.held_launch = None; // prepared for another rollback target
+        }
         self.gate(run, Gate::DryActivate, |d, run| {
-            let target = run.target.clone();
-            let r = d.remote(
-                run,
-                &target,
-                &format!(
-                    "timeout {} {}/bin/switch-to-configuration dry-activate 2>&1",
-                    run.host.activation_timeout,
-                    q(&closure)
-                ),
-            );
-            if r.code == 0 {
-                Ok(((), DryRun::parse(&r.stdout).summary()))
-            } else {
-                Err(stop(
-                    HostResult::Failed,
-                    format!(
-                        "dry-activate failed (exit {}): {}; nothing was activated",
-                        r.code,
-                        r.stdout.lines().last().unwrap_or_else(|| r.stderr.trim())
-                    ),
-                ))
-            }
+            d.dry_activate_and_launch(run, &dir, &closure, &rollback_to)
         })?;
         if self.settings.goal == Goal::DryActivate {
             return Ok((
@@ -721,7 +809,6 @@ echo "marks-follow=yes"
         }
 
         // Gates 4 and 5 under the agent's watchdog.
-        let dir = format!("/run/waymark/deploy/{}-{}", self.settings.run_id, run.name);
         self.gate(run, Gate::Test, |d, run| {
             d.switch_test(
                 run,
@@ -744,14 +831,20 @@ echo "marks-follow=yes"
         } else {
             Gate::Switch
         };
+        // The build host's mark session starts during the confirmation; it marks only
+        // once the target is verified committed.
+        let held_mark = match &build_at {
+            Some(BuildAt::Builder { host, .. }) => {
+                self.ssh.hold(host, &self.mark_command(run, &closure)).ok()
+            }
+            _ => None,
+        };
         self.gate(run, commit_gate, |d, run| {
             d.confirm(run, &dir, &closure, &rollback_to)
                 .map(|m| ((), m))
         })?;
 
-        self.gate(run, Gate::Mark, |d, run| {
-            d.mark(run, &closure, build_at.as_ref())
-        })?;
+        self.gate(run, Gate::Mark, |d, run| d.mark(run, &closure, build_at.as_ref(), held_mark))?;
         Ok((
             HostResult::Deployed,
             format!(
@@ -780,15 +873,26 @@ echo "marks-follow=yes"
                     .expect("not poisoned")
                     .remove(&run.name);
                 let how = match prebuilt {
-                    Some(Ok(how)) => how,
+                    Some(Ok((how, closure_json))) => {
+                        run.new_closure = Some(closure_json);
+                        how
+                    }
                     Some(Err(e)) => return Err(failed(&format!("building on {}", host.name), e)),
                     None => {
-                        let started = Instant::now();
-                        let result = self
-                            .build_on(host, key, &[(drv.clone(), closure.to_owned())])
-                            .remove(0);
-                        run.nix_time += started.elapsed();
-                        result.map_err(|e| failed(&format!("building on {}", host.name), e))?;
+                        let (result, took) = match run.early_build.take() {
+                            Some(early) => early,
+                            None => {
+                                let started = Instant::now();
+                                let result = self
+                                    .build_on(host, key, &[(drv.clone(), closure.to_owned())])
+                                    .remove(0);
+                                (result, started.elapsed())
+                            }
+                        };
+                        run.nix_time += took;
+                        run.new_closure = Some(
+                            result.map_err(|e| failed(&format!("building on {}", host.name), e))?,
+                        );
                         format!("built on {}", host.name)
                     }
                 };
@@ -951,8 +1055,18 @@ echo "marks-follow=yes"
             closure_from_path_info(r.stdout.as_bytes(), "/nix/store", path, &target.store_url())
                 .map_err(|e| stop(HostResult::Error, e.to_string()))
         };
-        let old = read(run, &running)?;
-        let new = read(run, &closure)?;
+        let parse = |json: &str, path: &str| {
+            closure_from_path_info(json.as_bytes(), "/nix/store", path, &target.store_url())
+                .map_err(|e| stop(HostResult::Error, e.to_string()))
+        };
+        let old = match &probe.old_closure {
+            Some(json) => parse(json, &running)?,
+            None => read(run, &running)?,
+        };
+        let new = match run.new_closure.take() {
+            Some(json) => parse(&json, &closure)?,
+            None => read(run, &closure)?,
+        };
         // The old side's derivations, for root causes: here if evaluated here before,
         // else from the build host, which roots them with its marks.
         if let (Some(BuildAt::Builder { host, .. }), Some(drv)) = (
@@ -1010,15 +1124,95 @@ echo "marks-follow=yes"
         Ok((running, line))
     }
 
-    /// Gate 4: start the agent, wait for its activation, run the health checks.
-    fn switch_test(
+    /// Gate 3, and the start of gate 4 in the same round trip: dry-activate, and only
+    /// when it passed (and the goal goes further), start the agent and wait for its
+    /// activation. The agent's part of the reply waits in `run.launched`.
+    fn dry_activate_and_launch(
         &self,
         run: &mut Run,
         dir: &str,
         closure: &str,
         rollback_to: &str,
-        failed_before: Option<&[String]>,
     ) -> Result<((), String), Stop> {
+        let launches = self.settings.goal > Goal::DryActivate;
+        let started = Instant::now();
+        let r = match run.held_launch.take() {
+            Some(held) => {
+                let input = launches.then_some(crate::AGENT.as_bytes());
+                let reply = held.go(input).unwrap_or_else(|e| Reply {
+                    code: 255,
+                    stdout: String::new(),
+                    stderr: e.to_string(),
+                });
+                run.remote_time += started.elapsed();
+                reply
+            }
+            None => {
+                let script = self.dry_launch_script(run, dir, closure, rollback_to);
+                let target = run.target.clone();
+                self.remote_with_input(
+                    run,
+                    &target,
+                    &script,
+                    launches.then_some(crate::AGENT.as_bytes()),
+                )
+            }
+        };
+        let f = fields(&r.stdout);
+        let output = f.get("dry").map(|l| l.join("\n")).unwrap_or_default();
+        match field(&f, "dry-rc") {
+            Some("0") => {}
+            Some(rc) => {
+                return Err(stop(
+                    HostResult::Failed,
+                    format!(
+                        "dry-activate failed (exit {rc}): {}; nothing was activated",
+                        output.lines().last().unwrap_or("no output")
+                    ),
+                ));
+            }
+            None => {
+                return Err(stop(
+                    HostResult::Failed,
+                    format!(
+                        "dry-activate could not run on {}: {}; nothing was activated",
+                        run.name,
+                        r.last_error()
+                    ),
+                ));
+            }
+        }
+        if launches {
+            let dry_ms = field(&f, "dry-ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            run.carry = started.elapsed().saturating_sub(Duration::from_millis(dry_ms));
+            run.launched = Some(r);
+        }
+        Ok(((), DryRun::parse(&output).summary()))
+    }
+
+    /// Gate 3's shell, and where the goal goes further the agent's start (its script
+    /// on stdin) only when dry-activate passed.
+    fn dry_launch_script(&self, run: &Run, dir: &str, closure: &str, rollback_to: &str) -> String {
+        let dry = format!(
+            r#"t0=$(date +%s%N)
+dry=$(timeout {t} {c}/bin/switch-to-configuration dry-activate 2>&1); rc=$?
+printf '%s\n' "$dry" | sed 's/^/dry=/'
+echo "dry-rc=$rc"; echo "dry-ms=$(( ($(date +%s%N) - t0) / 1000000 ))"
+[ $rc = 0 ] || exit 0
+"#,
+            t = run.host.activation_timeout,
+            c = q(closure)
+        );
+        if self.settings.goal > Goal::DryActivate {
+            dry + &self.launch_script(run, dir, closure, rollback_to)
+        } else {
+            dry
+        }
+    }
+
+    /// The shell that starts the agent on the target (its script on stdin) and waits
+    /// for its activation.
+    fn launch_script(&self, run: &Run, dir: &str, closure: &str, rollback_to: &str) -> String {
         let commit = match self.settings.goal {
             Goal::Switch => "switch",
             Goal::Boot => "boot",
@@ -1033,7 +1227,7 @@ echo "marks-follow=yes"
             .collect::<Vec<_>>()
             .join(" ");
         let unit = format!("waymark-activate-{}-{}", self.settings.run_id, run.name);
-        let script = format!(
+        format!(
             r#"mkdir -p /run/waymark/deploy
 if ! mkdir /run/waymark/active 2>/dev/null; then
   echo "busy=$(cat /run/waymark/active/id 2>/dev/null)"; exit 75
@@ -1056,9 +1250,20 @@ fi
                 &format!("awaiting-confirmation|{FINAL}"),
                 run.host.activation_timeout + 10
             ),
-        );
+        )
+    }
+
+    /// Gate 4: the agent's activation (started with gate 3), then the health checks.
+    fn switch_test(
+        &self,
+        run: &mut Run,
+        dir: &str,
+        closure: &str,
+        rollback_to: &str,
+        failed_before: Option<&[String]>,
+    ) -> Result<((), String), Stop> {
+        let r = run.launched.take().expect("started with dry-activate");
         let target = run.target.clone();
-        let r = self.remote_with_input(run, &target, &script, Some(crate::AGENT.as_bytes()));
         if r.code == 75 {
             return Err(stop(
                 HostResult::Failed,
@@ -1324,8 +1529,45 @@ fi
         if fault("pause-before-confirm") {
             std::thread::sleep(Duration::from_secs(3));
         }
+        let expected_running = if self.settings.goal == Goal::Boot {
+            rollback_to
+        } else {
+            closure
+        };
+        // Where the goal commits, the same connection marks the closure known-good on
+        // the target, once the target itself shows it committed: one handshake less.
+        let (mark, evidence) = if matches!(self.settings.goal, Goal::Switch | Goal::Boot) {
+            let gate = GateResult {
+                gate: if self.settings.goal == Goal::Boot {
+                    Gate::Boot
+                } else {
+                    Gate::Switch
+                },
+                result: Outcome::Passed,
+                started_at: now(),
+                duration_ms: 0,
+                summary: Some(
+                    "confirmed over a new connection; committed, verified on the target".into(),
+                ),
+            };
+            (
+                format!(
+                    r#"if [ "$s" = committed ] && [ "$(readlink -e /run/current-system)" = {run} ] &&
+  [ "$(readlink -e /nix/var/nix/profiles/system)" = {c} ]; then
+  echo "@@mark"; {cmd}; echo "@@mark-exit $?"
+fi
+"#,
+                    run = q(expected_running),
+                    c = q(closure),
+                    cmd = self.mark_command(run, closure)
+                ),
+                Some(Self::evidence(run, closure, Some(gate))),
+            )
+        } else {
+            (String::new(), None)
+        };
         let script = format!(
-            "mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit 3; }}\n{wait}",
+            "mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit 3; }}\n{wait}{mark}",
             d = q(dir),
             wait = wait_script(dir, FINAL, run.host.activation_timeout * 2 + 10)
         );
@@ -1338,9 +1580,9 @@ fi
             })
         } else {
             let started = Instant::now();
-            let reply = self
-                .ssh
-                .run_fresh(&target, &script, Duration::from_secs(10));
+            let reply =
+                self.ssh
+                    .run_fresh(&target, &script, evidence.as_deref(), Duration::from_secs(10));
             run.remote_time += started.elapsed();
             reply
         };
@@ -1370,7 +1612,14 @@ fi
                 ),
             ));
         }
-        let f = fields(&r.stdout);
+        let (head, marked) = r.stdout.split_once("@@mark\n").unwrap_or((&r.stdout, ""));
+        if let Some((json, "0")) = marked
+            .rsplit_once("@@mark-exit ")
+            .map(|(j, code)| (j, code.trim()))
+        {
+            run.target_record = serde_json::from_str(json).ok();
+        }
+        let f = fields(head);
         let running = field(&f, "running").map(str::to_owned);
         let profile = field(&f, "profile");
         run.running.clone_from(&running);
@@ -1379,11 +1628,6 @@ fi
                 Ok("confirmed over a new connection; kept running, not committed".into())
             }
             AgentState::Committed => {
-                let expected_running = if self.settings.goal == Goal::Boot {
-                    rollback_to
-                } else {
-                    closure
-                };
                 if running.as_deref() == Some(expected_running) && profile == Some(closure) {
                     Ok(if self.settings.goal == Goal::Boot {
                         "confirmed; the boot default, from the next boot".into()
@@ -1419,32 +1663,44 @@ fi
 
     /// Gate 5's end: known-good marks on the target and the build host, the record
     /// here, the release tag.
-    fn mark(
-        &self,
-        run: &mut Run,
-        closure: &str,
-        build_at: Option<&BuildAt>,
-    ) -> Result<((), String), Stop> {
-        let rev = run.rev.clone().expect("checked before");
+    /// The evidence of the gates passed so far, plus `last` (the gate under way).
+    fn evidence(run: &Run, closure: &str, last: Option<GateResult>) -> Vec<u8> {
         let mut gates = run.gates.clone();
         gates.retain(|g| g.result == Outcome::Passed);
+        gates.extend(last);
         let evidence = Evidence {
             schema: waymark_evidence::SCHEMA.to_owned(),
             target: run.name.clone(),
             closure: closure.to_owned(),
             drv: run.drv.clone(),
-            rev: Some(rev.clone()),
+            rev: run.rev.clone(),
             gates,
             diff: run.diff.clone(),
         };
-        let evidence_json = serde_json::to_vec(&evidence).expect("serializable");
-        let command = format!(
+        serde_json::to_vec(&evidence).expect("serializable")
+    }
+
+    /// `waymark known-good mark` on a host, the evidence on stdin.
+    fn mark_command(&self, run: &Run, closure: &str) -> String {
+        format!(
             "{} known-good mark {} {} --rev {} --evidence - --json",
             self.settings.remote_waymark,
             q(&run.name),
             q(closure),
-            q(&rev)
-        );
+            q(run.rev.as_deref().unwrap_or_default())
+        )
+    }
+
+    fn mark(
+        &self,
+        run: &mut Run,
+        closure: &str,
+        build_at: Option<&BuildAt>,
+        held_mark: Option<crate::ssh::Held>,
+    ) -> Result<((), String), Stop> {
+        let rev = run.rev.clone().expect("checked before");
+        let evidence_json = Self::evidence(run, closure, None);
+        let command = self.mark_command(run, closure);
         let name = run.name.clone();
         let committed = |why: String| {
             stop(
@@ -1453,19 +1709,48 @@ fi
             )
         };
         let target = run.target.clone();
-        let r = self.remote_with_input(run, &target, &command, Some(&evidence_json));
-        if r.code != 0 {
-            return Err(committed(format!(
-                "marking it known-good there failed: {}",
-                r.last_error()
-            )));
-        }
-        let record: Record = serde_json::from_str(&r.stdout)
-            .map_err(|e| committed(format!("the target's mark record is unreadable: {e}")))?;
+        // The target's mark was made over the confirmation's connection; made here only
+        // if that failed. The build host's at the same time: the marks are independent.
+        let earlier = run.target_record.take();
+        let (r, on_builder) = std::thread::scope(|scope| {
+            let on_builder = match build_at {
+                Some(BuildAt::Builder { host, .. }) => Some((
+                    host,
+                    scope.spawn(|| match held_mark {
+                        Some(held) => held.go(Some(&evidence_json)),
+                        None => self.ssh.run_with_input(host, &command, Some(&evidence_json)),
+                    }),
+                )),
+                _ => None,
+            };
+            let r = earlier.is_none().then(|| {
+                self.remote_with_input(run, &target, &command, Some(&evidence_json))
+            });
+            (
+                r,
+                on_builder.map(|(host, h)| (host, h.join().expect("ssh does not panic"))),
+            )
+        });
+        let record: Record = match (earlier, r) {
+            (Some(record), _) => record,
+            (None, Some(r)) if r.code == 0 => serde_json::from_str(&r.stdout).map_err(|e| {
+                committed(format!("the target's mark record is unreadable: {e}"))
+            })?,
+            (None, r) => {
+                return Err(committed(format!(
+                    "marking it known-good there failed: {}",
+                    r.map(|r| r.last_error()).unwrap_or_default()
+                )));
+            }
+        };
         run.mark = Some(record.mark.clone());
         let mut wheres = vec![run.name.clone()];
-        if let Some(BuildAt::Builder { host, .. }) = build_at {
-            let r = self.remote_with_input(run, host, &command, Some(&evidence_json));
+        if let Some((host, reply)) = on_builder {
+            let r = reply.unwrap_or_else(|e| Reply {
+                code: 255,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            });
             if r.code == 0 {
                 wheres.push(host.name.clone());
             } else {

@@ -103,12 +103,14 @@ impl Ssh {
         self.master_opts().join(" ")
     }
 
+    /// Runs `remote` with `sh -c`: the scripts are POSIX shell whatever the login shell
+    /// of the user is (fish, nushell).
     fn command(opts: &[String], host: &Endpoint, remote: &str) -> Command {
         let mut cmd = Command::new("ssh");
         cmd.args(opts)
             .arg(host.destination())
             .arg("--")
-            .arg(remote)
+            .arg(format!("sh -c {}", waymark_store::shell_quote(remote)))
             .stdin(Stdio::null());
         cmd
     }
@@ -134,6 +136,7 @@ impl Ssh {
         &self,
         host: &Endpoint,
         remote: &str,
+        input: Option<&[u8]>,
         connect_timeout: Duration,
     ) -> Result<Reply, Error> {
         let mut opts = self.user_opts.clone();
@@ -146,7 +149,48 @@ impl Ssh {
             .into_iter()
             .flat_map(|v| ["-o".to_owned(), v]),
         );
-        output(Self::command(&opts, host, remote), None)
+        output(Self::command(&opts, host, remote), input)
+    }
+
+    /// Opens the master connection to `host` (no session, so no login shell runs),
+    /// returning once it is authenticated and in the background.
+    pub fn open_master(&self, host: &Endpoint) -> Result<(), Error> {
+        let mut cmd = Command::new("ssh");
+        cmd.args(self.master_opts())
+            .args(["-o", "ControlMaster=yes", "-N", "-f"])
+            .arg(host.destination())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let out = cmd.output().map_err(|e| Error::Spawn {
+            program: "ssh".into(),
+            message: e.to_string(),
+        })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Spawn {
+                program: "ssh".into(),
+                message: reply(&out).last_error(),
+            })
+        }
+    }
+
+    /// Starts `script` on `host` over its master connection, held until [`Held::go`]:
+    /// the session's setup (the login shell starting) overlaps with other work, and the
+    /// script runs the moment it may.
+    pub fn hold(&self, host: &Endpoint, script: &str) -> Result<Held, Error> {
+        let remote =
+            format!("IFS= read -r waymark_go || exit 0\n[ \"$waymark_go\" = go ] || exit 0\n{script}");
+        let mut cmd = Self::command(&self.master_opts(), host, &remote);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().map_err(|e| Error::Spawn {
+            program: "ssh".into(),
+            message: e.to_string(),
+        })?;
+        Ok(Held { child: Some(child) })
     }
 
     /// Closes the master connection to `host`, if one is open.
@@ -183,4 +227,36 @@ fn output(mut cmd: Command, input: Option<&[u8]>) -> Result<Reply, Error> {
             program: "ssh".into(),
             message: e.to_string(),
         })
+}
+
+/// A remote script waiting for its go (see [`Ssh::hold`]). Dropped without a go, it
+/// ends without running.
+#[derive(Debug)]
+pub struct Held {
+    child: Option<std::process::Child>,
+}
+
+impl Held {
+    /// Lets the script run, with `input` on its stdin, and waits for it.
+    pub fn go(mut self, input: Option<&[u8]>) -> Result<Reply, Error> {
+        let mut child = self.child.take().expect("held until now");
+        if let Some(mut stdin) = child.stdin.take() {
+            // A session that already ended closes the pipe; its status says why.
+            let _ = stdin.write_all(b"go\n");
+            let _ = stdin.write_all(input.unwrap_or_default());
+        }
+        child.wait_with_output().map(|o| reply(&o)).map_err(|e| Error::Spawn {
+            program: "ssh".into(),
+            message: e.to_string(),
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
 }

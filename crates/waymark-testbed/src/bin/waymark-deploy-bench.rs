@@ -27,6 +27,9 @@ struct Args {
     /// Fleet sizes to time
     #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
     fleets: Vec<usize>,
+    /// Start the lab, print how to reach it, and keep it up until killed (to look around)
+    #[arg(long)]
+    hold: bool,
 }
 
 /// One deploy: wall time and the summary event, with `gates`: seconds per gate of the
@@ -82,6 +85,17 @@ fn main() -> anyhow::Result<()> {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     eprintln!("starting a build host and {biggest} targets in {}", args.dir.display());
     let mut lab = Lab::new(&args.dir, &refs, &args.waymark).context("starting the lab")?;
+    if args.hold {
+        eprintln!(
+            "up: ssh -F {} t01; NIX_SSHOPTS='{}'; flake {}",
+            lab.fleet.ssh_config().display(),
+            lab.fleet.nix_sshopts(),
+            lab.flake.dir().display()
+        );
+        loop {
+            std::thread::park();
+        }
+    }
 
     // One host, every gate; the generation flips each run.
     let mut single = Vec::new();
