@@ -22,6 +22,14 @@ pub struct FleetOptions {
     pub canary: Option<usize>,
 }
 
+/// Several hosts built on one build host in one call.
+struct Batch {
+    builder: String,
+    endpoint: crate::ssh::Endpoint,
+    key: String,
+    hosts: Vec<(String, String, String)>,
+}
+
 fn good(r: HostResult) -> bool {
     matches!(r, HostResult::Deployed | HostResult::Unchanged)
 }
@@ -34,9 +42,10 @@ fn failed(r: HostResult) -> bool {
 }
 
 impl Deployer<'_> {
-    /// Builds, per build host, the selected hosts it builds for in one call, where the
-    /// build host is not deployed in this run itself (else it builds after its deploy).
-    fn prebuild(&self, plan: &Plan) {
+    /// The batch builds of a run: per build host, the selected hosts it builds for,
+    /// where the build host is not deployed in this run itself (else it builds after its
+    /// deploy) and there are several. Their hosts are marked as waiting for the batch.
+    fn batches(&self, plan: &Plan) -> Vec<Batch> {
         let selected: BTreeSet<&str> = plan.iter().map(|(h, _)| h.as_str()).collect();
         let mut groups: BTreeMap<&str, Vec<(String, String, String)>> = BTreeMap::new();
         for (name, _) in plan {
@@ -51,6 +60,8 @@ impl Deployer<'_> {
                     .push((name.clone(), drv.clone(), out.clone()));
             }
         }
+        let mut batches = Vec::new();
+        let mut pending = self.prebuilt.lock().expect("not poisoned");
         for (builder, hosts) in groups {
             let (Some(endpoint), Some(key)) = (
                 self.endpoint(builder),
@@ -61,42 +72,63 @@ impl Deployer<'_> {
             if hosts.len() < 2 {
                 continue;
             }
-            self.sink().emit(Event::Note {
-                schema: SCHEMA,
-                host: builder.to_owned(),
-                at: now(),
-                message: format!("building {} systems on {builder} in one call", hosts.len()),
-            });
-            let started = Instant::now();
-            let items: Vec<(String, String)> = hosts
-                .iter()
-                .map(|(_, d, o)| (d.clone(), o.clone()))
-                .collect();
-            let results = self.build_on(&endpoint, &key, &items);
-            let took = started.elapsed();
-            let mut prebuilt = self.prebuilt.lock().expect("not poisoned");
-            for ((name, _, _), result) in hosts.iter().zip(results) {
-                prebuilt.insert(
-                    name.clone(),
-                    result.map(|json| {
-                        (
-                            format!(
-                                "built on {builder} with {} others in {:.1} s",
-                                hosts.len() - 1,
-                                took.as_secs_f64()
-                            ),
-                            json,
-                        )
-                    }),
-                );
+            for (name, _, _) in &hosts {
+                pending.insert(name.clone(), None);
             }
+            batches.push(Batch {
+                builder: builder.to_owned(),
+                endpoint,
+                key,
+                hosts,
+            });
         }
+        batches
+    }
+
+    /// Runs a batch build and hands each host its result.
+    fn prebuild(&self, batch: &Batch) {
+        let Batch {
+            builder,
+            endpoint,
+            key,
+            hosts,
+        } = batch;
+        self.sink().emit(Event::Note {
+            schema: SCHEMA,
+            host: builder.clone(),
+            at: now(),
+            message: format!("building {} systems on {builder} in one call", hosts.len()),
+        });
+        let started = Instant::now();
+        let items: Vec<(String, String)> = hosts
+            .iter()
+            .map(|(_, d, o)| (d.clone(), o.clone()))
+            .collect();
+        let results = self.build_on(endpoint, key, &items);
+        let took = started.elapsed();
+        let mut prebuilt = self.prebuilt.lock().expect("not poisoned");
+        for ((name, _, _), result) in hosts.iter().zip(results) {
+            prebuilt.insert(
+                name.clone(),
+                Some(result.map(|json| {
+                    (
+                        format!(
+                            "built on {builder} with {} others in {:.1} s",
+                            hosts.len() - 1,
+                            took.as_secs_f64()
+                        ),
+                        json,
+                    )
+                })),
+            );
+        }
+        self.prebuilt_done.notify_all();
     }
 
     /// Deploys the hosts of `plan` (from [`waymark_fleet::Fleet::plan`]); reports in
     /// plan order.
     pub fn deploy_fleet(&self, plan: &Plan, opts: FleetOptions) -> Vec<HostReport> {
-        self.prebuild(plan);
+        let batches = self.batches(plan);
         let canaries: BTreeSet<&str> = plan
             .iter()
             .take(opts.canary.unwrap_or(0))
@@ -108,6 +140,10 @@ impl Deployer<'_> {
         let parallel = opts.parallel.max(1);
         let (tx, rx) = mpsc::channel::<HostReport>();
         std::thread::scope(|scope| {
+            // Batch builds run while the first hosts probe their targets.
+            for batch in &batches {
+                scope.spawn(move || self.prebuild(batch));
+            }
             loop {
                 // Settle what can be settled without running: skips.
                 let canaries_done = canaries.iter().all(|c| done.contains_key(*c));

@@ -91,8 +91,15 @@ pub struct Deployer<'a> {
     masters: Mutex<BTreeSet<String>>,
     /// Builds done for several hosts in one call, by host: how and the closure's
     /// path-info, or why not.
-    pub(crate) prebuilt: Mutex<BTreeMap<String, Result<(String, String), String>>>,
+    /// `None` while the batch is under way.
+    pub(crate) prebuilt: Mutex<BTreeMap<String, Option<BuildResult>>>,
+    /// Signalled when a batch build is done.
+    pub(crate) prebuilt_done: std::sync::Condvar,
 }
+
+/// A build's outcome for one host: how it was built and its closure's path-info, or
+/// why it was not.
+pub(crate) type BuildResult = Result<(String, String), String>;
 
 /// Why a host stopped before the end.
 struct Stop {
@@ -220,6 +227,7 @@ impl<'a> Deployer<'a> {
             interaction,
             masters: Mutex::new(BTreeSet::new()),
             prebuilt: Mutex::new(BTreeMap::new()),
+            prebuilt_done: std::sync::Condvar::new(),
         }
     }
 
@@ -332,14 +340,14 @@ done
             return all(format!("cannot reach {}: {e}", builder.name));
         }
         // The build's session starts while the derivations are sent.
-        let held = self.ssh.hold(builder, &script);
+        let build_session = self.ssh.hold(builder, &script);
         let mut copy = self.nix(&["copy", "--derivation", "--to", &builder.store_url()]);
         copy.args(items.iter().map(|(d, _)| d));
         let mut scratch = Duration::ZERO;
         if let Err(e) = Self::nix_output(&mut scratch, copy) {
             return all(format!("sending the derivations to {}: {e}", builder.name));
         }
-        let r = held
+        let r = build_session
             .and_then(|h| h.go(None))
             .unwrap_or_else(|e| Reply {
                 code: 255,
@@ -708,7 +716,10 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
                 _ => None,
             };
             let probe = self.probe(run);
-            (probe, early.map(|h| h.join().expect("building does not panic")))
+            (
+                probe,
+                early.map(|h| h.join().expect("building does not panic")),
+            )
         });
         run.early_build = early;
         let probe = probe?;
@@ -844,7 +855,9 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
                 .map(|m| ((), m))
         })?;
 
-        self.gate(run, Gate::Mark, |d, run| d.mark(run, &closure, build_at.as_ref(), held_mark))?;
+        self.gate(run, Gate::Mark, |d, run| {
+            d.mark(run, &closure, build_at.as_ref(), held_mark)
+        })?;
         Ok((
             HostResult::Deployed,
             format!(
@@ -867,11 +880,14 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
         match at {
             BuildAt::Builder { host, key } => {
                 run.masters_opened += self.opened(host);
-                let prebuilt = self
-                    .prebuilt
-                    .lock()
-                    .expect("not poisoned")
-                    .remove(&run.name);
+                let prebuilt = {
+                    // A batch build for this host may still be under way.
+                    let mut map = self.prebuilt.lock().expect("not poisoned");
+                    while matches!(map.get(&run.name), Some(None)) {
+                        map = self.prebuilt_done.wait(map).expect("not poisoned");
+                    }
+                    map.remove(&run.name).flatten()
+                };
                 let how = match prebuilt {
                     Some(Ok((how, closure_json))) => {
                         run.new_closure = Some(closure_json);
@@ -879,16 +895,13 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
                     }
                     Some(Err(e)) => return Err(failed(&format!("building on {}", host.name), e)),
                     None => {
-                        let (result, took) = match run.early_build.take() {
-                            Some(early) => early,
-                            None => {
-                                let started = Instant::now();
-                                let result = self
-                                    .build_on(host, key, &[(drv.clone(), closure.to_owned())])
-                                    .remove(0);
-                                (result, started.elapsed())
-                            }
-                        };
+                        let (result, took) = run.early_build.take().unwrap_or_else(|| {
+                            let started = Instant::now();
+                            let result = self
+                                .build_on(host, key, &[(drv.clone(), closure.to_owned())])
+                                .remove(0);
+                            (result, started.elapsed())
+                        });
                         run.nix_time += took;
                         run.new_closure = Some(
                             result.map_err(|e| failed(&format!("building on {}", host.name), e))?,
@@ -1136,27 +1149,24 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
     ) -> Result<((), String), Stop> {
         let launches = self.settings.goal > Goal::DryActivate;
         let started = Instant::now();
-        let r = match run.held_launch.take() {
-            Some(held) => {
-                let input = launches.then_some(crate::AGENT.as_bytes());
-                let reply = held.go(input).unwrap_or_else(|e| Reply {
-                    code: 255,
-                    stdout: String::new(),
-                    stderr: e.to_string(),
-                });
-                run.remote_time += started.elapsed();
-                reply
-            }
-            None => {
-                let script = self.dry_launch_script(run, dir, closure, rollback_to);
-                let target = run.target.clone();
-                self.remote_with_input(
-                    run,
-                    &target,
-                    &script,
-                    launches.then_some(crate::AGENT.as_bytes()),
-                )
-            }
+        let r = if let Some(held) = run.held_launch.take() {
+            let input = launches.then_some(crate::AGENT.as_bytes());
+            let reply = held.go(input).unwrap_or_else(|e| Reply {
+                code: 255,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            });
+            run.remote_time += started.elapsed();
+            reply
+        } else {
+            let script = self.dry_launch_script(run, dir, closure, rollback_to);
+            let target = run.target.clone();
+            self.remote_with_input(
+                run,
+                &target,
+                &script,
+                launches.then_some(crate::AGENT.as_bytes()),
+            )
         };
         let f = fields(&r.stdout);
         let output = f.get("dry").map(|l| l.join("\n")).unwrap_or_default();
@@ -1183,8 +1193,12 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
             }
         }
         if launches {
-            let dry_ms = field(&f, "dry-ms").and_then(|v| v.parse().ok()).unwrap_or(0);
-            run.carry = started.elapsed().saturating_sub(Duration::from_millis(dry_ms));
+            let dry_ms = field(&f, "dry-ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            run.carry = started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(dry_ms));
             run.launched = Some(r);
         }
         Ok(((), DryRun::parse(&output).summary()))
@@ -1580,9 +1594,12 @@ fi
             })
         } else {
             let started = Instant::now();
-            let reply =
-                self.ssh
-                    .run_fresh(&target, &script, evidence.as_deref(), Duration::from_secs(10));
+            let reply = self.ssh.run_fresh(
+                &target,
+                &script,
+                evidence.as_deref(),
+                Duration::from_secs(10),
+            );
             run.remote_time += started.elapsed();
             reply
         };
@@ -1718,14 +1735,16 @@ fi
                     host,
                     scope.spawn(|| match held_mark {
                         Some(held) => held.go(Some(&evidence_json)),
-                        None => self.ssh.run_with_input(host, &command, Some(&evidence_json)),
+                        None => self
+                            .ssh
+                            .run_with_input(host, &command, Some(&evidence_json)),
                     }),
                 )),
                 _ => None,
             };
-            let r = earlier.is_none().then(|| {
-                self.remote_with_input(run, &target, &command, Some(&evidence_json))
-            });
+            let r = earlier
+                .is_none()
+                .then(|| self.remote_with_input(run, &target, &command, Some(&evidence_json)));
             (
                 r,
                 on_builder.map(|(host, h)| (host, h.join().expect("ssh does not panic"))),
@@ -1733,9 +1752,8 @@ fi
         });
         let record: Record = match (earlier, r) {
             (Some(record), _) => record,
-            (None, Some(r)) if r.code == 0 => serde_json::from_str(&r.stdout).map_err(|e| {
-                committed(format!("the target's mark record is unreadable: {e}"))
-            })?,
+            (None, Some(r)) if r.code == 0 => serde_json::from_str(&r.stdout)
+                .map_err(|e| committed(format!("the target's mark record is unreadable: {e}")))?,
             (None, r) => {
                 return Err(committed(format!(
                     "marking it known-good there failed: {}",

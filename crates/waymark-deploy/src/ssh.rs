@@ -180,8 +180,9 @@ impl Ssh {
     /// the session's setup (the login shell starting) overlaps with other work, and the
     /// script runs the moment it may.
     pub fn hold(&self, host: &Endpoint, script: &str) -> Result<Held, Error> {
-        let remote =
-            format!("IFS= read -r waymark_go || exit 0\n[ \"$waymark_go\" = go ] || exit 0\n{script}");
+        let remote = format!(
+            "IFS= read -r waymark_go || exit 0\n[ \"$waymark_go\" = go ] || exit 0\n{script}"
+        );
         let mut cmd = Self::command(&self.master_opts(), host, &remote);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -245,10 +246,13 @@ impl Held {
             let _ = stdin.write_all(b"go\n");
             let _ = stdin.write_all(input.unwrap_or_default());
         }
-        child.wait_with_output().map(|o| reply(&o)).map_err(|e| Error::Spawn {
-            program: "ssh".into(),
-            message: e.to_string(),
-        })
+        child
+            .wait_with_output()
+            .map(|o| reply(&o))
+            .map_err(|e| Error::Spawn {
+                program: "ssh".into(),
+                message: e.to_string(),
+            })
     }
 }
 

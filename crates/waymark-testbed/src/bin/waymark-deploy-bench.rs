@@ -3,6 +3,9 @@
 //! with `--parallel` equal to their size and 1. Prints JSON on stdout; bench/deploy.sh
 //! puts it beside deploy-rs. Needs root (mount namespaces).
 
+// Progress on stderr, the figures on stdout: a benchmark script's tool.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -83,7 +86,10 @@ fn main() -> anyhow::Result<()> {
     let biggest = args.fleets.iter().copied().max().unwrap_or(1).max(1);
     let names: Vec<String> = (1..=biggest).map(|i| format!("t{i:02}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    eprintln!("starting a build host and {biggest} targets in {}", args.dir.display());
+    eprintln!(
+        "starting a build host and {biggest} targets in {}",
+        args.dir.display()
+    );
     let mut lab = Lab::new(&args.dir, &refs, &args.waymark).context("starting the lab")?;
     if args.hold {
         eprintln!(
@@ -138,10 +144,12 @@ fn main() -> anyhow::Result<()> {
                 lab.flake.set_generations(hosts, generation)?;
                 let (wall, summary) =
                     deploy(&lab, &["--on", &on, "--parallel", &parallel.to_string()])?;
-                connections = summary["hosts"]
-                    .as_array()
-                    .map(|h| h.iter().filter_map(|r| r["ssh_connections"].as_u64()).max().unwrap_or(0))
-                    .unwrap_or(0);
+                connections = summary["hosts"].as_array().map_or(0, |h| {
+                    h.iter()
+                        .filter_map(|r| r["ssh_connections"].as_u64())
+                        .max()
+                        .unwrap_or(0)
+                });
                 walls.push(wall);
                 eprintln!("{n} hosts, --parallel {parallel}, run {run}: {wall:.2} s");
             }
@@ -155,7 +163,14 @@ fn main() -> anyhow::Result<()> {
         deploy(&lab, &["--on", &on, "--parallel", &n.to_string()])?;
     }
 
-    let col = |key: &str| median(single.iter().map(|r| r[key].as_f64().unwrap_or(0.0)).collect());
+    let col = |key: &str| {
+        median(
+            single
+                .iter()
+                .map(|r| r[key].as_f64().unwrap_or(0.0))
+                .collect(),
+        )
+    };
     let doc = json!({
         "single": {
             "runs": single,
@@ -167,9 +182,6 @@ fn main() -> anyhow::Result<()> {
         "unchanged_median_wall_s": median(unchanged),
         "fleets": fleets,
     });
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    }
+    println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())
 }
