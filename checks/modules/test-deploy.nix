@@ -8,7 +8,7 @@
 }:
 let
   t = import ./lib.nix { inherit lib evalConfig forceConfig; };
-  fleet = (import ../../nix/lib { inherit lib; }).fleet;
+  inherit (import ../../nix/lib { inherit lib; }) fleet fleetWith;
 
   host =
     name: extra:
@@ -42,7 +42,14 @@ t.all [
     confirmTimeout = 60;
     tagReleases = false;
     dependsOn = [ ];
+    signingKeyFile = null;
+    trustedBuilderKeys = [ ];
   } (removeAttrs plain [ "enable" ]))
+  (t.eq "builder keys become trusted public keys" [ "builder-1:7pA2lk0Xq0Av8LdjB9CsF5nHUlkAwgWxr1hvfZ6Umh4=" ] (
+    host "web" { waymark.deploy.trustedBuilderKeys = [ "builder-1:7pA2lk0Xq0Av8LdjB9CsF5nHUlkAwgWxr1hvfZ6Umh4=" ]; }
+  ).nix.settings.extra-trusted-public-keys)
+  (t.throws "a builder key without its name is a type error" (host "web" { waymark.deploy.trustedBuilderKeys = [ "7pA2lk0Xq0Av8LdjB9CsF5nHUlkAwgWxr1hvfZ6Umh4=" ]; }).waymark.deploy.trustedBuilderKeys)
+  (t.throws "a relative signing key path is a type error" (host "web" { waymark.deploy.signingKeyFile = "keys/signing.sec"; }).waymark.deploy.signingKeyFile)
   (t.clean "a host with checks of both kinds evaluates" (host "web" {
     waymark.deploy.healthChecks = [
       {
@@ -109,6 +116,11 @@ t.all [
   (t.eq "the example fleet: builder first, then ci" [ [ "builder" ] [ "ci" ] ] (fleet examples).waves)
   (t.eq "the example CI host builds on builder" "builder" (fleet examples).hosts.ci.buildHost)
   (t.ok "lib.fleet's result is plain data" (builtins.isString (builtins.toJSON (fleet examples))))
+  (t.eq "deploying every host at once is off unless the fleet says so" [ false true ] [
+    (fleet examples).settings.deployAll
+    (fleetWith { deployAll = true; } examples).settings.deployAll
+  ])
+  (t.throws "an unknown fleet setting" (fleetWith { deployEverything = true; } examples))
   (t.eq "hosts without waymark.deploy are not in the fleet" [ "a" ] (
     lib.attrNames (fleet {
       a = system "a" { };

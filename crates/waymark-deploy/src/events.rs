@@ -158,6 +158,9 @@ pub enum Event {
         hosts: Vec<HostReport>,
         /// Time the fleet's evaluation took (`nix eval`), before any host started.
         eval_ms: u64,
+        /// CPU time of the deploying process itself (its own work: diffing, planning,
+        /// bookkeeping), children such as ssh and nix excluded; `null` where unknown.
+        own_cpu_ms: Option<u64>,
         /// The process's exit status.
         exit_code: u8,
     },
@@ -166,6 +169,17 @@ pub enum Event {
 /// Now, RFC 3339 UTC with seconds.
 pub fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// CPU time this process has used so far, from `/proc/self/stat` (Linux).
+pub fn own_cpu_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; in
+    // USER_HZ, which is 100 on Linux.
+    Some((ticks(11)? + ticks(12)?) * 10)
 }
 
 /// Milliseconds, saturating.

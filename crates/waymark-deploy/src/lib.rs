@@ -15,7 +15,7 @@ mod pipeline;
 mod ssh;
 
 pub use activation::{AgentState, DryRun};
-pub use events::{Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
+pub use events::{Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now, own_cpu_ms};
 pub use fleet::FleetOptions;
 pub use pipeline::{Deployer, Goal, Interaction, Mode, Settings};
 pub use ssh::{Endpoint, Held, Reply, Ssh};

@@ -21,6 +21,8 @@ pub struct FlakeHost {
     /// The generation it gets (`g0`, `g1`, ...), `None` for a host with no system
     /// (a build host that is not deployed).
     pub generation: Option<String>,
+    /// A salt that makes its system a new closure (see [`FleetFlake::set_salt`]).
+    pub salt: Option<String>,
 }
 
 /// The flake: a committed git repository.
@@ -93,9 +95,19 @@ impl FleetFlake {
       }};
       hosts = import ./hosts.nix;
       defaults = {DEFAULTS};
+      # A copy of a system with a salt file: a new closure on every change of salt, as
+      # a real system gets one on every commit.
+      salted = salt: system:
+        if salt == null then system
+        else derivation {{
+          inherit (system) name;
+          system = builtins.currentSystem or "{system}";
+          builder = "${{bb}}/busybox";
+          args = [ "sh" "-c" "$0 cp -RP ${{system}} $out && $0 chmod u+w $out && echo ${{salt}} > $out/salt" "${{bb}}/busybox" ];
+        }};
       host = name: h: {{
         config = {{
-          system.build = if h.generation == null then {{ }} else {{ toplevel = generations.${{h.generation}}; }};
+          system.build = if h.generation == null then {{ }} else {{ toplevel = salted (h.salt or null) generations.${{h.generation}}; }};
           waymark.deploy = defaults // {{ inherit name; targetHost = name; }} // h.deploy;
         }};
       }};
@@ -134,8 +146,12 @@ impl FleetFlake {
                 .generation
                 .as_ref()
                 .map_or_else(|| "null".to_owned(), |g| format!("{g:?}"));
+            let salt = h
+                .salt
+                .as_ref()
+                .map_or_else(|| "null".to_owned(), |s| format!("{s:?}"));
             text.push_str(&format!(
-                "  {:?} = {{ generation = {generation}; deploy = {}; }};\n",
+                "  {:?} = {{ generation = {generation}; salt = {salt}; deploy = {}; }};\n",
                 h.name, h.deploy
             ));
         }
@@ -157,6 +173,17 @@ impl FleetFlake {
         }
         self.write_hosts()?;
         self.commit(&format!("{}: {generation}", hosts.join(", ")))
+    }
+
+    /// Gives `hosts` a new salt (a new closure of the same generation) in one commit.
+    pub fn set_salt(&mut self, hosts: &[&str], salt: &str) -> Result<String> {
+        for host in hosts {
+            if let Some(h) = self.hosts.get_mut(*host) {
+                h.salt = Some(salt.to_owned());
+            }
+        }
+        self.write_hosts()?;
+        self.commit(&format!("{}: salt {salt}", hosts.join(", ")))
     }
 
     /// Replaces `host`'s deploy attributes and commits; returns the new commit.

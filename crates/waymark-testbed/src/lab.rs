@@ -49,11 +49,13 @@ impl Lab {
                 fleet.signing_key().display().to_string()
             ),
             generation: None,
+            salt: None,
         }];
         hosts.extend(targets.iter().map(|t| FlakeHost {
             name: (*t).to_owned(),
             deploy: target_decl(""),
             generation: Some("g0".into()),
+            salt: None,
         }));
         let flake = FleetFlake::create(
             &dir.join("flake"),

@@ -106,8 +106,11 @@ fn main() -> anyhow::Result<()> {
     // One host, every gate; the generation flips each run.
     let mut single = Vec::new();
     for run in 0..args.runs {
+        // A new closure each run (a salt, as deploy-rs's benchmark bumps one), and
+        // another generation.
         let generation = if run % 2 == 0 { "g1" } else { "g0" };
         lab.flake.set_generation("t01", generation)?;
+        lab.flake.set_salt(&["t01"], &format!("one-{run}"))?;
         let (wall, summary) = deploy(&lab, &["t01"])?;
         let host = &summary["hosts"][0];
         single.push(json!({
@@ -116,6 +119,7 @@ fn main() -> anyhow::Result<()> {
             "host_s": ms(host, "duration_ms"),
             "nix_s": ms(host, "nix_ms"),
             "remote_s": ms(host, "remote_ms"),
+            "own_cpu_s": ms(&summary, "own_cpu_ms"),
             "ssh_connections": host["ssh_connections"],
             "result": host["result"],
             "gates": summary["gates"],
@@ -142,6 +146,8 @@ fn main() -> anyhow::Result<()> {
                 let generation = if run % 2 == 0 { "g1" } else { "g0" };
                 // Every host gets a change (t01 may be on either generation).
                 lab.flake.set_generations(hosts, generation)?;
+                lab.flake
+                    .set_salt(hosts, &format!("{n}-{parallel}-{run}"))?;
                 let (wall, summary) =
                     deploy(&lab, &["--on", &on, "--parallel", &parallel.to_string()])?;
                 connections = summary["hosts"].as_array().map_or(0, |h| {
@@ -178,6 +184,7 @@ fn main() -> anyhow::Result<()> {
             "median_eval_s": col("eval_s"),
             "median_nix_s": col("nix_s"),
             "median_remote_s": col("remote_s"),
+            "median_own_cpu_s": col("own_cpu_s"),
         },
         "unchanged_median_wall_s": median(unchanged),
         "fleets": fleets,

@@ -383,6 +383,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
             at: now(),
             hosts: reports,
             eval_ms,
+            own_cpu_ms: waymark_deploy::own_cpu_ms(),
             exit_code: worst.exit_code(),
         });
     } else {

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Benchmark of `waymark deploy` on simulated hosts (each with its own /nix, /run and sshd
+# on 127.0.0.1, TESTBED.md), beside deploy-rs 1.0.0 on the same kind of hosts, in one run:
+#   - one host, all five gates, a new closure each run (built on the build host);
+#   - a no-change redeploy (the closure runs and is known-good);
+#   - fleets of 5, 10 and 20 hosts with --parallel equal to their size, and 1;
+#   - deploy-rs (../shared/peers/deploy-rs/measure.sh): one host, and 5 hosts --targets.
+# Prints medians and ratios; the raw figures stay in $BENCH_DIR (default target/bench-deploy).
+#
+# Usage: bench/deploy.sh [RUNS] [FLEETS]   (defaults: 3 runs, fleets 5,10,20)
+# Needs root, nix-bin, busybox-static, openssh-server, jq, bc (deploy-rs's recipe also
+# builds deploy-rs with cargo once). DEPLOYRS_DIR (default /tmp/deployrs-peer) and PEER
+# (default ../shared/peers/deploy-rs) locate the peer; SKIP_PEER=1 skips it.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+runs=${1:-3}
+fleets=${2:-5,10,20}
+bench_dir=${BENCH_DIR:-$repo/target/bench-deploy}
+peer=${PEER:-$repo/../shared/peers/deploy-rs}
+export DEPLOYRS_DIR=${DEPLOYRS_DIR:-/tmp/deployrs-peer}
+export NIX_CONFIG=$'substituters =\nexperimental-features = nix-command flakes\nbuild-users-group ='
+
+cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p waymark -p waymark-testbed
+rm -rf "$bench_dir/lab"
+mkdir -p "$bench_dir"
+echo "waymark: $runs runs per figure, fleets $fleets (progress below)" >&2
+"$repo/target/release/waymark-deploy-bench" --waymark "$repo/target/release/waymark" \
+  --dir "$bench_dir/lab" --runs "$runs" --fleets "$fleets" > "$bench_dir/waymark.json"
+
+dr_one=nan dr_five=nan
+if [[ ${SKIP_PEER:-} != 1 && -x $peer/measure.sh ]]; then
+  [[ -x $DEPLOYRS_DIR/tools/bin/deploy ]] || "$peer/recipe.sh" 5 >&2
+  echo "deploy-rs: measure.sh (about 3 minutes)" >&2
+  "$peer/measure.sh" > "$bench_dir/deploy-rs.txt" 2>&1 || true
+  # Only deploys that succeeded count (measure.sh's own status does not say).
+  med() { awk -F'\t' -v l="$1" '$1==l && $2==0 {print $3}' "$DEPLOYRS_DIR/results/times.tsv" | sort -n |
+    awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)]; else print "nan"}'; }
+  dr_one=$(med 1h-changed) dr_five=$(med 5h-targets-changed)
+  cp "$DEPLOYRS_DIR/results/times.tsv" "$bench_dir/deploy-rs-times.tsv"
+fi
+
+jq -r --arg dr1 "$dr_one" --arg dr5 "$dr_five" '
+  def r(x): (x * 100 | round) / 100;
+  def ratio(a; b): if (b | tonumber? // null) == null then "n/a" else "\(r(a / (b | tonumber)))x" end;
+  .single as $s | (.fleets | map(select(.parallel == .hosts))) as $par |
+  "one host, every gate (median of \($s.runs | length)): \(r($s.median_wall_s)) s" +
+  " = eval \(r($s.median_eval_s)) + Nix build/copy \(r($s.median_nix_s)) + on the hosts \(r($s.median_remote_s))" +
+  " (overlapping); waymark'"'"'s own CPU \(r($s.median_own_cpu_s)) s = \(r($s.median_own_cpu_s / $s.median_wall_s * 100))% of the wall time",
+  "  ssh connections per host: \($s.runs[0].ssh_connections) (target master, builder master, the confirmation)",
+  "  deploy-rs 1.0.0, one host (1h-changed): \($dr1) s  -> waymark/deploy-rs = \(ratio($s.median_wall_s; $dr1))",
+  "no-change redeploy: \(r(.unchanged_median_wall_s)) s",
+  (.fleets[] | "fleet of \(.hosts), --parallel \(.parallel): \(r(.wall_s)) s (\(r(.wall_s / $s.median_wall_s))x one host; max \(.max_ssh_connections_per_host) connections per target)"),
+  ($par[] | select(.hosts == 5) | "  deploy-rs --targets, 5 hosts (5h-targets-changed): \($dr5) s -> waymark/deploy-rs = \(ratio(.wall_s; $dr5))")
+' "$bench_dir/waymark.json"
