@@ -3,7 +3,7 @@
 //! goal `switch` is the agent's `committed`, read back over a new SSH connection, and
 //! the target verified to run the new closure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -88,7 +88,6 @@ pub struct Deployer<'a> {
     settings: Settings,
     sink: &'a dyn Sink,
     interaction: &'a dyn Interaction,
-    masters: Mutex<BTreeSet<String>>,
     /// Builds done for several hosts in one call, by host: how and the closure's
     /// path-info, or why not.
     /// `None` while the batch is under way.
@@ -225,7 +224,6 @@ impl<'a> Deployer<'a> {
             settings,
             sink,
             interaction,
-            masters: Mutex::new(BTreeSet::new()),
             prebuilt: Mutex::new(BTreeMap::new()),
             prebuilt_done: std::sync::Condvar::new(),
         }
@@ -233,16 +231,7 @@ impl<'a> Deployer<'a> {
 
     /// Closes the master connections this deployer opened.
     pub fn close(&self) {
-        let masters = std::mem::take(&mut *self.masters.lock().expect("not poisoned"));
-        for dest in &masters {
-            if let Some((user, address)) = dest.split_once('@') {
-                self.ssh.close(&Endpoint {
-                    name: String::new(),
-                    user: user.to_owned(),
-                    address: address.to_owned(),
-                });
-            }
-        }
+        self.ssh.close_all();
     }
 
     pub(crate) fn fleet(&self) -> &Fleet {
@@ -288,20 +277,13 @@ impl<'a> Deployer<'a> {
     }
 
     fn is_open(&self, host: &Endpoint) -> bool {
-        self.masters
-            .lock()
-            .expect("not poisoned")
-            .contains(&host.destination())
+        self.ssh.is_open(host)
     }
 
-    /// Notes that a master connection to `host` is used: 1 the first time, else 0.
+    /// Makes sure the master connection to `host` is open: 1 when this call opened
+    /// it, else 0. A host that cannot be reached fails in the command that follows.
     fn opened(&self, host: &Endpoint) -> u32 {
-        u32::from(
-            self.masters
-                .lock()
-                .expect("not poisoned")
-                .insert(host.destination()),
-        )
+        u32::from(self.ssh.ensure_master(host).0)
     }
 
     /// Sends derivations to a build host, builds them there in one call (going on past
@@ -334,9 +316,7 @@ done
             outs = outs.join(" "),
             key = q(key),
         );
-        if self.opened(builder) == 1
-            && let Err(e) = self.ssh.open_master(builder)
-        {
+        if let (_, Err(e)) = self.ssh.ensure_master(builder) {
             return all(format!("cannot reach {}: {e}", builder.name));
         }
         // The build's session starts while the derivations are sent.
@@ -707,10 +687,8 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
                     }))
                 }
                 (Some(b), _) => {
-                    if self.opened(b) == 1 {
-                        run.masters_opened += 1;
-                        scope.spawn(|| self.ssh.open_master(b));
-                    }
+                    run.masters_opened += u32::from(!self.is_open(b));
+                    scope.spawn(|| self.ssh.ensure_master(b));
                     None
                 }
                 _ => None,

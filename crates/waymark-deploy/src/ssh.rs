@@ -2,9 +2,11 @@
 //! command and by Nix's own ssh (through `NIX_SSHOPTS`), plus deliberately fresh
 //! connections where proving a new login works is the point (the confirmation).
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::Error;
@@ -34,10 +36,13 @@ impl Endpoint {
 
 /// How ssh is run: the user's options (`NIX_SSHOPTS`, as Nix reads them) and the
 /// directory of the master connections' sockets.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Ssh {
     user_opts: Vec<String>,
     control_dir: PathBuf,
+    /// Master connections by destination, opened once each: sessions never open one
+    /// themselves, so two can never race for a socket (the loser would linger).
+    masters: Mutex<BTreeMap<String, Arc<OnceLock<Result<(), String>>>>>,
 }
 
 /// A remote command's result.
@@ -79,14 +84,17 @@ impl Ssh {
         Self {
             user_opts: nix_sshopts.split_whitespace().map(str::to_owned).collect(),
             control_dir: control_dir.to_owned(),
+            masters: Mutex::new(BTreeMap::new()),
         }
     }
 
-    fn master_opts(&self) -> Vec<String> {
+    /// Options of sessions (`ControlMaster=no`: they use the master when it is there)
+    /// or of the master itself (`yes`). The user's options come first and win.
+    fn opts(&self, control_master: &str) -> Vec<String> {
         let mut o = self.user_opts.clone();
         o.extend(
             [
-                "ControlMaster=auto".to_owned(),
+                format!("ControlMaster={control_master}"),
                 format!("ControlPath={}/%C", self.control_dir.display()),
                 "ControlPersist=60".to_owned(),
                 "ServerAliveInterval=5".to_owned(),
@@ -100,7 +108,7 @@ impl Ssh {
 
     /// `NIX_SSHOPTS` for nix commands, so `nix copy` rides the master connections.
     pub fn nix_sshopts(&self) -> String {
-        self.master_opts().join(" ")
+        self.opts("no").join(" ")
     }
 
     /// Runs `remote` with `sh -c`: the scripts are POSIX shell whatever the login shell
@@ -127,7 +135,7 @@ impl Ssh {
         remote: &str,
         input: Option<&[u8]>,
     ) -> Result<Reply, Error> {
-        let cmd = Self::command(&self.master_opts(), host, remote);
+        let cmd = Self::command(&self.opts("no"), host, remote);
         output(cmd, input)
     }
 
@@ -152,12 +160,55 @@ impl Ssh {
         output(Self::command(&opts, host, remote), input)
     }
 
+    /// Opens the master connection to `host` once (no session, so no login shell
+    /// runs), returning once it is authenticated and in the background. True when this
+    /// call opened it; the error when it could not be opened.
+    pub fn ensure_master(&self, host: &Endpoint) -> (bool, Result<(), String>) {
+        let once = Arc::clone(
+            self.masters
+                .lock()
+                .expect("not poisoned")
+                .entry(host.destination())
+                .or_default(),
+        );
+        let mut opened = false;
+        let result = once.get_or_init(|| {
+            opened = true;
+            self.open_master(host).map_err(|e| e.to_string())
+        });
+        (opened, result.clone())
+    }
+
+    /// Whether the master connection to `host` was opened (or tried).
+    pub fn is_open(&self, host: &Endpoint) -> bool {
+        self.masters
+            .lock()
+            .expect("not poisoned")
+            .get(&host.destination())
+            .is_some_and(|o| o.get().is_some())
+    }
+
+    /// Closes every master connection opened.
+    pub fn close_all(&self) {
+        let masters = std::mem::take(&mut *self.masters.lock().expect("not poisoned"));
+        for dest in masters.keys() {
+            let mut cmd = Command::new("ssh");
+            cmd.args(self.opts("no"))
+                .args(["-O", "exit"])
+                .arg(dest)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let _ = cmd.status();
+        }
+    }
+
     /// Opens the master connection to `host` (no session, so no login shell runs),
     /// returning once it is authenticated and in the background.
-    pub fn open_master(&self, host: &Endpoint) -> Result<(), Error> {
+    fn open_master(&self, host: &Endpoint) -> Result<(), Error> {
         let mut cmd = Command::new("ssh");
-        cmd.args(self.master_opts())
-            .args(["-o", "ControlMaster=yes", "-N", "-f"])
+        cmd.args(self.opts("yes"))
+            .args(["-N", "-f"])
             .arg(host.destination())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -183,7 +234,7 @@ impl Ssh {
         let remote = format!(
             "IFS= read -r waymark_go || exit 0\n[ \"$waymark_go\" = go ] || exit 0\n{script}"
         );
-        let mut cmd = Self::command(&self.master_opts(), host, &remote);
+        let mut cmd = Self::command(&self.opts("no"), host, &remote);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -192,18 +243,6 @@ impl Ssh {
             message: e.to_string(),
         })?;
         Ok(Held { child: Some(child) })
-    }
-
-    /// Closes the master connection to `host`, if one is open.
-    pub fn close(&self, host: &Endpoint) {
-        let mut cmd = Command::new("ssh");
-        cmd.args(self.master_opts())
-            .args(["-O", "exit"])
-            .arg(host.destination())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let _ = cmd.status();
     }
 }
 
