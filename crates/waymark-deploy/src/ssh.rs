@@ -42,8 +42,11 @@ pub struct Ssh {
     control_dir: PathBuf,
     /// Master connections by destination, opened once each: sessions never open one
     /// themselves, so two can never race for a socket (the loser would linger).
-    masters: Mutex<BTreeMap<String, Arc<OnceLock<Result<(), String>>>>>,
+    masters: Mutex<BTreeMap<String, Arc<MasterSlot>>>,
 }
+
+/// One master connection: opened once, or why it could not be.
+type MasterSlot = OnceLock<Result<(), String>>;
 
 /// A remote command's result.
 #[derive(Debug, Clone)]
