@@ -154,6 +154,19 @@ in
       '';
     };
 
+    bootOnInhibitedSwitch = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        What to do when the new closure cannot be activated at run time because a
+        switch inhibitor (`system.switch.inhibitors`, e.g. the D-Bus
+        implementation) changed: `false` leaves the host as it was; `true` makes
+        the new closure the boot default (system profile and boot entry) to run
+        after the next reboot. Either way the running system is unchanged and the
+        closure is not marked known-good until a deploy has seen it run.
+      '';
+    };
+
     tagReleases = lib.mkOption {
       type = lib.types.bool;
       default = false;

@@ -44,6 +44,7 @@ t.all [
     dependsOn = [ ];
     signingKeyFile = null;
     trustedBuilderKeys = [ ];
+    bootOnInhibitedSwitch = false;
   } (removeAttrs plain [ "enable" ]))
   (t.eq "builder keys become trusted public keys" [ "builder-1:7pA2lk0Xq0Av8LdjB9CsF5nHUlkAwgWxr1hvfZ6Umh4=" ] (
     host "web" { waymark.deploy.trustedBuilderKeys = [ "builder-1:7pA2lk0Xq0Av8LdjB9CsF5nHUlkAwgWxr1hvfZ6Umh4=" ]; }

@@ -11,7 +11,7 @@
 #     hosts.<name> = { toplevel; closure; targetHost; sshUser; buildHost;
 #                      allowBuildOnTarget; tags; healthChecks;
 #                      activationTimeout; confirmTimeout; tagReleases;
-#                      dependsOn; signingKeyFile; };
+#                      dependsOn; signingKeyFile; bootOnInhibitedSwitch; };
 #     settings.deployAll = false;    # `waymark deploy` with no selection
 #                                      # deploys every host (lib.fleetWith)
 #     waves = [ [ <name> ... ] ... ];  # deploy order: a host comes after
@@ -105,6 +105,7 @@ let
         tagReleases
         dependsOn
         signingKeyFile
+        bootOnInhibitedSwitch
         ;
       healthChecks = map (c: {
         inherit (c)

@@ -1290,6 +1290,17 @@ fi
         };
         match state {
             AgentState::AwaitingConfirmation => {}
+            AgentState::Restored(why)
+                if why == "inhibited"
+                    && run.host.boot_on_inhibited_switch
+                    && matches!(self.settings.goal, Goal::Switch | Goal::Boot) =>
+            {
+                let restored = Self::verified_restore(run, rollback_to, String::new(), &r.stdout);
+                if restored.result != HostResult::Failed {
+                    return Err(restored);
+                }
+                return Err(self.boot_instead(run, closure, rollback_to));
+            }
             AgentState::Restored(why) => {
                 let log = fields(&r.stdout)
                     .get("log")
@@ -1394,6 +1405,47 @@ fi
                 format!("activated; passed: {}", passed.join(", "))
             },
         ))
+    }
+
+    /// The switch is inhibited and the host allows the fallback: the new closure becomes
+    /// the boot default (profile and boot entry), the running system stays. Not marked
+    /// known-good: it has not run here.
+    fn boot_instead(&self, run: &mut Run, closure: &str, rollback_to: &str) -> Stop {
+        let target = run.target.clone();
+        let script = format!(
+            r#"p=/nix/var/nix/profiles/system; before=$(readlink -e $p)
+if nix-env -p $p --set {c} && timeout {t} {c}/bin/switch-to-configuration boot; then echo boot=yes
+else [ -z "$before" ] || {{ nix-env -p $p --set "$before"; "$before/bin/switch-to-configuration" boot; }}; fi
+echo "running=$(readlink -e /run/current-system)"; echo "profile=$(readlink -e $p)"
+"#,
+            c = q(closure),
+            t = run.host.activation_timeout
+        );
+        let r = self.remote(run, &target, &script);
+        let f = fields(&r.stdout);
+        run.running = field(&f, "running").map(str::to_owned);
+        let why = "the switch is inhibited (a component changed that needs a reboot)";
+        if field(&f, "boot").is_some()
+            && field(&f, "profile") == Some(closure)
+            && run.running.as_deref() == Some(rollback_to)
+        {
+            stop(
+                HostResult::Failed,
+                format!(
+                    "{why}: {closure} is the boot default from the next reboot (bootOnInhibitedSwitch); the running system is unchanged; not marked known-good until a deploy sees it run"
+                ),
+            )
+        } else {
+            stop(
+                HostResult::NeedsHuman,
+                format!(
+                    "{why}, and making it the boot default failed ({}): the target runs {} with profile {}",
+                    r.last_error(),
+                    run.running.as_deref().unwrap_or("nothing"),
+                    field(&f, "profile").unwrap_or("missing")
+                ),
+            )
+        }
     }
 
     /// A gate failed after activation: tell the agent, then verify it restored.

@@ -85,6 +85,9 @@ pub struct Host {
     /// On a build host: the secret key that signs what it builds (a path there).
     #[serde(default)]
     pub signing_key_file: Option<String>,
+    /// Whether a switch refused by switch inhibitors falls back to the boot default.
+    #[serde(default)]
+    pub boot_on_inhibited_switch: bool,
 }
 
 /// Fleet-wide settings (`lib.fleetWith`).

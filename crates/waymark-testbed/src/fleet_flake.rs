@@ -38,7 +38,8 @@ const FLEET_NIX: &str = include_str!("../../../nix/lib/fleet.nix");
 /// `waymark.deploy` defaults of every host, as the module would fill them in.
 const DEFAULTS: &str = r#"{ enable = true; sshUser = "root"; buildHost = null;
       allowBuildOnTarget = false; tags = [ ]; healthChecks = [ ]; activationTimeout = 30;
-      confirmTimeout = 10; tagReleases = false; dependsOn = [ ]; signingKeyFile = null; }"#;
+      confirmTimeout = 10; tagReleases = false; dependsOn = [ ]; signingKeyFile = null;
+      bootOnInhibitedSwitch = false; }"#;
 
 /// A health check as the module's submodule fills it in: a command run on the target.
 pub fn command_check(name: &str, command: &str, timeout: u64) -> String {

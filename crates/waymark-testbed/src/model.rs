@@ -280,7 +280,9 @@ done
 "#;
 
 /// `bin/switch-to-configuration` of the toplevel: records each action in a state
-/// directory and fails when told to (a planted failure in the closure, or a `fail-<action>`
+/// directory, refuses `test` and `switch` as NixOS 26.05's switch inhibitors do when the
+/// state directory has an `inhibited` file, and fails when told to (a planted failure in
+/// the closure, or a `fail-<action>`
 /// file in the state directory). The state directory is `$WAYMARK_TESTBED_STATE`, default
 /// `/run/waymark-testbed`; with the default (a simulated host, whose `/run` is its own),
 /// `test` and `switch` also point `/run/current-system` at the closure, as NixOS does.
@@ -292,6 +294,14 @@ case "$action" in
   dry-activate|test|switch|boot) ;;
   *) echo "usage: switch-to-configuration dry-activate|test|switch|boot" >&2; exit 1 ;;
 esac
+# As NixOS compares the new system's inhibitors with the running one's: re-activating
+# what runs is never inhibited.
+if [ -e "$state/inhibited" ] && { [ "$action" = test ] || [ "$action" = switch ]; } &&
+  [ "$(readlink -f /run/current-system 2>/dev/null)" != "$self" ]; then
+  echo "There are changes to critical components of the system: dbus-implementation." >&2
+  echo "Refusing to switch (switch inhibitors); please run 'nixos-rebuild boot' and reboot." >&2
+  exit 1
+fi
 if [ -e "$self/fail-$action" ] || [ -e "$state/fail-$action" ]; then
   echo "switch-to-configuration: $action failed (planted failure)" >&2
   exit 1

@@ -416,3 +416,36 @@ fn bad_input_is_refused_before_anything_runs() {
     assert!(r.stdout.contains("signingKeyFile"), "{}", r.stdout);
     assert_eq!(lab.system("web1").0, *lab.g(0));
 }
+
+#[test]
+fn a_switch_inhibitor_stops_the_switch_and_falls_back_to_boot_only_where_allowed() {
+    let mut lab = TestLab::new(&["web1"]);
+    lab.flake.set_generation("web1", "g1").unwrap();
+    lab.exec("web1", "touch /run/waymark-testbed/inhibited");
+    let r = lab.deploy(&["web1"]);
+    assert_untouched(&lab, &r, "test", 1, "the switch is inhibited");
+
+    lab.flake
+        .set_deploy("web1", &target_decl("bootOnInhibitedSwitch = true;"))
+        .unwrap();
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 1, "{}", explain(&r));
+    let report = host_report(&events(&r), "web1").clone();
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("boot default from the next reboot"),
+        "{report}"
+    );
+    let (g0, g1) = (lab.g(0).clone(), lab.g(1).clone());
+    assert_eq!(
+        lab.system("web1"),
+        (g0, g1.clone(), g1),
+        "runs what it ran; boots the new closure next"
+    );
+    assert!(
+        lab.marks("web1", "web1").is_empty(),
+        "it has not run here: not known-good"
+    );
+}

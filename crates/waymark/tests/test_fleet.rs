@@ -7,7 +7,7 @@ use crate::common::run;
 
 const DECL: &str = r#"{ enable = true; sshUser = "root"; buildHost = null; allowBuildOnTarget = false;
   tags = [ ]; healthChecks = [ ]; activationTimeout = 60; confirmTimeout = 30; tagReleases = false;
-  dependsOn = [ ]; }"#;
+  dependsOn = [ ]; signingKeyFile = null; bootOnInhibitedSwitch = false; }"#;
 
 /// A fleet flake: `builder`, `db`, and `web` (built on builder, after db), plus `extra`
 /// Nix text merged into web's declaration.
