@@ -21,6 +21,7 @@ use crate::ssh::{Endpoint, Reply, Ssh};
 
 /// Where a deploy stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Goal {
     /// Build on the builder and copy to the target.
     Build,
@@ -205,6 +206,11 @@ tail -n 3 "$d/activate.log" "$d/commit.log" "$d/restore.log" 2>/dev/null | grep 
         d = q(dir),
         rounds = seconds * 33
     )
+}
+
+/// Seconds the health checks of a host may take together.
+fn checks_budget(host: &Host) -> u64 {
+    host.health_checks.iter().map(|c| c.timeout).sum()
 }
 
 const FINAL: &str = "committed|kept|restored:*|restore-failed:*";
@@ -1210,8 +1216,7 @@ echo "dry-rc=$rc"; echo "dry-ms=$(( ($(date +%s%N) - t0) / 1000000 ))"
             Goal::Boot => "boot",
             _ => "none",
         };
-        let checks_budget: u64 = run.host.health_checks.iter().map(|c| c.timeout).sum();
-        let window = run.host.confirm_timeout + checks_budget + 2;
+        let window = run.host.confirm_timeout + checks_budget(run.host) + 2;
         let args = [dir, closure, rollback_to, commit]
             .iter()
             .map(|a| q(a))
@@ -1471,12 +1476,7 @@ echo "running=$(readlink -e /run/current-system)"; echo "profile=$(readlink -e $
     ) -> Stop {
         let target = run.target.clone();
         let patience = run.host.confirm_timeout
-            + run
-                .host
-                .health_checks
-                .iter()
-                .map(|c| c.timeout)
-                .sum::<u64>()
+            + checks_budget(run.host)
             + 2 * run.host.activation_timeout
             + 30;
         let deadline = Instant::now() + Duration::from_secs(patience);
@@ -1560,14 +1560,7 @@ echo "running=$(readlink -e /run/current-system)"; echo "profile=$(readlink -e $
     ) -> Result<String, Stop> {
         let target = run.target.clone();
         if fault("late-confirm") {
-            let late = run.host.confirm_timeout
-                + run
-                    .host
-                    .health_checks
-                    .iter()
-                    .map(|c| c.timeout)
-                    .sum::<u64>()
-                + 4;
+            let late = run.host.confirm_timeout + checks_budget(run.host) + 4;
             std::thread::sleep(Duration::from_secs(late));
         }
         if fault("pause-before-confirm") {

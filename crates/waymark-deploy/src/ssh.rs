@@ -72,6 +72,13 @@ impl Reply {
     }
 }
 
+fn ssh_error(e: &std::io::Error) -> Error {
+    Error::Spawn {
+        program: "ssh".into(),
+        message: e.to_string(),
+    }
+}
+
 fn reply(out: &Output) -> Reply {
     Reply {
         code: out.status.code().unwrap_or(-1),
@@ -216,10 +223,7 @@ impl Ssh {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let out = cmd.output().map_err(|e| Error::Spawn {
-            program: "ssh".into(),
-            message: e.to_string(),
-        })?;
+        let out = cmd.output().map_err(|e| ssh_error(&e))?;
         if out.status.success() {
             Ok(())
         } else {
@@ -241,10 +245,7 @@ impl Ssh {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let child = cmd.spawn().map_err(|e| Error::Spawn {
-            program: "ssh".into(),
-            message: e.to_string(),
-        })?;
+        let child = cmd.spawn().map_err(|e| ssh_error(&e))?;
         Ok(Held { child: Some(child) })
     }
 }
@@ -254,10 +255,7 @@ fn output(mut cmd: Command, input: Option<&[u8]>) -> Result<Reply, Error> {
     if input.is_some() {
         cmd.stdin(Stdio::piped());
     }
-    let mut child = cmd.spawn().map_err(|e| Error::Spawn {
-        program: "ssh".into(),
-        message: e.to_string(),
-    })?;
+    let mut child = cmd.spawn().map_err(|e| ssh_error(&e))?;
     if let Some(bytes) = input {
         let mut stdin = child.stdin.take().expect("piped");
         // A remote that exits early closes the pipe; its status says why.
@@ -266,10 +264,7 @@ fn output(mut cmd: Command, input: Option<&[u8]>) -> Result<Reply, Error> {
     child
         .wait_with_output()
         .map(|o| reply(&o))
-        .map_err(|e| Error::Spawn {
-            program: "ssh".into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| ssh_error(&e))
 }
 
 /// A remote script waiting for its go (see [`Ssh::hold`]). Dropped without a go, it
@@ -291,10 +286,7 @@ impl Held {
         child
             .wait_with_output()
             .map(|o| reply(&o))
-            .map_err(|e| Error::Spawn {
-                program: "ssh".into(),
-                message: e.to_string(),
-            })
+            .map_err(|e| ssh_error(&e))
     }
 }
 

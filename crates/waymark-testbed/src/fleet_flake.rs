@@ -167,33 +167,39 @@ impl FleetFlake {
 
     /// Gives `hosts` another generation in one commit; returns it.
     pub fn set_generations(&mut self, hosts: &[&str], generation: &str) -> Result<String> {
+        self.update(hosts, &format!("generation {generation}"), |h| {
+            h.generation = Some(generation.to_owned());
+        })
+    }
+
+    /// Changes `hosts` with `change` and commits once; returns the commit.
+    fn update(
+        &mut self,
+        hosts: &[&str],
+        what: &str,
+        change: impl Fn(&mut FlakeHost),
+    ) -> Result<String> {
         for host in hosts {
             if let Some(h) = self.hosts.get_mut(*host) {
-                h.generation = Some(generation.to_owned());
+                change(h);
             }
         }
         self.write_hosts()?;
-        self.commit(&format!("{}: {generation}", hosts.join(", ")))
+        self.commit(&format!("{}: {what}", hosts.join(", ")))
     }
 
     /// Gives `hosts` a new salt (a new closure of the same generation) in one commit.
     pub fn set_salt(&mut self, hosts: &[&str], salt: &str) -> Result<String> {
-        for host in hosts {
-            if let Some(h) = self.hosts.get_mut(*host) {
-                h.salt = Some(salt.to_owned());
-            }
-        }
-        self.write_hosts()?;
-        self.commit(&format!("{}: salt {salt}", hosts.join(", ")))
+        self.update(hosts, &format!("salt {salt}"), |h| {
+            h.salt = Some(salt.to_owned());
+        })
     }
 
     /// Replaces `host`'s deploy attributes and commits; returns the new commit.
     pub fn set_deploy(&mut self, host: &str, deploy: &str) -> Result<String> {
-        if let Some(h) = self.hosts.get_mut(host) {
+        self.update(&[host], "deploy settings", |h| {
             deploy.clone_into(&mut h.deploy);
-        }
-        self.write_hosts()?;
-        self.commit(&format!("{host}: deploy settings"))
+        })
     }
 
     /// Commits everything; returns HEAD.

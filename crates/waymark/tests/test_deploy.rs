@@ -74,6 +74,14 @@ impl TestLab {
     }
 }
 
+/// A target's declaration with one command health check.
+pub fn with_check(name: &str, command: &str, timeout: u64) -> String {
+    target_decl(&format!(
+        "healthChecks = [ {} ];",
+        command_check(name, command, timeout)
+    ))
+}
+
 /// The JSON Lines events of a run, checked against the documented schema.
 pub fn events(r: &Run) -> Vec<Value> {
     let schema: Value =
@@ -283,10 +291,7 @@ fn failures_after_activation_restore_the_previous_closure() {
     lab.flake
         .set_deploy(
             "web1",
-            &target_decl(&format!(
-                "healthChecks = [ {} ];",
-                command_check("web-up", "test ! -e /run/waymark-testbed/unhealthy", 2)
-            )),
+            &with_check("web-up", "test ! -e /run/waymark-testbed/unhealthy", 2),
         )
         .unwrap();
     lab.flake.set_generation("web1", "g1").unwrap();
@@ -369,13 +374,7 @@ fn kill_during(lab: &TestLab, fault: &str, gate: &str, after: Duration) {
 fn a_killed_deployer_leaves_the_previous_closure_running() {
     let mut lab = TestLab::new(&["web1"]);
     lab.flake
-        .set_deploy(
-            "web1",
-            &target_decl(&format!(
-                "healthChecks = [ {} ];",
-                command_check("slow", "sleep 1", 3)
-            )),
-        )
+        .set_deploy("web1", &with_check("slow", "sleep 1", 3))
         .unwrap();
     lab.flake.set_generation("web1", "g1").unwrap();
     let g0 = &lab.g(0).clone();

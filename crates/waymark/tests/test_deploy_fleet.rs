@@ -41,6 +41,15 @@ fn lab() -> TestLab {
     lab
 }
 
+fn assert_skipped(ev: &[Value], host: &str, why: &str) {
+    assert_eq!(result(ev, host), "skipped");
+    let message = host_report(ev, host)["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains(why), "{message}");
+}
+
 fn untouched(lab: &TestLab, host: &str) -> bool {
     lab.system(host).0 == *lab.g(0) && lab.marks(host, host).is_empty()
 }
@@ -155,13 +164,7 @@ fn a_failed_host_stops_its_dependents_and_the_limits_hold() {
     assert_eq!(r.code, 1);
     let ev = events(&r);
     assert_eq!(result(&ev, "web1"), "failed");
-    assert_eq!(result(&ev, "web2"), "skipped");
-    assert!(
-        host_report(&ev, "web2")["message"]
-            .as_str()
-            .unwrap()
-            .contains("--max-failures 1 reached")
-    );
+    assert_skipped(&ev, "web2", "--max-failures 1 reached");
 
     // --canary 1: the first host fails, the others are not started.
     lab.flake.set_generation("db", "g1").unwrap();
@@ -176,12 +179,6 @@ fn a_failed_host_stops_its_dependents_and_the_limits_hold() {
     let r = lab.deploy(&["--on", "web1,web2", "--canary", "1", "--parallel", "2"]);
     let ev = events(&r);
     assert_eq!(result(&ev, "web1"), "failed");
-    assert_eq!(result(&ev, "web2"), "skipped");
-    assert!(
-        host_report(&ev, "web2")["message"]
-            .as_str()
-            .unwrap()
-            .contains("a canary host failed")
-    );
+    assert_skipped(&ev, "web2", "a canary host failed");
     assert!(untouched(&lab, "web2"));
 }

@@ -36,6 +36,18 @@ pub struct DemoArgs {
     pub json: bool,
 }
 
+/// The directory the demo leaves its state in: the one named, or a new one.
+fn demo_dir(args: &DemoArgs) -> anyhow::Result<PathBuf> {
+    Ok(match &args.dir {
+        Some(d) => d.clone(),
+        None => tempfile::Builder::new()
+            .prefix("waymark-demo-")
+            .tempdir()
+            .context("creating the demo directory")?
+            .keep(),
+    })
+}
+
 fn is_root() -> bool {
     // The demo's hosts need mount namespaces; `id -u` avoids unsafe libc calls.
     std::process::Command::new("id")
@@ -75,14 +87,7 @@ fn step(lab: &Lab, p: crate::printer::Printer, what: &str, args: &[&str]) -> any
 
 fn fleet_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
     let p = global.printer;
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => tempfile::Builder::new()
-            .prefix("waymark-demo-")
-            .tempdir()
-            .context("creating the demo directory")?
-            .keep(),
-    };
+    let dir = demo_dir(args)?;
     let me = std::env::current_exe().context("finding the waymark binary")?;
     p.info(format_args!(
         "Starting a build host `builder` and targets `db`, `web1`, `web2` in {}:\neach has its own /nix (store, profiles, GC roots), its own /run and an sshd on 127.0.0.1.\nThe targets run an installed system (generation 1), not yet known-good.",
@@ -186,14 +191,7 @@ fn fleet_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
 
 fn diff_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
     let p = global.printer;
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => tempfile::Builder::new()
-            .prefix("waymark-demo-")
-            .tempdir()
-            .context("creating the demo directory")?
-            .keep(),
-    };
+    let dir = demo_dir(args)?;
     let store = PrivateStore::at(&dir).context("creating the demo's private store")?;
     p.info(format_args!(
         "Building two generations of a demo host `web` in a private store in {}.",

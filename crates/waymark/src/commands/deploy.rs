@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::{Context as _, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use waymark_deploy::{
     Deployer, Event, FleetOptions, Goal, HostReport, HostResult, Interaction, Mode, SCHEMA,
     Settings, Sink, Ssh, now,
@@ -18,37 +18,6 @@ use crate::ExitStatus;
 use crate::printer::write_stdout;
 use crate::render;
 
-/// Where to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum GoalArg {
-    /// Build on the build host and copy to the target
-    Build,
-    /// Also show the closure diff against what the target runs
-    Diff,
-    /// Also dry-activate on the target
-    DryActivate,
-    /// Also activate with switch-to-configuration test and run the health checks (kept
-    /// running, not committed, not marked)
-    Test,
-    /// Every gate: commit (profile and boot entry) and mark known-good
-    Switch,
-    /// Every gate, but the new closure only becomes the boot default
-    Boot,
-}
-
-impl From<GoalArg> for Goal {
-    fn from(g: GoalArg) -> Self {
-        match g {
-            GoalArg::Build => Self::Build,
-            GoalArg::Diff => Self::Diff,
-            GoalArg::DryActivate => Self::DryActivate,
-            GoalArg::Test => Self::Test,
-            GoalArg::Switch => Self::Switch,
-            GoalArg::Boot => Self::Boot,
-        }
-    }
-}
-
 /// Options of a deploy and of a rollback.
 #[derive(Debug, Clone, Args)]
 #[allow(clippy::struct_excessive_bools)] // independent command-line switches
@@ -57,8 +26,8 @@ pub struct DeployOptions {
     #[arg(long, default_value = ".")]
     pub flake: String,
     /// Stop after this gate
-    #[arg(long, value_enum, default_value_t = GoalArg::Switch)]
-    pub goal: GoalArg,
+    #[arg(long, value_enum, default_value_t = Goal::Switch)]
+    pub goal: Goal,
     /// Deploy even when the target does not run its latest known-good closure
     #[arg(long)]
     pub allow_drift: bool,
@@ -335,7 +304,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         control.path(),
     );
     let settings = Settings {
-        goal: opts.goal.into(),
+        goal: opts.goal,
         allow_drift: opts.allow_drift,
         ask: opts.ask,
         rev,
