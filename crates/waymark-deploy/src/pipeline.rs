@@ -386,6 +386,20 @@ done
         Self::nix_output(&mut run.nix_time, cmd)
     }
 
+    /// Test hook (`WAYMARK_FAULT=interrupt-copy`): the copy is killed a moment after it
+    /// started, as a dropped connection or a killed process would end it.
+    fn interrupted(mut cmd: Command) -> Result<String, String> {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(150));
+        let _ = child.kill();
+        let _ = child.wait();
+        Err("interrupted (WAYMARK_FAULT=interrupt-copy)".into())
+    }
+
     fn nix_output(clock: &mut Duration, mut cmd: Command) -> Result<String, String> {
         let started = Instant::now();
         let out = cmd.output().map_err(|e| format!("running nix: {e}"))?;
@@ -901,7 +915,12 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
                     &target_url,
                     closure,
                 ]);
-                Self::nix_run(run, copy).map_err(|e| {
+                let copied = if fault("interrupt-copy") {
+                    Self::interrupted(copy)
+                } else {
+                    Self::nix_run(run, copy)
+                };
+                copied.map_err(|e| {
                     failed(&format!("copying from {} to {}", host.name, run.name), e)
                 })?;
                 Ok(((), format!("{how}, copied to {}", run.name)))

@@ -270,6 +270,13 @@ fn failures_before_activation_leave_the_target_alone() {
     assert_untouched(&lab, &r, "build", 2, "copying from builder to web1 failed");
     std::fs::write(&conf, trusting).unwrap();
 
+    // The copy is cut off half-way: nothing half-copied is used, and the next deploy
+    // copies again and goes through.
+    let r = lab.deploy_with_fault("interrupt-copy", &["web1", "--goal", "build"]);
+    assert_untouched(&lab, &r, "build", 2, "copying from builder to web1 failed");
+    assert_eq!(lab.deploy(&["web1", "--goal", "build"]).code, 0);
+    assert_eq!(lab.system("web1").0, *lab.g(0));
+
     lab.exec("web1", "touch /run/waymark-testbed/fail-dry-activate");
     let r = lab.deploy(&["web1"]);
     assert_untouched(&lab, &r, "dry-activate", 1, "dry-activate failed");
