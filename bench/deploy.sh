@@ -46,9 +46,9 @@ jq -r --arg dr1 "$dr_one" --arg dr5 "$dr_five" '
   "one host, every gate (median of \($s.runs | length)): \(r($s.median_wall_s)) s" +
   " = eval \(r($s.median_eval_s)) + Nix build/copy \(r($s.median_nix_s)) + on the hosts \(r($s.median_remote_s))" +
   " (overlapping); waymark'"'"'s own CPU \(r($s.median_own_cpu_s)) s = \(r($s.median_own_cpu_s / $s.median_wall_s * 100))% of the wall time",
-  "  ssh connections per host: \($s.runs[0].ssh_connections) (target master, builder master, the confirmation)",
+  "  ssh connections opened: \($s.runs[0].ssh_connections) (the target'"'"'s master and the confirmation'"'"'s, the build host'"'"'s master)",
   "  deploy-rs 1.0.0, one host (1h-changed): \($dr1) s  -> waymark/deploy-rs = \(ratio($s.median_wall_s; $dr1))",
   "no-change redeploy: \(r(.unchanged_median_wall_s)) s",
-  (.fleets[] | "fleet of \(.hosts), --parallel \(.parallel): \(r(.wall_s)) s (\(r(.wall_s / $s.median_wall_s))x one host; max \(.max_ssh_connections_per_host) connections per target)"),
+  (.fleets[] | "fleet of \(.hosts), --parallel \(.parallel): \(r(.wall_s)) s (\(r(.wall_s / $s.median_wall_s))x one host; at most \(.max_ssh_connections_per_host) connections opened by one host'"'"'s deploy)"),
   ($par[] | select(.hosts == 5) | "  deploy-rs --targets, 5 hosts (5h-targets-changed): \($dr5) s -> waymark/deploy-rs = \(ratio(.wall_s; $dr5))")
 ' "$bench_dir/waymark.json"
