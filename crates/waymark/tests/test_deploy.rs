@@ -455,3 +455,103 @@ fn a_switch_inhibitor_stops_the_switch_and_falls_back_to_boot_only_where_allowed
         "it has not run here: not known-good"
     );
 }
+
+#[test]
+fn builds_here_with_a_key_or_on_the_target_where_declared() {
+    let mut lab = TestLab::new(&["web1"]);
+    let key = lab.fleet.signing_key();
+    // No build host: built by the deploying machine, signed with --signing-key.
+    lab.flake
+        .set_deploy("web1", "{ confirmTimeout = 3; }")
+        .unwrap();
+    lab.flake.set_generation("web1", "g1").unwrap();
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 2, "refused without a key: {}", explain(&r));
+    assert!(r.stdout.contains("--signing-key"), "{}", r.stdout);
+    let r = lab.deploy(&["web1", "--signing-key", key.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let ev = events(&r);
+    let build = ev
+        .iter()
+        .find(|e| e["gate"] == "build" && e["event"] == "end")
+        .unwrap();
+    assert_eq!(build["message"], "built here and copied to web1");
+    assert_eq!(lab.system("web1").0, *lab.g(1));
+
+    // allowBuildOnTarget: the target builds it itself.
+    lab.flake
+        .set_deploy("web1", "{ confirmTimeout = 3; allowBuildOnTarget = true; }")
+        .unwrap();
+    lab.flake.set_generation("web1", "g0").unwrap();
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let ev = events(&r);
+    let build = ev
+        .iter()
+        .find(|e| e["gate"] == "build" && e["event"] == "end")
+        .unwrap();
+    assert_eq!(build["message"], "built on web1 (allowBuildOnTarget)");
+    assert_eq!(lab.system("web1").0, *lab.g(0));
+}
+
+/// A static HTTP server on 127.0.0.1 (busybox httpd), stopped when dropped.
+struct Httpd {
+    child: std::process::Child,
+    port: u16,
+    root: tempfile::TempDir,
+}
+
+impl Httpd {
+    fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(waymark_testbed::busybox().unwrap())
+            .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+            .arg(root.path())
+            .spawn()
+            .expect("busybox httpd");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "httpd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, root }
+    }
+}
+
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn http_health_checks_gate_the_switch() {
+    let mut lab = TestLab::new(&["web1"]);
+    let httpd = Httpd::start();
+    let check = format!(
+        r#"healthChecks = [ {{ name = "healthz"; kind = "http"; command = null; url = "http://127.0.0.1:{}/healthz"; timeout = 2; }} ];"#,
+        httpd.port
+    );
+    lab.flake.set_deploy("web1", &target_decl(&check)).unwrap();
+    lab.flake.set_generation("web1", "g1").unwrap();
+    // 404: the check fails and the target is restored.
+    let r = lab.deploy(&["web1"]);
+    assert_untouched(&lab, &r, "test", 1, "health check healthz failed");
+    // 200: the deploy goes through.
+    std::fs::write(httpd.root.path().join("healthz"), "ok\n").unwrap();
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let ev = events(&r);
+    let test = ev
+        .iter()
+        .find(|e| e["gate"] == "test" && e["event"] == "end")
+        .unwrap();
+    assert_eq!(test["message"], "activated; passed: healthz");
+    assert_eq!(lab.system("web1").0, *lab.g(1));
+}
