@@ -92,6 +92,8 @@ pub enum AgentState {
     Restored(String),
     /// Done: restoring failed. Needs a human.
     RestoreFailed(String),
+    /// Done without activating anything, for this reason.
+    Refused(String),
 }
 
 impl AgentState {
@@ -109,6 +111,7 @@ impl AgentState {
             "kept" => Self::Kept,
             "restored" => Self::Restored(why),
             "restore-failed" => Self::RestoreFailed(why),
+            "refused" => Self::Refused(why),
             _ => Self::Unknown(line.to_owned()),
         }
     }
@@ -117,7 +120,11 @@ impl AgentState {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Self::Committed | Self::Kept | Self::Restored(_) | Self::RestoreFailed(_)
+            Self::Committed
+                | Self::Kept
+                | Self::Restored(_)
+                | Self::RestoreFailed(_)
+                | Self::Refused(_)
         )
     }
 

@@ -19,7 +19,9 @@
 #
 # Progress goes to DIR/state (written by rename, so a reader never sees half a
 # line); logs to DIR/*.log. Terminal states: committed, kept, restored:<why>,
-# restore-failed:<why>. The lock /run/waymark/active is held until then.
+# restore-failed:<why>, and refused:running-changed (nothing activated: the running
+# system changed since the deployer read it). The lock /run/waymark/active is held until
+# then (its pid file says by whom).
 set -u
 dir=$1 new=$2 prev=$3 commit=$4 confirm=$5 activation=$6
 profile=/nix/var/nix/profiles/system
@@ -32,26 +34,41 @@ finish() {
   rm -rf /run/waymark/active
   exit 0
 }
+# Whatever ends this shell before finish (a signal, an error) still frees the lock.
+trap 'rm -rf /run/waymark/active' EXIT
+trap 'exit 1' HUP INT TERM
+echo $$ > /run/waymark/active/pid
+
 restore() {
   why=$1
   state "restoring:$why"
+  failed=
   if [ -n "${profile_before:-}" ]; then
-    nix-env -p "$profile" --set "$profile_before" >> "$dir/restore.log" 2>&1
-    "$profile_before/bin/switch-to-configuration" boot >> "$dir/restore.log" 2>&1
+    { nix-env -p "$profile" --set "$profile_before" &&
+      timeout "$activation" "$profile_before/bin/switch-to-configuration" boot; } >> "$dir/restore.log" 2>&1 ||
+      failed=profile
   fi
   if [ -z "$prev" ]; then
     finish "restore-failed:$why"
   fi
   if timeout "$activation" "$prev/bin/switch-to-configuration" test >> "$dir/restore.log" 2>&1 &&
-    [ "$(readlink /run/current-system)" = "$prev" ]; then
+    [ "$(readlink -e /run/current-system)" = "$prev" ] && [ -z "$failed" ]; then
     finish "restored:$why"
   fi
   finish "restore-failed:$why"
 }
 
+# The system the deployer read is the one to come back to; if something else switched
+# it since, activate nothing.
+if [ "$(readlink -e /run/current-system)" != "$prev" ]; then
+  finish "refused:running-changed"
+fi
+
 state activating
 if ! timeout "$activation" "$new/bin/switch-to-configuration" test > "$dir/activate.log" 2>&1; then
-  if grep -qi -e 'inhibit' -e 'nixos-rebuild boot' "$dir/activate.log"; then
+  # Switch inhibitors refuse before activating anything: what runs is unchanged.
+  if grep -qiE 'switch.?inhibitor|nixos-rebuild boot' "$dir/activate.log" &&
+    [ "$(readlink -e /run/current-system)" = "$prev" ]; then
     restore inhibited
   fi
   restore activation-failed

@@ -142,7 +142,23 @@ impl Deployer<'_> {
         std::thread::scope(|scope| {
             // Batch builds run while the first hosts probe their targets.
             for batch in &batches {
-                scope.spawn(move || self.prebuild(batch));
+                scope.spawn(move || {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.prebuild(batch);
+                    }))
+                    .is_err()
+                    {
+                        // Waiting hosts must wake up: each builds on its own instead.
+                        let mut map = self
+                            .prebuilt
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        for (name, _, _) in &batch.hosts {
+                            map.remove(name);
+                        }
+                        self.prebuilt_done.notify_all();
+                    }
+                });
             }
             loop {
                 // Settle what can be settled without running: skips.
@@ -170,7 +186,11 @@ impl Deployer<'_> {
                         None
                     };
                     if let Some(message) = reason {
-                        let report = self.skipped(name, &message);
+                        let report = self.ended_early(
+                            name,
+                            HostResult::Skipped,
+                            &format!("not started: {message}; untouched"),
+                        );
                         done.insert(name.clone(), report);
                     }
                 }
@@ -192,7 +212,17 @@ impl Deployer<'_> {
                         let tx = tx.clone();
                         let name = name.clone();
                         scope.spawn(move || {
-                            let report = self.deploy_host(&name, &Mode::Deploy);
+                            // A panic still reports, or the loop would wait forever.
+                            let report = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                                || self.deploy_host(&name, &Mode::Deploy),
+                            ))
+                            .unwrap_or_else(|_| {
+                                self.ended_early(
+                                    &name,
+                                    HostResult::NeedsHuman,
+                                    "waymark failed internally (a panic) during this host's deploy; check the host",
+                                )
+                            });
                             let _ = tx.send(report);
                         });
                     }
@@ -213,17 +243,18 @@ impl Deployer<'_> {
         plan.iter().filter_map(|(h, _)| done.remove(h)).collect()
     }
 
-    fn skipped(&self, name: &str, message: &str) -> HostReport {
+    /// The report of a host that did not go through its pipeline.
+    fn ended_early(&self, name: &str, result: HostResult, message: &str) -> HostReport {
         let report = HostReport {
             host: name.to_owned(),
-            result: HostResult::Skipped,
+            result,
             reached: None,
             closure: self.fleet().hosts.get(name).and_then(|h| h.closure.clone()),
             running: None,
             mark: None,
             release_tag: None,
             change: None,
-            message: format!("not started: {message}; untouched"),
+            message: message.to_owned(),
             duration_ms: 0,
             ssh_connections: 0,
             nix_ms: 0,

@@ -163,6 +163,8 @@ struct Run<'h> {
 #[derive(Default)]
 struct Probe {
     running: Option<String>,
+    /// What the system profile (the boot default) points at.
+    profile: Option<String>,
     /// `nix path-info --json --recursive` of what runs.
     old_closure: Option<String>,
     marks: Vec<Record>,
@@ -213,7 +215,7 @@ fn checks_budget(host: &Host) -> u64 {
     host.health_checks.iter().map(|c| c.timeout).sum()
 }
 
-const FINAL: &str = "committed|kept|restored:*|restore-failed:*";
+const FINAL: &str = "committed|kept|restored:*|restore-failed:*|refused:*";
 
 impl<'a> Deployer<'a> {
     /// A deployer for `fleet`, reaching hosts with `ssh`.
@@ -586,6 +588,7 @@ done
     fn probe(&self, run: &mut Run) -> Result<Probe, Stop> {
         let script = format!(
             r#"echo "running=$(readlink -e /run/current-system)"
+echo "profile=$(readlink -e /nix/var/nix/profiles/system)"
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   echo "units=yes"; systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{{print "failed=" $1}}'
 fi
@@ -638,6 +641,7 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
         marks.retain(|m| m.target == run.name);
         Ok(Probe {
             running: field(&f, "running").map(str::to_owned),
+            profile: field(&f, "profile").map(str::to_owned),
             old_closure: (!old_json.trim().is_empty()).then(|| old_json.to_owned()),
             marks,
             failed_units: field(&f, "units").map(|_| {
@@ -742,7 +746,10 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
             run.closure = Some(record.closure.clone());
             run.drv.clone_from(&record.drv);
             run.rev = Some(record.rev.clone());
-            if to.is_none() && probe.running.as_deref() == Some(record.closure.as_str()) {
+            if to.is_none()
+                && probe.running.as_deref() == Some(record.closure.as_str())
+                && probe.profile.as_deref() == Some(record.closure.as_str())
+            {
                 return Ok((
                     HostResult::Unchanged,
                     format!("already runs its latest known-good mark {}", record.mark),
@@ -757,6 +764,7 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
         if mode == &Mode::Deploy
             && self.settings.goal == Goal::Switch
             && probe.running.as_deref() == Some(closure.as_str())
+            && probe.profile.as_deref() == Some(closure.as_str())
             && latest.as_ref().is_some_and(|l| l.closure == closure)
         {
             run.change = Some("no change".into());
@@ -1184,6 +1192,10 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
                     ),
                 ));
             }
+            None if launches => {
+                // The agent may have started before the connection was lost: look.
+                return Err(self.after_lost_launch(run, dir, closure, rollback_to, &r));
+            }
             None => {
                 return Err(stop(
                     HostResult::Failed,
@@ -1205,6 +1217,49 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
             run.launched = Some(r);
         }
         Ok(((), DryRun::parse(&output).summary()))
+    }
+
+    /// The round trip of dry-activate and the agent's start was lost: the agent may
+    /// or may not run. Look over a new connection; if it started, follow it to its end.
+    fn after_lost_launch(
+        &self,
+        run: &mut Run,
+        dir: &str,
+        closure: &str,
+        rollback_to: &str,
+        lost: &Reply,
+    ) -> Stop {
+        let why = format!(
+            "lost the connection during dry-activate ({})",
+            lost.last_error()
+        );
+        run.fresh_connections += 1;
+        let look = self.ssh.run_fresh(
+            &run.target,
+            &format!(
+                "test -e {}/state && echo started=yes; echo looked=yes",
+                q(dir)
+            ),
+            None,
+            Duration::from_secs(10),
+        );
+        match look {
+            Ok(r) if r.stdout.contains("looked=yes") && !r.stdout.contains("started=yes") => stop(
+                HostResult::Failed,
+                format!("{why}; the agent never started: nothing was activated"),
+            ),
+            Ok(r) if r.stdout.contains("started=yes") => {
+                self.await_restore(run, dir, closure, rollback_to, &why)
+            }
+            other => stop(
+                HostResult::NeedsHuman,
+                format!(
+                    "{why}, and {} cannot be reached to see whether activation started: check it ({})",
+                    run.name,
+                    other.map_or_else(|e| e.to_string(), |r| r.last_error())
+                ),
+            ),
+        }
     }
 
     /// Gate 3's shell, and where the goal goes further the agent's start (its script
@@ -1245,19 +1300,31 @@ echo "dry-rc=$rc"; echo "dry-ms=$(( ($(date +%s%N) - t0) / 1000000 ))"
         let unit = format!("waymark-activate-{}-{}", self.settings.run_id, run.name);
         format!(
             r#"mkdir -p /run/waymark/deploy
+# The lock names who holds it; one whose holder is gone (a reboot clears /run anyway)
+# is taken over.
 if ! mkdir /run/waymark/active 2>/dev/null; then
-  echo "busy=$(cat /run/waymark/active/id 2>/dev/null)"; exit 75
+  holder=$(cat /run/waymark/active/pid 2>/dev/null)
+  if [ -n "$holder" ] && kill -0 "$holder" 2>/dev/null &&
+    ! grep -q '^State:[[:space:]]*Z' "/proc/$holder/status" 2>/dev/null; then
+    echo "busy=$(cat /run/waymark/active/id 2>/dev/null)"; exit 75
+  fi
+  rm -rf /run/waymark/active; mkdir /run/waymark/active || {{ echo busy=unknown; exit 75; }}
 fi
-echo {dir} > /run/waymark/active/id
-mkdir -p {dir} && cat > {dir}/agent.sh
-if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null; then
-  systemd-run --quiet --collect --unit={unit} --service-type=exec sh {dir}/agent.sh {args}
-elif command -v setsid >/dev/null; then
-  # -f: a session of its own, and ssh does not wait for it.
-  (cd / && setsid -f sh {dir}/agent.sh {args} </dev/null >{dir}/agent.log 2>&1)
-else
-  (cd / && nohup sh {dir}/agent.sh {args} </dev/null >{dir}/agent.log 2>&1 &)
+echo $$ > /run/waymark/active/pid; echo {dir} > /run/waymark/active/id
+started=
+if mkdir -p {dir} && cat > {dir}/agent.sh; then
+  if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null; then
+    # The unit gets this PATH: a transient unit's own has only systemd in it.
+    systemd-run --quiet --collect --unit={unit} --service-type=exec --setenv=PATH="$PATH" \
+      "$(command -v sh)" {dir}/agent.sh {args} && started=yes
+  elif command -v setsid >/dev/null; then
+    # -f: a session of its own, and ssh does not wait for it.
+    (cd / && setsid -f sh {dir}/agent.sh {args} </dev/null >{dir}/agent.log 2>&1) && started=yes
+  else
+    (cd / && nohup sh {dir}/agent.sh {args} </dev/null >{dir}/agent.log 2>&1 &) && started=yes
+  fi
 fi
+if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; exit 76; fi
 {wait}"#,
             dir = q(dir),
             unit = q(&unit),
@@ -1280,6 +1347,16 @@ fi
     ) -> Result<((), String), Stop> {
         let r = run.launched.take().expect("started with dry-activate");
         let target = run.target.clone();
+        if r.code == 76 {
+            return Err(stop(
+                HostResult::Failed,
+                format!(
+                    "the activation agent could not be started on {}: {}; nothing was activated",
+                    run.name,
+                    r.last_error()
+                ),
+            ));
+        }
         if r.code == 75 {
             return Err(stop(
                 HostResult::Failed,
@@ -1338,6 +1415,15 @@ fi
                         AgentState::reason(&why)
                     ),
                     &r.stdout,
+                ));
+            }
+            AgentState::Refused(why) => {
+                return Err(stop(
+                    HostResult::Failed,
+                    format!(
+                        "the agent activated nothing ({why}): {} switched to another system since the deploy read it",
+                        run.name
+                    ),
                 ));
             }
             AgentState::RestoreFailed(why) => {
@@ -1524,6 +1610,12 @@ echo "running=$(readlink -e /run/current-system)"; echo "profile=$(readlink -e $
                             ),
                         );
                     }
+                    AgentState::Refused(how) => {
+                        return stop(
+                            HostResult::Failed,
+                            format!("{why}; the agent activated nothing ({how})"),
+                        );
+                    }
                     AgentState::RestoreFailed(_) => {
                         return stop(
                             HostResult::NeedsHuman,
@@ -1704,6 +1796,14 @@ fi
                     ))
                 }
             }
+            AgentState::RestoreFailed(why) => Err(stop(
+                HostResult::NeedsHuman,
+                format!(
+                    "{}, and restoring failed on the target: see {dir}/restore.log on {}",
+                    AgentState::reason(&why),
+                    run.name
+                ),
+            )),
             AgentState::Restored(how) => Err(Self::verified_restore(
                 run,
                 rollback_to,

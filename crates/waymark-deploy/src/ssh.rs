@@ -157,16 +157,19 @@ impl Ssh {
         input: Option<&[u8]>,
         connect_timeout: Duration,
     ) -> Result<Reply, Error> {
-        let mut opts = self.user_opts.clone();
-        opts.extend(
-            [
-                "ControlMaster=no".to_owned(),
-                "ControlPath=none".to_owned(),
-                format!("ConnectTimeout={}", connect_timeout.as_secs().max(1)),
-            ]
-            .into_iter()
-            .flat_map(|v| ["-o".to_owned(), v]),
-        );
+        // Ours first: ssh keeps the first value of an option, and a user's own
+        // ControlMaster/ControlPath must not turn this into a reused connection.
+        let mut opts: Vec<String> = [
+            "ControlMaster=no".to_owned(),
+            "ControlPath=none".to_owned(),
+            format!("ConnectTimeout={}", connect_timeout.as_secs().max(1)),
+            "ServerAliveInterval=5".to_owned(),
+            "ServerAliveCountMax=3".to_owned(),
+        ]
+        .into_iter()
+        .flat_map(|v| ["-o".to_owned(), v])
+        .collect();
+        opts.extend(self.user_opts.iter().cloned());
         output(Self::command(&opts, host, remote), input)
     }
 

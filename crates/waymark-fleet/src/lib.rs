@@ -154,6 +154,26 @@ impl Fleet {
             if h.ssh_user.trim().is_empty() {
                 return Err(invalid(name, "no SSH user (waymark.deploy.sshUser)".into()));
             }
+            // Both end up on ssh's command line: nothing that could read as an option.
+            for (what, value) in [("targetHost", &h.target_host), ("sshUser", &h.ssh_user)] {
+                if value.starts_with('-') || value.contains(|c: char| c.is_whitespace() || c == '@')
+                {
+                    return Err(invalid(
+                        name,
+                        format!("waymark.deploy.{what} {value:?} is not a host or user name"),
+                    ));
+                }
+            }
+            for c in &h.health_checks {
+                if let Some(url) = &c.url
+                    && !(url.starts_with("http://") || url.starts_with("https://"))
+                {
+                    return Err(invalid(
+                        name,
+                        format!("health check {}: {url:?} is not an http(s) URL", c.name),
+                    ));
+                }
+            }
             if let Some(b) = &h.build_host
                 && !self.hosts.contains_key(b)
             {
@@ -358,6 +378,21 @@ mod tests {
         );
         let err = fleet(r#"[["db", "web"]]"#, r#", "targetHost": " ""#).unwrap_err();
         assert!(err.to_string().contains("no target address"), "{err}");
+        let err = fleet(
+            r#"[["db", "web"]]"#,
+            r#", "targetHost": "-oProxyCommand=x""#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("is not a host or user name"),
+            "{err}"
+        );
+        let err = fleet(
+            r#"[["db", "web"]]"#,
+            r#", "healthChecks": [{"name": "x", "kind": "http", "command": null, "url": "-K/etc/passwd", "timeout": 5}]"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not an http(s) URL"), "{err}");
         let err = fleet(r#"[["db", "web"]]"#, r#", "buildHost": "nope""#).unwrap_err();
         assert!(err.to_string().contains("build host nope"), "{err}");
         let f = fleet(r#"[["db", "web"]]"#, "").unwrap();

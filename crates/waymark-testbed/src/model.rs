@@ -302,7 +302,10 @@ if [ -e "$state/inhibited" ] && { [ "$action" = test ] || [ "$action" = switch ]
   echo "Refusing to switch (switch inhibitors); please run 'nixos-rebuild boot' and reboot." >&2
   exit 1
 fi
-if [ -e "$self/fail-$action" ] || [ -e "$state/fail-$action" ]; then
+# A `fail-<action>` file in the state directory fails every closure, or only the one
+# whose store path it holds.
+if [ -e "$self/fail-$action" ] || { [ -e "$state/fail-$action" ] &&
+  { [ ! -s "$state/fail-$action" ] || [ "$(cat "$state/fail-$action")" = "$self" ]; }; }; then
   echo "switch-to-configuration: $action failed (planted failure)" >&2
   exit 1
 fi

@@ -308,7 +308,11 @@ fn failures_after_activation_restore_the_previous_closure() {
     lab.exec("web1", "rm /run/waymark-testbed/unhealthy");
 
     // The commit (profile + boot entry) fails: profile and boot entry are put back.
-    lab.exec("web1", "touch /run/waymark-testbed/fail-boot");
+    // Only the new closure's boot entry fails; putting the old one back works.
+    lab.exec(
+        "web1",
+        &format!("echo {} > /run/waymark-testbed/fail-boot", lab.g(1)),
+    );
     let r = lab.deploy(&["web1"]);
     assert_untouched(
         &lab,
@@ -317,6 +321,24 @@ fn failures_after_activation_restore_the_previous_closure() {
         1,
         "setting the profile or the boot entry failed",
     );
+    // Every boot entry fails, the old one's too: the restore is not complete, and the
+    // report says a human is needed.
+    lab.exec(
+        "web1",
+        "rm /run/waymark-testbed/fail-boot; touch /run/waymark-testbed/fail-boot",
+    );
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 4, "{}", explain(&r));
+    let report = host_report(&events(&r), "web1").clone();
+    assert_eq!(report["result"], "needs-human");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("restoring failed"),
+        "{report}"
+    );
+    assert!(lab.marks("web1", "web1").is_empty());
     lab.exec("web1", "rm /run/waymark-testbed/fail-boot");
 }
 
@@ -554,4 +576,37 @@ fn http_health_checks_gate_the_switch() {
         .unwrap();
     assert_eq!(test["message"], "activated; passed: healthz");
     assert_eq!(lab.system("web1").0, *lab.g(1));
+}
+
+#[test]
+fn the_activation_lock_is_respected_and_a_dead_holders_taken_over() {
+    let mut lab = TestLab::new(&["web1"]);
+    lab.flake.set_generation("web1", "g1").unwrap();
+    // Another deploy's agent is alive: refused, nothing changes.
+    lab.exec(
+        "web1",
+        "mkdir -p /run/waymark/active && echo other > /run/waymark/active/id && \
+         (setsid -f sh -c 'echo $$ > /run/waymark/active/pid; exec sleep 60' \
+           </dev/null >/dev/null 2>&1) && sleep 0.2",
+    );
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 1, "{}", explain(&r));
+    let report = host_report(&events(&r), "web1").clone();
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("another deploy is activating"),
+        "{report}"
+    );
+    assert_eq!(lab.system("web1").0, *lab.g(0));
+    // Its holder is gone (a killed agent): the lock is taken over.
+    lab.exec("web1", "kill $(cat /run/waymark/active/pid)");
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    assert_eq!(lab.system("web1").0, *lab.g(1));
+    assert_eq!(
+        lab.exec("web1", "ls /run/waymark/active 2>/dev/null || echo free"),
+        "free"
+    );
 }

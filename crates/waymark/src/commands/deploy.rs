@@ -40,7 +40,8 @@ pub struct DeployOptions {
     /// The commit the closure is built from [default: HEAD of the flake's clean checkout]
     #[arg(long)]
     pub rev: Option<String>,
-    /// The waymark command on the hosts, for their known-good marks
+    /// The waymark command on the hosts, for their known-good marks: a shell command line,
+    /// run as is (it may set variables first, e.g. `WAYMARK_STATE_DIR=/srv/wm waymark`)
     #[arg(long, env = "WAYMARK_REMOTE_COMMAND", default_value = "waymark")]
     pub remote_waymark: String,
     /// Secret key signing closures built on this machine (hosts without a build host)
