@@ -99,6 +99,16 @@ pub fn events(r: &Run) -> Vec<Value> {
         .collect()
 }
 
+/// The message a gate ended with (its first end event).
+pub fn gate_message(events: &[Value], gate: &str) -> String {
+    events
+        .iter()
+        .find(|e| e["gate"] == gate && e["event"] == "end")
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_else(|| panic!("no end of gate {gate}"))
+        .to_owned()
+}
+
 pub fn host_report<'a>(events: &'a [Value], host: &str) -> &'a Value {
     events
         .iter()
@@ -144,19 +154,12 @@ fn first_deploy_no_change_drift_and_rollback() {
         ),
         "the first deploy says what it restores to"
     );
-    let dry = ev
-        .iter()
-        .find(|e| e["gate"] == "dry-activate" && e["event"] == "end")
-        .unwrap();
-    assert_eq!(dry["message"], "would restart sshd.service");
-    let diff = ev
-        .iter()
-        .find(|e| e["gate"] == "diff" && e["event"] == "end")
-        .unwrap();
-    assert!(
-        diff["message"].as_str().unwrap().contains("openssl"),
-        "{diff}"
+    assert_eq!(
+        gate_message(&ev, "dry-activate"),
+        "would restart sshd.service"
     );
+    let diff = gate_message(&ev, "diff");
+    assert!(diff.contains("openssl"), "{diff}");
     let report = host_report(&ev, "web1");
     assert_eq!(report["result"], "deployed");
     assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
@@ -493,11 +496,7 @@ fn builds_here_with_a_key_or_on_the_target_where_declared() {
     let r = lab.deploy(&["web1", "--signing-key", key.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", explain(&r));
     let ev = events(&r);
-    let build = ev
-        .iter()
-        .find(|e| e["gate"] == "build" && e["event"] == "end")
-        .unwrap();
-    assert_eq!(build["message"], "built here and copied to web1");
+    assert_eq!(gate_message(&ev, "build"), "built here and copied to web1");
     assert_eq!(lab.system("web1").0, *lab.g(1));
 
     // allowBuildOnTarget: the target builds it itself.
@@ -508,11 +507,10 @@ fn builds_here_with_a_key_or_on_the_target_where_declared() {
     let r = lab.deploy(&["web1"]);
     assert_eq!(r.code, 0, "{}", explain(&r));
     let ev = events(&r);
-    let build = ev
-        .iter()
-        .find(|e| e["gate"] == "build" && e["event"] == "end")
-        .unwrap();
-    assert_eq!(build["message"], "built on web1 (allowBuildOnTarget)");
+    assert_eq!(
+        gate_message(&ev, "build"),
+        "built on web1 (allowBuildOnTarget)"
+    );
     assert_eq!(lab.system("web1").0, *lab.g(0));
 }
 
@@ -570,11 +568,7 @@ fn http_health_checks_gate_the_switch() {
     let r = lab.deploy(&["web1"]);
     assert_eq!(r.code, 0, "{}", explain(&r));
     let ev = events(&r);
-    let test = ev
-        .iter()
-        .find(|e| e["gate"] == "test" && e["event"] == "end")
-        .unwrap();
-    assert_eq!(test["message"], "activated; passed: healthz");
+    assert_eq!(gate_message(&ev, "test"), "activated; passed: healthz");
     assert_eq!(lab.system("web1").0, *lab.g(1));
 }
 
