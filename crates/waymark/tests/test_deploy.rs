@@ -99,6 +99,15 @@ pub fn events(r: &Run) -> Vec<Value> {
         .collect()
 }
 
+/// Checks a run's exit code and that web1's report says `words`; returns the report.
+pub fn assert_ended(r: &Run, code: i32, words: &str) -> Value {
+    assert_eq!(r.code, code, "{}", explain(r));
+    let report = host_report(&events(r), "web1").clone();
+    let message = report["message"].as_str().unwrap_or_default();
+    assert!(message.contains(words), "{report}");
+    report
+}
+
 /// The message a gate ended with (its first end event).
 pub fn gate_message(events: &[Value], gate: &str) -> String {
     events
@@ -331,16 +340,8 @@ fn failures_after_activation_restore_the_previous_closure() {
         "rm /run/waymark-testbed/fail-boot; touch /run/waymark-testbed/fail-boot",
     );
     let r = lab.deploy(&["web1"]);
-    assert_eq!(r.code, 4, "{}", explain(&r));
-    let report = host_report(&events(&r), "web1").clone();
+    let report = assert_ended(&r, 4, "restoring failed");
     assert_eq!(report["result"], "needs-human");
-    assert!(
-        report["message"]
-            .as_str()
-            .unwrap()
-            .contains("restoring failed"),
-        "{report}"
-    );
     assert!(lab.marks("web1", "web1").is_empty());
     lab.exec("web1", "rm /run/waymark-testbed/fail-boot");
 }
@@ -460,15 +461,7 @@ fn a_switch_inhibitor_stops_the_switch_and_falls_back_to_boot_only_where_allowed
         .set_deploy("web1", &target_decl("bootOnInhibitedSwitch = true;"))
         .unwrap();
     let r = lab.deploy(&["web1"]);
-    assert_eq!(r.code, 1, "{}", explain(&r));
-    let report = host_report(&events(&r), "web1").clone();
-    assert!(
-        report["message"]
-            .as_str()
-            .unwrap()
-            .contains("boot default from the next reboot"),
-        "{report}"
-    );
+    assert_ended(&r, 1, "boot default from the next reboot");
     let (g0, g1) = (lab.g(0).clone(), lab.g(1).clone());
     assert_eq!(
         lab.system("web1"),
@@ -584,15 +577,7 @@ fn the_activation_lock_is_respected_and_a_dead_holders_taken_over() {
            </dev/null >/dev/null 2>&1) && sleep 0.2",
     );
     let r = lab.deploy(&["web1"]);
-    assert_eq!(r.code, 1, "{}", explain(&r));
-    let report = host_report(&events(&r), "web1").clone();
-    assert!(
-        report["message"]
-            .as_str()
-            .unwrap()
-            .contains("another deploy is activating"),
-        "{report}"
-    );
+    assert_ended(&r, 1, "another deploy is activating");
     assert_eq!(lab.system("web1").0, *lab.g(0));
     // Its holder is gone (a killed agent): the lock is taken over.
     lab.exec("web1", "kill $(cat /run/waymark/active/pid)");
