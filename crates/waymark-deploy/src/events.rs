@@ -31,6 +31,16 @@ pub enum HostResult {
 }
 
 impl HostResult {
+    /// Whether the host is good: deployed, or already running its known-good closure.
+    pub fn is_good(self) -> bool {
+        matches!(self, Self::Deployed | Self::Unchanged)
+    }
+
+    /// Whether the host failed (a skip is not a failure).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Failed | Self::Error | Self::NeedsHuman)
+    }
+
     /// The deploy's exit status when this is the worst result (README, "Exit status").
     pub fn exit_code(self) -> u8 {
         match self {

@@ -30,17 +30,6 @@ struct Batch {
     hosts: Vec<(String, String, String)>,
 }
 
-fn good(r: HostResult) -> bool {
-    matches!(r, HostResult::Deployed | HostResult::Unchanged)
-}
-
-fn failed(r: HostResult) -> bool {
-    matches!(
-        r,
-        HostResult::Failed | HostResult::Error | HostResult::NeedsHuman
-    )
-}
-
 impl Deployer<'_> {
     /// The batch builds of a run: per build host, the selected hosts it builds for,
     /// where the build host is not deployed in this run itself (else it builds after its
@@ -165,14 +154,14 @@ impl Deployer<'_> {
                 let canaries_done = canaries.iter().all(|c| done.contains_key(*c));
                 let canaries_good = canaries
                     .iter()
-                    .all(|c| done.get(*c).is_some_and(|r| good(r.result)));
+                    .all(|c| done.get(*c).is_some_and(|r| r.result.is_good()));
                 for (name, waits) in plan {
                     if done.contains_key(name) || running.contains(name) {
                         continue;
                     }
                     let reason = if let Some(bad) = waits
                         .iter()
-                        .find(|w| done.get(*w).is_some_and(|r| !good(r.result)))
+                        .find(|w| done.get(*w).is_some_and(|r| !r.result.is_good()))
                     {
                         Some(format!("{bad}, which it waits for, did not become good"))
                     } else if opts.max_failures.is_some_and(|m| failures >= m) {
@@ -205,7 +194,7 @@ impl Deployer<'_> {
                     }
                     let ready = waits
                         .iter()
-                        .all(|w| done.get(w).is_some_and(|r| good(r.result)))
+                        .all(|w| done.get(w).is_some_and(|r| r.result.is_good()))
                         && (canaries.contains(name.as_str()) || canaries_done);
                     if ready {
                         running.insert(name.clone());
@@ -234,7 +223,7 @@ impl Deployer<'_> {
                     break;
                 };
                 running.remove(&report.host);
-                if failed(report.result) {
+                if report.result.is_failure() {
                     failures += 1;
                 }
                 done.insert(report.host.clone(), report);

@@ -275,11 +275,7 @@ impl<'a> Deployer<'a> {
         let reply = self
             .ssh
             .run_with_input(host, script, input)
-            .unwrap_or_else(|e| Reply {
-                code: 255,
-                stdout: String::new(),
-                stderr: e.to_string(),
-            });
+            .unwrap_or_else(|e| Reply::lost(&e));
         run.remote_time += started.elapsed();
         reply
     }
@@ -337,11 +333,7 @@ done
         }
         let r = build_session
             .and_then(|h| h.go(None))
-            .unwrap_or_else(|e| Reply {
-                code: 255,
-                stdout: String::new(),
-                stderr: e.to_string(),
-            });
+            .unwrap_or_else(|e| Reply::lost(&e));
         if r.code != 0 {
             return all(format!("on {}: {}", builder.name, r.last_error()));
         }
@@ -381,6 +373,19 @@ done
             .env("NIX_SSHOPTS", self.ssh.nix_sshopts())
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// `nix copy` of a closure from one host's store straight to another's; the
+    /// destination checks the signatures.
+    fn copy_between(&self, from: &Endpoint, to: &Endpoint, closure: &str) -> Command {
+        self.nix(&[
+            "copy",
+            "--from",
+            &from.store_url(),
+            "--to",
+            &to.store_url(),
+            closure,
+        ])
     }
 
     /// Runs a local nix command, timing it as Nix's own work.
@@ -915,14 +920,7 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
                         format!("built on {}", host.name)
                     }
                 };
-                let copy = self.nix(&[
-                    "copy",
-                    "--from",
-                    &host.store_url(),
-                    "--to",
-                    &target_url,
-                    closure,
-                ]);
+                let copy = self.copy_between(host, &run.target, closure);
                 let copied = if fault("interrupt-copy") {
                     Self::interrupted(copy)
                 } else {
@@ -993,14 +991,7 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
             return Err(gone("there is no build host to copy it from".into()));
         };
         run.masters_opened += self.opened(&builder);
-        let copy = self.nix(&[
-            "copy",
-            "--from",
-            &builder.store_url(),
-            "--to",
-            &target.store_url(),
-            closure,
-        ]);
+        let copy = self.copy_between(&builder, &target, closure);
         Self::nix_run(run, copy)
             .map_err(|e| gone(format!("copying it from {} failed ({e})", builder.name)))?;
         self.emit_note(
@@ -1162,11 +1153,7 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
         let started = Instant::now();
         let r = if let Some(held) = run.held_launch.take() {
             let input = launches.then_some(crate::AGENT.as_bytes());
-            let reply = held.go(input).unwrap_or_else(|e| Reply {
-                code: 255,
-                stdout: String::new(),
-                stderr: e.to_string(),
-            });
+            let reply = held.go(input).unwrap_or_else(|e| Reply::lost(&e));
             run.remote_time += started.elapsed();
             reply
         } else {
@@ -1721,11 +1708,9 @@ fi
         );
         run.fresh_connections += 1;
         let reply = if fault("confirm-unreachable") {
-            Ok(Reply {
-                code: 255,
-                stdout: String::new(),
-                stderr: "ssh: connect to host: Connection refused (WAYMARK_FAULT)".into(),
-            })
+            Ok(Reply::lost(
+                &"ssh: connect to host: Connection refused (WAYMARK_FAULT)",
+            ))
         } else {
             let started = Instant::now();
             let reply = self.ssh.run_fresh(
@@ -1737,11 +1722,7 @@ fi
             run.remote_time += started.elapsed();
             reply
         };
-        let r = reply.unwrap_or_else(|e| Reply {
-            code: 255,
-            stdout: String::new(),
-            stderr: e.to_string(),
-        });
+        let r = reply.unwrap_or_else(|e| Reply::lost(&e));
         if r.code == 3 {
             return Err(self.await_restore(
                 run,
@@ -1906,11 +1887,7 @@ fi
         run.mark = Some(record.mark.clone());
         let mut wheres = vec![run.name.clone()];
         if let Some((host, reply)) = on_builder {
-            let r = reply.unwrap_or_else(|e| Reply {
-                code: 255,
-                stdout: String::new(),
-                stderr: e.to_string(),
-            });
+            let r = reply.unwrap_or_else(|e| Reply::lost(&e));
             if r.code == 0 {
                 wheres.push(host.name.clone());
             } else {

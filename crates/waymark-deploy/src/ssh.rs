@@ -60,6 +60,15 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The reply of a command that could not be run at all (as ssh's own failure, 255).
+    pub fn lost(error: &impl std::fmt::Display) -> Self {
+        Self {
+            code: 255,
+            stdout: String::new(),
+            stderr: error.to_string(),
+        }
+    }
+
     /// The last non-empty stderr line, for one-line reports.
     pub fn last_error(&self) -> String {
         self.stderr

@@ -227,11 +227,12 @@ fn summary_table(reports: &[HostReport]) -> String {
 }
 
 fn exit_for(worst: HostResult) -> ExitStatus {
-    match worst {
-        HostResult::Deployed | HostResult::Unchanged => ExitStatus::Success,
-        HostResult::Failed | HostResult::Skipped => ExitStatus::Negative,
-        HostResult::Error => ExitStatus::Error,
-        HostResult::NeedsHuman => ExitStatus::NeedsHuman,
+    // The codes are HostResult's (documented with the event schema).
+    match worst.exit_code() {
+        0 => ExitStatus::Success,
+        1 => ExitStatus::Negative,
+        2 => ExitStatus::Error,
+        _ => ExitStatus::NeedsHuman,
     }
 }
 
@@ -312,8 +313,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         remote_waymark: opts.remote_waymark.clone(),
         local_signing_key: opts.signing_key.clone(),
         records_dir: state_dir.join("deploys"),
-        release_repo: flake_dir
-            .filter(|d| d.join(".git").exists() || waymark_release::Releases::open(d).is_ok()),
+        release_repo: flake_dir.filter(|d| waymark_release::Releases::open(d).is_ok()),
         run_id: format!("{}-{}", now().replace([':', '-'], ""), std::process::id()),
     };
     let printer = Printer {
