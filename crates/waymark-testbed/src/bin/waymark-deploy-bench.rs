@@ -91,6 +91,12 @@ fn main() -> anyhow::Result<()> {
         args.dir.display()
     );
     let mut lab = Lab::new(&args.dir, &refs, &args.waymark).context("starting the lab")?;
+    // The tests' 3 s confirmation window is too tight for 20 hosts on 2 cores: a late
+    // confirmation is (rightly) a failed deploy. 30 s, deploy-rs's default.
+    for host in &refs {
+        lab.flake
+            .set_deploy(host, &waymark_testbed::target_decl("confirmTimeout = 30;"))?;
+    }
     if args.hold {
         eprintln!(
             "up: ssh -F {} t01; NIX_SSHOPTS='{}'; flake {}",
