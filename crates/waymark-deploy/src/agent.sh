@@ -10,6 +10,7 @@
 #    connection, or aborts by renaming it to aborted. At the deadline the agent
 #    renames it to expired. A rename succeeds once, so exactly one of the three
 #    happens: a late confirmation fails, visibly, instead of racing a rollback.
+#    Renaming it, they also end the waiter (DIR/waiter), so the agent goes on at once.
 # 3. confirmed: COMMIT is `switch` (set the system profile to NEW, then
 #    `switch-to-configuration boot`), `boot` (the same, then re-activate PREV:
 #    NEW runs from the next boot) or `none` (keep NEW running, as `test` does).
@@ -74,14 +75,13 @@ if ! timeout "$activation" "$new/bin/switch-to-configuration" test > "$dir/activ
   restore activation-failed
 fi
 
+# The window lasts as long as one sleep, which whoever renames the window (confirmation
+# or abort) ends at once: its pid is in DIR/waiter before the window exists.
+sleep "$confirm" &
+echo $! > "$dir/waiter"
 : > "$dir/window"
 state awaiting-confirmation
-# Polled every 50 ms, counted rather than timed: no process but sleep per round.
-rounds=$(( confirm * 20 )) i=0
-while [ -e "$dir/window" ] && [ "$i" -lt "$rounds" ]; do
-  sleep 0.05
-  i=$(( i + 1 ))
-done
+wait $! 2> /dev/null
 if mv "$dir/window" "$dir/expired" 2> /dev/null; then
   restore confirm-timeout
 fi

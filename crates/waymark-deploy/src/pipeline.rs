@@ -3,7 +3,8 @@
 //! goal `switch` is the agent's `committed`, read back over a new SSH connection, and
 //! the target verified to run the new closure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -13,11 +14,23 @@ use waymark_diff::DiffReport;
 use waymark_evidence::{DiffSummary, Evidence, Gate, GateResult, Outcome};
 use waymark_fleet::{Fleet, Host};
 use waymark_known_good::Record;
-use waymark_store::{DrvFiles, closure_from_path_info, shell_quote as q};
+use waymark_store::{DrvFiles, Store, closure_from_path_info, read_closure, shell_quote as q};
 
 use crate::activation::{AgentState, DryRun};
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
-use crate::ssh::{Endpoint, Reply, Ssh};
+use crate::ssh::{Endpoint, Held, Reply, Ssh, Talk};
+
+/// The line that ends the probe's answer.
+const PROBED: &str = "@@probed";
+
+/// The end of a script that runs the script sent to it next: lines up to `@@run`. The
+/// shell's `read` takes a byte at a time, so what follows is left on stdin for it.
+const RUN_NEXT: &str = r#"next=""
+while IFS= read -r line; do
+  [ "$line" = @@run ] && { eval "$next"; exit; }
+  next="$next$line
+"
+done"#;
 
 /// Where a deploy stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -150,8 +163,8 @@ struct Run<'h> {
     /// The reply of the call that dry-activated and started the agent (gate 3 and the
     /// start of gate 4 share one round trip).
     launched: Option<Reply>,
-    /// Gate 3's session, started while the closure was copied.
-    held_launch: Option<crate::ssh::Held>,
+    /// The probe's session, kept open for gate 3: it runs the script it is sent next.
+    held_launch: Option<Talk>,
     /// Time measured in one gate that belongs to the next (the shared round trip).
     carry: Duration,
     /// The target's known-good record, made over the confirmation's connection.
@@ -200,13 +213,15 @@ fn wait_script(dir: &str, pattern: &str, seconds: u64) -> String {
     format!(
         r#"d={d}; i=0; s=
 while :; do read -r s 2>/dev/null < "$d/state"; case "$s" in {pattern}) break ;; esac
-  [ "$i" -lt {rounds} ] || break; i=$(( i + 1 )); sleep 0.03; done
+  [ "$i" -lt {rounds} ] || break; i=$(( i + 1 ))
+  if [ "$i" -le 30 ]; then sleep 0.01; else sleep 0.05; fi; done
 echo "state=$s"; echo "running=$(readlink -e /run/current-system)"
 echo "profile=$(readlink -e /nix/var/nix/profiles/system)"
 tail -n 3 "$d/activate.log" "$d/commit.log" "$d/restore.log" 2>/dev/null | grep -v '^==>' | grep . | sed 's/^/log=/'
 "#,
         d = q(dir),
-        rounds = seconds * 33
+        // 30 rounds of 10 ms (most waits end there), then 20 a second.
+        rounds = 30 + seconds * 20
     )
 }
 
@@ -251,11 +266,7 @@ impl<'a> Deployer<'a> {
     }
 
     pub(crate) fn endpoint(&self, name: &str) -> Option<Endpoint> {
-        self.fleet.hosts.get(name).map(|h| Endpoint {
-            name: name.to_owned(),
-            user: h.ssh_user.clone(),
-            address: h.target_host.clone(),
-        })
+        Endpoint::of(self.fleet, name)
     }
 
     /// Runs on a host over its master connection, counting the master the first time.
@@ -293,6 +304,11 @@ impl<'a> Deployer<'a> {
     /// Sends derivations to a build host, builds them there in one call (going on past
     /// failures) and signs what was built. One result per `(drv, out)` item: the
     /// built closure's `nix path-info --json --recursive`, read there.
+    ///
+    /// One session does it all: it is opened before the derivations are known, is told
+    /// their closure, answers which paths it lacks, imports those (`nix-store --export`
+    /// from here) and builds. Where the build host's user may not import (not trusted by
+    /// its Nix), `nix copy --derivation` sends them instead and a second session builds.
     pub(crate) fn build_on(
         &self,
         builder: &Endpoint,
@@ -302,51 +318,67 @@ impl<'a> Deployer<'a> {
         let all = |e: String| items.iter().map(|_| Err(e.clone())).collect();
         let drvs: Vec<String> = items.iter().map(|(d, _)| q(d)).collect();
         let outs: Vec<String> = items.iter().map(|(_, o)| q(o)).collect();
-        let script = format!(
+        let build_script = format!(
             r#"err=$(nix-store --realise --keep-going --quiet {drvs} 2>&1 >/dev/null); rc=$?
+invalid=$(nix-store --check-validity --print-invalid {outs} 2>/dev/null)
+nl='
+'
 valid=""
 for o in {outs}; do
-  if nix-store --check-validity "$o" 2>/dev/null; then valid="$valid $o"; echo "built=$o"; fi
+  case "$nl$invalid$nl" in *"$nl$o$nl"*) ;; *) valid="$valid $o"; echo "built=$o" ;; esac
 done
 if [ -n "$valid" ]; then
   nix --extra-experimental-features nix-command store sign --key-file {key} --recursive $valid >&2 || echo "unsigned=yes"
 fi
 [ $rc = 0 ] || printf 'error=%s\n' "$(printf '%s\n' "$err" | grep . | tail -n 1)"
-for o in $valid; do
-  echo "@@closure $o"; nix --extra-experimental-features nix-command path-info --json --recursive "$o"
-done
+[ -z "$valid" ] || {{ echo "@@closures"; nix --extra-experimental-features nix-command path-info --json --recursive $valid; }}
 "#,
             drvs = drvs.join(" "),
             outs = outs.join(" "),
             key = q(key),
         );
+        // `read` takes a byte at a time, so what follows the list is left for the import.
+        let import = format!(
+            r#"set --
+while IFS= read -r p && [ -n "$p" ]; do set -- "$@" "$p"; done
+[ $# = 0 ] || nix-store --check-validity --print-invalid "$@"
+echo "@@missing"
+if IFS= read -r more && [ "$more" = export ]; then
+  nix-store --import >/dev/null || {{ echo "@@import-refused"; exit 0; }}
+fi
+{build_script}"#
+        );
         if let (_, Err(e)) = self.ssh.ensure_master(builder) {
             return all(format!("cannot reach {}: {e}", builder.name));
         }
-        // The build's session starts while the derivations are sent.
-        let build_session = self.ssh.hold(builder, &script);
-        let mut copy = self.nix(&["copy", "--derivation", "--to", &builder.store_url()]);
-        copy.args(items.iter().map(|(d, _)| d));
-        let mut scratch = Duration::ZERO;
-        if let Err(e) = Self::nix_output(&mut scratch, copy) {
-            return all(format!("sending the derivations to {}: {e}", builder.name));
-        }
-        let r = build_session
-            .and_then(|h| h.go(None))
-            .unwrap_or_else(|e| Reply::lost(&e));
+        let session = self.ssh.hold(builder, &import);
+        let sent = session
+            .map_err(|e| e.to_string())
+            .and_then(|held| Self::send_derivations(held, items));
+        let r = match sent {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                let mut copy = self.nix(&["copy", "--derivation", "--to", &builder.store_url()]);
+                copy.args(items.iter().map(|(d, _)| d));
+                let mut scratch = Duration::ZERO;
+                if let Err(e) = Self::nix_output(&mut scratch, copy) {
+                    return all(format!("sending the derivations to {}: {e}", builder.name));
+                }
+                self.ssh
+                    .run(builder, &build_script)
+                    .unwrap_or_else(|e| Reply::lost(&e))
+            }
+            Err(e) => return all(format!("sending the derivations to {}: {e}", builder.name)),
+        };
         if r.code != 0 {
             return all(format!("on {}: {}", builder.name, r.last_error()));
         }
+        // One path-info of every built closure: each host's diff keeps what its root
+        // reaches.
         let (head, closures) = r
             .stdout
-            .split_once("@@closure ")
+            .split_once("@@closures\n")
             .map_or((r.stdout.as_str(), ""), |(h, c)| (h, c));
-        let mut json: BTreeMap<&str, &str> = BTreeMap::new();
-        for section in closures.split("@@closure ").filter(|s| !s.is_empty()) {
-            if let Some((out, body)) = section.split_once('\n') {
-                json.insert(out.trim(), body);
-            }
-        }
         let f = fields(head);
         if field(&f, "unsigned").is_some() {
             return all(format!(
@@ -359,11 +391,54 @@ done
         let error = field(&f, "error").unwrap_or("the build failed").to_owned();
         items
             .iter()
-            .map(|(_, o)| match json.get(o.as_str()) {
-                Some(j) if built.contains(&o.as_str()) => Ok((*j).to_owned()),
-                _ => Err(error.clone()),
+            .map(|(_, o)| {
+                if built.contains(&o.as_str()) && !closures.trim().is_empty() {
+                    Ok(closures.to_owned())
+                } else {
+                    Err(error.clone())
+                }
             })
             .collect()
+    }
+
+    /// The conversation of [`Self::build_on`]'s session: the derivations' closure as
+    /// this store has it, then an export of what the build host lacks. The build's
+    /// reply, or `None` when the build host refused the import.
+    fn send_derivations(held: Held, items: &[(String, String)]) -> Result<Option<Reply>, String> {
+        let store = Store::from_url(None).map_err(|e| e.to_string())?;
+        let mut closure = BTreeSet::new();
+        for (drv, _) in items {
+            let (c, _) = read_closure(&store, drv).map_err(|e| e.to_string())?;
+            closure.extend(c.paths.into_iter().map(|p| p.path));
+        }
+        let mut list = closure.into_iter().collect::<Vec<_>>().join("\n");
+        list.push_str("\n\n");
+        let mut talk = held.talk(list.as_bytes()).map_err(|e| e.to_string())?;
+        let Some(missing) = talk.lines_until("@@missing") else {
+            return talk.finish().map(Some).map_err(|e| e.to_string());
+        };
+        let missing: Vec<String> = missing.into_iter().filter(|l| !l.is_empty()).collect();
+        if !missing.is_empty() {
+            let mut stdin = talk.stdin().expect("not taken yet");
+            stdin.write_all(b"export\n").map_err(|e| e.to_string())?;
+            let status = Command::new("nix-store")
+                .arg("--export")
+                .args(&missing)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(stdin))
+                .stderr(Stdio::piped())
+                .output()
+                .map_err(|e| format!("running nix-store --export: {e}"))?;
+            if !status.status.success() {
+                let _ = talk.finish();
+                return Err(format!(
+                    "nix-store --export: {}",
+                    String::from_utf8_lossy(&status.stderr).trim()
+                ));
+            }
+        }
+        let reply = talk.finish().map_err(|e| e.to_string())?;
+        Ok((!reply.stdout.contains("@@import-refused")).then_some(reply))
     }
 
     fn nix(&self, args: &[&str]) -> Command {
@@ -589,7 +664,8 @@ done
     }
 
     /// Asks the target what it runs, its known-good marks and its failed units: one
-    /// round trip.
+    /// round trip. The session stays open (`run.held_launch`): it runs the next script
+    /// it is sent (gate 3's), or ends without doing anything when its input ends.
     fn probe(&self, run: &mut Run) -> Result<Probe, Stop> {
         let script = format!(
             r#"echo "running=$(readlink -e /run/current-system)"
@@ -601,11 +677,28 @@ echo "@@marks"
 {waymark} known-good list --json
 running=$(readlink -e /run/current-system) && echo "@@old" &&
   nix --extra-experimental-features nix-command path-info --json --recursive "$running"
-"#,
+echo; echo "{PROBED}"
+{RUN_NEXT}"#,
             waymark = self.settings.remote_waymark,
         );
         let target = run.target.clone();
-        let r = self.remote(run, &target, &script);
+        run.masters_opened += self.opened(&target);
+        let started = Instant::now();
+        let r = match self.ssh.talk(&target, &script) {
+            Ok(mut talk) => match talk.lines_until(PROBED) {
+                Some(lines) => {
+                    run.held_launch = Some(talk);
+                    Reply {
+                        code: 0,
+                        stdout: lines.join("\n") + "\n",
+                        stderr: String::new(),
+                    }
+                }
+                None => talk.finish().unwrap_or_else(|e| Reply::lost(&e)),
+            },
+            Err(e) => Reply::lost(&e),
+        };
+        run.remote_time += started.elapsed();
         if r.code == 255 && !r.stdout.contains("@@marks") {
             return Err(stop(
                 HostResult::Error,
@@ -779,15 +872,11 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
             ));
         }
 
-        // Gate 3's session starts while the closure is built and copied; it only runs
-        // once gates 1 and 2 passed, and never if they did not.
+        // The probe's session waits for gate 3's script while the closure is built and
+        // copied; it only runs once gates 1 and 2 passed, and never if they did not.
         let dir = format!("/run/waymark/deploy/{}-{}", self.settings.run_id, run.name);
-        if self.settings.goal > Goal::Diff
-            && !self.settings.ask
-            && let Some(running) = &probe.running
-        {
-            let script = self.dry_launch_script(run, &dir, &closure, running);
-            run.held_launch = self.ssh.hold(&run.target, &script).ok();
+        if self.settings.goal <= Goal::Diff || self.settings.ask || probe.running.is_none() {
+            run.held_launch = None; // its input ends: it ends
         }
 
         // Gate 1: build on the builder, copy from there to the target. A rollback only
@@ -817,9 +906,6 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
 
         // Gate 3: dry-activate, in one round trip with the start of gate 4 (the agent is
         // only started when dry-activate passed).
-        if run.held_launch.is_some() && probe.running.as_deref() != Some(rollback_to.as_str()) {
-            run.held_launch = None; // prepared for another rollback target
-        }
         self.gate(run, Gate::DryActivate, |d, run| {
             d.dry_activate_and_launch(run, &dir, &closure, &rollback_to)
         })?;
@@ -1151,9 +1237,18 @@ running=$(readlink -e /run/current-system) && echo "@@old" &&
     ) -> Result<((), String), Stop> {
         let launches = self.settings.goal > Goal::DryActivate;
         let started = Instant::now();
-        let r = if let Some(held) = run.held_launch.take() {
-            let input = launches.then_some(crate::AGENT.as_bytes());
-            let reply = held.go(input).unwrap_or_else(|e| Reply::lost(&e));
+        let r = if let Some(mut talk) = run.held_launch.take() {
+            let mut input = self
+                .dry_launch_script(run, dir, closure, rollback_to)
+                .into_bytes();
+            input.extend_from_slice(b"\n@@run\n");
+            if launches {
+                input.extend_from_slice(crate::AGENT.as_bytes());
+            }
+            let reply = talk
+                .send(&input)
+                .and_then(|()| talk.finish())
+                .unwrap_or_else(|e| Reply::lost(&e));
             run.remote_time += started.elapsed();
             reply
         } else {
@@ -1551,7 +1646,10 @@ echo "running=$(readlink -e /run/current-system)"; echo "profile=$(readlink -e $
         let _ = self.remote(
             run,
             &target,
-            &format!("mv {d}/window {d}/aborted", d = q(dir)),
+            &format!(
+                "mv {d}/window {d}/aborted && {{ kill $(cat {d}/waiter) 2>/dev/null; true; }}",
+                d = q(dir)
+            ),
         );
         self.await_restore(run, dir, closure, rollback_to, why)
     }
@@ -1702,7 +1800,7 @@ fi
             (String::new(), None)
         };
         let script = format!(
-            "mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit 3; }}\n{wait}{mark}",
+            "mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit 3; }}\nkill $(cat {d}/waiter) 2>/dev/null\n{wait}{mark}",
             d = q(dir),
             wait = wait_script(dir, FINAL, run.host.activation_timeout * 2 + 10)
         );

@@ -3,16 +3,16 @@
 //! connections where proving a new login works is the point (the confirmation).
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{ChildStdin, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::Error;
 
 /// `user@address` of a host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Endpoint {
     /// The host's fleet name.
     pub name: String,
@@ -23,6 +23,15 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Where the fleet's host `name` is reached.
+    pub fn of(fleet: &waymark_fleet::Fleet, name: &str) -> Option<Self> {
+        fleet.hosts.get(name).map(|h| Self {
+            name: name.to_owned(),
+            user: h.ssh_user.clone(),
+            address: h.target_host.clone(),
+        })
+    }
+
     /// `user@address`.
     pub fn destination(&self) -> String {
         format!("{}@{}", self.user, self.address)
@@ -43,6 +52,8 @@ pub struct Ssh {
     /// Master connections by destination, opened once each: sessions never open one
     /// themselves, so two can never race for a socket (the loser would linger).
     masters: Mutex<BTreeMap<String, Arc<MasterSlot>>>,
+    /// Master connections started ahead ([`Ssh::prewarm`]), not yet waited for.
+    pending: Mutex<BTreeMap<String, std::process::Child>>,
 }
 
 /// One master connection: opened once, or why it could not be.
@@ -104,6 +115,7 @@ impl Ssh {
             user_opts: nix_sshopts.split_whitespace().map(str::to_owned).collect(),
             control_dir: control_dir.to_owned(),
             masters: Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -210,10 +222,30 @@ impl Ssh {
             .is_some_and(|o| o.get().is_some())
     }
 
-    /// Closes every master connection opened.
+    /// Starts opening the master connection to `host` without waiting: the handshake
+    /// overlaps with other work (the flake's evaluation), and [`Ssh::ensure_master`]
+    /// waits for it. A destination that turns out not to be needed is closed at the end.
+    pub fn prewarm(&self, host: &Endpoint) {
+        let mut pending = self.pending.lock().expect("not poisoned");
+        if pending.contains_key(&host.destination()) || self.is_open(host) {
+            return;
+        }
+        if let Ok(child) = self.master_command(host).spawn() {
+            pending.insert(host.destination(), child);
+        }
+    }
+
+    /// Closes every master connection opened (or started ahead).
     pub fn close_all(&self) {
-        let masters = std::mem::take(&mut *self.masters.lock().expect("not poisoned"));
-        for dest in masters.keys() {
+        let mut dests: Vec<String> =
+            std::mem::take(&mut *self.masters.lock().expect("not poisoned"))
+                .into_keys()
+                .collect();
+        for (dest, child) in std::mem::take(&mut *self.pending.lock().expect("not poisoned")) {
+            let _ = child.wait_with_output();
+            dests.push(dest);
+        }
+        for dest in dests {
             let mut cmd = Command::new("ssh");
             cmd.args(self.opts("no"))
                 .args(["-O", "exit"])
@@ -225,9 +257,7 @@ impl Ssh {
         }
     }
 
-    /// Opens the master connection to `host` (no session, so no login shell runs),
-    /// returning once it is authenticated and in the background.
-    fn open_master(&self, host: &Endpoint) -> Result<(), Error> {
+    fn master_command(&self, host: &Endpoint) -> Command {
         let mut cmd = Command::new("ssh");
         cmd.args(self.opts("yes"))
             .args(["-N", "-f"])
@@ -235,7 +265,22 @@ impl Ssh {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let out = cmd.output().map_err(|e| ssh_error(&e))?;
+        cmd
+    }
+
+    /// Opens the master connection to `host` (no session, so no login shell runs),
+    /// returning once it is authenticated and in the background.
+    fn open_master(&self, host: &Endpoint) -> Result<(), Error> {
+        let ahead = self
+            .pending
+            .lock()
+            .expect("not poisoned")
+            .remove(&host.destination());
+        let out = match ahead {
+            Some(child) => child.wait_with_output(),
+            None => self.master_command(host).output(),
+        }
+        .map_err(|e| ssh_error(&e))?;
         if out.status.success() {
             Ok(())
         } else {
@@ -244,6 +289,16 @@ impl Ssh {
                 message: reply(&out).last_error(),
             })
         }
+    }
+
+    /// Starts `script` on `host` over its master connection, to talk with: its stdin
+    /// stays open (see [`Talk`]).
+    pub fn talk(&self, host: &Endpoint, script: &str) -> Result<Talk, Error> {
+        let mut cmd = Self::command(&self.opts("no"), host, script);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Ok(Talk::new(cmd.spawn().map_err(|e| ssh_error(&e))?))
     }
 
     /// Starts `script` on `host` over its master connection, held until [`Held::go`]:
@@ -259,6 +314,13 @@ impl Ssh {
             .stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|e| ssh_error(&e))?;
         Ok(Held { child: Some(child) })
+    }
+}
+
+impl Drop for Ssh {
+    /// No connection outlives the run, even one started ahead and never used.
+    fn drop(&mut self) {
+        self.close_all();
     }
 }
 
@@ -299,6 +361,110 @@ impl Held {
             .wait_with_output()
             .map(|o| reply(&o))
             .map_err(|e| ssh_error(&e))
+    }
+}
+
+impl Held {
+    /// Lets the script run with `input` on its stdin and returns the running session,
+    /// to read its answer line by line and send it more (see [`Talk`]).
+    pub fn talk(mut self, input: &[u8]) -> Result<Talk, Error> {
+        let mut talk = Talk::new(self.child.take().expect("held until now"));
+        talk.send(b"go\n")?;
+        talk.send(input)?;
+        Ok(talk)
+    }
+}
+
+/// A remote script in conversation ([`Ssh::talk`], [`Held::talk`]). Dropped, its input
+/// ends, and the script with it.
+#[derive(Debug)]
+pub struct Talk {
+    child: std::process::Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+    read: String,
+}
+
+impl Talk {
+    fn new(mut child: std::process::Child) -> Self {
+        // Drained aside, so a chatty stderr can never block the remote while this side
+        // waits on its stdout.
+        let mut stderr = child.stderr.take().expect("piped");
+        let stderr = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = stderr.read_to_end(&mut buf);
+            buf
+        });
+        Self {
+            stdin: child.stdin.take(),
+            stdout: BufReader::new(child.stdout.take().expect("piped")),
+            child,
+            stderr: Some(stderr),
+            read: String::new(),
+        }
+    }
+
+    /// Sends `bytes` to the script's stdin.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| Error::Spawn {
+            program: "ssh".into(),
+            message: "the session's input is closed".into(),
+        })?;
+        stdin
+            .write_all(bytes)
+            .and_then(|()| stdin.flush())
+            .map_err(|e| ssh_error(&e))
+    }
+
+    /// The lines the script prints before the line `marker`; `None` if it ended first
+    /// (what it printed is kept for [`Talk::finish`]).
+    pub fn lines_until(&mut self, marker: &str) -> Option<Vec<String>> {
+        let mut lines: Vec<String> = Vec::new();
+        loop {
+            let mut line = String::new();
+            match self.stdout.read_line(&mut line) {
+                Ok(0) | Err(_) => {
+                    self.read.push_str(&lines.join(""));
+                    return None;
+                }
+                Ok(_) if line.trim_end_matches('\n') == marker => {
+                    return Some(lines.iter().map(|l| l.trim_end().to_owned()).collect());
+                }
+                Ok(_) => lines.push(line),
+            }
+        }
+    }
+
+    /// The script's stdin, to stream more to it (dropped: end of input).
+    pub fn stdin(&mut self) -> Option<ChildStdin> {
+        self.stdin.take()
+    }
+
+    /// Closes its stdin and waits for the script: everything it printed after the last
+    /// marker read.
+    pub fn finish(mut self) -> Result<Reply, Error> {
+        drop(self.stdin.take());
+        let mut rest = std::mem::take(&mut self.read);
+        let _ = self.stdout.read_to_string(&mut rest);
+        let status = self.child.wait().map_err(|e| ssh_error(&e))?;
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        Ok(Reply {
+            code: status.code().unwrap_or(-1),
+            stdout: rest,
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
+}
+
+impl Drop for Talk {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
     }
 }
 

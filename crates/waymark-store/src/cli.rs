@@ -1,6 +1,6 @@
 //! The nix CLI path: any store URL, and the fallback when the database cannot be read.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 
 use waymark_diff::{Closure, PathEntry, selection_parents};
@@ -57,14 +57,37 @@ pub fn closure(url: Option<&str>, store_dir: &str, root: &str) -> Result<Closure
 
 /// The closure of `root` from the output of `nix path-info --json --recursive ROOT`
 /// (any Nix version's shape), however it was run: `--store URL`, or over ssh on the
-/// machine that holds it. `origin` names that store in errors.
+/// machine that holds it. `origin` names that store in errors. The output may describe
+/// several closures (`path-info --recursive A B`): only what `root` reaches is kept.
 pub fn closure_from_path_info(
     json: &[u8],
     store_dir: &str,
     root: &str,
     origin: &str,
 ) -> Result<Closure> {
-    let infos = parse_path_info(json, store_dir)?;
+    let mut infos = parse_path_info(json, store_dir)?;
+    let index: HashMap<&str, usize> = infos
+        .iter()
+        .enumerate()
+        .map(|(i, info)| (info.path.as_str(), i))
+        .collect();
+    if index.contains_key(root) {
+        let mut reached = vec![false; infos.len()];
+        let mut queue = vec![index[root]];
+        reached[index[root]] = true;
+        while let Some(i) = queue.pop() {
+            for r in &infos[i].references {
+                if let Some(&j) = index.get(r.as_str())
+                    && !reached[j]
+                {
+                    reached[j] = true;
+                    queue.push(j);
+                }
+            }
+        }
+        let mut keep = reached.into_iter();
+        infos.retain(|_| keep.next().unwrap_or(false));
+    }
     if let Some(bad) = infos.iter().find(|i| !i.valid) {
         return Err(Error::NotValid {
             path: bad.path.clone(),

@@ -59,3 +59,33 @@ fn garbage_is_an_error_not_a_panic() {
     assert!(parse_path_info(b"{\"x\": 3}", STORE_DIR).is_err());
     assert!(parse_path_info(b"not json", STORE_DIR).is_err());
 }
+
+/// One `path-info --recursive A B` for a batch of builds: each root's closure is what it
+/// reaches, nothing of the other's.
+#[test]
+fn a_closure_keeps_only_what_its_root_reaches() {
+    let json = br#"[
+      {"path": "/nix/store/aaaa-a", "narSize": 1, "references": ["/nix/store/cccc-shared", "/nix/store/aaaa-a"]},
+      {"path": "/nix/store/bbbb-b", "narSize": 2, "references": ["/nix/store/cccc-shared", "/nix/store/dddd-only-b"]},
+      {"path": "/nix/store/cccc-shared", "narSize": 4, "references": []},
+      {"path": "/nix/store/dddd-only-b", "narSize": 8, "references": []}
+    ]"#;
+    let paths = |root: &str| {
+        let c = waymark_store::closure_from_path_info(json, "/nix/store", root, "test").unwrap();
+        let mut p: Vec<String> = c.paths.into_iter().map(|e| e.path).collect();
+        p.sort();
+        p
+    };
+    assert_eq!(
+        paths("/nix/store/aaaa-a"),
+        ["/nix/store/aaaa-a", "/nix/store/cccc-shared"]
+    );
+    assert_eq!(
+        paths("/nix/store/bbbb-b"),
+        [
+            "/nix/store/bbbb-b",
+            "/nix/store/cccc-shared",
+            "/nix/store/dddd-only-b"
+        ]
+    );
+}

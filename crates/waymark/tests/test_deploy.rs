@@ -218,7 +218,18 @@ fn first_deploy_no_change_drift_and_rollback() {
 
     // Rollback: back to the one before the latest, through the gates, marked again.
     lab.flake.set_generation("web1", "g0").unwrap();
-    assert_eq!(lab.deploy(&["web1"]).code, 0);
+    // This run opens its connections while the flake evaluates, to the addresses the
+    // last run read: still one master per host and the confirmation's.
+    let addresses = std::fs::read_to_string(lab.state_dir().join("ssh-addresses.json")).unwrap();
+    assert!(
+        addresses.contains(r#""web1":[{"name":"web1""#) && addresses.contains("builder"),
+        "{addresses}"
+    );
+    let before = lab.fleet.connections("web1");
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    assert_eq!(host_report(&events(&r), "web1")["ssh_connections"], 3);
+    assert_eq!(lab.fleet.connections("web1") - before, 2);
     assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
     let r = lab.deploy(&["rollback", "web1", "--to", "previous"]);
     assert_eq!(r.code, 0, "{}", explain(&r));

@@ -33,6 +33,10 @@ struct Args {
     /// Start the lab, print how to reach it, and keep it up until killed (to look around)
     #[arg(long)]
     hold: bool,
+    /// An ssh client option for every host (`KexAlgorithms curve25519-sha256`), as a
+    /// user's ~/.ssh/config would set it
+    #[arg(long, value_name = "OPTION")]
+    ssh_option: Vec<String>,
 }
 
 /// One deploy: wall time and the summary event, with `gates`: seconds per gate of the
@@ -91,6 +95,19 @@ fn main() -> anyhow::Result<()> {
         args.dir.display()
     );
     let mut lab = Lab::new(&args.dir, &refs, &args.waymark).context("starting the lab")?;
+    if !args.ssh_option.is_empty() {
+        // ssh takes the first value it reads: after every host's block, these only add.
+        let mut block = "Host *\n".to_owned();
+        for option in &args.ssh_option {
+            block.push_str(&format!("  {option}\n"));
+        }
+        let config = lab.fleet.ssh_config();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(config)
+            .with_context(|| format!("opening {}", config.display()))?;
+        std::io::Write::write_all(&mut file, block.as_bytes())?;
+    }
     // The tests' 3 s confirmation window is too tight for 20 hosts on 2 cores: a late
     // confirmation is (rightly) a failed deploy. 30 s, deploy-rs's default.
     for host in &refs {

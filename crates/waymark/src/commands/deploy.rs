@@ -1,5 +1,6 @@
 //! `waymark deploy`: hosts through the five gates; `waymark deploy rollback`.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -7,8 +8,8 @@ use std::sync::Mutex;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use waymark_deploy::{
-    Deployer, Event, FleetOptions, Goal, HostReport, HostResult, Interaction, Mode, SCHEMA,
-    Settings, Sink, Ssh, now,
+    Deployer, Endpoint, Event, FleetOptions, Goal, HostReport, HostResult, Interaction, Mode,
+    SCHEMA, Settings, Sink, Ssh, now,
 };
 use waymark_diff::DiffReport;
 
@@ -244,6 +245,39 @@ fn control_dir() -> anyhow::Result<tempfile::TempDir> {
         .context("creating the ssh control directory")
 }
 
+/// Where each host's deploy connects: its target, then its build host.
+type Addresses = BTreeMap<String, Vec<Endpoint>>;
+
+fn fleet_endpoints(fleet: &waymark_fleet::Fleet, name: &str) -> Vec<Endpoint> {
+    let builder = fleet.hosts.get(name).and_then(|h| h.build_host.as_deref());
+    Endpoint::of(fleet, name)
+        .into_iter()
+        .chain(builder.and_then(|b| Endpoint::of(fleet, b)))
+        .collect()
+}
+
+/// The addresses the last run saw; none when there was no last run (or its file is
+/// not readable: it only saves time).
+fn read_addresses(path: &std::path::Path) -> Addresses {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// Keeps the addresses for the next run, replaced whole (a rename), or not at all.
+fn write_addresses(path: &std::path::Path, addresses: &Addresses) {
+    let Some(dir) = path.parent() else { return };
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
+        file.write_all(&serde_json::to_vec(addresses).map_err(std::io::Error::other)?)?;
+        file.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    let _ = write();
+}
+
 pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatus> {
     let opts = &args.options;
     let rollback = match args.words.as_slice() {
@@ -263,9 +297,35 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
     if opts.ask && !std::io::stdin().is_terminal() {
         bail!("--ask needs a terminal on stdin to answer on");
     }
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/waymark"));
+    let control = control_dir()?;
+    let ssh = Ssh::new(
+        &std::env::var("NIX_SSHOPTS").unwrap_or_default(),
+        control.path(),
+    );
+    // The hosts' addresses as the last run read them: their connections open while
+    // the flake evaluates.
+    let addresses = state_dir.join("ssh-addresses.json");
+    let mut known = read_addresses(&addresses);
+    let named = args
+        .words
+        .iter()
+        .chain(args.on.iter())
+        .filter(|w| *w != "rollback");
+    for endpoint in named.filter_map(|n| known.get(n)).flatten() {
+        ssh.prewarm(endpoint);
+    }
     let eval_started = std::time::Instant::now();
     let fleet = read_fleet(&opts.flake)?;
     let eval_ms = waymark_deploy::ms(eval_started.elapsed());
+    for name in fleet.hosts.keys() {
+        known.insert(name.clone(), fleet_endpoints(&fleet, name));
+    }
+    known.retain(|name, _| fleet.hosts.contains_key(name));
+    write_addresses(&addresses, &known);
     let hosts = match &rollback {
         Some(host) => {
             fleet.host(host)?;
@@ -296,15 +356,6 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
             )
         }
     };
-    let state_dir = opts
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/var/lib/waymark"));
-    let control = control_dir()?;
-    let ssh = Ssh::new(
-        &std::env::var("NIX_SSHOPTS").unwrap_or_default(),
-        control.path(),
-    );
     let settings = Settings {
         goal: opts.goal,
         allow_drift: opts.allow_drift,
