@@ -4,7 +4,6 @@
 //! the target verified to run the new closure.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -419,8 +418,8 @@ fi
         };
         let missing: Vec<String> = missing.into_iter().filter(|l| !l.is_empty()).collect();
         if !missing.is_empty() {
-            let mut stdin = talk.stdin().expect("not taken yet");
-            stdin.write_all(b"export\n").map_err(|e| e.to_string())?;
+            talk.send(b"export\n").map_err(|e| e.to_string())?;
+            let stdin = talk.stdin().expect("not taken yet");
             let status = Command::new("nix-store")
                 .arg("--export")
                 .args(&missing)
