@@ -19,7 +19,8 @@
 #    back if it was moved.
 #
 # Progress goes to DIR/state (written by rename, so a reader never sees half a
-# line); logs to DIR/*.log. Terminal states: committed, kept, restored:<why>,
+# line), and each new state also to the FIFO DIR/events when there is one (waiters
+# wake on it instead of polling); logs to DIR/*.log. Terminal states: committed, kept, restored:<why>,
 # restore-failed:<why>, and refused:running-changed (nothing activated: the running
 # system changed since the deployer read it). The lock /run/waymark/active is held until
 # then (its pid file says by whom).
@@ -29,6 +30,8 @@ profile=/nix/var/nix/profiles/system
 
 state() {
   printf '%s\n' "$1" > "$dir/state.tmp" && mv -f "$dir/state.tmp" "$dir/state"
+  # Wakes whoever waits (opened read-write, a FIFO never blocks; unread, it is dropped).
+  if [ -p "$dir/events" ]; then printf '%s\n' "$1" 1<>"$dir/events"; fi 2>/dev/null
 }
 finish() {
   state "$1"

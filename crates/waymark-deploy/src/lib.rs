@@ -18,7 +18,7 @@ pub use activation::{AgentState, DryRun};
 pub use events::{Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now, own_cpu_ms};
 pub use fleet::FleetOptions;
 pub use pipeline::{Deployer, Goal, Interaction, Mode, Settings};
-pub use ssh::{Endpoint, Held, Reply, Ssh};
+pub use ssh::{Endpoint, Held, Reply, Ssh, relay};
 
 /// The target-side activation agent (see its header).
 pub const AGENT: &str = include_str!("agent.sh");

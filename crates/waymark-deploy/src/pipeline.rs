@@ -17,10 +17,13 @@ use waymark_store::{DrvFiles, Store, closure_from_path_info, read_closure, shell
 
 use crate::activation::{AgentState, DryRun};
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
-use crate::ssh::{Endpoint, Held, Reply, Ssh, Talk};
+use crate::ssh::{DAEMON_SOCKET, Endpoint, Held, Reply, Ssh, Talk};
 
 /// The line that ends the probe's answer.
 const PROBED: &str = "@@probed";
+
+/// The line that ends a build session's answer.
+const BUILT: &str = "@@built";
 
 /// The end of a script that runs the script sent to it next: lines up to `@@run`. The
 /// shell's `read` takes a byte at a time, so what follows is left on stdin for it.
@@ -29,6 +32,16 @@ while IFS= read -r line; do
   [ "$line" = @@run ] && { eval "$next"; exit; }
   next="$next$line
 "
+done"#;
+
+/// The end of a script that stays to run what it is sent, one script after another:
+/// lines up to `@@run`, run with no stdin, its stderr in its stdout, then its exit
+/// status (`@@status N`) and `@@ran`.
+/// It ends when its input does.
+const SERVE: &str = r#"while next=""; do
+  while IFS= read -r line || exit 0; [ "$line" != @@run ]; do next="$next$line
+"; done
+  (eval "$next") </dev/null 2>&1; echo "@@status $?"; echo "@@ran"
 done"#;
 
 /// Where a deploy stops.
@@ -88,6 +101,10 @@ pub struct Settings {
     pub local_signing_key: Option<PathBuf>,
     /// Where this machine keeps the deploy records (`<dir>/<host>/<mark>.json`).
     pub records_dir: PathBuf,
+    /// Where this machine keeps the closure each host was last committed with
+    /// (`<dir>/<host>.json`): the next deploy's diff reads it instead of asking the
+    /// target, when the target still runs it.
+    pub closures_dir: PathBuf,
     /// The repository release tags go to, for hosts with `tagReleases`.
     pub release_repo: Option<PathBuf>,
     /// Unique id of this run (names the agent's directory on the targets).
@@ -107,6 +124,9 @@ pub struct Deployer<'a> {
     pub(crate) prebuilt: Mutex<BTreeMap<String, Option<BuildResult>>>,
     /// Signalled when a batch build is done.
     pub(crate) prebuilt_done: std::sync::Condvar,
+    /// The build hosts' build sessions, kept to run their marks ([`SERVE`]), by
+    /// destination; `None` once one ended.
+    build_sessions: Mutex<BTreeMap<String, std::sync::Arc<Mutex<Option<Talk>>>>>,
 }
 
 /// A build's outcome for one host: how it was built and its closure's path-info, or
@@ -157,6 +177,8 @@ struct Run<'h> {
     remote_time: Duration,
     /// `nix path-info --json --recursive` of the new closure, as the build host read it.
     new_closure: Option<String>,
+    /// The new closure as the diff read it, kept for the next deploy once committed.
+    diffed_new: Option<waymark_diff::Closure>,
     /// The build on the build host, done while the target was probed, and its time.
     early_build: Option<(Result<String, String>, Duration)>,
     /// The reply of the call that dry-activated and started the agent (gate 3 and the
@@ -179,6 +201,8 @@ struct Probe {
     profile: Option<String>,
     /// `nix path-info --json --recursive` of what runs.
     old_closure: Option<String>,
+    /// What runs, as this machine kept it when it committed it (then not read there).
+    known_old: Option<waymark_diff::Closure>,
     marks: Vec<Record>,
     failed_units: Option<Vec<String>>,
 }
@@ -211,9 +235,21 @@ fn fault(point: &str) -> bool {
 fn wait_script(dir: &str, pattern: &str, seconds: u64) -> String {
     format!(
         r#"d={d}; i=0; s=
-while :; do read -r s 2>/dev/null < "$d/state"; case "$s" in {pattern}) break ;; esac
-  [ "$i" -lt {rounds} ] || break; i=$(( i + 1 ))
-  if [ "$i" -le 30 ]; then sleep 0.01; else sleep 0.05; fi; done
+if [ -p "$d/events" ]; then
+  # The agent writes each new state to the FIFO: wake on it, no polling. It is open
+  # before the state is read, so no change is missed; a watchdog writes the timeout.
+  exec 3<>"$d/events"
+  (trap 'kill "$z" 2>/dev/null; exit 0' TERM; sleep {seconds} & z=$!; wait "$z"
+    echo timeout >&3) </dev/null >/dev/null 2>&1 &
+  w=$!
+  while :; do read -r s 2>/dev/null < "$d/state"; case "$s" in {pattern}) break ;; esac
+    read -r e <&3; [ "$e" != timeout ] || break; done
+  kill "$w" 2>/dev/null; exec 3<&-
+else
+  while :; do read -r s 2>/dev/null < "$d/state"; case "$s" in {pattern}) break ;; esac
+    [ "$i" -lt {rounds} ] || break; i=$(( i + 1 ))
+    if [ "$i" -le 30 ]; then sleep 0.01; else sleep 0.05; fi; done
+fi
 echo "state=$s"; echo "running=$(readlink -e /run/current-system)"
 echo "profile=$(readlink -e /nix/var/nix/profiles/system)"
 tail -n 3 "$d/activate.log" "$d/commit.log" "$d/restore.log" 2>/dev/null | grep -v '^==>' | grep . | sed 's/^/log=/'
@@ -248,12 +284,48 @@ impl<'a> Deployer<'a> {
             interaction,
             prebuilt: Mutex::new(BTreeMap::new()),
             prebuilt_done: std::sync::Condvar::new(),
+            build_sessions: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Closes the master connections this deployer opened.
+    /// Ends the sessions kept open and closes the master connections this deployer
+    /// opened.
     pub fn close(&self) {
+        std::mem::take(&mut *self.build_sessions.lock().expect("not poisoned"));
         self.ssh.close_all();
+    }
+
+    /// Runs `script` in `host`'s kept build session ([`SERVE`]) when there is one and it
+    /// is free, else in a new session.
+    fn run_on_build_host(&self, host: &Endpoint, script: &str) -> Reply {
+        let slot = self
+            .build_sessions
+            .lock()
+            .expect("not poisoned")
+            .get(&host.destination())
+            .cloned();
+        if let Some(slot) = slot {
+            let mut kept = slot.lock().expect("not poisoned");
+            if let Some(talk) = kept.as_mut() {
+                let sent = talk.send(format!("{script}\n@@run\n").as_bytes());
+                if let (Ok(()), Some(mut lines)) = (sent, talk.lines_until("@@ran")) {
+                    let code = lines
+                        .pop()
+                        .and_then(|l| l.strip_prefix("@@status ")?.parse().ok())
+                        .unwrap_or(-1);
+                    let output = lines.join("\n") + "\n";
+                    return Reply {
+                        code,
+                        stdout: output.clone(),
+                        stderr: output,
+                    };
+                }
+                *kept = None;
+            }
+        }
+        self.ssh
+            .run(host, script)
+            .unwrap_or_else(|e| Reply::lost(&e))
     }
 
     pub(crate) fn fleet(&self) -> &Fleet {
@@ -327,25 +399,29 @@ for o in {outs}; do
   case "$nl$invalid$nl" in *"$nl$o$nl"*) ;; *) valid="$valid $o"; echo "built=$o" ;; esac
 done
 if [ -n "$valid" ]; then
-  nix --extra-experimental-features nix-command store sign --key-file {key} --recursive $valid >&2 || echo "unsigned=yes"
+  signing=$(nix --extra-experimental-features nix-command store sign --key-file {key} --recursive $valid 2>&1) ||
+    printf 'unsigned=%s\n' "$(printf '%s\n' "$signing" | grep . | tail -n 1)"
 fi
 [ $rc = 0 ] || printf 'error=%s\n' "$(printf '%s\n' "$err" | grep . | tail -n 1)"
-[ -z "$valid" ] || {{ echo "@@closures"; nix --extra-experimental-features nix-command path-info --json --recursive $valid; }}
+[ -z "$valid" ] || {{ echo "@@closures"; nix --extra-experimental-features nix-command path-info --json --recursive $valid; echo; }}
 "#,
             drvs = drvs.join(" "),
             outs = outs.join(" "),
             key = q(key),
         );
         // `read` takes a byte at a time, so what follows the list is left for the import.
+        // The session stays, for the marks of what it built.
         let import = format!(
-            r#"set --
+            r#"[ ! -S {DAEMON_SOCKET} ] || echo "daemon=yes"
+set --
 while IFS= read -r p && [ -n "$p" ]; do set -- "$@" "$p"; done
 [ $# = 0 ] || nix-store --check-validity --print-invalid "$@"
 echo "@@missing"
 if IFS= read -r more && [ "$more" = export ]; then
   nix-store --import >/dev/null || {{ echo "@@import-refused"; exit 0; }}
 fi
-{build_script}"#
+{build_script}echo "{BUILT}"
+{SERVE}"#
         );
         if let (_, Err(e)) = self.ssh.ensure_master(builder) {
             return all(format!("cannot reach {}: {e}", builder.name));
@@ -353,7 +429,7 @@ fi
         let session = self.ssh.hold(builder, &import);
         let sent = session
             .map_err(|e| e.to_string())
-            .and_then(|held| Self::send_derivations(held, items));
+            .and_then(|held| self.send_derivations(builder, held, items));
         let r = match sent {
             Ok(Some(reply)) => reply,
             Ok(None) => {
@@ -379,11 +455,10 @@ fi
             .split_once("@@closures\n")
             .map_or((r.stdout.as_str(), ""), |(h, c)| (h, c));
         let f = fields(head);
-        if field(&f, "unsigned").is_some() {
+        if let Some(why) = field(&f, "unsigned") {
             return all(format!(
-                "signing on {} with {key} failed: {}",
-                builder.name,
-                r.last_error()
+                "signing on {} with {key} failed: {why}",
+                builder.name
             ));
         }
         let built = f.get("built").cloned().unwrap_or_default();
@@ -403,7 +478,12 @@ fi
     /// The conversation of [`Self::build_on`]'s session: the derivations' closure as
     /// this store has it, then an export of what the build host lacks. The build's
     /// reply, or `None` when the build host refused the import.
-    fn send_derivations(held: Held, items: &[(String, String)]) -> Result<Option<Reply>, String> {
+    fn send_derivations(
+        &self,
+        builder: &Endpoint,
+        held: Held,
+        items: &[(String, String)],
+    ) -> Result<Option<Reply>, String> {
         let store = Store::from_url(None).map_err(|e| e.to_string())?;
         let mut closure = BTreeSet::new();
         for (drv, _) in items {
@@ -416,27 +496,58 @@ fi
         let Some(missing) = talk.lines_until("@@missing") else {
             return talk.finish().map(Some).map_err(|e| e.to_string());
         };
-        let missing: Vec<String> = missing.into_iter().filter(|l| !l.is_empty()).collect();
-        if !missing.is_empty() {
+        if missing.iter().any(|l| l == "daemon=yes") {
+            self.ssh.use_daemon(builder);
+        }
+        let missing: Vec<String> = missing.into_iter().filter(|l| l.starts_with('/')).collect();
+        if missing.is_empty() {
+            talk.send(b"none\n").map_err(|e| e.to_string())?;
+        } else {
             talk.send(b"export\n").map_err(|e| e.to_string())?;
-            let stdin = talk.stdin().expect("not taken yet");
-            let status = Command::new("nix-store")
+            let mut export = Command::new("nix-store")
                 .arg("--export")
                 .args(&missing)
                 .stdin(Stdio::null())
-                .stdout(Stdio::from(stdin))
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
-                .output()
+                .spawn()
                 .map_err(|e| format!("running nix-store --export: {e}"))?;
-            if !status.status.success() {
-                let _ = talk.finish();
-                return Err(format!(
-                    "nix-store --export: {}",
-                    String::from_utf8_lossy(&status.stderr).trim()
-                ));
+            let mut stream = export.stdout.take().expect("piped");
+            let sent = talk.send_from(&mut stream);
+            drop(stream);
+            let status = export
+                .wait_with_output()
+                .map_err(|e| format!("running nix-store --export: {e}"))?;
+            if sent.is_err() || !status.status.success() {
+                // The build host may have stopped reading: it refused the import.
+                let reply = talk.finish().map_err(|e| e.to_string())?;
+                if reply.stdout.contains("@@import-refused") {
+                    return Ok(None);
+                }
+                return Err(match sent {
+                    Err(e) => e.to_string(),
+                    Ok(()) => format!(
+                        "nix-store --export: {}",
+                        String::from_utf8_lossy(&status.stderr).trim()
+                    ),
+                });
             }
         }
-        let reply = talk.finish().map_err(|e| e.to_string())?;
+        let reply = match talk.lines_until(BUILT) {
+            Some(lines) => {
+                let reply = Reply {
+                    code: 0,
+                    stdout: lines.join("\n") + "\n",
+                    stderr: String::new(),
+                };
+                self.build_sessions.lock().expect("not poisoned").insert(
+                    builder.destination(),
+                    std::sync::Arc::new(Mutex::new(Some(talk))),
+                );
+                reply
+            }
+            None => talk.finish().map_err(|e| e.to_string())?,
+        };
         Ok((!reply.stdout.contains("@@import-refused")).then_some(reply))
     }
 
@@ -444,8 +555,8 @@ fi
         let mut cmd = Command::new("nix");
         cmd.args(["--extra-experimental-features", "nix-command"])
             .args(args)
-            .env("NIX_SSHOPTS", self.ssh.nix_sshopts())
             .stdin(Stdio::null());
+        self.ssh.nix_env(&mut cmd);
         cmd
     }
 
@@ -460,6 +571,35 @@ fi
             &to.store_url(),
             closure,
         ])
+    }
+
+    /// Copies a closure from one host's store to another's: through their nix-daemon
+    /// sockets where they run one, and over `nix-daemon --stdio` sessions again if the
+    /// sockets cannot be reached (the hosts' sshd refuses forwarding).
+    fn copy_closure(
+        &self,
+        run: &mut Run,
+        from: &Endpoint,
+        to: &Endpoint,
+        closure: &str,
+    ) -> Result<String, String> {
+        let copy = self.copy_between(from, to, closure);
+        if fault("interrupt-copy") {
+            return Self::interrupted(copy);
+        }
+        match Self::nix_run(run, copy) {
+            Err(e)
+                if e.contains("cannot open connection to remote store")
+                    && self.ssh.forget_daemons(&[from, to]) =>
+            {
+                self.emit_note(
+                    run,
+                    format!("no nix-daemon socket through ssh ({e}); copying over ssh sessions"),
+                );
+                Self::nix_run(run, self.copy_between(from, to, closure))
+            }
+            copied => copied,
+        }
     }
 
     /// Runs a local nix command, timing it as Nix's own work.
@@ -591,6 +731,7 @@ fi
             nix_time: Duration::ZERO,
             remote_time: Duration::ZERO,
             new_closure: None,
+            diffed_new: None,
             early_build: None,
             held_launch: None,
             launched: None,
@@ -666,15 +807,21 @@ fi
     /// round trip. The session stays open (`run.held_launch`): it runs the next script
     /// it is sent (gate 3's), or ends without doing anything when its input ends.
     fn probe(&self, run: &mut Run) -> Result<Probe, Stop> {
+        // What this machine committed last: read there only if something else runs.
+        let kept = self.kept_closure(&run.name);
+        let kept_root = kept
+            .as_ref()
+            .map_or_else(|| "''".to_owned(), |c| q(&c.root));
         let script = format!(
             r#"echo "running=$(readlink -e /run/current-system)"
 echo "profile=$(readlink -e /nix/var/nix/profiles/system)"
+[ ! -S {DAEMON_SOCKET} ] || echo "daemon=yes"
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   echo "units=yes"; systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{{print "failed=" $1}}'
 fi
 echo "@@marks"
 {waymark} known-good list --json
-running=$(readlink -e /run/current-system) && echo "@@old" &&
+running=$(readlink -e /run/current-system) && [ "$running" != {kept_root} ] && echo "@@old" &&
   nix --extra-experimental-features nix-command path-info --json --recursive "$running"
 echo; echo "{PROBED}"
 {RUN_NEXT}"#,
@@ -707,6 +854,9 @@ echo; echo "{PROBED}"
         let (head, rest) = r.stdout.split_once("@@marks\n").unwrap_or((&r.stdout, ""));
         let (marks_json, old_json) = rest.split_once("@@old\n").unwrap_or((rest, ""));
         let f = fields(head);
+        if field(&f, "daemon").is_some() {
+            self.ssh.use_daemon(&target);
+        }
         if marks_json.trim().is_empty() {
             return Err(stop(
                 HostResult::Error,
@@ -736,8 +886,10 @@ echo; echo "{PROBED}"
                 )
             })?;
         marks.retain(|m| m.target == run.name);
+        let running = field(&f, "running");
         Ok(Probe {
-            running: field(&f, "running").map(str::to_owned),
+            known_old: kept.filter(|c| running == Some(c.root.as_str())),
+            running: running.map(str::to_owned),
             profile: field(&f, "profile").map(str::to_owned),
             old_closure: (!old_json.trim().is_empty()).then(|| old_json.to_owned()),
             marks,
@@ -938,21 +1090,13 @@ echo; echo "{PROBED}"
         } else {
             Gate::Switch
         };
-        // The build host's mark session starts during the confirmation; it marks only
-        // once the target is verified committed.
-        let held_mark = match &build_at {
-            Some(BuildAt::Builder { host, .. }) => {
-                self.ssh.hold(host, &self.mark_command(run, &closure)).ok()
-            }
-            _ => None,
-        };
         self.gate(run, commit_gate, |d, run| {
             d.confirm(run, &dir, &closure, &rollback_to)
                 .map(|m| ((), m))
         })?;
 
         self.gate(run, Gate::Mark, |d, run| {
-            d.mark(run, &closure, build_at.as_ref(), held_mark)
+            d.mark(run, &closure, build_at.as_ref())
         })?;
         Ok((
             HostResult::Deployed,
@@ -1005,15 +1149,11 @@ echo; echo "{PROBED}"
                         format!("built on {}", host.name)
                     }
                 };
-                let copy = self.copy_between(host, &run.target, closure);
-                let copied = if fault("interrupt-copy") {
-                    Self::interrupted(copy)
-                } else {
-                    Self::nix_run(run, copy)
-                };
-                copied.map_err(|e| {
-                    failed(&format!("copying from {} to {}", host.name, run.name), e)
-                })?;
+                let target = run.target.clone();
+                self.copy_closure(run, host, &target, closure)
+                    .map_err(|e| {
+                        failed(&format!("copying from {} to {}", host.name, run.name), e)
+                    })?;
                 Ok(((), format!("{how}, copied to {}", run.name)))
             }
             BuildAt::Local { key } => {
@@ -1076,8 +1216,7 @@ echo; echo "{PROBED}"
             return Err(gone("there is no build host to copy it from".into()));
         };
         run.masters_opened += self.opened(&builder);
-        let copy = self.copy_between(&builder, &target, closure);
-        Self::nix_run(run, copy)
+        self.copy_closure(run, &builder, &target, closure)
             .map_err(|e| gone(format!("copying it from {} failed ({e})", builder.name)))?;
         self.emit_note(
             run,
@@ -1159,14 +1298,16 @@ echo; echo "{PROBED}"
             closure_from_path_info(json.as_bytes(), "/nix/store", path, &target.store_url())
                 .map_err(|e| stop(HostResult::Error, e.to_string()))
         };
-        let old = match &probe.old_closure {
-            Some(json) => parse(json, &running)?,
-            None => read(run, &running)?,
+        let old = match (&probe.known_old, &probe.old_closure) {
+            (Some(kept), _) => kept.clone(),
+            (None, Some(json)) => parse(json, &running)?,
+            (None, None) => read(run, &running)?,
         };
         let new = match run.new_closure.take() {
             Some(json) => parse(&json, &closure)?,
             None => read(run, &closure)?,
         };
+        run.diffed_new = Some(new.clone());
         // The old side's derivations, for root causes: here if evaluated here before,
         // else from the build host, which roots them with its marks.
         if let (Some(BuildAt::Builder { host, .. }), Some(drv)) = (
@@ -1393,7 +1534,7 @@ if ! mkdir /run/waymark/active 2>/dev/null; then
 fi
 echo $$ > /run/waymark/active/pid; echo {dir} > /run/waymark/active/id
 started=
-if mkdir -p {dir} && cat > {dir}/agent.sh; then
+if mkdir -p {dir} && {{ mkfifo {dir}/events 2>/dev/null || true; }} && cat > {dir}/agent.sh; then
   if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null; then
     # The unit gets this PATH: a transient unit's own has only systemd in it.
     systemd-run --quiet --collect --unit={unit} --service-type=exec --setenv=PATH="$PATH" \
@@ -1933,7 +2074,6 @@ fi
         run: &mut Run,
         closure: &str,
         build_at: Option<&BuildAt>,
-        held_mark: Option<crate::ssh::Held>,
     ) -> Result<((), String), Stop> {
         let rev = run.rev.clone().expect("checked before");
         let evidence_json = Self::evidence(run, closure, None);
@@ -1953,11 +2093,14 @@ fi
             let on_builder = match build_at {
                 Some(BuildAt::Builder { host, .. }) => Some((
                     host,
-                    scope.spawn(|| match held_mark {
-                        Some(held) => held.go(Some(&evidence_json)),
-                        None => self
-                            .ssh
-                            .run_with_input(host, &command, Some(&evidence_json)),
+                    // In the build session (the evidence in a here-document: the
+                    // session's stdin is its input), or a new one.
+                    scope.spawn(|| {
+                        let evidence = String::from_utf8_lossy(&evidence_json);
+                        self.run_on_build_host(
+                            host,
+                            &format!("{command} <<'@@evidence'\n{evidence}\n@@evidence"),
+                        )
                     }),
                 )),
                 _ => None,
@@ -1984,7 +2127,7 @@ fi
         run.mark = Some(record.mark.clone());
         let mut wheres = vec![run.name.clone()];
         if let Some((host, reply)) = on_builder {
-            let r = reply.unwrap_or_else(|e| Reply::lost(&e));
+            let r = reply;
             if r.code == 0 {
                 wheres.push(host.name.clone());
             } else {
@@ -2000,6 +2143,9 @@ fi
         }
         self.write_record(&record)
             .map_err(|e| committed(format!("writing the deploy record here failed: {e}")))?;
+        if let Some(kept) = run.diffed_new.as_ref().filter(|c| c.root == closure) {
+            self.keep_closure(&run.name, kept);
+        }
         // A rollback redeploys an old release; release branches only move forward.
         if run.host.tag_releases && build_at.is_some() {
             match &self.settings.release_repo {
@@ -2024,6 +2170,26 @@ fi
             (),
             format!("marked {} on {}", record.mark, wheres.join(" and ")),
         ))
+    }
+
+    /// The closure `host` was last committed with, as kept here; none when there is no
+    /// readable one (it only saves reading it on the target).
+    fn kept_closure(&self, host: &str) -> Option<waymark_diff::Closure> {
+        let bytes = std::fs::read(self.settings.closures_dir.join(format!("{host}.json"))).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Keeps the closure `host` now runs, committed, for its next deploy's diff: replaced
+    /// whole (a rename), or not at all.
+    fn keep_closure(&self, host: &str, closure: &waymark_diff::Closure) {
+        let dir = &self.settings.closures_dir;
+        let tmp = dir.join(format!(".{host}.json.tmp"));
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(closure).expect("serializable")))
+            .and_then(|()| std::fs::rename(&tmp, dir.join(format!("{host}.json"))));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
     }
 
     /// Keeps the target's record and evidence on this machine, written by rename.

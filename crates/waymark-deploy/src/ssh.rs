@@ -1,13 +1,22 @@
 //! SSH to the hosts: one multiplexed master connection per host, reused by every
 //! command and by Nix's own ssh (through `NIX_SSHOPTS`), plus deliberately fresh
 //! connections where proving a new login works is the point (the confirmation).
+//!
+//! `nix copy` reaches a host's store through its nix-daemon socket, forwarded over the
+//! master connection, where the host runs a daemon: no login session (and no login
+//! shell) starts for it. Nix asks for `ssh DESTINATION … nix-daemon --stdio`; a shim
+//! named `ssh`, first in the nix commands' `PATH`, relays that to the forwarded socket.
+//! The daemon sees the same user, with the same trust, as `nix-daemon --stdio` would.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use waymark_store::shell_quote;
 
 use crate::Error;
 
@@ -54,7 +63,13 @@ pub struct Ssh {
     masters: Mutex<BTreeMap<String, Arc<MasterSlot>>>,
     /// Master connections started ahead ([`Ssh::prewarm`]), not yet waited for.
     pending: Mutex<BTreeMap<String, std::process::Child>>,
+    /// Whether the masters forward the hosts' nix-daemon sockets for `nix copy`
+    /// ([`Ssh::with_daemon_relay`]).
+    relay: bool,
 }
+
+/// Where a host's nix-daemon listens (NixOS, and every multi-user Nix install).
+pub const DAEMON_SOCKET: &str = "/nix/var/nix/daemon-socket/socket";
 
 /// One master connection: opened once, or why it could not be.
 type MasterSlot = OnceLock<Result<(), String>>;
@@ -116,6 +131,90 @@ impl Ssh {
             control_dir: control_dir.to_owned(),
             masters: Mutex::new(BTreeMap::new()),
             pending: Mutex::new(BTreeMap::new()),
+            relay: false,
+        }
+    }
+
+    /// Lets `nix copy` talk to the hosts' nix-daemons through their sockets, forwarded
+    /// over the master connections, once [`Ssh::use_daemon`] says a host runs one.
+    /// `relay` is the command that relays its stdin and stdout to the socket given as
+    /// its last argument (`waymark nix-daemon-relay`). Writes the shim in the control
+    /// directory.
+    pub fn with_daemon_relay(mut self, relay: &[String]) -> std::io::Result<Self> {
+        let bin = self.control_dir.join("bin");
+        std::fs::create_dir_all(&bin)?;
+        std::fs::create_dir_all(self.control_dir.join("daemon"))?;
+        let relay: Vec<String> = relay.iter().map(|a| shell_quote(a)).collect();
+        let shim = format!(
+            r#"#!/bin/sh
+# `ssh` for one deploy's nix commands. Nix runs `ssh DESTINATION ... nix-daemon --stdio`
+# for an ssh-ng:// store: where daemon/DESTINATION names the host's forwarded nix-daemon
+# socket, Nix talks to the daemon through it and no login session starts on the host.
+for last; do :; done
+case "$last" in
+*--stdio)
+  if [ -f {daemons}/"$1" ] && IFS= read -r socket < {daemons}/"$1"; then
+    exec {relay} "$socket"
+  fi ;;
+esac
+PATH=${{PATH#{bin}:}} exec ssh "$@"
+"#,
+            daemons = shell_quote(&self.control_dir.join("daemon").display().to_string()),
+            relay = relay.join(" "),
+            bin = shell_quote(&bin.display().to_string()),
+        );
+        let path = bin.join("ssh");
+        std::fs::write(&path, shim)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        self.relay = true;
+        Ok(self)
+    }
+
+    /// The local end of `host`'s forwarded nix-daemon socket (short: socket paths are
+    /// limited to about 100 bytes).
+    fn daemon_forward(&self, host: &Endpoint) -> PathBuf {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        host.destination().hash(&mut h);
+        self.control_dir.join(format!("{:016x}.nd", h.finish()))
+    }
+
+    fn daemon_marker(&self, host: &Endpoint) -> Option<PathBuf> {
+        let dest = host.destination();
+        (self.relay && !dest.contains('/') && !dest.starts_with('.'))
+            .then(|| self.control_dir.join("daemon").join(dest))
+    }
+
+    /// `host` runs a nix-daemon: `nix copy` to or from it goes through its socket.
+    pub fn use_daemon(&self, host: &Endpoint) {
+        if let Some(marker) = self.daemon_marker(host) {
+            let _ = std::fs::write(marker, format!("{}\n", self.daemon_forward(host).display()));
+        }
+    }
+
+    /// Back to `nix-daemon --stdio` sessions for these hosts (their sockets could not
+    /// be reached: forwarding refused). True when any of them used its socket.
+    pub fn forget_daemons(&self, hosts: &[&Endpoint]) -> bool {
+        // Every marker goes, not only up to the first.
+        let removed: Vec<bool> = hosts
+            .iter()
+            .filter_map(|h| self.daemon_marker(h))
+            .map(|m| std::fs::remove_file(m).is_ok())
+            .collect();
+        removed.contains(&true)
+    }
+
+    /// Sets up a nix command to reach the hosts: `NIX_SSHOPTS` (the master
+    /// connections) and, with the daemon relay, the shim first in `PATH`.
+    pub fn nix_env(&self, cmd: &mut Command) {
+        cmd.env("NIX_SSHOPTS", self.nix_sshopts());
+        if self.relay {
+            let mut path = std::ffi::OsString::from(self.control_dir.join("bin"));
+            if let Some(rest) = std::env::var_os("PATH") {
+                path.push(":");
+                path.push(rest);
+            }
+            cmd.env("PATH", path);
         }
     }
 
@@ -149,7 +248,7 @@ impl Ssh {
         cmd.args(opts)
             .arg(host.destination())
             .arg("--")
-            .arg(format!("sh -c {}", waymark_store::shell_quote(remote)))
+            .arg(format!("sh -c {}", shell_quote(remote)))
             .stdin(Stdio::null());
         cmd
     }
@@ -259,8 +358,15 @@ impl Ssh {
 
     fn master_command(&self, host: &Endpoint) -> Command {
         let mut cmd = Command::new("ssh");
-        cmd.args(self.opts("yes"))
-            .args(["-N", "-f"])
+        cmd.args(self.opts("yes"));
+        if self.relay {
+            // Only a local listener until used: a host without a daemon costs nothing.
+            cmd.arg("-L").arg(format!(
+                "{}:{DAEMON_SOCKET}",
+                self.daemon_forward(host).display()
+            ));
+        }
+        cmd.args(["-N", "-f"])
             .arg(host.destination())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -301,7 +407,7 @@ impl Ssh {
         Ok(Talk::new(cmd.spawn().map_err(|e| ssh_error(&e))?))
     }
 
-    /// Starts `script` on `host` over its master connection, held until [`Held::go`]:
+    /// Starts `script` on `host` over its master connection, held until [`Held::talk`]:
     /// the session's setup (the login shell starting) overlaps with other work, and the
     /// script runs the moment it may.
     pub fn hold(&self, host: &Endpoint, script: &str) -> Result<Held, Error> {
@@ -321,6 +427,29 @@ impl Drop for Ssh {
     /// No connection outlives the run, even one started ahead and never used.
     fn drop(&mut self) {
         self.close_all();
+    }
+}
+
+/// Relays stdin to the Unix socket `socket` and what it answers to stdout, until either
+/// side ends: the shim's end of Nix's connection to a host's forwarded nix-daemon.
+pub fn relay(socket: &Path) -> std::io::Result<()> {
+    let stream = std::os::unix::net::UnixStream::connect(socket)?;
+    let mut up = stream.try_clone()?;
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let mut down = &stream;
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match down.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            // Unbuffered: the protocol waits on every answer.
+            Ok(n) => out.write_all(&buf[..n]).and_then(|()| out.flush())?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -346,22 +475,6 @@ fn output(mut cmd: Command, input: Option<&[u8]>) -> Result<Reply, Error> {
 #[derive(Debug)]
 pub struct Held {
     child: Option<std::process::Child>,
-}
-
-impl Held {
-    /// Lets the script run, with `input` on its stdin, and waits for it.
-    pub fn go(mut self, input: Option<&[u8]>) -> Result<Reply, Error> {
-        let mut child = self.child.take().expect("held until now");
-        if let Some(mut stdin) = child.stdin.take() {
-            // A session that already ended closes the pipe; its status says why.
-            let _ = stdin.write_all(b"go\n");
-            let _ = stdin.write_all(input.unwrap_or_default());
-        }
-        child
-            .wait_with_output()
-            .map(|o| reply(&o))
-            .map_err(|e| ssh_error(&e))
-    }
 }
 
 impl Held {
@@ -417,6 +530,17 @@ impl Talk {
             .map_err(|e| ssh_error(&e))
     }
 
+    /// Streams all of `reader` to the script's stdin.
+    pub fn send_from(&mut self, reader: &mut impl std::io::Read) -> Result<(), Error> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| Error::Spawn {
+            program: "ssh".into(),
+            message: "the session's input is closed".into(),
+        })?;
+        std::io::copy(reader, stdin)
+            .and_then(|_| stdin.flush())
+            .map_err(|e| ssh_error(&e))
+    }
+
     /// The lines the script prints before the line `marker`; `None` if it ended first
     /// (what it printed is kept for [`Talk::finish`]).
     pub fn lines_until(&mut self, marker: &str) -> Option<Vec<String>> {
@@ -434,11 +558,6 @@ impl Talk {
                 Ok(_) => lines.push(line),
             }
         }
-    }
-
-    /// The script's stdin, to stream more to it (dropped: end of input).
-    pub fn stdin(&mut self) -> Option<ChildStdin> {
-        self.stdin.take()
     }
 
     /// Closes its stdin and waits for the script: everything it printed after the last

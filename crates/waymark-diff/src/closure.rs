@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use crate::name::store_path_name;
 
 /// One store path of a closure.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PathEntry {
     /// Absolute store path.
     pub path: String,
@@ -17,7 +17,7 @@ pub struct PathEntry {
 
 /// A closure: its root, every path in it, and which paths are the system's top-level
 /// package selection.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Closure {
     /// The root store path (a system toplevel, a profile generation, any store path).
     pub root: String,

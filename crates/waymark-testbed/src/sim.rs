@@ -5,6 +5,10 @@
 //! with `nix copy --from ssh-ng://a --to ssh-ng://b` exactly as between machines, and a
 //! host's `/run/current-system` is its own. Needs root (mount namespaces).
 //!
+//! Like a NixOS machine, a host runs a `nix-daemon` on its own store (its socket at
+//! `/nix/var/nix/daemon-socket/socket` in its `/nix`), unless started without one, like
+//! a single-user Nix install.
+//!
 //! Hosts of one [`SimFleet`] share one ssh client configuration (`NIX_SSHOPTS="-F …"`),
 //! and trust one signing key, which builders use to sign what they build.
 
@@ -19,6 +23,50 @@ use crate::error::{Error, Result};
 
 const NIX_CONF: &str = "substituters =\nexperimental-features = nix-command flakes\nbuild-users-group =\nsandbox = false\ntrusted-users = root\n";
 
+/// A `nix-daemon` serving the store of the host in `h`, with the host's nix.conf; back
+/// once its socket listens.
+fn start_daemon(h: &Path) -> Result<Child> {
+    let log = std::fs::File::create(h.join("nix-daemon.log")).map_err(io(h))?;
+    let socket = h.join("nix/var/nix/daemon-socket/socket");
+    let _ = std::fs::remove_file(&socket);
+    let mut child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$0/nix" /nix && exec nix-daemon"#)
+        .arg(h)
+        .env("NIX_CONF_DIR", h.join("etc-nix"))
+        .env_remove("NIX_CONFIG")
+        .env_remove("NIX_REMOTE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            program: "unshare".into(),
+            source,
+        })?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(h.join("nix-daemon.log")).unwrap_or_default();
+            return Err(Error::Nix {
+                program: "nix-daemon".into(),
+                stderr: format!("not listening at {} after 10 s: {log}", socket.display()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+fn no_host(name: &str) -> Error {
+    Error::Nix {
+        program: "sim".into(),
+        stderr: format!("no simulated host {name}"),
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Write {
         path: path.to_owned(),
@@ -32,6 +80,7 @@ pub struct SimHost {
     name: String,
     dir: PathBuf,
     child: Child,
+    daemon: Option<Child>,
 }
 
 impl SimHost {
@@ -53,9 +102,12 @@ impl SimHost {
 
 impl Drop for SimHost {
     fn drop(&mut self) {
-        // Only the sshd this value started; sessions die with it or on their own.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Only the sshd and daemon this value started; sessions die with them or on
+        // their own.
+        for child in std::iter::once(&mut self.child).chain(self.daemon.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -133,9 +185,19 @@ impl SimFleet {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// Starts host `name`: its `/nix`, `/run`, nix.conf (trusting the fleet's signing key)
-    /// and sshd.
+    /// Starts host `name`: its `/nix`, `/run`, nix.conf (trusting the fleet's signing key),
+    /// nix-daemon and sshd.
     pub fn start(&mut self, name: &str) -> Result<&SimHost> {
+        self.start_host(name, true)
+    }
+
+    /// Starts host `name` with no nix-daemon (single-user Nix): store clients on it use
+    /// the store directly.
+    pub fn start_without_daemon(&mut self, name: &str) -> Result<&SimHost> {
+        self.start_host(name, false)
+    }
+
+    fn start_host(&mut self, name: &str, with_daemon: bool) -> Result<&SimHost> {
         let h = self.dir.join("hosts").join(name);
         for d in ["nix/store", "nix/var/nix", "etc-nix", "ssh"] {
             std::fs::create_dir_all(h.join(d)).map_err(io(&h))?;
@@ -189,11 +251,15 @@ impl SimFleet {
             .stderr(log)
             .spawn()
             .map_err(|source| Error::Spawn { program: "unshare".into(), source })?;
-        let host = SimHost {
+        let mut host = SimHost {
             name: name.to_owned(),
             dir: h.clone(),
             child,
+            daemon: None,
         };
+        if with_daemon {
+            host.daemon = Some(start_daemon(&h)?);
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -207,6 +273,73 @@ impl SimFleet {
         }
         self.hosts.push(host);
         Ok(self.hosts.last().expect("just pushed"))
+    }
+
+    /// Stops `host`'s nix-daemon: store clients there use the store directly, as with
+    /// single-user Nix.
+    pub fn stop_daemon(&mut self, host: &str) -> Result<()> {
+        let h = self
+            .hosts
+            .iter_mut()
+            .find(|h| h.name == host)
+            .ok_or_else(|| no_host(host))?;
+        if let Some(mut daemon) = h.daemon.take() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+        let socket = h.dir.join("nix/var/nix/daemon-socket/socket");
+        let _ = std::fs::remove_file(&socket);
+        Ok(())
+    }
+
+    /// Restarts `host`'s nix-daemon, as after a change to its nix.conf.
+    pub fn restart_daemon(&mut self, host: &str) -> Result<()> {
+        self.stop_daemon(host)?;
+        let h = self
+            .hosts
+            .iter_mut()
+            .find(|h| h.name == host)
+            .ok_or_else(|| no_host(host))?;
+        h.daemon = Some(start_daemon(&h.dir)?);
+        Ok(())
+    }
+
+    /// How many connections `host`'s nix-daemon accepted so far (from its log).
+    pub fn daemon_connections(&self, host: &str) -> usize {
+        self.host(host)
+            .and_then(|h| std::fs::read_to_string(h.dir.join("nix-daemon.log")).ok())
+            .map_or(0, |log| log.matches("accepted connection").count())
+    }
+
+    /// Adds `line` to `host`'s sshd configuration and makes sshd read it again
+    /// (SIGHUP); back once it listens again. Connections opened later get it.
+    pub fn add_sshd_option(&mut self, host: &str, line: &str) -> Result<()> {
+        let h = self.host(host).ok_or_else(|| no_host(host))?;
+        let config = h.dir.join("ssh/sshd_config");
+        let mut text = std::fs::read_to_string(&config).map_err(io(&config))?;
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(&config, &text).map_err(io(&config))?;
+        let port: u16 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Port ")?.trim().parse().ok())
+            .ok_or_else(|| no_host(host))?;
+        run(Command::new("kill")
+            .arg("-HUP")
+            .arg(h.child.id().to_string()))?;
+        // sshd re-executes itself: wait until the old listener is gone and the new one is up.
+        std::thread::sleep(Duration::from_millis(200));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(Error::Nix {
+                    program: "sshd".into(),
+                    stderr: format!("host {host} not listening 10 s after SIGHUP"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// A host started earlier.

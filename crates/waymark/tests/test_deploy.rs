@@ -137,6 +137,10 @@ fn first_deploy_no_change_drift_and_rollback() {
     let mut lab = TestLab::new(&["web1"]);
     let (g0, g1) = (&lab.g(0).clone(), &lab.g(1).clone());
     let before = lab.fleet.connections("web1");
+    let daemons_before = (
+        lab.fleet.daemon_connections("builder"),
+        lab.fleet.daemon_connections("web1"),
+    );
 
     // Gate by gate to known-good; the first deploy restores to what ran.
     lab.flake.set_generation("web1", "g1").unwrap();
@@ -185,6 +189,17 @@ fn first_deploy_no_change_drift_and_rollback() {
         records.len(),
         1,
         "the record is kept on the deploying machine"
+    );
+    // The closure went from the build host's nix-daemon to the target's, through their
+    // sockets forwarded over the master connections (no nix-daemon --stdio session;
+    // the hosts' own root commands use their stores directly).
+    assert!(
+        lab.fleet.daemon_connections("builder") > daemons_before.0,
+        "builder's daemon unused"
+    );
+    assert!(
+        lab.fleet.daemon_connections("web1") > daemons_before.1,
+        "target's daemon unused"
     );
     // One master connection to the target and one fresh one for the confirmation,
     // one master to the build host.
@@ -245,6 +260,41 @@ fn first_deploy_no_change_drift_and_rollback() {
     assert_eq!(host_report(&events(&r), "web1")["result"], "unchanged");
 }
 
+#[test]
+fn without_a_reachable_nix_daemon_closures_are_copied_over_ssh_sessions() {
+    let mut lab = TestLab::new(&["web1"]);
+    let (g0, g1) = (lab.g(0).clone(), lab.g(1).clone());
+    // Single-user Nix on the target: no daemon socket there.
+    lab.fleet.stop_daemon("web1").unwrap();
+    let before = lab.fleet.daemon_connections("web1");
+    lab.flake.set_generation("web1", "g1").unwrap();
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+    assert_eq!(lab.fleet.daemon_connections("web1"), before);
+
+    // The build host runs a daemon, but its sshd refuses to forward to it: the copy
+    // goes again, over ssh sessions, and says so.
+    lab.fleet
+        .add_sshd_option("builder", "AllowStreamLocalForwarding no")
+        .unwrap();
+    lab.flake.set_generation("web1", "g0").unwrap();
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
+    let ev = events(&r);
+    assert!(
+        ev.iter().any(|e| e["event"] == "note"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("copying over ssh sessions")),
+        "{}",
+        explain(&r)
+    );
+    assert_eq!(lab.marks("web1", "builder").last(), Some(&g0));
+}
+
 /// Asserts the target is untouched: runs g0, profile and boot entry on g0, no marks.
 fn assert_untouched(lab: &TestLab, r: &Run, gate: &str, code: i32, words: &str) {
     assert_eq!(r.code, code, "{}", explain(r));
@@ -289,9 +339,11 @@ fn failures_before_activation_leave_the_target_alone() {
         trusting.replace("trusted-public-keys", "# trusted-public-keys"),
     )
     .unwrap();
+    lab.fleet.restart_daemon("web1").unwrap();
     let r = lab.deploy(&["web1"]);
     assert_untouched(&lab, &r, "build", 2, "copying from builder to web1 failed");
     std::fs::write(&conf, trusting).unwrap();
+    lab.fleet.restart_daemon("web1").unwrap();
 
     // The copy is cut off half-way: nothing half-copied is used, and the next deploy
     // copies again and goes through.

@@ -302,10 +302,16 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/lib/waymark"));
     let control = control_dir()?;
+    let relay = std::env::current_exe()
+        .context("finding this program, to relay nix-daemon connections")?
+        .display()
+        .to_string();
     let ssh = Ssh::new(
         &std::env::var("NIX_SSHOPTS").unwrap_or_default(),
         control.path(),
-    );
+    )
+    .with_daemon_relay(&[relay, "nix-daemon-relay".into()])
+    .context("writing the ssh shim for nix copy")?;
     // The hosts' addresses as the last run read them: their connections open while
     // the flake evaluates.
     let addresses = state_dir.join("ssh-addresses.json");
@@ -364,6 +370,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         remote_waymark: opts.remote_waymark.clone(),
         local_signing_key: opts.signing_key.clone(),
         records_dir: state_dir.join("deploys"),
+        closures_dir: state_dir.join("closures"),
         release_repo: flake_dir.filter(|d| waymark_release::Releases::open(d).is_ok()),
         run_id: format!("{}-{}", now().replace([':', '-'], ""), std::process::id()),
     };

@@ -43,6 +43,13 @@ enum Command {
     Release(release::ReleaseArgs),
     /// Build two demo system closures in a private store and diff them
     Demo(demo::DemoArgs),
+    /// Relay stdin and stdout to a Unix socket: how a deploy's `nix copy` reaches a
+    /// host's nix-daemon through a socket forwarded over ssh (internal)
+    #[command(hide = true)]
+    NixDaemonRelay {
+        /// The local end of the forwarded socket
+        socket: std::path::PathBuf,
+    },
 }
 
 /// Options every command shares.
@@ -68,5 +75,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::KnownGood(args) => known_good::cmd_known_good(global, &args),
         Command::Release(args) => release::cmd_release(global, &args),
         Command::Demo(args) => demo::cmd_demo(global, &args),
+        Command::NixDaemonRelay { socket } => {
+            use anyhow::Context as _;
+            waymark_deploy::relay(&socket)
+                .with_context(|| format!("relaying to {}", socket.display()))?;
+            Ok(ExitStatus::Success)
+        }
     }
 }
