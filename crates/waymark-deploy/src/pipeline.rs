@@ -252,7 +252,9 @@ else
 fi
 echo "state=$s"; echo "running=$(readlink -e /run/current-system)"
 echo "profile=$(readlink -e /nix/var/nix/profiles/system)"
-tail -n 3 "$d/activate.log" "$d/commit.log" "$d/restore.log" 2>/dev/null | grep -v '^==>' | grep . | sed 's/^/log=/'
+case "$s" in awaiting-confirmation|committed|kept) ;; *)
+  tail -n 3 "$d/activate.log" "$d/commit.log" "$d/restore.log" 2>/dev/null | grep -v '^==>' | grep . | sed 's/^/log=/' ;;
+esac
 "#,
         d = q(dir),
         // 30 rounds of 10 ms (most waits end there), then 20 a second.
@@ -568,7 +570,7 @@ fi
             "--from",
             &from.store_url(),
             "--to",
-            &to.store_url(),
+            &self.ssh.destination_store_url(to),
             closure,
         ])
     }
@@ -1116,7 +1118,7 @@ echo; echo "{PROBED}"
                 format!("{what} failed: {why}; the target was not touched"),
             )
         };
-        let target_url = run.target.store_url();
+        let target_url = self.ssh.destination_store_url(&run.target);
         match at {
             BuildAt::Builder { host, key } => {
                 run.masters_opened += self.opened(host);
@@ -1490,7 +1492,9 @@ echo; echo "{PROBED}"
         let dry = format!(
             r#"t0=$(date +%s%N)
 dry=$(timeout {t} {c}/bin/switch-to-configuration dry-activate 2>&1); rc=$?
-printf '%s\n' "$dry" | sed 's/^/dry=/'
+while IFS= read -r l; do printf 'dry=%s\n' "$l"; done <<EOF
+$dry
+EOF
 echo "dry-rc=$rc"; echo "dry-ms=$(( ($(date +%s%N) - t0) / 1000000 ))"
 [ $rc = 0 ] || exit 0
 "#,

@@ -192,6 +192,19 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         }
     }
 
+    /// `host`'s store as the destination of a `nix copy`: its forwarded nix-daemon
+    /// socket itself where it has one (no shim, no relay: a daemon store takes paths
+    /// through its protocol alone), else `ssh-ng://`. Never a source: Nix reads a
+    /// `unix://` store's files from the local disk.
+    pub fn destination_store_url(&self, host: &Endpoint) -> String {
+        match self.daemon_marker(host) {
+            Some(marker) if marker.exists() => {
+                format!("unix://{}", self.daemon_forward(host).display())
+            }
+            _ => host.store_url(),
+        }
+    }
+
     /// Back to `nix-daemon --stdio` sessions for these hosts (their sockets could not
     /// be reached: forwarding refused). True when any of them used its socket.
     pub fn forget_daemons(&self, hosts: &[&Endpoint]) -> bool {
