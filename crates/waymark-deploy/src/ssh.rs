@@ -3,10 +3,12 @@
 //! connections where proving a new login works is the point (the confirmation).
 //!
 //! `nix copy` reaches a host's store through its nix-daemon socket, forwarded over the
-//! master connection, where the host runs a daemon: no login session (and no login
-//! shell) starts for it. Nix asks for `ssh DESTINATION … nix-daemon --stdio`; a shim
-//! named `ssh`, first in the nix commands' `PATH`, relays that to the forwarded socket.
-//! The daemon sees the same user, with the same trust, as `nix-daemon --stdio` would.
+//! master connection (in the control directory, which only this user may enter), where
+//! the host runs a daemon: no login session (and no login shell) starts for it. A
+//! destination is the forwarded socket itself (`unix://`). For a source Nix asks for
+//! `ssh DESTINATION … nix-daemon --stdio`; a shim named `ssh`, first in the nix
+//! commands' `PATH`, relays that to the forwarded socket. The daemon sees the same user,
+//! with the same trust, as `nix-daemon --stdio` would.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};

@@ -238,9 +238,11 @@ fn exit_for(worst: HostResult) -> ExitStatus {
 }
 
 fn control_dir() -> anyhow::Result<tempfile::TempDir> {
-    // Short: ssh control socket paths are limited to about 100 bytes.
+    // Short: ssh control socket paths are limited to about 100 bytes. Only this user
+    // may enter it: it holds the connections' sockets and forwarded nix-daemon sockets.
     tempfile::Builder::new()
         .prefix("wm-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in("/tmp")
         .context("creating the ssh control directory")
 }
