@@ -17,7 +17,9 @@ mod ssh;
 pub use activation::{AgentState, DryRun};
 pub use events::{Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now, own_cpu_ms};
 pub use fleet::FleetOptions;
-pub use pipeline::{Deployer, Goal, Interaction, Mode, Settings};
+pub use pipeline::{
+    Deployer, Goal, Interaction, Mode, Settings, build_session_script, kept_closure, probe_script,
+};
 pub use ssh::{Endpoint, Held, Reply, Ssh, relay};
 
 /// The target-side activation agent (see its header).

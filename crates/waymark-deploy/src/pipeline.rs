@@ -22,8 +22,56 @@ use crate::ssh::{DAEMON_SOCKET, Endpoint, Held, Reply, Ssh, Talk};
 /// The line that ends the probe's answer.
 const PROBED: &str = "@@probed";
 
-/// The line that ends a build session's answer.
-const BUILT: &str = "@@built";
+/// The build host's session, the same whatever is built (so it can start before the
+/// flake is evaluated): it answers which of the paths it is sent (one a line, up to an
+/// empty line) its store lacks, takes those as `nix-store --export` after a line
+/// `export` (or none after `none`), says `@@imported`, then runs what it is sent
+/// ([`SERVE`]): the build,
+/// then the marks of what was built. `read` takes a byte at a time, so what follows the
+/// list is left for the import.
+pub fn build_session_script() -> String {
+    format!(
+        r#"[ ! -S {DAEMON_SOCKET} ] || echo "daemon=yes"
+set --
+while IFS= read -r p && [ -n "$p" ]; do set -- "$@" "$p"; done
+[ $# = 0 ] || nix-store --check-validity --print-invalid "$@"
+echo "@@missing"
+if IFS= read -r more && [ "$more" = export ]; then
+  nix-store --import >/dev/null || {{ echo "@@import-refused"; exit 0; }}
+fi
+echo "@@imported"
+{SERVE}"#
+    )
+}
+
+/// A target's probe: what it runs, its boot default, failed units, its known-good marks
+/// and (unless it runs `kept_root`, whose closure is known here) the closure it runs;
+/// then it runs the script it is sent next ([`RUN_NEXT`]). The same for every deploy to
+/// the host, so it can start before the flake is evaluated.
+pub fn probe_script(remote_waymark: &str, kept_root: Option<&str>) -> String {
+    let kept_root = kept_root.map_or_else(|| "''".to_owned(), q);
+    format!(
+        r#"echo "running=$(readlink -e /run/current-system)"
+echo "profile=$(readlink -e /nix/var/nix/profiles/system)"
+[ ! -S {DAEMON_SOCKET} ] || echo "daemon=yes"
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  echo "units=yes"; systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{{print "failed=" $1}}'
+fi
+echo "@@marks"
+{remote_waymark} known-good list --json
+running=$(readlink -e /run/current-system) && [ "$running" != {kept_root} ] && echo "@@old" &&
+  nix --extra-experimental-features nix-command path-info --json --recursive "$running"
+echo; echo "{PROBED}"
+{RUN_NEXT}"#
+    )
+}
+
+/// The closure `host` was last committed with, as kept in `closures_dir`; none when
+/// there is no readable one (it only saves reading it on the target).
+pub fn kept_closure(closures_dir: &std::path::Path, host: &str) -> Option<waymark_diff::Closure> {
+    let bytes = std::fs::read(closures_dir.join(format!("{host}.json"))).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
 
 /// The end of a script that runs the script sent to it next: lines up to `@@run`. The
 /// shell's `read` takes a byte at a time, so what follows is left on stdin for it.
@@ -364,14 +412,12 @@ impl<'a> Deployer<'a> {
         reply
     }
 
-    fn is_open(&self, host: &Endpoint) -> bool {
-        self.ssh.is_open(host)
-    }
-
-    /// Makes sure the master connection to `host` is open: 1 when this call opened
-    /// it, else 0. A host that cannot be reached fails in the command that follows.
+    /// Makes sure the master connection to `host` is open: 1 when this is its first use
+    /// in the run (it counts for this host), else 0. A host that cannot be reached fails
+    /// in the command that follows.
     fn opened(&self, host: &Endpoint) -> u32 {
-        u32::from(self.ssh.ensure_master(host).0)
+        let _ = self.ssh.ensure_master(host);
+        u32::from(self.ssh.claim(host))
     }
 
     /// Sends derivations to a build host, builds them there in one call (going on past
@@ -405,33 +451,19 @@ if [ -n "$valid" ]; then
     printf 'unsigned=%s\n' "$(printf '%s\n' "$signing" | grep . | tail -n 1)"
 fi
 [ $rc = 0 ] || printf 'error=%s\n' "$(printf '%s\n' "$err" | grep . | tail -n 1)"
-[ -z "$valid" ] || {{ echo "@@closures"; nix --extra-experimental-features nix-command path-info --json --recursive $valid; echo; }}
+[ -z "$valid" ] || {{ echo "@@closures"; nix --extra-experimental-features nix-command path-info --json --recursive $valid 2>/dev/null; echo; }}
 "#,
             drvs = drvs.join(" "),
             outs = outs.join(" "),
             key = q(key),
         );
-        // `read` takes a byte at a time, so what follows the list is left for the import.
-        // The session stays, for the marks of what it built.
-        let import = format!(
-            r#"[ ! -S {DAEMON_SOCKET} ] || echo "daemon=yes"
-set --
-while IFS= read -r p && [ -n "$p" ]; do set -- "$@" "$p"; done
-[ $# = 0 ] || nix-store --check-validity --print-invalid "$@"
-echo "@@missing"
-if IFS= read -r more && [ "$more" = export ]; then
-  nix-store --import >/dev/null || {{ echo "@@import-refused"; exit 0; }}
-fi
-{build_script}echo "{BUILT}"
-{SERVE}"#
-        );
-        if let (_, Err(e)) = self.ssh.ensure_master(builder) {
+        if let Err(e) = self.ssh.ensure_master(builder) {
             return all(format!("cannot reach {}: {e}", builder.name));
         }
-        let session = self.ssh.hold(builder, &import);
+        let session = self.ssh.hold(builder, &build_session_script());
         let sent = session
             .map_err(|e| e.to_string())
-            .and_then(|held| self.send_derivations(builder, held, items));
+            .and_then(|held| self.send_derivations(builder, held, items, &build_script));
         let r = match sent {
             Ok(Some(reply)) => reply,
             Ok(None) => {
@@ -485,6 +517,7 @@ fi
         builder: &Endpoint,
         held: Held,
         items: &[(String, String)],
+        build_script: &str,
     ) -> Result<Option<Reply>, String> {
         let store = Store::from_url(None).map_err(|e| e.to_string())?;
         let mut closure = BTreeSet::new();
@@ -535,10 +568,21 @@ fi
                 });
             }
         }
-        let reply = match talk.lines_until(BUILT) {
-            Some(lines) => {
+        // The build is the session's first request, sent once the import is done
+        // (`nix-store --import` reads ahead); the session stays for the marks.
+        if talk.lines_until("@@imported").is_none() {
+            let reply = talk.finish().map_err(|e| e.to_string())?;
+            return Ok((!reply.stdout.contains("@@import-refused")).then_some(reply));
+        }
+        let asked = talk.send(format!("{build_script}\n@@run\n").as_bytes());
+        let reply = match asked.ok().and_then(|()| talk.lines_until("@@ran")) {
+            Some(mut lines) => {
+                let code = lines
+                    .pop()
+                    .and_then(|l| l.strip_prefix("@@status ")?.parse().ok())
+                    .unwrap_or(-1);
                 let reply = Reply {
-                    code: 0,
+                    code,
                     stdout: lines.join("\n") + "\n",
                     stderr: String::new(),
                 };
@@ -810,29 +854,15 @@ fi
     /// it is sent (gate 3's), or ends without doing anything when its input ends.
     fn probe(&self, run: &mut Run) -> Result<Probe, Stop> {
         // What this machine committed last: read there only if something else runs.
-        let kept = self.kept_closure(&run.name);
-        let kept_root = kept
-            .as_ref()
-            .map_or_else(|| "''".to_owned(), |c| q(&c.root));
-        let script = format!(
-            r#"echo "running=$(readlink -e /run/current-system)"
-echo "profile=$(readlink -e /nix/var/nix/profiles/system)"
-[ ! -S {DAEMON_SOCKET} ] || echo "daemon=yes"
-if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-  echo "units=yes"; systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{{print "failed=" $1}}'
-fi
-echo "@@marks"
-{waymark} known-good list --json
-running=$(readlink -e /run/current-system) && [ "$running" != {kept_root} ] && echo "@@old" &&
-  nix --extra-experimental-features nix-command path-info --json --recursive "$running"
-echo; echo "{PROBED}"
-{RUN_NEXT}"#,
-            waymark = self.settings.remote_waymark,
+        let kept = kept_closure(&self.settings.closures_dir, &run.name);
+        let script = probe_script(
+            &self.settings.remote_waymark,
+            kept.as_ref().map(|c| c.root.as_str()),
         );
         let target = run.target.clone();
         run.masters_opened += self.opened(&target);
         let started = Instant::now();
-        let r = match self.ssh.talk(&target, &script) {
+        let r = match self.ssh.hold(&target, &script).and_then(|h| h.talk(b"")) {
             Ok(mut talk) => match talk.lines_until(PROBED) {
                 Some(lines) => {
                     run.held_launch = Some(talk);
@@ -954,7 +984,7 @@ echo; echo "{PROBED}"
             let early = match (&builder, early) {
                 (Some(b), Some((key, Some(drv), Some(out)))) => {
                     // build_on opens the master; count it here, where it is known.
-                    run.masters_opened += u32::from(!self.is_open(b));
+                    run.masters_opened += u32::from(self.ssh.claim(b));
                     Some(scope.spawn(move || {
                         let started = Instant::now();
                         let result = self.build_on(b, &key, &[(drv, out)]).remove(0);
@@ -962,7 +992,7 @@ echo; echo "{PROBED}"
                     }))
                 }
                 (Some(b), _) => {
-                    run.masters_opened += u32::from(!self.is_open(b));
+                    run.masters_opened += u32::from(self.ssh.claim(b));
                     scope.spawn(|| self.ssh.ensure_master(b));
                     None
                 }
@@ -2174,13 +2204,6 @@ fi
             (),
             format!("marked {} on {}", record.mark, wheres.join(" and ")),
         ))
-    }
-
-    /// The closure `host` was last committed with, as kept here; none when there is no
-    /// readable one (it only saves reading it on the target).
-    fn kept_closure(&self, host: &str) -> Option<waymark_diff::Closure> {
-        let bytes = std::fs::read(self.settings.closures_dir.join(format!("{host}.json"))).ok()?;
-        serde_json::from_slice(&bytes).ok()
     }
 
     /// Keeps the closure `host` now runs, committed, for its next deploy's diff: replaced

@@ -68,6 +68,10 @@ pub struct Ssh {
     /// Whether the masters forward the hosts' nix-daemon sockets for `nix copy`
     /// ([`Ssh::with_daemon_relay`]).
     relay: bool,
+    /// Destinations whose master connection a host's deploy has counted.
+    claimed: Mutex<std::collections::BTreeSet<String>>,
+    /// Sessions started ahead ([`Ssh::hold_ahead`]): destination, script, session.
+    ahead: Mutex<Vec<(String, String, Held)>>,
 }
 
 /// Where a host's nix-daemon listens (NixOS, and every multi-user Nix install).
@@ -134,7 +138,18 @@ impl Ssh {
             masters: Mutex::new(BTreeMap::new()),
             pending: Mutex::new(BTreeMap::new()),
             relay: false,
+            claimed: Mutex::new(std::collections::BTreeSet::new()),
+            ahead: Mutex::new(Vec::new()),
         }
+    }
+
+    /// True the first time it is asked for `host` in this run: whoever asks first
+    /// counts its master connection as one it opened.
+    pub fn claim(&self, host: &Endpoint) -> bool {
+        self.claimed
+            .lock()
+            .expect("not poisoned")
+            .insert(host.destination())
     }
 
     /// Lets `nix copy` talk to the hosts' nix-daemons through their sockets, forwarded
@@ -309,9 +324,9 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     }
 
     /// Opens the master connection to `host` once (no session, so no login shell
-    /// runs), returning once it is authenticated and in the background. True when this
-    /// call opened it; the error when it could not be opened.
-    pub fn ensure_master(&self, host: &Endpoint) -> (bool, Result<(), String>) {
+    /// runs), returning once it is authenticated and in the background; the error when
+    /// it could not be opened.
+    pub fn ensure_master(&self, host: &Endpoint) -> Result<(), String> {
         let once = Arc::clone(
             self.masters
                 .lock()
@@ -319,12 +334,8 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
                 .entry(host.destination())
                 .or_default(),
         );
-        let mut opened = false;
-        let result = once.get_or_init(|| {
-            opened = true;
-            self.open_master(host).map_err(|e| e.to_string())
-        });
-        (opened, result.clone())
+        once.get_or_init(|| self.open_master(host).map_err(|e| e.to_string()))
+            .clone()
     }
 
     /// Whether the master connection to `host` was opened (or tried).
@@ -349,8 +360,26 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         }
     }
 
-    /// Closes every master connection opened (or started ahead).
+    /// Starts `script` on `host`, held ([`Ssh::hold`]), once its master connection is
+    /// open: a session set up while the flake evaluates, for [`Ssh::hold`] to hand out
+    /// when asked for the same script. One not asked for ends unrun at the end.
+    pub fn hold_ahead(&self, host: &Endpoint, script: &str) {
+        if self.ensure_master(host).is_err() {
+            return;
+        }
+        if let Ok(held) = self.hold_now(host, script) {
+            self.ahead.lock().expect("not poisoned").push((
+                host.destination(),
+                script.to_owned(),
+                held,
+            ));
+        }
+    }
+
+    /// Closes every master connection opened (or started ahead), after the sessions
+    /// started ahead and never used.
     pub fn close_all(&self) {
+        std::mem::take(&mut *self.ahead.lock().expect("not poisoned"));
         let mut dests: Vec<String> =
             std::mem::take(&mut *self.masters.lock().expect("not poisoned"))
                 .into_keys()
@@ -426,6 +455,21 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     /// the session's setup (the login shell starting) overlaps with other work, and the
     /// script runs the moment it may.
     pub fn hold(&self, host: &Endpoint, script: &str) -> Result<Held, Error> {
+        let dest = host.destination();
+        let taken = {
+            let mut ahead = self.ahead.lock().expect("not poisoned");
+            ahead
+                .iter()
+                .position(|(d, s, _)| *d == dest && s == script)
+                .map(|i| ahead.swap_remove(i).2)
+        };
+        match taken {
+            Some(held) => Ok(held),
+            None => self.hold_now(host, script),
+        }
+    }
+
+    fn hold_now(&self, host: &Endpoint, script: &str) -> Result<Held, Error> {
         let remote = format!(
             "IFS= read -r waymark_go || exit 0\n[ \"$waymark_go\" = go ] || exit 0\n{script}"
         );

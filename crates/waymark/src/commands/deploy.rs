@@ -318,17 +318,47 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
     // the flake evaluates.
     let addresses = state_dir.join("ssh-addresses.json");
     let mut known = read_addresses(&addresses);
-    let named = args
+    let named: Vec<&String> = args
         .words
         .iter()
         .chain(args.on.iter())
-        .filter(|w| *w != "rollback");
-    for endpoint in named.filter_map(|n| known.get(n)).flatten() {
+        .filter(|w| *w != "rollback")
+        .collect();
+    for endpoint in named.iter().filter_map(|n| known.get(*n)).flatten() {
         ssh.prewarm(endpoint);
     }
-    let eval_started = std::time::Instant::now();
-    let fleet = read_fleet(&opts.flake)?;
-    let eval_ms = waymark_deploy::ms(eval_started.elapsed());
+    // The sessions every deploy to these hosts starts with (the targets' probes, the
+    // build hosts' build sessions) are set up while the flake evaluates, held until
+    // used; the connection-opening waits for the handshakes under way.
+    let closures_dir = state_dir.join("closures");
+    let (fleet, eval_ms) = std::thread::scope(|scope| {
+        let ssh = &ssh;
+        let mut builders = std::collections::BTreeSet::new();
+        for name in &named {
+            let Some(endpoints) = known.get(*name) else {
+                continue;
+            };
+            if let Some(target) = endpoints.first() {
+                let kept = waymark_deploy::kept_closure(&closures_dir, name);
+                let probe = waymark_deploy::probe_script(
+                    &opts.remote_waymark,
+                    kept.as_ref().map(|c| c.root.as_str()),
+                );
+                scope.spawn(move || ssh.hold_ahead(target, &probe));
+            }
+            if let (None, Some(builder)) = (&rollback, endpoints.get(1))
+                && builders.insert(builder.destination())
+            {
+                scope.spawn(move || {
+                    ssh.hold_ahead(builder, &waymark_deploy::build_session_script());
+                });
+            }
+        }
+        let started = std::time::Instant::now();
+        let fleet = read_fleet(&opts.flake);
+        (fleet, waymark_deploy::ms(started.elapsed()))
+    });
+    let fleet = fleet?;
     for name in fleet.hosts.keys() {
         known.insert(name.clone(), fleet_endpoints(&fleet, name));
     }
