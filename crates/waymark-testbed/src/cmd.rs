@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -30,4 +31,23 @@ pub fn keygen(path: &Path) -> Result<()> {
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(path))
     .map(drop)
+}
+
+/// Waits up to 10 s for an sshd to listen on 127.0.0.1:`port`; the error says `what`
+/// did not (with `log`'s text, when given).
+pub fn wait_listening(port: u16, what: &str, log: Option<&Path>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let log = log
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .unwrap_or_default();
+            return Err(Error::Nix {
+                program: "sshd".into(),
+                stderr: format!("{what} not listening on 127.0.0.1:{port} after 10 s: {log}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }

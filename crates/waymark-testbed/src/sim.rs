@@ -13,12 +13,12 @@
 //! and trust one signing key, which builders use to sign what they build.
 
 use std::io::Write as _;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cmd::{keygen, run};
+use crate::cmd::{keygen, run, wait_listening};
 use crate::error::{Error, Result};
 
 const NIX_CONF: &str = "substituters =\nexperimental-features = nix-command flakes\nbuild-users-group =\nsandbox = false\ntrusted-users = root\n";
@@ -260,17 +260,7 @@ impl SimFleet {
         if with_daemon {
             host.daemon = Some(start_daemon(&h)?);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(h.join("sshd.log")).unwrap_or_default();
-                return Err(Error::Nix {
-                    program: "sshd".into(),
-                    stderr: format!("host {name} not listening after 10 s: {log}"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port, &format!("host {name}"), Some(&h.join("sshd.log")))?;
         self.hosts.push(host);
         Ok(self.hosts.last().expect("just pushed"))
     }
@@ -329,17 +319,7 @@ impl SimFleet {
             .arg(h.child.id().to_string()))?;
         // sshd re-executes itself: wait until the old listener is gone and the new one is up.
         std::thread::sleep(Duration::from_millis(200));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(Error::Nix {
-                    program: "sshd".into(),
-                    stderr: format!("host {host} not listening 10 s after SIGHUP"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        wait_listening(port, &format!("host {host} (after SIGHUP)"), None)
     }
 
     /// A host started earlier.

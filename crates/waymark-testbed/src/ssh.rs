@@ -2,12 +2,11 @@
 //! sessions see a private store (`SetEnv NIX_STORE_DIR=…`), so `ssh-ng://` store URLs,
 //! `nix copy` and remote commands work as they would against a machine.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::cmd::keygen;
+use crate::cmd::{keygen, wait_listening};
 use crate::error::{Error, Result};
 use crate::store::PrivateStore;
 
@@ -84,16 +83,7 @@ impl SshHost {
             config,
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(Error::Nix {
-                    program: "sshd".into(),
-                    stderr: format!("not listening on 127.0.0.1:{port} after 10 s"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port, "sshd", None)?;
         Ok(host)
     }
 
