@@ -26,9 +26,8 @@ const PROBED: &str = "@@probed";
 /// flake is evaluated): it answers which of the paths it is sent (one a line, up to an
 /// empty line) its store lacks, takes those as `nix-store --export` after a line
 /// `export` (or none after `none`), says `@@imported`, then runs what it is sent
-/// ([`SERVE`]): the build,
-/// then the marks of what was built. `read` takes a byte at a time, so what follows the
-/// list is left for the import.
+/// ([`SERVE`]): the build, then the marks of what was built. `read` takes a byte at a
+/// time, so what follows the list is left for the import.
 pub fn build_session_script() -> String {
     format!(
         r#"[ ! -S {DAEMON_SOCKET} ] || echo "daemon=yes"
@@ -51,7 +50,8 @@ echo "@@imported"
 pub fn probe_script(remote_waymark: &str, kept_root: Option<&str>) -> String {
     let kept_root = kept_root.map_or_else(|| "''".to_owned(), q);
     format!(
-        r#"echo "running=$(readlink -e /run/current-system)"
+        r#"running=$(readlink -e /run/current-system)
+echo "running=$running"
 echo "profile=$(readlink -e /nix/var/nix/profiles/system)"
 [ ! -S {DAEMON_SOCKET} ] || echo "daemon=yes"
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
@@ -59,7 +59,7 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
 fi
 echo "@@marks"
 {remote_waymark} known-good list --json
-running=$(readlink -e /run/current-system) && [ "$running" != {kept_root} ] && echo "@@old" &&
+[ -n "$running" ] && [ "$running" != {kept_root} ] && echo "@@old" &&
   nix --extra-experimental-features nix-command path-info --json --recursive "$running"
 echo; echo "{PROBED}"
 {RUN_NEXT}"#
@@ -91,6 +91,23 @@ const SERVE: &str = r#"while next=""; do
 "; done
   (eval "$next") </dev/null 2>&1; echo "@@status $?"; echo "@@ran"
 done"#;
+
+/// Runs `script` in a session that [`SERVE`]s: its reply (output as both stdout and
+/// stderr, its exit status), or `None` when the session is gone.
+fn serve(talk: &mut Talk, script: &str) -> Option<Reply> {
+    talk.send(format!("{script}\n@@run\n").as_bytes()).ok()?;
+    let mut lines = talk.lines_until("@@ran")?;
+    let code = lines
+        .pop()
+        .and_then(|l| l.strip_prefix("@@status ")?.parse().ok())
+        .unwrap_or(-1);
+    let output = lines.join("\n") + "\n";
+    Some(Reply {
+        code,
+        stdout: output.clone(),
+        stderr: output,
+    })
+}
 
 /// Where a deploy stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -356,22 +373,10 @@ impl<'a> Deployer<'a> {
             .cloned();
         if let Some(slot) = slot {
             let mut kept = slot.lock().expect("not poisoned");
-            if let Some(talk) = kept.as_mut() {
-                let sent = talk.send(format!("{script}\n@@run\n").as_bytes());
-                if let (Ok(()), Some(mut lines)) = (sent, talk.lines_until("@@ran")) {
-                    let code = lines
-                        .pop()
-                        .and_then(|l| l.strip_prefix("@@status ")?.parse().ok())
-                        .unwrap_or(-1);
-                    let output = lines.join("\n") + "\n";
-                    return Reply {
-                        code,
-                        stdout: output.clone(),
-                        stderr: output,
-                    };
-                }
-                *kept = None;
+            if let Some(reply) = kept.as_mut().and_then(|talk| serve(talk, script)) {
+                return reply;
             }
+            *kept = None;
         }
         self.ssh
             .run(host, script)
@@ -574,18 +579,8 @@ fi
             let reply = talk.finish().map_err(|e| e.to_string())?;
             return Ok((!reply.stdout.contains("@@import-refused")).then_some(reply));
         }
-        let asked = talk.send(format!("{build_script}\n@@run\n").as_bytes());
-        let reply = match asked.ok().and_then(|()| talk.lines_until("@@ran")) {
-            Some(mut lines) => {
-                let code = lines
-                    .pop()
-                    .and_then(|l| l.strip_prefix("@@status ")?.parse().ok())
-                    .unwrap_or(-1);
-                let reply = Reply {
-                    code,
-                    stdout: lines.join("\n") + "\n",
-                    stderr: String::new(),
-                };
+        let reply = match serve(&mut talk, build_script) {
+            Some(reply) => {
                 self.build_sessions.lock().expect("not poisoned").insert(
                     builder.destination(),
                     std::sync::Arc::new(Mutex::new(Some(talk))),

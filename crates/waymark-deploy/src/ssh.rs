@@ -441,16 +441,6 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         }
     }
 
-    /// Starts `script` on `host` over its master connection, to talk with: its stdin
-    /// stays open (see [`Talk`]).
-    pub fn talk(&self, host: &Endpoint, script: &str) -> Result<Talk, Error> {
-        let mut cmd = Self::command(&self.opts("no"), host, script);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        Ok(Talk::new(cmd.spawn().map_err(|e| ssh_error(&e))?))
-    }
-
     /// Starts `script` on `host` over its master connection, held until [`Held::talk`]:
     /// the session's setup (the login shell starting) overlaps with other work, and the
     /// script runs the moment it may.
@@ -547,7 +537,7 @@ impl Held {
     }
 }
 
-/// A remote script in conversation ([`Ssh::talk`], [`Held::talk`]). Dropped, its input
+/// A remote script in conversation ([`Held::talk`]). Dropped, its input
 /// ends, and the script with it.
 #[derive(Debug)]
 pub struct Talk {
