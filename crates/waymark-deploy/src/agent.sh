@@ -27,15 +27,17 @@
 set -u
 dir=$1 new=$2 prev=$3 commit=$4 confirm=$5 activation=$6
 profile=/nix/var/nix/profiles/system
+# `real PATH` in `$(...)`: `readlink -e` for a directory, with no program to start.
+real() { cd -P -- "$1" 2>/dev/null && pwd -P; }
 
 state() {
   printf '%s\n' "$1" > "$dir/state.tmp" && mv -f "$dir/state.tmp" "$dir/state"
   # Wakes whoever waits (opened read-write, a FIFO never blocks; unread, it is dropped).
   if [ -p "$dir/events" ]; then printf '%s\n' "$1" 1<>"$dir/events"; fi 2>/dev/null
 }
+# The EXIT trap frees the lock.
 finish() {
   state "$1"
-  rm -rf /run/waymark/active
   exit 0
 }
 # Whatever ends this shell before finish (a signal, an error) still frees the lock.
@@ -56,7 +58,7 @@ restore() {
     finish "restore-failed:$why"
   fi
   if timeout "$activation" "$prev/bin/switch-to-configuration" test >> "$dir/restore.log" 2>&1 &&
-    [ "$(readlink -e /run/current-system)" = "$prev" ] && [ -z "$failed" ]; then
+    [ "$(real /run/current-system)" = "$prev" ] && [ -z "$failed" ]; then
     finish "restored:$why"
   fi
   finish "restore-failed:$why"
@@ -64,7 +66,7 @@ restore() {
 
 # The system the deployer read is the one to come back to; if something else switched
 # it since, activate nothing.
-if [ "$(readlink -e /run/current-system)" != "$prev" ]; then
+if [ "$(real /run/current-system)" != "$prev" ]; then
   finish "refused:running-changed"
 fi
 
@@ -72,7 +74,7 @@ state activating
 if ! timeout "$activation" "$new/bin/switch-to-configuration" test > "$dir/activate.log" 2>&1; then
   # Switch inhibitors refuse before activating anything: what runs is unchanged.
   if grep -qiE 'switch.?inhibitor|nixos-rebuild boot' "$dir/activate.log" &&
-    [ "$(readlink -e /run/current-system)" = "$prev" ]; then
+    [ "$(real /run/current-system)" = "$prev" ]; then
     restore inhibited
   fi
   restore activation-failed
@@ -85,7 +87,8 @@ echo $! > "$dir/waiter"
 : > "$dir/window"
 state awaiting-confirmation
 wait $! 2> /dev/null
-if mv "$dir/window" "$dir/expired" 2> /dev/null; then
+# The rename decides; the test only spares starting `mv` once the window is gone.
+if [ -e "$dir/window" ] && mv "$dir/window" "$dir/expired" 2> /dev/null; then
   restore confirm-timeout
 fi
 [ -e "$dir/confirmed" ] || restore aborted
@@ -94,7 +97,7 @@ case "$commit" in
   none) finish kept ;;
   switch | boot)
     state committing
-    before=$(readlink -e "$profile" || true)
+    before=$(real "$profile" || true)
     nix-env -p "$profile" --set "$new" > "$dir/commit.log" 2>&1 || restore commit-failed
     # From here a failure puts the profile (and its boot entry) back first.
     profile_before=$before

@@ -22,6 +22,11 @@ use crate::ssh::{DAEMON_SOCKET, Endpoint, Held, Reply, Ssh, Talk};
 /// The line that ends the probe's answer.
 const PROBED: &str = "@@probed";
 
+/// `real PATH`, in `$(...)`: where PATH leads, every link followed, as `readlink -e`
+/// says for a directory, but with a fork and no program to start (the `cd` stays in
+/// the substitution's subshell). The agent has its own.
+const REAL: &str = r#"real() { cd -P -- "$1" 2>/dev/null && pwd -P; }"#;
+
 /// The build host's session, the same whatever is built (so it can start before the
 /// flake is evaluated): it answers which of the paths it is sent (one a line, up to an
 /// empty line) its store lacks, takes those as `nix-store --export` after a line
@@ -50,9 +55,10 @@ echo "@@imported"
 pub fn probe_script(remote_waymark: &str, kept_root: Option<&str>) -> String {
     let kept_root = kept_root.map_or_else(|| "''".to_owned(), q);
     format!(
-        r#"running=$(readlink -e /run/current-system)
+        r#"{REAL}
+running=$(real /run/current-system)
 echo "running=$running"
-echo "profile=$(readlink -e /nix/var/nix/profiles/system)"
+echo "profile=$(real /nix/var/nix/profiles/system)"
 [ ! -S {DAEMON_SOCKET} ] || echo "daemon=yes"
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   echo "units=yes"; systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{{print "failed=" $1}}'
@@ -179,7 +185,7 @@ pub struct Settings {
 /// Deploys hosts of one fleet.
 pub struct Deployer<'a> {
     fleet: &'a Fleet,
-    ssh: Ssh,
+    ssh: &'a Ssh,
     settings: Settings,
     sink: &'a dyn Sink,
     interaction: &'a dyn Interaction,
@@ -295,11 +301,12 @@ fn fault(point: &str) -> bool {
 }
 
 /// A shell loop on the target that waits until the agent's state matches `pattern` (a
-/// `case` pattern) or `seconds` pass, then prints `state=`, `running=`, `profile=` and
-/// the tail of the activation log.
+/// `case` pattern) or `seconds` pass, then prints `state=`, `running=`, `profile=` (also
+/// left in `$s`, `$running` and `$profile`) and the tail of the activation log.
 fn wait_script(dir: &str, pattern: &str, seconds: u64) -> String {
     format!(
-        r#"d={d}; i=0; s=
+        r#"{REAL}
+d={d}; i=0; s=
 if [ -p "$d/events" ]; then
   # The agent writes each new state to the FIFO: wake on it, no polling. It is open
   # before the state is read, so no change is missed; a watchdog writes the timeout.
@@ -315,8 +322,8 @@ else
     [ "$i" -lt {rounds} ] || break; i=$(( i + 1 ))
     if [ "$i" -le 30 ]; then sleep 0.01; else sleep 0.05; fi; done
 fi
-echo "state=$s"; echo "running=$(readlink -e /run/current-system)"
-echo "profile=$(readlink -e /nix/var/nix/profiles/system)"
+running=$(real /run/current-system); profile=$(real /nix/var/nix/profiles/system)
+echo "state=$s"; echo "running=$running"; echo "profile=$profile"
 case "$s" in awaiting-confirmation|committed|kept) ;; *)
   tail -n 3 "$d/activate.log" "$d/commit.log" "$d/restore.log" 2>/dev/null | grep -v '^==>' | grep . | sed 's/^/log=/' ;;
 esac
@@ -338,7 +345,7 @@ impl<'a> Deployer<'a> {
     /// A deployer for `fleet`, reaching hosts with `ssh`.
     pub fn new(
         fleet: &'a Fleet,
-        ssh: Ssh,
+        ssh: &'a Ssh,
         settings: Settings,
         sink: &'a dyn Sink,
         interaction: &'a dyn Interaction,
@@ -1515,12 +1522,14 @@ fi
     /// on stdin) only when dry-activate passed.
     fn dry_launch_script(&self, run: &Run, dir: &str, closure: &str, rollback_to: &str) -> String {
         let dry = format!(
-            r#"t0=$(date +%s%N)
+            r#"read -r u0 _ < /proc/uptime || u0=0.00
 dry=$(timeout {t} {c}/bin/switch-to-configuration dry-activate 2>&1); rc=$?
+read -r u1 _ < /proc/uptime || u1=$u0
 while IFS= read -r l; do printf 'dry=%s\n' "$l"; done <<EOF
 $dry
 EOF
-echo "dry-rc=$rc"; echo "dry-ms=$(( ($(date +%s%N) - t0) / 1000000 ))"
+# Hundredths of seconds since boot ("1${{..}}": no leading zero, no octal).
+echo "dry-rc=$rc"; echo "dry-ms=$(( (${{u1%.*}} - ${{u0%.*}}) * 1000 + (1${{u1#*.}} - 1${{u0#*.}}) * 10 ))"
 [ $rc = 0 ] || exit 0
 "#,
             t = run.host.activation_timeout,
@@ -1550,20 +1559,20 @@ echo "dry-rc=$rc"; echo "dry-ms=$(( ($(date +%s%N) - t0) / 1000000 ))"
             .join(" ");
         let unit = format!("waymark-activate-{}-{}", self.settings.run_id, run.name);
         format!(
-            r#"mkdir -p /run/waymark/deploy
+            r#"mkdir -p {dir} || {{ echo "start-failed=yes"; exit 76; }}
 # The lock names who holds it; one whose holder is gone (a reboot clears /run anyway)
 # is taken over.
 if ! mkdir /run/waymark/active 2>/dev/null; then
   holder=$(cat /run/waymark/active/pid 2>/dev/null)
   if [ -n "$holder" ] && kill -0 "$holder" 2>/dev/null &&
     ! grep -q '^State:[[:space:]]*Z' "/proc/$holder/status" 2>/dev/null; then
-    echo "busy=$(cat /run/waymark/active/id 2>/dev/null)"; exit 75
+    echo "busy=$(cat /run/waymark/active/id 2>/dev/null)"; rmdir {dir}; exit 75
   fi
   rm -rf /run/waymark/active; mkdir /run/waymark/active || {{ echo busy=unknown; exit 75; }}
 fi
 echo $$ > /run/waymark/active/pid; echo {dir} > /run/waymark/active/id
 started=
-if mkdir -p {dir} && {{ mkfifo {dir}/events 2>/dev/null || true; }} && cat > {dir}/agent.sh; then
+if {{ mkfifo {dir}/events 2>/dev/null || true; }} && cat > {dir}/agent.sh; then
   if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null; then
     # The unit gets this PATH: a transient unit's own has only systemd in it.
     systemd-run --quiet --collect --unit={unit} --service-type=exec --setenv=PATH="$PATH" \
@@ -1774,10 +1783,11 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
     fn boot_instead(&self, run: &mut Run, closure: &str, rollback_to: &str) -> Stop {
         let target = run.target.clone();
         let script = format!(
-            r#"p=/nix/var/nix/profiles/system; before=$(readlink -e $p)
+            r#"{REAL}
+p=/nix/var/nix/profiles/system; before=$(real $p)
 if nix-env -p $p --set {c} && timeout {t} {c}/bin/switch-to-configuration boot; then echo boot=yes
 else [ -z "$before" ] || {{ nix-env -p $p --set "$before"; "$before/bin/switch-to-configuration" boot; }}; fi
-echo "running=$(readlink -e /run/current-system)"; echo "profile=$(readlink -e $p)"
+echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
 "#,
             c = q(closure),
             t = run.host.activation_timeout
@@ -1816,7 +1826,7 @@ echo "running=$(readlink -e /run/current-system)"; echo "profile=$(readlink -e $
             run,
             &target,
             &format!(
-                "mv {d}/window {d}/aborted && {{ kill $(cat {d}/waiter) 2>/dev/null; true; }}",
+                "mv {d}/window {d}/aborted && {{ read -r w < {d}/waiter && kill \"$w\" 2>/dev/null; true; }}",
                 d = q(dir)
             ),
         );
@@ -1954,8 +1964,7 @@ echo "running=$(readlink -e /run/current-system)"; echo "profile=$(readlink -e $
             };
             (
                 format!(
-                    r#"if [ "$s" = committed ] && [ "$(readlink -e /run/current-system)" = {run} ] &&
-  [ "$(readlink -e /nix/var/nix/profiles/system)" = {c} ]; then
+                    r#"if [ "$s" = committed ] && [ "$running" = {run} ] && [ "$profile" = {c} ]; then
   echo "@@mark"; {cmd}; echo "@@mark-exit $?"
 fi
 "#,
@@ -1969,7 +1978,7 @@ fi
             (String::new(), None)
         };
         let script = format!(
-            "mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit 3; }}\nkill $(cat {d}/waiter) 2>/dev/null\n{wait}{mark}",
+            "mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit 3; }}\nread -r w < {d}/waiter && kill \"$w\" 2>/dev/null\n{wait}{mark}",
             d = q(dir),
             wait = wait_script(dir, FINAL, run.host.activation_timeout * 2 + 10)
         );

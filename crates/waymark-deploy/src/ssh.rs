@@ -70,8 +70,9 @@ pub struct Ssh {
     relay: bool,
     /// Destinations whose master connection a host's deploy has counted.
     claimed: Mutex<std::collections::BTreeSet<String>>,
-    /// Sessions started ahead ([`Ssh::hold_ahead`]): destination, script, session.
-    ahead: Mutex<Vec<(String, String, Held)>>,
+    /// Sessions started ahead ([`Ssh::hold_ahead`]): destination, script, and where
+    /// the session comes once it is set up (nothing comes if it could not be).
+    ahead: Mutex<Vec<(String, String, std::sync::mpsc::Receiver<Held>)>>,
 }
 
 /// Where a host's nix-daemon listens (NixOS, and every multi-user Nix install).
@@ -360,19 +361,25 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         }
     }
 
-    /// Starts `script` on `host`, held ([`Ssh::hold`]), once its master connection is
-    /// open: a session set up while the flake evaluates, for [`Ssh::hold`] to hand out
-    /// when asked for the same script. One not asked for ends unrun at the end.
-    pub fn hold_ahead(&self, host: &Endpoint, script: &str) {
-        if self.ensure_master(host).is_err() {
-            return;
-        }
-        if let Ok(held) = self.hold_now(host, script) {
-            self.ahead.lock().expect("not poisoned").push((
-                host.destination(),
-                script.to_owned(),
-                held,
-            ));
+    /// Promises `script` on `host`, held ([`Ssh::hold`]), to whoever asks for the same
+    /// script there, and returns the work of keeping the promise, for a thread: open the
+    /// master connection, start the session. So sessions are set up while other work
+    /// goes on (the flake's evaluation, the build), and [`Ssh::hold`] waits for one
+    /// under way rather than starting another. One not asked for ends unrun at the end.
+    pub fn hold_ahead(&self, host: Endpoint, script: &str) -> impl FnOnce() + Send + '_ {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.ahead
+            .lock()
+            .expect("not poisoned")
+            .push((host.destination(), script.to_owned(), rx));
+        let script = script.to_owned();
+        move || {
+            if self.ensure_master(&host).is_ok()
+                && let Ok(held) = self.hold_now(&host, &script)
+            {
+                // Nobody waits any more (the run is closing): the session just ends.
+                let _ = tx.send(held);
+            }
         }
     }
 
@@ -388,6 +395,16 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
             let _ = child.wait_with_output();
             dests.push(dest);
         }
+        // The masters are the control directory's sockets, unless the user's options put
+        // them elsewhere: each is told to end in-process; `ssh -O exit` per host is left
+        // for when that cannot be done.
+        let elsewhere = self
+            .user_opts
+            .iter()
+            .any(|o| o == "-S" || o.to_ascii_lowercase().contains("controlpath"));
+        if !elsewhere && self.master_sockets().iter().all(|s| end_master(s).is_ok()) {
+            return;
+        }
         for dest in dests {
             let mut cmd = Command::new("ssh");
             cmd.args(self.opts("no"))
@@ -398,6 +415,20 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
                 .stderr(Stdio::null());
             let _ = cmd.status();
         }
+    }
+
+    /// The sockets of the masters in the control directory (every socket there but
+    /// the forwarded nix-daemons').
+    fn master_sockets(&self) -> Vec<PathBuf> {
+        use std::os::unix::fs::FileTypeExt as _;
+        std::fs::read_dir(&self.control_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_none_or(|x| x != "nd"))
+            .collect()
     }
 
     fn master_command(&self, host: &Endpoint) -> Command {
@@ -453,7 +484,7 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
                 .position(|(d, s, _)| *d == dest && s == script)
                 .map(|i| ahead.swap_remove(i).2)
         };
-        match taken {
+        match taken.and_then(|promised| promised.recv().ok()) {
             Some(held) => Ok(held),
             None => self.hold_now(host, script),
         }
@@ -476,6 +507,46 @@ impl Drop for Ssh {
     /// No connection outlives the run, even one started ahead and never used.
     fn drop(&mut self) {
         self.close_all();
+    }
+}
+
+/// Tells the master connection listening on `socket` to end, as `ssh -O exit` does
+/// (OpenSSH's PROTOCOL.mux, version 4: hello, then `MUX_C_TERMINATE`), but with no
+/// process; Ok once the master agreed.
+pub fn end_master(socket: &Path) -> std::io::Result<()> {
+    const HELLO: u32 = 0x0000_0001;
+    const TERMINATE: u32 = 0x1000_0005;
+    const OK: u32 = 0x8000_0001;
+    fn packet(words: &[u32]) -> Vec<u8> {
+        let body: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        let mut p = u32::try_from(body.len())
+            .expect("short")
+            .to_be_bytes()
+            .to_vec();
+        p.extend(body);
+        p
+    }
+    fn first_word(stream: &mut std::os::unix::net::UnixStream) -> std::io::Result<u32> {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len)?;
+        let mut body = vec![0u8; u32::from_be_bytes(len).min(64 * 1024) as usize];
+        stream.read_exact(&mut body)?;
+        body.get(..4)
+            .map(|w| u32::from_be_bytes(w.try_into().expect("four bytes")))
+            .ok_or_else(|| std::io::Error::other("an empty mux message"))
+    }
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(&packet(&[HELLO, 4]))?;
+    if first_word(&mut stream)? != HELLO {
+        return Err(std::io::Error::other("not an ssh master's hello"));
+    }
+    stream.write_all(&packet(&[TERMINATE, 1]))?;
+    match first_word(&mut stream)? {
+        OK => Ok(()),
+        other => Err(std::io::Error::other(format!(
+            "the master refused to end (mux reply {other:#x})"
+        ))),
     }
 }
 

@@ -334,6 +334,20 @@ impl SimFleet {
             .map_or(0, |log| log.matches("Accepted publickey").count())
     }
 
+    /// The ssh master connections (`ControlMaster=yes`) running with this fleet's
+    /// configuration: their processes, found in `/proc`.
+    pub fn ssh_masters(&self) -> usize {
+        let config = self.dir.display().to_string();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains("ControlMaster=yes") && c.contains(&config))
+            .count()
+    }
+
     /// A command that runs `program` as the deploying machine: in a mount namespace of
     /// its own with `<fleet>/deployer/nix` on `/nix` (evaluating a flake writes `.drv`
     /// files; they must never land in this machine's store), with the fleet's ssh

@@ -205,6 +205,17 @@ fn first_deploy_no_change_drift_and_rollback() {
     // one master to the build host.
     assert_eq!(report["ssh_connections"], 3, "{report}");
     assert_eq!(used, 2, "connections to the target");
+    // The run ends its master connections (they would otherwise linger for
+    // ControlPersist's 60 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while lab.fleet.ssh_masters() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        lab.fleet.ssh_masters(),
+        0,
+        "master connections left running"
+    );
 
     // The same closure again: nothing to do.
     let r = lab.deploy(&["web1"]);

@@ -324,56 +324,86 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         .chain(args.on.iter())
         .filter(|w| *w != "rollback")
         .collect();
-    for endpoint in named.iter().filter_map(|n| known.get(*n)).flatten() {
-        ssh.prewarm(endpoint);
-    }
-    // The sessions every deploy to these hosts starts with (the targets' probes, the
-    // build hosts' build sessions) are set up while the flake evaluates, held until
-    // used; the connection-opening waits for the handshakes under way.
+    // The sessions every deploy to these hosts starts with (the build hosts' build
+    // sessions, then the targets' probes) are set up while the flake evaluates and the
+    // build runs, held until used: `Ssh::hold` waits for one under way.
     let closures_dir = state_dir.join("closures");
-    let (fleet, eval_ms) = std::thread::scope(|scope| {
-        let ssh = &ssh;
-        let mut builders = std::collections::BTreeSet::new();
-        for name in &named {
-            let Some(endpoints) = known.get(*name) else {
-                continue;
-            };
-            if let Some(target) = endpoints.first() {
-                let kept = waymark_deploy::kept_closure(&closures_dir, name);
-                let probe = waymark_deploy::probe_script(
-                    &opts.remote_waymark,
-                    kept.as_ref().map(|c| c.root.as_str()),
-                );
-                scope.spawn(move || ssh.hold_ahead(target, &probe));
-            }
-            if let (None, Some(builder)) = (&rollback, endpoints.get(1))
-                && builders.insert(builder.destination())
-            {
-                scope.spawn(move || {
-                    ssh.hold_ahead(builder, &waymark_deploy::build_session_script());
-                });
-            }
+    let mut ahead = Vec::new();
+    let mut builders = std::collections::BTreeSet::new();
+    for endpoints in named.iter().filter_map(|n| known.get(*n)) {
+        if let (None, Some(builder)) = (&rollback, endpoints.get(1))
+            && builders.insert(builder.destination())
+        {
+            ahead.push((builder.clone(), waymark_deploy::build_session_script()));
         }
-        let started = std::time::Instant::now();
-        let fleet = read_fleet(&opts.flake);
-        (fleet, waymark_deploy::ms(started.elapsed()))
-    });
-    let fleet = fleet?;
-    for name in fleet.hosts.keys() {
-        known.insert(name.clone(), fleet_endpoints(&fleet, name));
     }
-    known.retain(|name, _| fleet.hosts.contains_key(name));
-    write_addresses(&addresses, &known);
-    let hosts = match &rollback {
+    for name in &named {
+        if let Some(target) = known.get(*name).and_then(|e| e.first()) {
+            let kept = waymark_deploy::kept_closure(&closures_dir, name);
+            let probe = waymark_deploy::probe_script(
+                &opts.remote_waymark,
+                kept.as_ref().map(|c| c.root.as_str()),
+            );
+            ahead.push((target.clone(), probe));
+        }
+    }
+    std::thread::scope(|scope| {
+        // The evaluation starts first, then the build hosts' connections: the build is
+        // what the rest waits for.
+        let eval = scope.spawn(|| {
+            let started = std::time::Instant::now();
+            let fleet = read_fleet(&opts.flake);
+            (fleet, waymark_deploy::ms(started.elapsed()))
+        });
+        for (host, _) in &ahead {
+            ssh.prewarm(host);
+        }
+        for (host, script) in ahead {
+            scope.spawn(ssh.hold_ahead(host, &script));
+        }
+        let (fleet, eval_ms) = eval.join().expect("the evaluation does not panic");
+        let fleet = fleet?;
+        for name in fleet.hosts.keys() {
+            known.insert(name.clone(), fleet_endpoints(&fleet, name));
+        }
+        known.retain(|name, _| fleet.hosts.contains_key(name));
+        write_addresses(&addresses, &known);
+        deploy_evaluated(
+            global,
+            args,
+            &ssh,
+            &fleet,
+            eval_ms,
+            rollback.as_deref(),
+            &mode,
+            &state_dir,
+        )
+    })
+}
+
+/// The rest of a deploy, once the flake is evaluated (sessions may still be setting up).
+#[allow(clippy::too_many_arguments)]
+fn deploy_evaluated(
+    global: Global,
+    args: &DeployArgs,
+    ssh: &Ssh,
+    fleet: &waymark_fleet::Fleet,
+    eval_ms: u64,
+    rollback: Option<&str>,
+    mode: &Mode,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<ExitStatus> {
+    let opts = &args.options;
+    let hosts = match rollback {
         Some(host) => {
             fleet.host(host)?;
-            vec![host.clone()]
+            vec![host.to_owned()]
         }
-        None => selection(args, &fleet)?,
+        None => selection(args, fleet)?,
     };
     let plan = fleet.plan(&hosts)?;
     let flake_dir = local_flake_dir(&opts.flake);
-    let rev = match (&opts.rev, &mode, &flake_dir) {
+    let rev = match (&opts.rev, mode, &flake_dir) {
         (Some(r), _, _) => Some(r.clone()),
         (None, Mode::Rollback { .. }, _) => None,
         (None, Mode::Deploy, Some(dir)) => Some(
@@ -415,9 +445,9 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         color: global.color.should_style(),
         show: !opts.json,
     };
-    let deployer = Deployer::new(&fleet, ssh, settings, &printer, &terminal);
+    let deployer = Deployer::new(fleet, ssh, settings, &printer, &terminal);
     let reports = if let Mode::Rollback { .. } = mode {
-        vec![deployer.deploy_host(&hosts[0], &mode)]
+        vec![deployer.deploy_host(&hosts[0], mode)]
     } else {
         deployer.deploy_fleet(
             &plan,
