@@ -15,7 +15,8 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use waymark_store::shell_quote;
@@ -73,6 +74,21 @@ pub struct Ssh {
     /// Sessions started ahead ([`Ssh::hold_ahead`]): destination, script, and where
     /// the session comes once it is set up (nothing comes if it could not be).
     ahead: Mutex<Vec<(String, String, std::sync::mpsc::Receiver<Held>)>>,
+    /// How many of the works [`Ssh::hold_ahead`] returned are under way: the masters
+    /// end only once none is, so none can open a connection that outlives the run.
+    ahead_running: Mutex<usize>,
+    ahead_done: Condvar,
+    /// Set by [`Ssh::close_all`]: no master opens and no work ahead starts any more.
+    closing: AtomicBool,
+}
+
+/// How [`Ssh::close_all`] ended the master connections.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    /// Told to end over their sockets (no process started).
+    pub in_process: usize,
+    /// Told to end with `ssh -O exit` (their sockets could not be used).
+    pub by_ssh: usize,
 }
 
 /// Where a host's nix-daemon listens (NixOS, and every multi-user Nix install).
@@ -141,6 +157,9 @@ impl Ssh {
             relay: false,
             claimed: Mutex::new(std::collections::BTreeSet::new()),
             ahead: Mutex::new(Vec::new()),
+            ahead_running: Mutex::new(0),
+            ahead_done: Condvar::new(),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -258,6 +277,9 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
                 format!("ControlMaster={control_master}"),
                 format!("ControlPath={}/%C", self.control_dir.display()),
                 "ControlPersist=60".to_owned(),
+                // A host that does not answer fails its deploy rather than hanging it
+                // (and, started ahead, the run's end).
+                "ConnectTimeout=15".to_owned(),
                 "ServerAliveInterval=5".to_owned(),
                 "ServerAliveCountMax=3".to_owned(),
             ]
@@ -328,13 +350,15 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     /// runs), returning once it is authenticated and in the background; the error when
     /// it could not be opened.
     pub fn ensure_master(&self, host: &Endpoint) -> Result<(), String> {
-        let once = Arc::clone(
-            self.masters
-                .lock()
-                .expect("not poisoned")
-                .entry(host.destination())
-                .or_default(),
-        );
+        let once = {
+            let mut masters = self.masters.lock().expect("not poisoned");
+            // Checked under the lock `close_all` sets it under: a master is either in
+            // the map it ends, or never opened.
+            if self.closing.load(Ordering::SeqCst) {
+                return Err("the run is ending: no new connection".to_owned());
+            }
+            Arc::clone(masters.entry(host.destination()).or_default())
+        };
         once.get_or_init(|| self.open_master(host).map_err(|e| e.to_string()))
             .clone()
     }
@@ -365,7 +389,9 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     /// script there, and returns the work of keeping the promise, for a thread: open the
     /// master connection, start the session. So sessions are set up while other work
     /// goes on (the flake's evaluation, the build), and [`Ssh::hold`] waits for one
-    /// under way rather than starting another. One not asked for ends unrun at the end.
+    /// under way rather than starting another. One not asked for ends unrun at the end;
+    /// work not yet started by then does nothing.
+    #[must_use = "the promise is kept only by running the work returned"]
     pub fn hold_ahead(&self, host: Endpoint, script: &str) -> impl FnOnce() + Send + '_ {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.ahead
@@ -374,6 +400,14 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
             .push((host.destination(), script.to_owned(), rx));
         let script = script.to_owned();
         move || {
+            {
+                let mut running = self.ahead_running.lock().expect("not poisoned");
+                if self.closing.load(Ordering::SeqCst) {
+                    return;
+                }
+                *running += 1;
+            }
+            let _done = AheadDone(self);
             if self.ensure_master(&host).is_ok()
                 && let Ok(held) = self.hold_now(&host, &script)
             {
@@ -384,16 +418,32 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     }
 
     /// Closes every master connection opened (or started ahead), after the sessions
-    /// started ahead and never used.
-    pub fn close_all(&self) {
+    /// started ahead and never used; returns how many masters were told to end
+    /// in-process and how many with `ssh -O exit`.
+    pub fn close_all(&self) -> Closed {
+        {
+            let _masters = self.masters.lock().expect("not poisoned");
+            self.closing.store(true, Ordering::SeqCst);
+        }
+        // Unused sessions end as their promises go; work under way stops at its next
+        // step (no new master) and is waited for.
         std::mem::take(&mut *self.ahead.lock().expect("not poisoned"));
-        let mut dests: Vec<String> =
+        let running = self.ahead_running.lock().expect("not poisoned");
+        drop(
+            self.ahead_done
+                .wait_while(running, |n| *n > 0)
+                .expect("not poisoned"),
+        );
+        let mut opened: Vec<String> =
             std::mem::take(&mut *self.masters.lock().expect("not poisoned"))
-                .into_keys()
+                .into_iter()
+                .filter(|(_, slot)| slot.get().is_some_and(Result::is_ok))
+                .map(|(dest, _)| dest)
                 .collect();
         for (dest, child) in std::mem::take(&mut *self.pending.lock().expect("not poisoned")) {
-            let _ = child.wait_with_output();
-            dests.push(dest);
+            if child.wait_with_output().is_ok_and(|o| o.status.success()) {
+                opened.push(dest);
+            }
         }
         // The masters are the control directory's sockets, unless the user's options put
         // them elsewhere: each is told to end in-process; `ssh -O exit` per host is left
@@ -401,11 +451,16 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         let elsewhere = self
             .user_opts
             .iter()
-            .any(|o| o == "-S" || o.to_ascii_lowercase().contains("controlpath"));
-        if !elsewhere && self.master_sockets().iter().all(|s| end_master(s).is_ok()) {
-            return;
+            .any(|o| o.starts_with("-S") || o.to_ascii_lowercase().contains("controlpath"));
+        let mut closed = Closed::default();
+        if !elsewhere {
+            let sockets = self.master_sockets();
+            closed.in_process = sockets.iter().filter(|s| end_master(s).is_ok()).count();
+            if closed.in_process == sockets.len() && sockets.len() >= opened.len() {
+                return closed;
+            }
         }
-        for dest in dests {
+        for dest in opened {
             let mut cmd = Command::new("ssh");
             cmd.args(self.opts("no"))
                 .args(["-O", "exit"])
@@ -414,7 +469,9 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             let _ = cmd.status();
+            closed.by_ssh += 1;
         }
+        closed
     }
 
     /// The sockets of the masters in the control directory (every socket there but
@@ -503,16 +560,27 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     }
 }
 
+/// One work ahead under way, counted down however it ends.
+struct AheadDone<'s>(&'s Ssh);
+
+impl Drop for AheadDone<'_> {
+    fn drop(&mut self) {
+        *self.0.ahead_running.lock().expect("not poisoned") -= 1;
+        self.0.ahead_done.notify_all();
+    }
+}
+
 impl Drop for Ssh {
     /// No connection outlives the run, even one started ahead and never used.
     fn drop(&mut self) {
-        self.close_all();
+        let _ = self.close_all();
     }
 }
 
 /// Tells the master connection listening on `socket` to end, as `ssh -O exit` does
 /// (OpenSSH's PROTOCOL.mux, version 4: hello, then `MUX_C_TERMINATE`), but with no
-/// process; Ok once the master agreed.
+/// process; Ok once the master agreed, or ended before it could say so (OpenSSH's
+/// masters often quit before their answer leaves: "exit happens too soon").
 pub fn end_master(socket: &Path) -> std::io::Result<()> {
     const HELLO: u32 = 0x0000_0001;
     const TERMINATE: u32 = 0x1000_0005;
@@ -542,11 +610,20 @@ pub fn end_master(socket: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::other("not an ssh master's hello"));
     }
     stream.write_all(&packet(&[TERMINATE, 1]))?;
-    match first_word(&mut stream)? {
-        OK => Ok(()),
-        other => Err(std::io::Error::other(format!(
+    match first_word(&mut stream) {
+        Ok(OK) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok(())
+        }
+        Ok(other) => Err(std::io::Error::other(format!(
             "the master refused to end (mux reply {other:#x})"
         ))),
+        Err(e) => Err(e),
     }
 }
 

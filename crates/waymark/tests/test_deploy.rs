@@ -53,11 +53,25 @@ impl TestLab {
         run(self.lab.deploy_command(&all).unwrap())
     }
 
+    /// The master connections still running a few seconds after a run (they end as
+    /// the run does; ControlPersist would keep them 60 s).
+    pub fn masters_left(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.fleet.ssh_masters() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.fleet.ssh_masters()
+    }
+
     pub fn deploy_with_fault(&self, fault: &str, args: &[&str]) -> Run {
+        self.deploy_with_env(&[("WAYMARK_FAULT", fault)], args)
+    }
+
+    pub fn deploy_with_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let mut cmd = self.lab.deploy_command(&all).unwrap();
-        cmd.env("WAYMARK_FAULT", fault);
+        cmd.envs(env.iter().copied());
         run(cmd)
     }
 
@@ -132,6 +146,31 @@ fn explain(r: &Run) -> String {
     )
 }
 
+/// A directory holding an `ssh` that logs its arguments (one run a line, in `log`)
+/// and runs the real one, and a `PATH` that finds it first.
+fn logging_ssh() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v ssh"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8(real.stdout).unwrap();
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}/log'\nexec '{}' \"$@\"\n",
+        dir.path().display(),
+        real.trim()
+    );
+    let ssh = dir.path().join("ssh");
+    std::fs::write(&ssh, script).unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (dir, path)
+}
+
 #[test]
 fn first_deploy_no_change_drift_and_rollback() {
     let mut lab = TestLab::new(&["web1"]);
@@ -142,9 +181,11 @@ fn first_deploy_no_change_drift_and_rollback() {
         lab.fleet.daemon_connections("web1"),
     );
 
-    // Gate by gate to known-good; the first deploy restores to what ran.
+    // Gate by gate to known-good; the first deploy restores to what ran. Every ssh
+    // the deploy starts (its own, and Nix's) is logged on the way.
     lab.flake.set_generation("web1", "g1").unwrap();
-    let r = lab.deploy(&["web1"]);
+    let (ssh_log, path) = logging_ssh();
+    let r = lab.deploy_with_env(&[("PATH", &path)], &["web1"]);
     let used = lab.fleet.connections("web1") - before;
     assert_eq!(r.code, 0, "{}", explain(&r));
     let ev = events(&r);
@@ -207,14 +248,12 @@ fn first_deploy_no_change_drift_and_rollback() {
     assert_eq!(used, 2, "connections to the target");
     // The run ends its master connections (they would otherwise linger for
     // ControlPersist's 60 s).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while lab.fleet.ssh_masters() > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(
-        lab.fleet.ssh_masters(),
-        0,
-        "master connections left running"
+    assert_eq!(lab.masters_left(), 0, "master connections left running");
+    let started = std::fs::read_to_string(ssh_log.path().join("log")).unwrap();
+    assert!(started.contains("ControlMaster=yes"), "{started}");
+    assert!(
+        !started.contains("-O exit"),
+        "masters are told to end over their sockets, with no ssh -O exit:\n{started}"
     );
 
     // The same closure again: nothing to do.

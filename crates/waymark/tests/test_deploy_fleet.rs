@@ -165,6 +165,9 @@ fn a_failed_host_stops_its_dependents_and_the_limits_hold() {
     let ev = events(&r);
     assert_eq!(result(&ev, "web1"), "failed");
     assert_skipped(&ev, "web2", "--max-failures 1 reached");
+    // web2's session, set up ahead while the flake evaluated, was never used: it ends
+    // with the run, as do the masters.
+    assert_eq!(lab.masters_left(), 0, "master connections left running");
 
     // --canary 1: the first host fails, the others are not started.
     lab.flake.set_generation("db", "g1").unwrap();
@@ -181,4 +184,5 @@ fn a_failed_host_stops_its_dependents_and_the_limits_hold() {
     assert_eq!(result(&ev, "web1"), "failed");
     assert_skipped(&ev, "web2", "a canary host failed");
     assert!(untouched(&lab, "web2"));
+    assert_eq!(lab.masters_left(), 0, "master connections left running");
 }
