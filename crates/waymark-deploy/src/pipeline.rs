@@ -248,8 +248,11 @@ struct Run<'h> {
     remote_time: Duration,
     /// `nix path-info --json --recursive` of the new closure, as the build host read it.
     new_closure: Option<String>,
-    /// The new closure as the diff read it, kept for the next deploy once committed.
-    diffed_new: Option<waymark_diff::Closure>,
+    /// The new closure once read (for the copy, else by the diff), kept for the next
+    /// deploy once committed.
+    new_read: Option<waymark_diff::Closure>,
+    /// What runs, once read for the copy; the diff compares against it.
+    old_read: Option<waymark_diff::Closure>,
     /// The build on the build host, done while the target was probed, and its time.
     early_build: Option<(Result<String, String>, Duration)>,
     /// The reply of the call that dry-activated and started the agent (gate 3 and the
@@ -276,6 +279,36 @@ struct Probe {
     known_old: Option<waymark_diff::Closure>,
     marks: Vec<Record>,
     failed_units: Option<Vec<String>>,
+}
+
+/// The paths of the new closure the target lacks, when both it and what the target
+/// runs (held there whole) are known here: then only those are sent, and Nix does not
+/// walk the closure path by path over the build host's connection. `None`: the
+/// whole closure goes.
+fn lacking(run: &mut Run, probe: &Probe, closure: &str) -> Option<Vec<String>> {
+    /// Past this many, the copy takes the closure (and no long argument list).
+    const MAX_LISTED: usize = 2000;
+    let url = run.target.store_url();
+    let parse = |json: &str, root: &str| {
+        closure_from_path_info(json.as_bytes(), "/nix/store", root, &url).ok()
+    };
+    if run.new_read.is_none() {
+        run.new_read = run.new_closure.as_deref().and_then(|j| parse(j, closure));
+    }
+    if run.old_read.is_none() {
+        run.old_read = match (&probe.known_old, &probe.old_closure, &probe.running) {
+            (Some(kept), _, _) => Some(kept.clone()),
+            (None, Some(json), Some(running)) => parse(json, running),
+            _ => None,
+        };
+    }
+    let lacking = run.new_read.as_ref()?.paths_not_in(run.old_read.as_ref()?);
+    match lacking.len() {
+        // Still sent: Nix checks it is there (and the whole closure goes if not).
+        0 => Some(vec![closure.to_owned()]),
+        n if n <= MAX_LISTED => Some(lacking.into_iter().map(str::to_owned).collect()),
+        _ => None,
+    }
 }
 
 /// Lines `key=value` of a remote script's output.
@@ -608,33 +641,61 @@ fi
         cmd
     }
 
-    /// `nix copy` of a closure from one host's store straight to another's; the
-    /// destination checks the signatures.
-    fn copy_between(&self, from: &Endpoint, to: &Endpoint, closure: &str) -> Command {
-        self.nix(&[
+    /// `nix copy` of a closure from one host's store straight to another's, or of only
+    /// the paths `only` (`--no-recursive`: no walk of the closure over the connections);
+    /// the destination checks the signatures.
+    fn copy_between(
+        &self,
+        from: &Endpoint,
+        to: &Endpoint,
+        closure: &str,
+        only: Option<&[String]>,
+    ) -> Command {
+        let mut copy = self.nix(&[
             "copy",
             "--from",
             &from.store_url(),
             "--to",
             &self.ssh.destination_store_url(to),
-            closure,
-        ])
+        ]);
+        match only {
+            Some(paths) => copy.arg("--no-recursive").args(paths),
+            None => copy.arg(closure),
+        };
+        copy
     }
 
     /// Copies a closure from one host's store to another's: through their nix-daemon
     /// sockets where they run one, and over `nix-daemon --stdio` sessions again if the
-    /// sockets cannot be reached (the hosts' sshd refuses forwarding).
+    /// sockets cannot be reached (the hosts' sshd refuses forwarding). With `only`,
+    /// those paths alone go first (see [`lacking`]), and the whole closure if that fails.
     fn copy_closure(
         &self,
         run: &mut Run,
         from: &Endpoint,
         to: &Endpoint,
         closure: &str,
+        only: Option<&[String]>,
     ) -> Result<String, String> {
-        let copy = self.copy_between(from, to, closure);
         if fault("interrupt-copy") {
-            return Self::interrupted(copy);
+            return Self::interrupted(self.copy_between(from, to, closure, only));
         }
+        if let Some(paths) = only {
+            match Self::nix_run(run, self.copy_between(from, to, closure, only)) {
+                Ok(out) => return Ok(out),
+                // The copy below says why, and goes over ssh sessions.
+                Err(e) if e.contains("cannot open connection to remote store") => {}
+                Err(e) => self.emit_note(
+                    run,
+                    format!(
+                        "sending the {} paths {} lacks failed ({e}); copying the whole closure",
+                        paths.len(),
+                        to.name
+                    ),
+                ),
+            }
+        }
+        let copy = self.copy_between(from, to, closure, None);
         match Self::nix_run(run, copy) {
             Err(e)
                 if e.contains("cannot open connection to remote store")
@@ -644,7 +705,7 @@ fi
                     run,
                     format!("no nix-daemon socket through ssh ({e}); copying over ssh sessions"),
                 );
-                Self::nix_run(run, self.copy_between(from, to, closure))
+                Self::nix_run(run, self.copy_between(from, to, closure, None))
             }
             copied => copied,
         }
@@ -779,7 +840,8 @@ fi
             nix_time: Duration::ZERO,
             remote_time: Duration::ZERO,
             new_closure: None,
-            diffed_new: None,
+            new_read: None,
+            old_read: None,
             early_build: None,
             held_launch: None,
             launched: None,
@@ -1070,7 +1132,9 @@ fi
             Some(at) => {
                 // The part done during the probe counts in the gate.
                 run.carry = run.early_build.as_ref().map_or(Duration::ZERO, |(_, t)| *t);
-                self.gate(run, Gate::Build, |d, run| d.build(run, at, &closure))?;
+                self.gate(run, Gate::Build, |d, run| {
+                    d.build(run, at, &closure, &probe)
+                })?;
             }
             None => self.ensure_on_target(run, &closure)?,
         }
@@ -1142,7 +1206,13 @@ fi
         ))
     }
 
-    fn build(&self, run: &mut Run, at: &BuildAt, closure: &str) -> Result<((), String), Stop> {
+    fn build(
+        &self,
+        run: &mut Run,
+        at: &BuildAt,
+        closure: &str,
+        probe: &Probe,
+    ) -> Result<((), String), Stop> {
         let drv = run.drv.clone().expect("deploys have a derivation");
         let failed = |what: &str, why: String| {
             stop(
@@ -1184,7 +1254,8 @@ fi
                     }
                 };
                 let target = run.target.clone();
-                self.copy_closure(run, host, &target, closure)
+                let lacking = lacking(run, probe, closure);
+                self.copy_closure(run, host, &target, closure, lacking.as_deref())
                     .map_err(|e| {
                         failed(&format!("copying from {} to {}", host.name, run.name), e)
                     })?;
@@ -1250,7 +1321,7 @@ fi
             return Err(gone("there is no build host to copy it from".into()));
         };
         run.masters_opened += self.opened(&builder);
-        self.copy_closure(run, &builder, &target, closure)
+        self.copy_closure(run, &builder, &target, closure, None)
             .map_err(|e| gone(format!("copying it from {} failed ({e})", builder.name)))?;
         self.emit_note(
             run,
@@ -1332,16 +1403,18 @@ fi
             closure_from_path_info(json.as_bytes(), "/nix/store", path, &target.store_url())
                 .map_err(|e| stop(HostResult::Error, e.to_string()))
         };
-        let old = match (&probe.known_old, &probe.old_closure) {
-            (Some(kept), _) => kept.clone(),
-            (None, Some(json)) => parse(json, &running)?,
-            (None, None) => read(run, &running)?,
+        let old = match (run.old_read.take(), &probe.known_old, &probe.old_closure) {
+            (Some(read_for_copy), _, _) => read_for_copy,
+            (None, Some(kept), _) => kept.clone(),
+            (None, None, Some(json)) => parse(json, &running)?,
+            (None, None, None) => read(run, &running)?,
         };
-        let new = match run.new_closure.take() {
-            Some(json) => parse(&json, &closure)?,
-            None => read(run, &closure)?,
+        let new = match (run.new_read.take(), run.new_closure.take()) {
+            (Some(read_for_copy), _) => read_for_copy,
+            (None, Some(json)) => parse(&json, &closure)?,
+            (None, None) => read(run, &closure)?,
         };
-        run.diffed_new = Some(new.clone());
+        run.new_read = Some(new.clone());
         // The old side's derivations, for root causes: here if evaluated here before,
         // else from the build host, which roots them with its marks.
         if let (Some(BuildAt::Builder { host, .. }), Some(drv)) = (
@@ -2181,7 +2254,7 @@ fi
         }
         self.write_record(&record)
             .map_err(|e| committed(format!("writing the deploy record here failed: {e}")))?;
-        if let Some(kept) = run.diffed_new.as_ref().filter(|c| c.root == closure) {
+        if let Some(kept) = run.new_read.as_ref().filter(|c| c.root == closure) {
             self.keep_closure(&run.name, kept);
         }
         // A rollback redeploys an old release; release branches only move forward.

@@ -27,6 +27,20 @@ pub struct Closure {
     pub selected: BTreeSet<String>,
 }
 
+impl Closure {
+    /// The paths of this closure that `held` lacks, in this closure's order: what a
+    /// store holding `held` whole (a closure is valid only with all of its references)
+    /// still needs to hold this one.
+    pub fn paths_not_in(&self, held: &Closure) -> Vec<&str> {
+        let held: BTreeSet<&str> = held.paths.iter().map(|p| p.path.as_str()).collect();
+        self.paths
+            .iter()
+            .map(|p| p.path.as_str())
+            .filter(|p| !held.contains(p))
+            .collect()
+    }
+}
+
 /// Names of the package-set paths whose references are the top-level selection: NixOS's
 /// `system-path` (`environment.systemPackages`), `nix-env`'s `user-environment` and
 /// home-manager's `home-manager-path`.
@@ -38,4 +52,44 @@ pub fn selection_parents(root_refs: &[String]) -> impl Iterator<Item = &String> 
     root_refs
         .iter()
         .filter(|r| store_path_name(r).is_some_and(|n| SELECTION_SETS.contains(&n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closure(paths: &[&str]) -> Closure {
+        Closure {
+            root: paths[0].to_owned(),
+            paths: paths
+                .iter()
+                .map(|p| PathEntry {
+                    path: (*p).to_owned(),
+                    nar_size: 1,
+                    deriver: None,
+                })
+                .collect(),
+            selected: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn paths_not_in_keeps_only_what_the_other_lacks() {
+        let new = closure(&[
+            "/nix/store/a-system-2",
+            "/nix/store/b-etc-2",
+            "/nix/store/c-glibc",
+        ]);
+        let old = closure(&[
+            "/nix/store/d-system-1",
+            "/nix/store/e-etc-1",
+            "/nix/store/c-glibc",
+        ]);
+        assert_eq!(
+            new.paths_not_in(&old),
+            ["/nix/store/a-system-2", "/nix/store/b-etc-2"]
+        );
+        assert!(new.paths_not_in(&new).is_empty());
+        assert_eq!(new.paths_not_in(&Closure::default()).len(), 3);
+    }
 }

@@ -54,7 +54,7 @@ impl TestLab {
     }
 
     /// The master connections still running a few seconds after a run (they end as
-    /// the run does; ControlPersist would keep them 60 s).
+    /// the run does; `ControlPersist` would keep them 60 s).
     pub fn masters_left(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.fleet.ssh_masters() > 0 && Instant::now() < deadline {
@@ -146,29 +146,70 @@ fn explain(r: &Run) -> String {
     )
 }
 
-/// A directory holding an `ssh` that logs its arguments (one run a line, in `log`)
-/// and runs the real one, and a `PATH` that finds it first.
-fn logging_ssh() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let real = std::process::Command::new("sh")
-        .args(["-c", "command -v ssh"])
-        .output()
-        .unwrap();
-    let real = String::from_utf8(real.stdout).unwrap();
-    let script = format!(
-        "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}/log'\nexec '{}' \"$@\"\n",
-        dir.path().display(),
-        real.trim()
-    );
-    let ssh = dir.path().join("ssh");
-    std::fs::write(&ssh, script).unwrap();
-    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        dir.path().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    (dir, path)
+/// Programs that log their arguments (one run a line, in `log-PROGRAM` of the
+/// directory) and run the real ones; with a `PATH` that finds them first.
+pub struct Logged {
+    dir: tempfile::TempDir,
+    pub path: String,
+}
+
+impl Logged {
+    pub fn new(programs: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for program in programs {
+            let real = std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {program}")])
+                .output()
+                .unwrap();
+            let real = String::from_utf8(real.stdout).unwrap();
+            let script = format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}/log-{program}'\nexec '{}' \"$@\"\n",
+                dir.path().display(),
+                real.trim()
+            );
+            let wrapper = dir.path().join(program);
+            std::fs::write(&wrapper, script).unwrap();
+            std::fs::set_permissions(
+                &wrapper,
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+        }
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Self { dir, path }
+    }
+
+    /// The runs of `program` so far, one line of arguments each.
+    pub fn runs(&self, program: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("log-{program}"))).unwrap_or_default()
+    }
+
+    /// The runs of `nix copy` to a store.
+    pub fn copies(&self) -> Vec<String> {
+        self.runs("nix")
+            .lines()
+            .filter(|l| l.contains(" copy ") && l.contains(" --to "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The store paths `nix copy` to a store was given, run by run.
+    pub fn copied(&self) -> Vec<Vec<String>> {
+        self.copies()
+            .iter()
+            .map(|l| {
+                l.split_whitespace()
+                    .skip_while(|a| *a != "copy")
+                    .filter(|a| a.starts_with("/nix/store/"))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 #[test]
@@ -184,8 +225,8 @@ fn first_deploy_no_change_drift_and_rollback() {
     // Gate by gate to known-good; the first deploy restores to what ran. Every ssh
     // the deploy starts (its own, and Nix's) is logged on the way.
     lab.flake.set_generation("web1", "g1").unwrap();
-    let (ssh_log, path) = logging_ssh();
-    let r = lab.deploy_with_env(&[("PATH", &path)], &["web1"]);
+    let logged = Logged::new(&["ssh", "nix"]);
+    let r = lab.deploy_with_env(&[("PATH", &logged.path)], &["web1"]);
     let used = lab.fleet.connections("web1") - before;
     assert_eq!(r.code, 0, "{}", explain(&r));
     let ev = events(&r);
@@ -249,12 +290,30 @@ fn first_deploy_no_change_drift_and_rollback() {
     // The run ends its master connections (they would otherwise linger for
     // ControlPersist's 60 s).
     assert_eq!(lab.masters_left(), 0, "master connections left running");
-    let started = std::fs::read_to_string(ssh_log.path().join("log")).unwrap();
+    let started = logged.runs("ssh");
     assert!(started.contains("ControlMaster=yes"), "{started}");
     assert!(
         !started.contains("-O exit"),
         "masters are told to end over their sockets, with no ssh -O exit:\n{started}"
     );
+    // The copy sends what the target lacks (the new closure less what runs there),
+    // with no walk of the closure over the build host's connection.
+    let closure_of = |host: &str, path: &str| -> std::collections::BTreeSet<String> {
+        lab.exec(host, &format!("nix-store -qR {path}"))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let lacking: Vec<String> = closure_of("builder", g1)
+        .difference(&closure_of("web1", g0))
+        .cloned()
+        .collect();
+    assert!(lacking.contains(g1) && lacking.len() > 1, "{lacking:?}");
+    let mut sent = logged.copied();
+    assert_eq!(sent.len(), 1, "{}", logged.runs("nix"));
+    sent[0].sort();
+    assert_eq!(sent[0], lacking);
+    assert!(logged.copies()[0].contains("--no-recursive"));
 
     // The same closure again: nothing to do.
     let r = lab.deploy(&["web1"]);
@@ -701,4 +760,54 @@ fn the_activation_lock_is_respected_and_a_dead_holders_taken_over() {
         lab.exec("web1", "ls /run/waymark/active 2>/dev/null || echo free"),
         "free"
     );
+}
+
+#[test]
+fn a_copy_sends_only_what_the_target_lacks_or_else_the_closure() {
+    let mut lab = TestLab::new(&["web1"]);
+    let (g0, g1) = (&lab.g(0).clone(), &lab.g(1).clone());
+    // A first deploy (a salted copy of g0): the target's closure is kept here.
+    lab.flake.set_salt(&["web1"], "a").unwrap();
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let kept = lab.state_dir().join("closures/web1.json");
+    let mut closure: Value = serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
+
+    // Knowledge gone wrong: the kept closure claims the target holds all of g1, which
+    // it does not. The new system (g1, salted: a path of its own on g1's references) is
+    // sent alone, and cannot be registered there without its references: the whole
+    // closure is copied instead, and the deploy goes on.
+    let g1_closure = lab.exec("builder", &format!("nix-store -qR {g1}"));
+    let paths = closure["paths"].as_array_mut().unwrap();
+    for p in g1_closure.lines() {
+        paths.push(serde_json::json!({ "path": p, "nar_size": 1, "deriver": null }));
+    }
+    std::fs::write(&kept, serde_json::to_vec(&closure).unwrap()).unwrap();
+    lab.flake.set_generation("web1", "g1").unwrap();
+    let logged = Logged::new(&["nix"]);
+    let r = lab.deploy_with_env(&[("PATH", &logged.path)], &["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let ev = events(&r);
+    let report = host_report(&ev, "web1");
+    assert_eq!(report["result"], "deployed");
+    let new = report["closure"].as_str().unwrap().to_owned();
+    assert!(
+        ev.iter().any(|e| e["event"] == "note"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("copying the whole closure")),
+        "{}",
+        explain(&r)
+    );
+    let nix = logged.runs("nix");
+    assert_eq!(
+        logged.copied(),
+        [vec![new.clone()], vec![new.clone()]],
+        "{nix}"
+    );
+    let copies = logged.copies();
+    assert!(copies[0].contains("--no-recursive") && !copies[1].contains("--no-recursive"));
+    assert_eq!(lab.system("web1").0, new);
+    assert_ne!(new, *g0);
 }
