@@ -18,8 +18,8 @@
 #    an explicit store path, never "the previous generation"; the profile is put
 #    back if it was moved.
 #
-# Progress goes to DIR/state (written by rename, so a reader never sees half a
-# line), and each new state also to the FIFO DIR/events when there is one (waiters
+# Progress goes to DIR/state (a line appended per state; the last one is the state),
+# and each new state also to the FIFO DIR/events when there is one (waiters
 # wake on it instead of polling); logs to DIR/*.log. Terminal states: committed, kept, restored:<why>,
 # restore-failed:<why>, and refused:running-changed (nothing activated: the running
 # system changed since the deployer read it). The lock /run/waymark/active is held until
@@ -31,7 +31,9 @@ profile=/nix/var/nix/profiles/system
 real() { cd -P -- "$1" 2>/dev/null && pwd -P; }
 
 state() {
-  printf '%s\n' "$1" > "$dir/state.tmp" && mv -f "$dir/state.tmp" "$dir/state"
+  # One short line appended in one write: a reader, taking the last whole line, never
+  # sees half of one.
+  printf '%s\n' "$1" >> "$dir/state"
   # Wakes whoever waits (opened read-write, a FIFO never blocks; unread, it is dropped).
   if [ -p "$dir/events" ]; then printf '%s\n' "$1" 1<>"$dir/events"; fi 2>/dev/null
 }

@@ -340,6 +340,8 @@ fn wait_script(dir: &str, pattern: &str, seconds: u64) -> String {
     format!(
         r#"{REAL}
 d={d}; i=0; s=
+# The state is the file's last whole line.
+last_state() {{ {{ while IFS= read -r l; do s=$l; done < "$d/state"; }} 2>/dev/null; }}
 if [ -p "$d/events" ]; then
   # The agent writes each new state to the FIFO: wake on it, no polling. It is open
   # before the state is read, so no change is missed; a watchdog writes the timeout.
@@ -347,11 +349,11 @@ if [ -p "$d/events" ]; then
   (trap 'kill "$z" 2>/dev/null; exit 0' TERM; sleep {seconds} & z=$!; wait "$z"
     echo timeout >&3) </dev/null >/dev/null 2>&1 &
   w=$!
-  while :; do read -r s 2>/dev/null < "$d/state"; case "$s" in {pattern}) break ;; esac
+  while :; do last_state; case "$s" in {pattern}) break ;; esac
     read -r e <&3; [ "$e" != timeout ] || break; done
   kill "$w" 2>/dev/null; exec 3<&-
 else
-  while :; do read -r s 2>/dev/null < "$d/state"; case "$s" in {pattern}) break ;; esac
+  while :; do last_state; case "$s" in {pattern}) break ;; esac
     [ "$i" -lt {rounds} ] || break; i=$(( i + 1 ))
     if [ "$i" -le 30 ]; then sleep 0.01; else sleep 0.05; fi; done
 fi
