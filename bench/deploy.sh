@@ -13,8 +13,9 @@
 #               (masked in a private mount namespace that the hosts inherit), and a
 #               cheap key exchange (curve25519-sha256 stands in for OpenSSH 10's default
 #               mlkem768x25519-sha256, which this OpenSSH lacks).
-# Prints medians and ratios; the raw figures stay in $BENCH_DIR/<profile> (default
-# target/bench-deploy).
+# Prints medians and ratios, and the CPU of the deploying side alone (a cgroup holds the
+# deployer and what it starts; the simulated hosts share this machine's cores, real ones
+# do not); the raw figures stay in $BENCH_DIR/<profile> (default target/bench-deploy).
 #
 # Usage: bench/deploy.sh [RUNS] [FLEETS]   (defaults: 3 runs, fleets 5,10,20)
 # Needs root, nix-bin, busybox-static, openssh-server, jq, bc (deploy-rs's recipe also
@@ -79,14 +80,17 @@ report() {
 jq -r --arg dr1 "$dr_one" --arg dr5 "$dr_five" '
   def r(x): (x * 100 | round) / 100;
   def ratio(a; b): if (b | tonumber? // null) == null then "n/a" else "\(r(a / (b | tonumber)))x" end;
+  def cpu(s): if s == null then "not measured (no cgroup v2)" else "\(r(s)) s" end;
+  def per_host(s; n; one): if s == null or one == null or n < 2 then "" else ", \((s - one) * 1000 / (n - 1) | round) ms for each host beyond the first" end;
   .single as $s | (.fleets | map(select(.parallel == .hosts))) as $par |
   "one host, every gate (median of \($s.runs | length)): \(r($s.median_wall_s)) s" +
   " = eval \(r($s.median_eval_s)) + Nix build/copy \(r($s.median_nix_s)) + on the hosts \(r($s.median_remote_s))" +
   " (overlapping); waymark'"'"'s own CPU \(r($s.median_own_cpu_s)) s = \(r($s.median_own_cpu_s / $s.median_wall_s * 100))% of the wall time",
   "  ssh connections opened: \($s.runs[0].ssh_connections) (the target'"'"'s master and the confirmation'"'"'s, the build host'"'"'s master)",
+  "  the deploying side'"'"'s CPU (waymark, its ssh clients, nix commands and relays; not the hosts'"'"'): \(cpu($s.median_deployer_cpu_s))",
   "  deploy-rs 1.0.0, one host (1h-changed): \($dr1) s  -> waymark/deploy-rs = \(ratio($s.median_wall_s; $dr1))",
   "no-change redeploy: \(r(.unchanged_median_wall_s)) s",
-  (.fleets[] | "fleet of \(.hosts), --parallel \(.parallel): \(r(.wall_s)) s (\(r(.wall_s / $s.median_wall_s))x one host; at most \(.max_ssh_connections_per_host) connections opened by one host'"'"'s deploy)"),
+  (.fleets[] | "fleet of \(.hosts), --parallel \(.parallel): \(r(.wall_s)) s (\(r(.wall_s / $s.median_wall_s))x one host; at most \(.max_ssh_connections_per_host) connections opened by one host'"'"'s deploy; the deploying side'"'"'s CPU \(cpu(.deployer_cpu_s))\(per_host(.deployer_cpu_s; .hosts; $s.median_deployer_cpu_s)))"),
   ($par[] | select(.hosts == 5) | "  deploy-rs --targets, 5 hosts (5h-targets-changed): \($dr5) s -> waymark/deploy-rs = \(ratio(.wall_s; $dr5))")
 ' "$bench_dir/waymark.json"
 }

@@ -283,8 +283,9 @@ struct Probe {
 
 /// The paths of the new closure the target lacks, when both it and what the target
 /// runs (held there whole) are known here: then only those are sent, and Nix does not
-/// walk the closure path by path over the build host's connection. `None`: the
-/// whole closure goes.
+/// walk the closure path by path over the build host's connection. The root is always
+/// among them, so a copy that succeeds proves the whole closure is there (Nix skips
+/// what the target has). `None`: the whole closure goes.
 fn lacking(run: &mut Run, probe: &Probe, closure: &str) -> Option<Vec<String>> {
     /// Past this many, the copy takes the closure (and no long argument list).
     const MAX_LISTED: usize = 2000;
@@ -302,13 +303,18 @@ fn lacking(run: &mut Run, probe: &Probe, closure: &str) -> Option<Vec<String>> {
             _ => None,
         };
     }
-    let lacking = run.new_read.as_ref()?.paths_not_in(run.old_read.as_ref()?);
-    match lacking.len() {
-        // Still sent: Nix checks it is there (and the whole closure goes if not).
-        0 => Some(vec![closure.to_owned()]),
-        n if n <= MAX_LISTED => Some(lacking.into_iter().map(str::to_owned).collect()),
-        _ => None,
+    let mut lacking = run.new_read.as_ref()?.paths_not_in(run.old_read.as_ref()?);
+    if !lacking.contains(&closure) {
+        lacking.push(closure);
     }
+    // A `.drv` given to `nix copy` is an installable: older Nix would build its outputs.
+    let listable = lacking.len() <= MAX_LISTED
+        && !lacking.iter().any(|p| {
+            std::path::Path::new(p)
+                .extension()
+                .is_some_and(|x| x == "drv")
+        });
+    listable.then(|| lacking.into_iter().map(str::to_owned).collect())
 }
 
 /// Lines `key=value` of a remote script's output.
@@ -683,10 +689,8 @@ fi
             return Self::interrupted(self.copy_between(from, to, closure, only));
         }
         if let Some(paths) = only {
-            match Self::nix_run(run, self.copy_between(from, to, closure, only)) {
+            match self.copy_once(run, from, to, closure, only) {
                 Ok(out) => return Ok(out),
-                // The copy below says why, and goes over ssh sessions.
-                Err(e) if e.contains("cannot open connection to remote store") => {}
                 Err(e) => self.emit_note(
                     run,
                     format!(
@@ -697,8 +701,20 @@ fi
                 ),
             }
         }
-        let copy = self.copy_between(from, to, closure, None);
-        match Self::nix_run(run, copy) {
+        self.copy_once(run, from, to, closure, None)
+    }
+
+    /// One copy ([`Deployer::copy_between`]), made again over ssh sessions if the
+    /// hosts' nix-daemon sockets cannot be reached.
+    fn copy_once(
+        &self,
+        run: &mut Run,
+        from: &Endpoint,
+        to: &Endpoint,
+        closure: &str,
+        only: Option<&[String]>,
+    ) -> Result<String, String> {
+        match Self::nix_run(run, self.copy_between(from, to, closure, only)) {
             Err(e)
                 if e.contains("cannot open connection to remote store")
                     && self.ssh.forget_daemons(&[from, to]) =>
@@ -707,7 +723,7 @@ fi
                     run,
                     format!("no nix-daemon socket through ssh ({e}); copying over ssh sessions"),
                 );
-                Self::nix_run(run, self.copy_between(from, to, closure, None))
+                Self::nix_run(run, self.copy_between(from, to, closure, only))
             }
             copied => copied,
         }

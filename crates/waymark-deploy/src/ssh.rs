@@ -447,7 +447,8 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         }
         // The masters are the control directory's sockets, unless the user's options put
         // them elsewhere: each is told to end in-process; `ssh -O exit` per host is left
-        // for when that cannot be done.
+        // for when that cannot be done. A master with no socket left has ended already
+        // (idle past ControlPersist, its host gone).
         let elsewhere = self
             .user_opts
             .iter()
@@ -456,7 +457,7 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         if !elsewhere {
             let sockets = self.master_sockets();
             closed.in_process = sockets.iter().filter(|s| end_master(s).is_ok()).count();
-            if closed.in_process == sockets.len() && sockets.len() >= opened.len() {
+            if closed.in_process == sockets.len() {
                 return closed;
             }
         }
@@ -790,5 +791,32 @@ impl Drop for Held {
             drop(child.stdin.take());
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Endpoint {
+        Endpoint {
+            name: "web1".into(),
+            user: "root".into(),
+            // Never reached: nothing may connect once the run is closing.
+            address: "192.0.2.1".into(),
+        }
+    }
+
+    #[test]
+    fn once_closing_no_master_opens_and_no_work_ahead_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let ssh = Ssh::new("", dir.path());
+        let work = ssh.hold_ahead(host(), "true");
+        assert_eq!(ssh.close_all(), Closed::default());
+        let refused = ssh.ensure_master(&host()).unwrap_err();
+        assert!(refused.contains("ending"), "{refused}");
+        // Work handed out before the close does nothing when it runs after.
+        work();
+        assert!(!ssh.is_open(&host()));
     }
 }

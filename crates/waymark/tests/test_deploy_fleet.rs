@@ -8,7 +8,7 @@ use serde_json::Value;
 use waymark_testbed::target_decl;
 
 use crate::common::Run;
-use crate::test_deploy::{TestLab, events, host_report};
+use crate::test_deploy::{Logged, TestLab, events, host_report};
 
 fn result(ev: &[Value], host: &str) -> String {
     host_report(ev, host)["result"].as_str().unwrap().to_owned()
@@ -153,14 +153,18 @@ fn a_failed_host_stops_its_dependents_and_the_limits_hold() {
         lab.flake.set_deploy(web, &target_decl("")).unwrap();
         lab.flake.set_generation(web, "g2").unwrap();
     }
-    let r = lab.deploy(&[
-        "--on",
-        "web1,web2",
-        "--parallel",
-        "1",
-        "--max-failures",
-        "1",
-    ]);
+    let logged = Logged::new(&["ssh"]);
+    let r = lab.deploy_with_env(
+        &[("PATH", &logged.path)],
+        &[
+            "--on",
+            "web1,web2",
+            "--parallel",
+            "1",
+            "--max-failures",
+            "1",
+        ],
+    );
     assert_eq!(r.code, 1);
     let ev = events(&r);
     assert_eq!(result(&ev, "web1"), "failed");
@@ -168,6 +172,11 @@ fn a_failed_host_stops_its_dependents_and_the_limits_hold() {
     // web2's session, set up ahead while the flake evaluated, was never used: it ends
     // with the run, as do the masters.
     assert_eq!(lab.masters_left(), 0, "master connections left running");
+    assert!(
+        !logged.runs("ssh").contains("-O exit"),
+        "{}",
+        logged.runs("ssh")
+    );
 
     // --canary 1: the first host fails, the others are not started.
     lab.flake.set_generation("db", "g1").unwrap();

@@ -2,11 +2,16 @@
 //! own /nix and sshd): one host through the five gates, a no-change redeploy, and fleets
 //! with `--parallel` equal to their size and 1. Prints JSON on stdout; bench/deploy.sh
 //! puts it beside deploy-rs. Needs root (mount namespaces).
+//!
+//! Besides wall time, the CPU of the deploying side alone: the deployer runs in a cgroup
+//! of its own (v2), which its ssh masters, `nix` commands and relays stay in even once
+//! detached, while the simulated hosts (sshd, activation, nix-daemon) run outside it. On
+//! this machine both share the same cores; on a real fleet each host has its own.
 
 // Progress on stderr, the figures on stdout: a benchmark script's tool.
 #![allow(clippy::print_stderr, clippy::print_stdout)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -39,15 +44,80 @@ struct Args {
     ssh_option: Vec<String>,
 }
 
+/// A cgroup (v2) the deployer runs in, to read the CPU it and everything it starts used.
+struct DeployerCgroup(PathBuf);
+
+impl DeployerCgroup {
+    /// One under the cgroup2 hierarchy (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+    /// a hybrid one); `None` where there is none to use.
+    fn create() -> Option<Self> {
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .iter()
+            .map(Path::new)
+            .find(|r| r.join("cgroup.procs").exists() && r.join("cgroup.controllers").exists())?;
+        let dir = root.join(format!("waymark-bench-deployer-{}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        dir.join("cpu.stat").exists().then_some(Self(dir))
+    }
+
+    /// `cmd`, started in the cgroup.
+    fn wrap(&self, cmd: &Command) -> Command {
+        let mut wrapped = Command::new("sh");
+        wrapped
+            .args(["-c", r#"echo $$ > "$0" && exec "$@""#])
+            .arg(self.0.join("cgroup.procs"))
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(v) => wrapped.env(key, v),
+                None => wrapped.env_remove(key),
+            };
+        }
+        wrapped
+    }
+
+    /// CPU seconds used in the cgroup so far.
+    fn cpu_s(&self) -> f64 {
+        std::fs::read_to_string(self.0.join("cpu.stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.lines()
+                    .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok())
+            })
+            .map_or(f64::NAN, |us| us / 1e6)
+    }
+}
+
+impl Drop for DeployerCgroup {
+    fn drop(&mut self) {
+        // Empty by then: every deploy has ended, and its masters with it.
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 /// One deploy: wall time and the summary event, with `gates`: seconds per gate of the
-/// first host.
-fn deploy(lab: &Lab, args: &[&str]) -> anyhow::Result<(f64, Value)> {
+/// first host, and `deployer_cpu_s`: the CPU the deploying side used (null where no
+/// cgroup could be made).
+fn deploy(
+    lab: &Lab,
+    cgroup: Option<&DeployerCgroup>,
+    args: &[&str],
+) -> anyhow::Result<(f64, Value)> {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
-    let mut cmd: Command = lab.deploy_command(&all)?;
+    let cmd: Command = lab.deploy_command(&all)?;
+    let mut cmd = match cgroup {
+        Some(c) => c.wrap(&cmd),
+        None => cmd,
+    };
+    let cpu_before = cgroup.map(DeployerCgroup::cpu_s);
     let started = Instant::now();
     let out = cmd.output().context("running waymark deploy")?;
     let wall = started.elapsed().as_secs_f64();
+    // The masters end as the deploy does; a moment for their last exit.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let deployer_cpu = cgroup.zip(cpu_before).map(|(c, before)| c.cpu_s() - before);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let events: Vec<Value> = stdout
         .lines()
@@ -70,6 +140,7 @@ fn deploy(lab: &Lab, args: &[&str]) -> anyhow::Result<(f64, Value)> {
         })
         .collect();
     summary["gates"] = Value::Object(gates);
+    summary["deployer_cpu_s"] = json!(deployer_cpu);
     if summary["exit_code"] != 0 {
         bail!("deploy {args:?} failed: {summary}");
     }
@@ -79,6 +150,11 @@ fn deploy(lab: &Lab, args: &[&str]) -> anyhow::Result<(f64, Value)> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A figure, or null when it could not be measured.
+fn finite(v: f64) -> Value {
+    if v.is_finite() { json!(v) } else { Value::Null }
 }
 
 fn ms(v: &Value, key: &str) -> f64 {
@@ -95,6 +171,11 @@ fn main() -> anyhow::Result<()> {
         args.dir.display()
     );
     let mut lab = Lab::new(&args.dir, &refs, &args.waymark).context("starting the lab")?;
+    let cgroup = DeployerCgroup::create();
+    if cgroup.is_none() {
+        eprintln!("no cgroup v2 to run the deployer in: its own CPU is not measured");
+    }
+    let cgroup = cgroup.as_ref();
     if !args.ssh_option.is_empty() {
         // ssh takes the first value it reads: after every host's block, these only add.
         let mut block = "Host *\n".to_owned();
@@ -134,7 +215,7 @@ fn main() -> anyhow::Result<()> {
         let generation = if run % 2 == 0 { "g1" } else { "g0" };
         lab.flake.set_generation("t01", generation)?;
         lab.flake.set_salt(&["t01"], &format!("one-{run}"))?;
-        let (wall, summary) = deploy(&lab, &["t01"])?;
+        let (wall, summary) = deploy(&lab, cgroup, &["t01"])?;
         let host = &summary["hosts"][0];
         single.push(json!({
             "wall_s": wall,
@@ -143,6 +224,7 @@ fn main() -> anyhow::Result<()> {
             "nix_s": ms(host, "nix_ms"),
             "remote_s": ms(host, "remote_ms"),
             "own_cpu_s": ms(&summary, "own_cpu_ms"),
+            "deployer_cpu_s": summary["deployer_cpu_s"],
             "ssh_connections": host["ssh_connections"],
             "result": host["result"],
             "gates": summary["gates"],
@@ -151,7 +233,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut unchanged = Vec::new();
     for _ in 0..args.runs {
-        let (wall, summary) = deploy(&lab, &["t01"])?;
+        let (wall, summary) = deploy(&lab, cgroup, &["t01"])?;
         if summary["hosts"][0]["result"] != "unchanged" {
             bail!("a redeploy of the same closure was not a no-op: {summary}");
         }
@@ -164,6 +246,7 @@ fn main() -> anyhow::Result<()> {
         let on = hosts.join(",");
         for parallel in [n, 1] {
             let mut walls = Vec::new();
+            let mut deployer_cpu = Vec::new();
             let mut connections = 0u64;
             for run in 0..args.runs {
                 let generation = if run % 2 == 0 { "g1" } else { "g0" };
@@ -171,8 +254,11 @@ fn main() -> anyhow::Result<()> {
                 lab.flake.set_generations(hosts, generation)?;
                 lab.flake
                     .set_salt(hosts, &format!("{n}-{parallel}-{run}"))?;
-                let (wall, summary) =
-                    deploy(&lab, &["--on", &on, "--parallel", &parallel.to_string()])?;
+                let (wall, summary) = deploy(
+                    &lab,
+                    cgroup,
+                    &["--on", &on, "--parallel", &parallel.to_string()],
+                )?;
                 connections = summary["hosts"].as_array().map_or(0, |h| {
                     h.iter()
                         .filter_map(|r| r["ssh_connections"].as_u64())
@@ -180,16 +266,18 @@ fn main() -> anyhow::Result<()> {
                         .unwrap_or(0)
                 });
                 walls.push(wall);
+                deployer_cpu.push(summary["deployer_cpu_s"].as_f64().unwrap_or(f64::NAN));
                 eprintln!("{n} hosts, --parallel {parallel}, run {run}: {wall:.2} s");
             }
             fleets.push(json!({
                 "hosts": n, "parallel": parallel, "wall_s": median(walls),
+                "deployer_cpu_s": finite(median(deployer_cpu)),
                 "max_ssh_connections_per_host": connections,
             }));
         }
         // Leave every host on g0 or g1 consistently for the next size.
         lab.flake.set_generations(hosts, "g0")?;
-        deploy(&lab, &["--on", &on, "--parallel", &n.to_string()])?;
+        deploy(&lab, cgroup, &["--on", &on, "--parallel", &n.to_string()])?;
     }
 
     let col = |key: &str| {
@@ -208,6 +296,7 @@ fn main() -> anyhow::Result<()> {
             "median_nix_s": col("nix_s"),
             "median_remote_s": col("remote_s"),
             "median_own_cpu_s": col("own_cpu_s"),
+            "median_deployer_cpu_s": finite(col("deployer_cpu_s")),
         },
         "unchanged_median_wall_s": median(unchanged),
         "fleets": fleets,

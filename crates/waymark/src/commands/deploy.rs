@@ -362,22 +362,27 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
             scope.spawn(ssh.hold_ahead(host, &script));
         }
         let (fleet, eval_ms) = eval.join().expect("the evaluation does not panic");
-        let fleet = fleet?;
-        for name in fleet.hosts.keys() {
-            known.insert(name.clone(), fleet_endpoints(&fleet, name));
-        }
-        known.retain(|name, _| fleet.hosts.contains_key(name));
-        write_addresses(&addresses, &known);
-        deploy_evaluated(
-            global,
-            args,
-            &ssh,
-            &fleet,
-            eval_ms,
-            rollback.as_deref(),
-            &mode,
-            &state_dir,
-        )
+        let deployed = fleet.and_then(|fleet| {
+            for name in fleet.hosts.keys() {
+                known.insert(name.clone(), fleet_endpoints(&fleet, name));
+            }
+            known.retain(|name, _| fleet.hosts.contains_key(name));
+            write_addresses(&addresses, &known);
+            deploy_evaluated(
+                global,
+                args,
+                &ssh,
+                &fleet,
+                eval_ms,
+                rollback.as_deref(),
+                &mode,
+                &state_dir,
+            )
+        });
+        // Also when the deploy could not start (evaluation, selection): what was set up
+        // ahead stops before the scope waits for it.
+        ssh.close_all();
+        deployed
     })
 }
 
