@@ -688,45 +688,45 @@ fi
         if fault("interrupt-copy") {
             return Self::interrupted(self.copy_between(from, to, closure, only));
         }
-        if let Some(paths) = only {
-            match self.copy_once(run, from, to, closure, only) {
-                Ok(out) => return Ok(out),
-                Err(e) => self.emit_note(
-                    run,
-                    format!(
-                        "sending the {} paths {} lacks failed ({e}); copying the whole closure",
-                        paths.len(),
-                        to.name
-                    ),
-                ),
-            }
-        }
-        self.copy_once(run, from, to, closure, None)
-    }
-
-    /// One copy ([`Deployer::copy_between`]), made again over ssh sessions if the
-    /// hosts' nix-daemon sockets cannot be reached.
-    fn copy_once(
-        &self,
-        run: &mut Run,
-        from: &Endpoint,
-        to: &Endpoint,
-        closure: &str,
-        only: Option<&[String]>,
-    ) -> Result<String, String> {
-        match Self::nix_run(run, self.copy_between(from, to, closure, only)) {
-            Err(e)
-                if e.contains("cannot open connection to remote store")
-                    && self.ssh.forget_daemons(&[from, to]) =>
+        let attempts = if only.is_some() {
+            vec![only, None]
+        } else {
+            vec![None]
+        };
+        let mut copied = Err(String::new());
+        for paths in attempts {
+            if let (Err(e), Some(listed)) = (&copied, only)
+                && paths.is_none()
             {
                 self.emit_note(
                     run,
-                    format!("no nix-daemon socket through ssh ({e}); copying over ssh sessions"),
+                    format!(
+                        "sending the {} paths {} lacks failed ({e}); copying the whole closure",
+                        listed.len(),
+                        to.name
+                    ),
                 );
-                Self::nix_run(run, self.copy_between(from, to, closure, only))
             }
-            copied => copied,
+            copied = match Self::nix_run(run, self.copy_between(from, to, closure, paths)) {
+                Err(e)
+                    if e.contains("cannot open connection to remote store")
+                        && self.ssh.forget_daemons(&[from, to]) =>
+                {
+                    self.emit_note(
+                        run,
+                        format!(
+                            "no nix-daemon socket through ssh ({e}); copying over ssh sessions"
+                        ),
+                    );
+                    Self::nix_run(run, self.copy_between(from, to, closure, paths))
+                }
+                other => other,
+            };
+            if copied.is_ok() {
+                break;
+            }
         }
+        copied
     }
 
     /// Runs a local nix command, timing it as Nix's own work.

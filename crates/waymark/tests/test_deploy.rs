@@ -132,6 +132,13 @@ pub fn gate_message(events: &[Value], gate: &str) -> String {
         .to_owned()
 }
 
+/// Whether a note among `events` says `words`.
+pub fn has_note(events: &[Value], words: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e["event"] == "note" && e["message"].as_str().is_some_and(|m| m.contains(words)))
+}
+
 pub fn host_report<'a>(events: &'a [Value], host: &str) -> &'a Value {
     events
         .iter()
@@ -244,9 +251,7 @@ fn first_deploy_no_change_drift_and_rollback() {
             .all(|e| e["event"] != "end" || e["result"] == "passed")
     );
     assert!(
-        ev.iter().any(
-            |e| e["event"] == "note" && e["message"].as_str().unwrap().contains("first deploy")
-        ),
+        has_note(&ev, "first deploy"),
         "the first deploy says what it restores to"
     );
     assert_eq!(
@@ -393,11 +398,7 @@ fn without_a_reachable_nix_daemon_closures_are_copied_over_ssh_sessions() {
     assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
     let ev = events(&r);
     assert!(
-        ev.iter().any(|e| e["event"] == "note"
-            && e["message"]
-                .as_str()
-                .unwrap()
-                .contains("copying over ssh sessions")),
+        has_note(&ev, "copying over ssh sessions"),
         "{}",
         explain(&r)
     );
@@ -792,11 +793,7 @@ fn a_copy_sends_only_what_the_target_lacks_or_else_the_closure() {
     assert_eq!(report["result"], "deployed");
     let new = report["closure"].as_str().unwrap().to_owned();
     assert!(
-        ev.iter().any(|e| e["event"] == "note"
-            && e["message"]
-                .as_str()
-                .unwrap()
-                .contains("copying the whole closure")),
+        has_note(&ev, "copying the whole closure"),
         "{}",
         explain(&r)
     );

@@ -8,7 +8,7 @@ use serde_json::Value;
 use waymark_testbed::target_decl;
 
 use crate::common::Run;
-use crate::test_deploy::{Logged, TestLab, events, host_report};
+use crate::test_deploy::{Logged, TestLab, events, has_note, host_report};
 
 fn result(ev: &[Value], host: &str) -> String {
     host_report(ev, host)["result"].as_str().unwrap().to_owned()
@@ -76,9 +76,7 @@ fn order_selection_and_batched_builds() {
         assert!(position(&ev, web, |e| e["event"] == "start") > db_done);
     }
     assert!(
-        ev.iter()
-            .any(|e| e["event"] == "note"
-                && e["message"] == "building 3 systems on builder in one call"),
+        has_note(&ev, "building 3 systems on builder in one call"),
         "one build call for the three hosts"
     );
     let summary = ev.last().unwrap();
