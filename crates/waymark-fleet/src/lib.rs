@@ -26,6 +26,9 @@ pub enum Error {
     /// A selection item that names no host.
     #[error("--on {item}: {why}")]
     Selection { item: String, why: String },
+    /// No host to deploy: nothing named, or a selection that names nothing.
+    #[error("no hosts selected: {why}")]
+    NothingSelected { why: String },
     /// Dependencies that go round.
     #[error("the hosts depend on each other in a cycle: {cycle}")]
     Cycle { cycle: String },
@@ -313,6 +316,32 @@ impl Fleet {
             .collect())
     }
 
+    /// The hosts a deploy goes to, in deploy order: those `selection` names
+    /// ([`Fleet::select`]), or, given no selection at all, every host where the fleet
+    /// allows it (`deployAll`). A selection that names nothing (`--on ''`, no names on
+    /// stdin) is refused: it never means every host.
+    ///
+    /// # Errors
+    /// No selection where the fleet does not allow deploying everything, an empty
+    /// selection, or what [`Fleet::select`] refuses.
+    pub fn to_deploy(&self, selection: Option<&[String]>) -> Result<Vec<String>, Error> {
+        let Some(items) = selection else {
+            if self.settings.deploy_all {
+                return Ok(self.waves.iter().flatten().cloned().collect());
+            }
+            return Err(Error::NothingSelected {
+                why: "name them, or use --on @tag / --on 'glob*' / --on - (deploying every host at once needs `lib.fleetWith { deployAll = true; }`)".into(),
+            });
+        };
+        let hosts = self.select(items)?;
+        if hosts.is_empty() {
+            return Err(Error::NothingSelected {
+                why: "the selection names none (an empty --on, or no names on stdin); nothing was deployed".into(),
+            });
+        }
+        Ok(hosts)
+    }
+
     /// What each selected host waits for in this run: its `dependsOn` and its build
     /// host, where they are selected too. Hosts come in an order where each follows
     /// what it waits for.
@@ -442,6 +471,26 @@ mod tests {
         assert!(err.contains("unknown host mail"), "{err}");
         assert!(sel(&["db*x"]).is_err());
         assert!(f.settings == Settings::default() && !f.settings.deploy_all);
+    }
+
+    #[test]
+    fn only_no_selection_at_all_can_mean_every_host() {
+        let mut f = four("[]");
+        let items = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let err = f.to_deploy(None).unwrap_err().to_string();
+        assert!(err.contains("no hosts selected: name them"), "{err}");
+        f.settings.deploy_all = true;
+        assert_eq!(
+            f.to_deploy(None).unwrap(),
+            ["builder", "db", "web1", "web2"]
+        );
+        // `--on ''`, `--on ,`, or `--on -` reading nothing: refused, even where
+        // deploying everything is allowed.
+        for empty in [items(&[]), items(&[""]), items(&["", " "])] {
+            let err = f.to_deploy(Some(&empty)).unwrap_err().to_string();
+            assert!(err.contains("the selection names none"), "{err}");
+        }
+        assert_eq!(f.to_deploy(Some(&items(&["", "db"]))).unwrap(), ["db"]);
     }
 
     #[test]

@@ -122,6 +122,18 @@ fn order_selection_and_batched_builds() {
         "{}",
         r.stderr
     );
+    // A selection that names nothing is refused, not read as no selection.
+    let r = lab.deploy(&["--on", ","]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the selection names none"),
+        "{}",
+        r.stderr
+    );
+    // 0 failures allowed would start no host: refused before anything is built.
+    let r = lab.deploy(&["--on", "web1", "--max-failures", "0"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--max-failures"), "{}", r.stderr);
 }
 
 #[test]

@@ -76,9 +76,10 @@ pub struct DeployArgs {
     /// Hosts deployed at the same time
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
-    /// Stop starting hosts after this many failed (the rest are skipped, untouched)
-    #[arg(long, value_name = "N")]
-    pub max_failures: Option<usize>,
+    /// Stop starting hosts once this many have failed (1: at the first failure); the
+    /// rest are skipped, untouched
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_failures: Option<u32>,
     /// Deploy this many hosts first; the others only if all of them pass
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u16).range(1..))]
     pub canary: Option<u16>,
@@ -86,8 +87,10 @@ pub struct DeployArgs {
     pub options: DeployOptions,
 }
 
-/// The hosts the command line names, or every host where the fleet allows it.
+/// The hosts the command line names, or, naming none at all, every host where the
+/// fleet allows it.
 fn selection(args: &DeployArgs, fleet: &waymark_fleet::Fleet) -> anyhow::Result<Vec<String>> {
+    let given = !args.words.is_empty() || !args.on.is_empty();
     let mut items: Vec<String> = args.words.clone();
     for item in &args.on {
         if item == "-" {
@@ -99,15 +102,7 @@ fn selection(args: &DeployArgs, fleet: &waymark_fleet::Fleet) -> anyhow::Result<
             items.push(item.clone());
         }
     }
-    if items.is_empty() {
-        if fleet.settings.deploy_all {
-            return Ok(fleet.waves.iter().flatten().cloned().collect());
-        }
-        bail!(
-            "no hosts selected: name them, or use --on @tag / --on 'glob*' / --on - (deploying every host at once needs `lib.fleetWith {{ deployAll = true; }}`)"
-        );
-    }
-    Ok(fleet.select(&items)?)
+    Ok(fleet.to_deploy(given.then_some(items.as_slice()))?)
 }
 
 /// Prints events: JSON Lines on stdout, or one line per gate on stderr.
@@ -463,7 +458,7 @@ fn deploy_evaluated(
                 } else {
                     usize::from(args.parallel)
                 },
-                max_failures: args.max_failures,
+                max_failures: args.max_failures.map(|n| n as usize),
                 canary: args.canary.map(usize::from),
             },
         )
