@@ -41,7 +41,11 @@ enum Command {
     KnownGood(known_good::KnownGoodArgs),
     /// Manage release records: tags and fast-forward-only branches per target
     Release(release::ReleaseArgs),
-    /// Build two demo system closures in a private store and diff them
+    /// Run a throw-away local fleet through deploys, a failed switch test and a rollback
+    ///
+    /// As root: a build host and three targets, each with its own store and sshd on
+    /// 127.0.0.1. Without root, or with --diff-only: two closures built in a private
+    /// store, diffed.
     Demo(demo::DemoArgs),
     /// Relay stdin and stdout to a Unix socket: how a deploy's `nix copy` reaches a
     /// host's nix-daemon through a socket forwarded over ssh (internal)
