@@ -31,4 +31,7 @@ pub enum Error {
     /// A program could not be started.
     #[error("running {program}: {message}")]
     Spawn { program: String, message: String },
+    /// The run is ending (interrupted): no new connection starts.
+    #[error("the run is ending: no new connection")]
+    Closing,
 }

@@ -318,8 +318,18 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         remote: &str,
         input: Option<&[u8]>,
     ) -> Result<Reply, Error> {
+        self.refuse_when_closing()?;
         let cmd = Self::command(&self.opts("no"), host, remote);
         output(cmd, input)
+    }
+
+    /// Once the run is ending, no ssh starts: a session whose master has ended would
+    /// open a connection of its own.
+    fn refuse_when_closing(&self) -> Result<(), Error> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(Error::Closing);
+        }
+        Ok(())
     }
 
     /// Runs a command over a NEW connection (no multiplexing), with a connect timeout.
@@ -330,6 +340,7 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         input: Option<&[u8]>,
         connect_timeout: Duration,
     ) -> Result<Reply, Error> {
+        self.refuse_when_closing()?;
         // Ours first: ssh keeps the first value of an option, and a user's own
         // ControlMaster/ControlPath must not turn this into a reused connection.
         let mut opts: Vec<String> = [
@@ -549,6 +560,7 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     }
 
     fn hold_now(&self, host: &Endpoint, script: &str) -> Result<Held, Error> {
+        self.refuse_when_closing()?;
         let remote = format!(
             "IFS= read -r waymark_go || exit 0\n[ \"$waymark_go\" = go ] || exit 0\n{script}"
         );
@@ -818,5 +830,14 @@ mod tests {
         // Work handed out before the close does nothing when it runs after.
         work();
         assert!(!ssh.is_open(&host()));
+        // Nor does any session or new connection start: with its master ended, a
+        // session would connect by itself.
+        let closing = |r: Result<(), Error>| matches!(r, Err(Error::Closing));
+        assert!(closing(ssh.run(&host(), "true").map(drop)));
+        assert!(closing(ssh.hold(&host(), "true").map(drop)));
+        assert!(closing(
+            ssh.run_fresh(&host(), "true", None, Duration::from_secs(1))
+                .map(drop)
+        ));
     }
 }

@@ -337,6 +337,21 @@ impl SimFleet {
     /// The ssh master connections (`ControlMaster=yes`) running with this fleet's
     /// configuration: their processes, found in `/proc`.
     pub fn ssh_masters(&self) -> usize {
+        self.ssh_master_commands().len()
+    }
+
+    /// The directories of the running ssh masters' control sockets (`ControlPath`).
+    pub fn ssh_control_dirs(&self) -> std::collections::BTreeSet<PathBuf> {
+        self.ssh_master_commands()
+            .iter()
+            .filter_map(|c| {
+                let path = c.split_once("ControlPath=")?.1.split(' ').next()?;
+                Some(Path::new(path).parent()?.to_owned())
+            })
+            .collect()
+    }
+
+    fn ssh_master_commands(&self) -> Vec<String> {
         let config = self.dir.display().to_string();
         std::fs::read_dir("/proc")
             .into_iter()
@@ -345,7 +360,7 @@ impl SimFleet {
             .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
             .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
             .filter(|c| c.contains("ControlMaster=yes") && c.contains(&config))
-            .count()
+            .collect()
     }
 
     /// A command that runs `program` as the deploying machine: in a mount namespace of

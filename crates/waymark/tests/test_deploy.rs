@@ -539,14 +539,29 @@ fn a_confirmation_that_never_arrives_or_arrives_late_is_never_success() {
     assert_untouched(&lab, &r, "switch", 1, "after the target's window closed");
 }
 
-/// Runs a deploy, SIGKILLs it once `gate` started (plus `after`), and waits for the
-/// target's agent to finish on its own.
-fn kill_during(lab: &TestLab, fault: &str, gate: &str, after: Duration) {
+/// Runs a deploy, sends it `signal` once `gate` started (plus `after`), and waits for
+/// the target's agent to finish on its own. Returns the deployer's exit code, its
+/// stderr, and the directory of its masters' control sockets.
+fn stop_during(
+    lab: &TestLab,
+    fault: &str,
+    gate: &str,
+    after: Duration,
+    signal: &str,
+) -> (Option<i32>, String, std::path::PathBuf) {
+    // Killed deployers' masters linger (ControlPersist).
+    let earlier = lab.fleet.ssh_control_dirs();
     let mut cmd = lab.deploy_command(&["--json", "web1"]).unwrap();
     cmd.env("WAYMARK_FAULT", fault)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+        s
+    });
     let stdout = child.stdout.take().unwrap();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
@@ -555,9 +570,17 @@ fn kill_during(lab: &TestLab, fault: &str, gate: &str, after: Duration) {
         }
     }
     std::thread::sleep(after);
+    let mut control = lab.fleet.ssh_control_dirs();
+    control.retain(|d| !earlier.contains(d));
+    assert_eq!(control.len(), 1, "{control:?}");
     // unshare and sh exec: the child is the deployer itself.
-    child.kill().unwrap();
-    let _ = child.wait();
+    let sent = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let code = child.wait().unwrap().code();
     let deadline = Instant::now() + Duration::from_secs(30);
     while lab
         .exec(
@@ -574,10 +597,15 @@ fn kill_during(lab: &TestLab, fault: &str, gate: &str, after: Duration) {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    (
+        code,
+        stderr.join().unwrap(),
+        control.into_iter().next().unwrap(),
+    )
 }
 
 #[test]
-fn a_killed_deployer_leaves_the_previous_closure_running() {
+fn a_killed_or_interrupted_deployer_leaves_the_previous_closure_running() {
     let mut lab = TestLab::new(&["web1"]);
     lab.flake
         .set_deploy("web1", &with_check("slow", "sleep 1", 3))
@@ -586,18 +614,52 @@ fn a_killed_deployer_leaves_the_previous_closure_running() {
     let g0 = &lab.g(0).clone();
 
     // In gate 4, during the health checks.
-    kill_during(&lab, "slow-health", "test", Duration::from_millis(1500));
+    stop_during(
+        &lab,
+        "slow-health",
+        "test",
+        Duration::from_millis(1500),
+        "KILL",
+    );
     assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
     assert!(lab.marks("web1", "web1").is_empty());
     lab.exec("web1", "rm -rf /run/waymark/deploy");
 
     // In gate 5, before the confirmation.
-    kill_during(
+    stop_during(
         &lab,
         "pause-before-confirm",
         "switch",
         Duration::from_millis(500),
+        "KILL",
     );
+    assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
+    assert!(lab.marks("web1", "web1").is_empty());
+    lab.exec("web1", "rm -rf /run/waymark/deploy");
+
+    // Interrupted (Ctrl-C) in gate 4: the run ends at once, saying so, its master
+    // connections and their directory gone instead of lingering for ControlPersist.
+    let started = Instant::now();
+    let (code, stderr, control) = stop_during(
+        &lab,
+        "slow-health",
+        "test",
+        Duration::from_millis(500),
+        "INT",
+    );
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    // (The killed deployers' masters linger: only this run's are counted.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.fleet.ssh_control_dirs().contains(&control) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !lab.fleet.ssh_control_dirs().contains(&control),
+        "master connections left running"
+    );
+    assert!(!control.exists(), "{} left behind", control.display());
+    assert!(started.elapsed() < Duration::from_secs(40));
     assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
     assert!(lab.marks("web1", "web1").is_empty());
 

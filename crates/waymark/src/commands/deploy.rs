@@ -7,6 +7,8 @@ use std::sync::Mutex;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use waymark_deploy::{
     Deployer, Endpoint, Event, FleetOptions, Goal, HostReport, HostResult, Interaction, Mode,
     SCHEMA, Settings, Sink, Ssh, now,
@@ -60,7 +62,8 @@ pub struct DeployOptions {
 /// itself when the confirmation does not arrive in time. Exit status: 0 every host
 /// good (or unchanged); 1 a gate failed or refused and the host runs what it ran
 /// before; 2 nothing could start (bad input, evaluation, build or copy); 4 restoring
-/// failed or could not be verified: needs a human.
+/// failed or could not be verified: needs a human; 128 + N ended by signal N
+/// (130: Ctrl-C).
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     /// Hosts to deploy (names from `waymark fleet`), or `rollback HOST` to redeploy a
@@ -342,7 +345,10 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
             ahead.push((target.clone(), probe));
         }
     }
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("handling signals")?;
+    let signals_handle = signals.handle();
     std::thread::scope(|scope| {
+        scope.spawn(|| end_on_signal(signals, &ssh, control.path()));
         // The evaluation starts first, then the build hosts' connections: the build is
         // what the rest waits for.
         let eval = scope.spawn(|| {
@@ -377,8 +383,40 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         // Also when the deploy could not start (evaluation, selection): what was set up
         // ahead stops before the scope waits for it.
         ssh.close_all();
+        signals_handle.close();
         deployed
     })
+}
+
+/// Ends the run on SIGINT, SIGTERM or SIGHUP (a Ctrl-C, a stopped CI job): the
+/// connections end and their directory goes, instead of masters lingering for
+/// `ControlPersist`; no new connection starts, so nothing more is confirmed. The
+/// agents need nothing from here: each restores its host's previous system at its
+/// confirmation deadline unless it was confirmed. Exit status 128 + the signal. A
+/// second signal ends the run at once. Returns when the run ends otherwise.
+fn end_on_signal(mut signals: Signals, ssh: &Ssh, control: &std::path::Path) {
+    let Some(signal) = signals.forever().next() else {
+        return;
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "error: interrupted (signal {signal}): ending the connections, confirming nothing \
+         more. A host whose activation started goes back to its previous system by itself \
+         at its confirmation deadline unless it was confirmed; `waymark known-good list` \
+         on it shows what was marked."
+    );
+    // The deploy's threads are mid-gate: the run ends from here, not by returning.
+    #[allow(clippy::exit)]
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            if signals.forever().next().is_some() {
+                std::process::exit(128 + signal);
+            }
+        });
+        ssh.close_all();
+        let _ = std::fs::remove_dir_all(control);
+        std::process::exit(128 + signal);
+    });
 }
 
 /// The rest of a deploy, once the flake is evaluated (sessions may still be setting up).
