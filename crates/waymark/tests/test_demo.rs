@@ -1,5 +1,9 @@
 //! `waymark demo`: the README's first command.
 
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::Path;
+use std::process::Stdio;
+
 use crate::common::run;
 
 #[test]
@@ -66,17 +70,72 @@ fn fleet_demo_deploys_fails_one_host_rolls_back_and_cleans_up() {
             .count(),
         1
     );
-    // None of its processes are left (their command lines name its directory).
-    let dir_name = dir.path().display().to_string();
-    let left: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&dir_name))
-        .collect();
+    let left = processes_of(dir.path());
     assert!(left.is_empty(), "processes of the demo are left: {left:?}");
     assert!(
         dir.path().join("flake/flake.nix").exists(),
         "the state stays"
     );
+}
+
+/// The processes of the demo in `dir`: their command line (sshd) or environment
+/// (nix-daemon, its `NIX_CONF_DIR`) names the directory.
+fn processes_of(dir: &Path) -> Vec<String> {
+    let dir_name = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let read = |f: &str| std::fs::read(e.path().join(f)).ok();
+            let cmdline = String::from_utf8_lossy(&read("cmdline")?).replace('\0', " ");
+            let environ = String::from_utf8_lossy(&read("environ")?).into_owned();
+            let zombie = std::fs::read_to_string(e.path().join("stat"))
+                .ok()?
+                .rsplit_once(") ")?
+                .1
+                .starts_with('Z');
+            ((cmdline.contains(&dir_name) || environ.contains(&dir_name)) && !zombie)
+                .then_some(cmdline)
+        })
+        .collect()
+}
+
+#[test]
+fn an_interrupted_fleet_demo_stops_what_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_waymark"));
+    cmd.args(["demo", "--dir"])
+        .arg(dir.path())
+        .env(
+            "NIX_CONFIG",
+            "substituters =\nexperimental-features = nix-command flakes\nbuild-users-group =",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // Interrupted in the middle of its first deploy: hosts up, a deploy under way.
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains("building 3 systems on builder") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the demo ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    assert!(!processes_of(dir.path()).is_empty());
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143), "{seen}{rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert!(rest.contains(&dir.path().display().to_string()), "{rest}");
+    let left = processes_of(dir.path());
+    assert!(left.is_empty(), "processes of the demo are left: {left:?}");
 }

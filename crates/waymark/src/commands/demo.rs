@@ -1,9 +1,13 @@
 //! `waymark demo`: the main job on a built-in local demo, on a machine with only Nix.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use waymark_store::{LocalStore, Store};
 use waymark_testbed::{
     Lab, PrivateStore, build_pair, command_check, fixtures, set_profile, target_decl,
@@ -86,8 +90,72 @@ fn step(lab: &Lab, p: crate::printer::Printer, what: &str, args: &[&str]) -> any
 }
 
 fn fleet_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
-    let p = global.printer;
     let dir = demo_dir(args)?;
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("handling signals")?;
+    let signals_handle = signals.handle();
+    std::thread::scope(|scope| {
+        scope.spawn(|| stop_on_signal(signals, &dir));
+        let shown = show_fleet(global, &dir);
+        signals_handle.close();
+        shown
+    })
+}
+
+/// Interrupted (SIGINT, SIGTERM, SIGHUP): stops what the demo started (its children:
+/// the hosts' sshd and nix-daemon, a deploy under way, which ends its own connections)
+/// and exits 128 + the signal, naming the directory it leaves. Returns when the demo
+/// ends otherwise.
+fn stop_on_signal(mut signals: Signals, dir: &Path) {
+    let Some(signal) = signals.forever().next() else {
+        return;
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "error: interrupted (signal {signal}): stopping the demo's hosts; its state stays in {}",
+        dir.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = children();
+        if left.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        for pid in left {
+            // Unreaped, a child's pid cannot have been reused.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The demo's steps are mid-way: it ends from here, not by returning.
+    #[allow(clippy::exit)]
+    std::process::exit(128 + signal);
+}
+
+/// This process's children still running (zombies left unreaped).
+fn children() -> Vec<rustix::process::Pid> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+            };
+            (field("PPid:")? == me && !field("State:")?.starts_with('Z'))
+                .then(|| rustix::process::Pid::from_raw(pid))?
+        })
+        .collect()
+}
+
+fn show_fleet(global: Global, dir: &Path) -> anyhow::Result<ExitStatus> {
+    let p = global.printer;
+    let dir = dir.to_owned();
     let me = std::env::current_exe().context("finding the waymark binary")?;
     p.info(format_args!(
         "Starting a build host `builder` and targets `db`, `web1`, `web2` in {}:\neach has its own /nix (store, profiles, GC roots), its own /run and an sshd on 127.0.0.1.\nThe targets run an installed system (generation 1), not yet known-good.",

@@ -31,21 +31,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show what changed between two system closures, and why things were rebuilt
     Diff(diff::DiffArgs),
-    /// Deploy a host through the gates: build, diff, dry-activate, switch test, commit and mark
     Deploy(deploy::DeployArgs),
-    /// Show the fleet: deployable hosts, how each is deployed, and the deploy order
     Fleet(fleet::FleetArgs),
-    /// Manage known-good marks: GC-rooted closures that passed every gate
     KnownGood(known_good::KnownGoodArgs),
-    /// Manage release records: tags and fast-forward-only branches per target
     Release(release::ReleaseArgs),
-    /// Run a throw-away local fleet through deploys, a failed switch test and a rollback
-    ///
-    /// As root: a build host and three targets, each with its own store and sshd on
-    /// 127.0.0.1. Without root, or with --diff-only: two closures built in a private
-    /// store, diffed.
     Demo(demo::DemoArgs),
     /// Relay stdin and stdout to a Unix socket: how a deploy's `nix copy` reaches a
     /// host's nix-daemon through a socket forwarded over ssh (internal)
