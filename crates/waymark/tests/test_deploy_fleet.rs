@@ -130,6 +130,14 @@ fn order_selection_and_batched_builds() {
         "{}",
         r.stderr
     );
+    // A rollback is of one host: a selection beside it is refused, not ignored.
+    let r = lab.deploy(&["rollback", "web1", "--on", "web2"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--on does not go with rollback"),
+        "{}",
+        r.stderr
+    );
     // 0 failures allowed would start no host: refused before anything is built.
     let r = lab.deploy(&["--on", "web1", "--max-failures", "0"]);
     assert_eq!(r.code, 2, "{}", r.stderr);

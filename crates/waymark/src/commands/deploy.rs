@@ -281,6 +281,11 @@ fn write_addresses(path: &std::path::Path, addresses: &Addresses) {
 pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatus> {
     let opts = &args.options;
     let rollback = match args.words.as_slice() {
+        [verb, _] if verb == "rollback" && !args.on.is_empty() => {
+            bail!(
+                "--on does not go with rollback: `waymark deploy rollback HOST` rolls one host back"
+            )
+        }
         [verb, host] if verb == "rollback" => Some(host.clone()),
         [verb, ..] if verb == "rollback" => {
             bail!("usage: waymark deploy rollback HOST [--to MARK]")
