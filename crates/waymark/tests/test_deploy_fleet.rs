@@ -115,33 +115,22 @@ fn order_selection_and_batched_builds() {
         .collect();
     assert_eq!(hosts, ["db", "web2"]);
 
-    let r = lab.deploy(&["--on", "@nope"]);
-    assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains("--on @nope: matches no host"),
-        "{}",
-        r.stderr
-    );
-    // A selection that names nothing is refused, not read as no selection.
-    let r = lab.deploy(&["--on", ","]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("the selection names none"),
-        "{}",
-        r.stderr
-    );
-    // A rollback is of one host: a selection beside it is refused, not ignored.
-    let r = lab.deploy(&["rollback", "web1", "--on", "web2"]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("--on does not go with rollback"),
-        "{}",
-        r.stderr
-    );
-    // 0 failures allowed would start no host: refused before anything is built.
-    let r = lab.deploy(&["--on", "web1", "--max-failures", "0"]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("--max-failures"), "{}", r.stderr);
+    // Refused before anything runs: a selection that matches nothing, one that names
+    // nothing (not read as no selection), a selection beside a rollback (of one host),
+    // and 0 failures allowed (which would start no host).
+    for (args, why) in [
+        (&["--on", "@nope"][..], "--on @nope: matches no host"),
+        (&["--on", ","], "the selection names none"),
+        (
+            &["rollback", "web1", "--on", "web2"],
+            "--on does not go with rollback",
+        ),
+        (&["--on", "web1", "--max-failures", "0"], "--max-failures"),
+    ] {
+        let r = lab.deploy(args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(why), "{args:?}: {}", r.stderr);
+    }
 }
 
 #[test]
