@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use waymark_store::{LocalStore, Store};
 use waymark_testbed::{
@@ -91,13 +90,11 @@ fn step(lab: &Lab, p: crate::printer::Printer, what: &str, args: &[&str]) -> any
 
 fn fleet_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
     let dir = demo_dir(args)?;
-    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("handling signals")?;
-    let signals_handle = signals.handle();
+    let (signals, catching) = super::catch_termination()?;
     std::thread::scope(|scope| {
+        let _catching = catching;
         scope.spawn(|| stop_on_signal(signals, &dir));
-        let shown = show_fleet(global, &dir);
-        signals_handle.close();
-        shown
+        show_fleet(global, &dir)
     })
 }
 

@@ -7,7 +7,6 @@ use std::sync::Mutex;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use waymark_deploy::{
     Deployer, Endpoint, Event, FleetOptions, Goal, HostReport, HostResult, Interaction, Mode,
@@ -350,9 +349,9 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
             ahead.push((target.clone(), probe));
         }
     }
-    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).context("handling signals")?;
-    let signals_handle = signals.handle();
+    let (signals, catching) = super::catch_termination()?;
     std::thread::scope(|scope| {
+        let _catching = catching;
         scope.spawn(|| end_on_signal(signals, &ssh, control.path()));
         // The evaluation starts first, then the build hosts' connections: the build is
         // what the rest waits for.
@@ -388,7 +387,6 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         // Also when the deploy could not start (evaluation, selection): what was set up
         // ahead stops before the scope waits for it.
         ssh.close_all();
-        signals_handle.close();
         deployed
     })
 }

@@ -77,3 +77,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         }
     }
 }
+
+/// SIGINT, SIGTERM and SIGHUP, caught from now on, and the guard that stops catching
+/// them when dropped (also by a panic): a thread waiting on the signals then ends, and
+/// a `std::thread::scope` holding it can too.
+pub(crate) fn catch_termination()
+-> anyhow::Result<(signal_hook::iterator::Signals, TerminationGuard)> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| anyhow::anyhow!("handling signals: {e}"))?;
+    let guard = TerminationGuard(signals.handle());
+    Ok((signals, guard))
+}
+
+/// See [`catch_termination`].
+pub(crate) struct TerminationGuard(signal_hook::iterator::Handle);
+
+impl Drop for TerminationGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
