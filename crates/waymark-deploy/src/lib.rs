@@ -9,6 +9,7 @@
 //! over a new connection, that the agent committed and the target runs the new closure.
 
 mod activation;
+mod batch;
 mod events;
 mod fleet;
 mod pipeline;

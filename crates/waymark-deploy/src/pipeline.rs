@@ -16,6 +16,7 @@ use waymark_known_good::Record;
 use waymark_store::{DrvFiles, Store, closure_from_path_info, read_closure, shell_quote as q};
 
 use crate::activation::{AgentState, DryRun};
+use crate::batch::{Batcher, batch_script, split_batch};
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
 use crate::ssh::{DAEMON_SOCKET, Endpoint, Held, Reply, Ssh, Talk};
 
@@ -198,6 +199,8 @@ pub struct Deployer<'a> {
     /// The build hosts' build sessions, kept to run their marks ([`SERVE`]), by
     /// destination; `None` once one ended.
     build_sessions: Mutex<BTreeMap<String, std::sync::Arc<Mutex<Option<Talk>>>>>,
+    /// What waits to run on each build host, by destination.
+    build_batches: Mutex<BTreeMap<String, std::sync::Arc<Batcher>>>,
 }
 
 /// A build's outcome for one host: how it was built and its closure's path-info, or
@@ -400,6 +403,7 @@ impl<'a> Deployer<'a> {
             prebuilt: Mutex::new(BTreeMap::new()),
             prebuilt_done: std::sync::Condvar::new(),
             build_sessions: Mutex::new(BTreeMap::new()),
+            build_batches: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -410,9 +414,27 @@ impl<'a> Deployer<'a> {
         self.ssh.close_all();
     }
 
-    /// Runs `script` in `host`'s kept build session ([`SERVE`]) when there is one and it
-    /// is free, else in a new session.
+    /// Runs `script` on a build host, together with the scripts other hosts submit for
+    /// it meanwhile ([`Batcher`]): the marks of hosts that finish together.
     fn run_on_build_host(&self, host: &Endpoint, script: &str) -> Reply {
+        let batcher = std::sync::Arc::clone(
+            self.build_batches
+                .lock()
+                .expect("not poisoned")
+                .entry(host.destination())
+                .or_default(),
+        );
+        batcher.submit(script, |scripts| {
+            split_batch(
+                self.run_in_build_session(host, &batch_script(scripts)),
+                scripts.len(),
+            )
+        })
+    }
+
+    /// Runs `script` in `host`'s kept build session ([`SERVE`]) when there is one, else
+    /// in a new session.
+    fn run_in_build_session(&self, host: &Endpoint, script: &str) -> Reply {
         let slot = self
             .build_sessions
             .lock()

@@ -69,7 +69,12 @@ fn order_selection_and_batched_builds() {
     for h in ["db", "web1", "web2"] {
         assert_eq!(result(&ev, h), "deployed");
         assert_eq!(lab.system(h).0, *lab.g(1));
+        // Marked on the target and on the build host (web1's and web2's marks there
+        // may go in one batch).
+        assert_eq!(lab.marks(h, h).len(), 1, "{h}");
+        assert_eq!(lab.marks(h, "builder").len(), 1, "{h} on the builder");
     }
+    assert!(!has_note(&ev, "marking on build host"), "{}", r.stdout);
     // The web hosts start only after db is marked known-good.
     let db_done = position(&ev, "db", |e| e["event"] == "host");
     for web in ["web1", "web2"] {
