@@ -272,6 +272,47 @@ fn visit<'a>(
     Ok(())
 }
 
+/// One item of an `--on` selection.
+#[derive(Debug)]
+pub enum Selector<'i> {
+    /// `@tag`: the hosts with the tag.
+    Tag(&'i str),
+    /// `web-*`, `db?`, `[ab]*`: the hosts whose names match.
+    Glob(glob::Pattern),
+    /// A host's name.
+    Name(&'i str),
+}
+
+impl<'i> Selector<'i> {
+    /// Reads one item (trimmed by the caller).
+    ///
+    /// # Errors
+    /// A bad glob.
+    pub fn parse(item: &'i str) -> Result<Self, Error> {
+        if let Some(tag) = item.strip_prefix('@') {
+            Ok(Self::Tag(tag))
+        } else if item.contains(['*', '?', '[']) {
+            glob::Pattern::new(item)
+                .map(Self::Glob)
+                .map_err(|e| Error::Selection {
+                    item: item.to_owned(),
+                    why: e.to_string(),
+                })
+        } else {
+            Ok(Self::Name(item))
+        }
+    }
+
+    /// Whether it selects the host `name` with `tags`.
+    pub fn matches(&self, name: &str, tags: &[String]) -> bool {
+        match self {
+            Self::Tag(tag) => tags.iter().any(|t| t == tag),
+            Self::Glob(pattern) => pattern.matches(name),
+            Self::Name(n) => *n == name,
+        }
+    }
+}
+
 impl Fleet {
     /// The hosts an `--on` selection names, in deploy order: host names, `@tag`, and
     /// globs (`web-*`, `db?`). Each item must name at least one host.
@@ -281,23 +322,17 @@ impl Fleet {
     pub fn select(&self, items: &[String]) -> Result<Vec<String>, Error> {
         let mut chosen = std::collections::BTreeSet::new();
         for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
-            let found: Vec<&String> = if let Some(tag) = item.strip_prefix('@') {
-                self.hosts
+            let found: Vec<&String> = match Selector::parse(item)? {
+                Selector::Name(name) => vec![
+                    self.host(name)
+                        .map(|_| self.hosts.get_key_value(name).expect("found").0)?,
+                ],
+                selector => self
+                    .hosts
                     .iter()
-                    .filter(|(_, h)| h.tags.iter().any(|t| t == tag))
+                    .filter(|(n, h)| selector.matches(n, &h.tags))
                     .map(|(n, _)| n)
-                    .collect()
-            } else if item.contains(['*', '?', '[']) {
-                let pattern = glob::Pattern::new(item).map_err(|e| Error::Selection {
-                    item: item.to_owned(),
-                    why: e.to_string(),
-                })?;
-                self.hosts.keys().filter(|n| pattern.matches(n)).collect()
-            } else {
-                vec![
-                    self.host(item)
-                        .map(|_| self.hosts.get_key_value(item).expect("found").0)?,
-                ]
+                    .collect(),
             };
             if found.is_empty() {
                 return Err(Error::Selection {

@@ -351,7 +351,8 @@ fn first_deploy_no_change_drift_and_rollback() {
     // last run read: still one master per host and the confirmation's.
     let addresses = std::fs::read_to_string(lab.state_dir().join("ssh-addresses.json")).unwrap();
     assert!(
-        addresses.contains(r#""web1":[{"name":"web1""#) && addresses.contains("builder"),
+        addresses.contains(r#""web1":{"endpoints":[{"name":"web1""#)
+            && addresses.contains("builder"),
         "{addresses}"
     );
     let before = lab.fleet.connections("web1");

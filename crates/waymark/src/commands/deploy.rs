@@ -244,33 +244,92 @@ fn control_dir() -> anyhow::Result<tempfile::TempDir> {
         .context("creating the ssh control directory")
 }
 
-/// Where each host's deploy connects: its target, then its build host.
-type Addresses = BTreeMap<String, Vec<Endpoint>>;
-
-fn fleet_endpoints(fleet: &waymark_fleet::Fleet, name: &str) -> Vec<Endpoint> {
-    let builder = fleet.hosts.get(name).and_then(|h| h.build_host.as_deref());
-    Endpoint::of(fleet, name)
-        .into_iter()
-        .chain(builder.and_then(|b| Endpoint::of(fleet, b)))
-        .collect()
+/// What the last run read of the fleet, so the next one connects while the flake
+/// evaluates: each host's addresses and tags, and whether the fleet deploys every host
+/// when none is named (`<state>/ssh-addresses.json`; it only saves time).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Known {
+    hosts: BTreeMap<String, KnownHost>,
+    deploy_all: bool,
 }
 
-/// The addresses the last run saw; none when there was no last run (or its file is
-/// not readable: it only saves time).
-fn read_addresses(path: &std::path::Path) -> Addresses {
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct KnownHost {
+    /// Where its deploy connects: the target, then its build host.
+    endpoints: Vec<Endpoint>,
+    tags: Vec<String>,
+}
+
+impl Known {
+    fn of(fleet: &waymark_fleet::Fleet) -> Self {
+        let hosts = fleet
+            .hosts
+            .iter()
+            .map(|(name, host)| {
+                let builder = host.build_host.as_deref();
+                let endpoints = Endpoint::of(fleet, name)
+                    .into_iter()
+                    .chain(builder.and_then(|b| Endpoint::of(fleet, b)))
+                    .collect();
+                let tags = host.tags.clone();
+                (name.clone(), KnownHost { endpoints, tags })
+            })
+            .collect();
+        Self {
+            hosts,
+            deploy_all: fleet.settings.deploy_all,
+        }
+    }
+
+    /// The hosts this run will likely deploy, as far as the last run's fleet tells:
+    /// those the words and `--on` select, every host where nothing is named and the
+    /// fleet deploys all, or the host rolled back. Names read from stdin (`--on -`) are
+    /// not known yet.
+    fn likely(&self, words: &[String], on: &[String], rollback: Option<&str>) -> Vec<&KnownHost> {
+        if let Some(host) = rollback {
+            return self.hosts.get(host).into_iter().collect();
+        }
+        let items: Vec<&str> = words
+            .iter()
+            .chain(on)
+            .map(|i| i.trim())
+            .filter(|i| !i.is_empty() && *i != "-")
+            .collect();
+        let given = !words.is_empty() || !on.is_empty();
+        let selectors: Vec<waymark_fleet::Selector> = items
+            .iter()
+            .filter_map(|i| waymark_fleet::Selector::parse(i).ok())
+            .collect();
+        self.hosts
+            .iter()
+            .filter(|(name, host)| {
+                if given {
+                    selectors.iter().any(|s| s.matches(name, &host.tags))
+                } else {
+                    self.deploy_all
+                }
+            })
+            .map(|(_, host)| host)
+            .collect()
+    }
+}
+
+/// What the last run read; nothing when there was no last run, or its file is not
+/// readable (or of an older form).
+fn read_known(path: &std::path::Path) -> Known {
     std::fs::read(path)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default()
 }
 
-/// Keeps the addresses for the next run, replaced whole (a rename), or not at all.
-fn write_addresses(path: &std::path::Path, addresses: &Addresses) {
+/// Keeps what this run read for the next, replaced whole (a rename), or not at all.
+fn write_known(path: &std::path::Path, known: &Known) {
     let Some(dir) = path.parent() else { return };
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let mut file = tempfile::NamedTempFile::new_in(dir)?;
-        file.write_all(&serde_json::to_vec(addresses).map_err(std::io::Error::other)?)?;
+        file.write_all(&serde_json::to_vec(known).map_err(std::io::Error::other)?)?;
         file.persist(path).map_err(|e| e.error)?;
         Ok(())
     };
@@ -316,32 +375,27 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
     )
     .with_daemon_relay(&[relay, "nix-daemon-relay".into()])
     .context("writing the ssh shim for nix copy")?;
-    // The hosts' addresses as the last run read them: their connections open while
-    // the flake evaluates.
-    let addresses = state_dir.join("ssh-addresses.json");
-    let mut known = read_addresses(&addresses);
-    let named: Vec<&String> = args
-        .words
-        .iter()
-        .chain(args.on.iter())
-        .filter(|w| *w != "rollback")
-        .collect();
+    // The hosts as the last run read them: the connections of those this run likely
+    // deploys open while the flake evaluates.
+    let known_path = state_dir.join("ssh-addresses.json");
+    let known = read_known(&known_path);
+    let likely = known.likely(&args.words, &args.on, rollback.as_deref());
     // The sessions every deploy to these hosts starts with (the build hosts' build
     // sessions, then the targets' probes) are set up while the flake evaluates and the
     // build runs, held until used: `Ssh::hold` waits for one under way.
     let closures_dir = state_dir.join("closures");
     let mut ahead = Vec::new();
     let mut builders = std::collections::BTreeSet::new();
-    for endpoints in named.iter().filter_map(|n| known.get(*n)) {
-        if let (None, Some(builder)) = (&rollback, endpoints.get(1))
+    for host in &likely {
+        if let (None, Some(builder)) = (&rollback, host.endpoints.get(1))
             && builders.insert(builder.destination())
         {
             ahead.push((builder.clone(), waymark_deploy::build_session_script()));
         }
     }
-    for name in &named {
-        if let Some(target) = known.get(*name).and_then(|e| e.first()) {
-            let kept = waymark_deploy::kept_closure(&closures_dir, name);
+    for host in &likely {
+        if let Some(target) = host.endpoints.first() {
+            let kept = waymark_deploy::kept_closure(&closures_dir, &target.name);
             let probe = waymark_deploy::probe_script(
                 &opts.remote_waymark,
                 kept.as_ref().map(|c| c.root.as_str()),
@@ -368,11 +422,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         }
         let (fleet, eval_ms) = eval.join().expect("the evaluation does not panic");
         let deployed = fleet.and_then(|fleet| {
-            for name in fleet.hosts.keys() {
-                known.insert(name.clone(), fleet_endpoints(&fleet, name));
-            }
-            known.retain(|name, _| fleet.hosts.contains_key(name));
-            write_addresses(&addresses, &known);
+            write_known(&known_path, &Known::of(&fleet));
             deploy_evaluated(
                 global,
                 args,
@@ -521,4 +571,70 @@ fn deploy_evaluated(
         write_stdout(&summary_table(&reports))?;
     }
     Ok(exit_for(worst))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(deploy_all: bool) -> Known {
+        let host = |name: &str, tags: &[&str]| {
+            let at = |n: &str| Endpoint {
+                name: n.to_owned(),
+                user: "root".into(),
+                address: format!("{n}.example"),
+            };
+            let endpoints = vec![at(name), at("builder")];
+            let tags = tags.iter().map(|t| (*t).to_owned()).collect();
+            (name.to_owned(), KnownHost { endpoints, tags })
+        };
+        Known {
+            hosts: [
+                host("db", &["data"]),
+                host("web1", &["edge"]),
+                host("web2", &["edge"]),
+            ]
+            .into(),
+            deploy_all,
+        }
+    }
+
+    fn likely(known: &Known, words: &[&str], on: &[&str], rollback: Option<&str>) -> Vec<String> {
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        known
+            .likely(&strings(words), &strings(on), rollback)
+            .iter()
+            .map(|h| h.endpoints[0].name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn connections_open_ahead_for_the_hosts_the_selection_names_last_time() {
+        let k = known(false);
+        assert_eq!(likely(&k, &["web1"], &[], None), ["web1"]);
+        assert_eq!(
+            likely(&k, &[], &["@edge", "db"], None),
+            ["db", "web1", "web2"]
+        );
+        assert_eq!(likely(&k, &[], &["web*"], None), ["web1", "web2"]);
+        assert_eq!(likely(&k, &["rollback", "db"], &[], Some("db")), ["db"]);
+        // Unknown yet (stdin), a bad glob, nothing named: nothing ahead.
+        assert!(likely(&k, &[], &["-"], None).is_empty());
+        assert!(likely(&k, &[], &["[web"], None).is_empty());
+        assert!(likely(&k, &[], &[], None).is_empty());
+        // Nothing named where the fleet deploys all: all; an empty selection: none.
+        assert_eq!(likely(&known(true), &[], &[], None).len(), 3);
+        assert!(likely(&known(true), &[], &[""], None).is_empty());
+        // The file's older form (addresses only) reads as nothing known.
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("ssh-addresses.json");
+        std::fs::write(
+            &old,
+            r#"{"db":[{"name":"db","user":"root","address":"db"}]}"#,
+        )
+        .unwrap();
+        assert!(read_known(&old).hosts.is_empty());
+        write_known(&old, &k);
+        assert_eq!(read_known(&old).hosts.len(), 3);
+    }
 }
