@@ -89,10 +89,12 @@ pub struct DeployArgs {
     pub options: DeployOptions,
 }
 
-/// The hosts the command line names, or, naming none at all, every host where the
-/// fleet allows it.
-fn selection(args: &DeployArgs, fleet: &waymark_fleet::Fleet) -> anyhow::Result<Vec<String>> {
-    let given = !args.words.is_empty() || !args.on.is_empty();
+/// What the command line selects (names, `@tag`, globs), with the names `--on -` reads
+/// from stdin; `None` where it names nothing at all.
+fn selection_items(args: &DeployArgs) -> anyhow::Result<Option<Vec<String>>> {
+    if args.words.is_empty() && args.on.is_empty() {
+        return Ok(None);
+    }
     let mut items: Vec<String> = args.words.clone();
     for item in &args.on {
         if item == "-" {
@@ -104,7 +106,7 @@ fn selection(args: &DeployArgs, fleet: &waymark_fleet::Fleet) -> anyhow::Result<
             items.push(item.clone());
         }
     }
-    Ok(fleet.to_deploy(given.then_some(items.as_slice()))?)
+    Ok(Some(items))
 }
 
 /// Prints events: JSON Lines on stdout, or one line per gate on stderr.
@@ -282,32 +284,25 @@ impl Known {
     }
 
     /// The hosts this run will likely deploy, as far as the last run's fleet tells:
-    /// those the words and `--on` select, every host where nothing is named and the
-    /// fleet deploys all, or the host rolled back. Names read from stdin (`--on -`) are
-    /// not known yet.
-    fn likely(&self, words: &[String], on: &[String], rollback: Option<&str>) -> Vec<&KnownHost> {
+    /// those the selection's items pick, every host where nothing is named and the
+    /// fleet deploys all, or the host rolled back.
+    fn likely(&self, items: Option<&[String]>, rollback: Option<&str>) -> Vec<&KnownHost> {
         if let Some(host) = rollback {
             return self.hosts.get(host).into_iter().collect();
         }
-        let items: Vec<&str> = words
-            .iter()
-            .chain(on)
-            .map(|i| i.trim())
-            .filter(|i| !i.is_empty() && *i != "-")
-            .collect();
-        let given = !words.is_empty() || !on.is_empty();
-        let selectors: Vec<waymark_fleet::Selector> = items
-            .iter()
-            .filter_map(|i| waymark_fleet::Selector::parse(i).ok())
-            .collect();
+        let selectors: Option<Vec<waymark_fleet::Selector>> = items.map(|items| {
+            items
+                .iter()
+                .map(|i| i.trim())
+                .filter(|i| !i.is_empty())
+                .filter_map(|i| waymark_fleet::Selector::parse(i).ok())
+                .collect()
+        });
         self.hosts
             .iter()
-            .filter(|(name, host)| {
-                if given {
-                    selectors.iter().any(|s| s.matches(name, &host.tags))
-                } else {
-                    self.deploy_all
-                }
+            .filter(|(name, host)| match &selectors {
+                Some(selectors) => selectors.iter().any(|s| s.matches(name, &host.tags)),
+                None => self.deploy_all,
             })
             .map(|(_, host)| host)
             .collect()
@@ -379,7 +374,12 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
     // deploys open while the flake evaluates.
     let known_path = state_dir.join("ssh-addresses.json");
     let known = read_known(&known_path);
-    let likely = known.likely(&args.words, &args.on, rollback.as_deref());
+    // Names on stdin are read now, before the evaluation, to connect to them ahead too.
+    let items = match rollback {
+        None => selection_items(args)?,
+        Some(_) => None,
+    };
+    let likely = known.likely(items.as_deref(), rollback.as_deref());
     // The sessions every deploy to these hosts starts with (the build hosts' build
     // sessions, then the targets' probes) are set up while the flake evaluates and the
     // build runs, held until used: `Ssh::hold` waits for one under way.
@@ -430,6 +430,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
                 &fleet,
                 eval_ms,
                 rollback.as_deref(),
+                items.as_deref(),
                 &mode,
                 &state_dir,
             )
@@ -481,6 +482,7 @@ fn deploy_evaluated(
     fleet: &waymark_fleet::Fleet,
     eval_ms: u64,
     rollback: Option<&str>,
+    items: Option<&[String]>,
     mode: &Mode,
     state_dir: &std::path::Path,
 ) -> anyhow::Result<ExitStatus> {
@@ -490,7 +492,7 @@ fn deploy_evaluated(
             fleet.host(host)?;
             vec![host.to_owned()]
         }
-        None => selection(args, fleet)?,
+        None => fleet.to_deploy(items)?,
     };
     let plan = fleet.plan(&hosts)?;
     let flake_dir = local_flake_dir(&opts.flake);
@@ -599,10 +601,10 @@ mod tests {
         }
     }
 
-    fn likely(known: &Known, words: &[&str], on: &[&str], rollback: Option<&str>) -> Vec<String> {
-        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    fn likely(known: &Known, items: Option<&[&str]>, rollback: Option<&str>) -> Vec<String> {
+        let items = items.map(|v| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
         known
-            .likely(&strings(words), &strings(on), rollback)
+            .likely(items.as_deref(), rollback)
             .iter()
             .map(|h| h.endpoints[0].name.clone())
             .collect()
@@ -611,20 +613,20 @@ mod tests {
     #[test]
     fn connections_open_ahead_for_the_hosts_the_selection_names_last_time() {
         let k = known(false);
-        assert_eq!(likely(&k, &["web1"], &[], None), ["web1"]);
+        assert_eq!(likely(&k, Some(&["web1"]), None), ["web1"]);
         assert_eq!(
-            likely(&k, &[], &["@edge", "db"], None),
+            likely(&k, Some(&["@edge", "db"]), None),
             ["db", "web1", "web2"]
         );
-        assert_eq!(likely(&k, &[], &["web*"], None), ["web1", "web2"]);
-        assert_eq!(likely(&k, &["rollback", "db"], &[], Some("db")), ["db"]);
-        // Unknown yet (stdin), a bad glob, nothing named: nothing ahead.
-        assert!(likely(&k, &[], &["-"], None).is_empty());
-        assert!(likely(&k, &[], &["[web"], None).is_empty());
-        assert!(likely(&k, &[], &[], None).is_empty());
+        assert_eq!(likely(&k, Some(&["web*"]), None), ["web1", "web2"]);
+        assert_eq!(likely(&k, None, Some("db")), ["db"]);
+        // A bad glob, an unknown name, nothing named: nothing ahead.
+        assert!(likely(&k, Some(&["[web"]), None).is_empty());
+        assert!(likely(&k, Some(&["mail"]), None).is_empty());
+        assert!(likely(&k, None, None).is_empty());
         // Nothing named where the fleet deploys all: all; an empty selection: none.
-        assert_eq!(likely(&known(true), &[], &[], None).len(), 3);
-        assert!(likely(&known(true), &[], &[""], None).is_empty());
+        assert_eq!(likely(&known(true), None, None).len(), 3);
+        assert!(likely(&known(true), Some(&[""]), None).is_empty());
         // The file's older form (addresses only) reads as nothing known.
         let dir = tempfile::tempdir().unwrap();
         let old = dir.path().join("ssh-addresses.json");
