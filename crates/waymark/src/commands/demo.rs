@@ -2,6 +2,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -73,36 +74,72 @@ Running the closure-diff demo instead; run as root for the deploy demo.
     diff_demo(global, args)
 }
 
+/// Whether a signal stops the demo, behind the lock its steps hold while they start
+/// programs: once the signal thread has set it, the demo starts nothing more, so the
+/// children it then finds are all there will be.
+#[derive(Default)]
+struct Stopper(Mutex<bool>);
+
+impl Stopper {
+    /// Runs `start` (which starts programs, and may wait for short ones) unless the
+    /// demo is stopping; then this thread waits for the signal thread to end the demo.
+    fn starting<T>(&self, start: impl FnOnce() -> T) -> T {
+        let stopping = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if *stopping {
+            drop(stopping);
+            loop {
+                std::thread::park();
+            }
+        }
+        start()
+    }
+
+    /// From now on nothing starts (waits for a start under way).
+    fn stop(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+}
+
 /// Runs one step of the fleet demo: `waymark deploy ARGS` in the deployer's namespace,
 /// its output shown as is.
-fn step(lab: &Lab, p: crate::printer::Printer, what: &str, args: &[&str]) -> anyhow::Result<i32> {
-    p.info(format_args!(
-        "\n==> {what}\n    waymark deploy {}\n",
-        args.join(" ")
-    ));
-    let status = lab
-        .deploy_command(args)
-        .context("preparing the deployer")?
-        .status()
-        .context("running waymark deploy")?;
+fn step(
+    lab: &Lab,
+    stopper: &Stopper,
+    p: crate::printer::Printer,
+    what: &str,
+    args: &[&str],
+) -> anyhow::Result<i32> {
+    let mut deploy = stopper.starting(|| {
+        p.info(format_args!(
+            "\n==> {what}\n    waymark deploy {}\n",
+            args.join(" ")
+        ));
+        lab.deploy_command(args)
+            .context("preparing the deployer")?
+            .spawn()
+            .context("running waymark deploy")
+    })?;
+    let status = deploy.wait().context("running waymark deploy")?;
     Ok(status.code().unwrap_or(-1))
 }
 
 fn fleet_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
     let dir = demo_dir(args)?;
+    let stopper = Stopper::default();
     let (signals, catching) = super::catch_termination()?;
     std::thread::scope(|scope| {
         let _catching = catching;
-        scope.spawn(|| stop_on_signal(signals, &dir));
-        show_fleet(global, &dir)
+        scope.spawn(|| stop_on_signal(signals, &stopper, &dir));
+        show_fleet(global, &stopper, &dir)
     })
 }
 
 /// Interrupted (SIGINT, SIGTERM, SIGHUP): stops what the demo started (its children:
-/// the hosts' sshd and nix-daemon, a deploy under way, which ends its own connections)
-/// and exits 128 + the signal, naming the directory it leaves. Returns when the demo
-/// ends otherwise.
-fn stop_on_signal(mut signals: Signals, dir: &Path) {
+/// the hosts' sshd and nix-daemon, a deploy under way, which ends its own connections),
+/// signalling each once and starting nothing more, and exits 128 + the signal, naming
+/// the directory it leaves; a second signal exits at once. Returns when the demo ends
+/// otherwise.
+fn stop_on_signal(mut signals: Signals, stopper: &Stopper, dir: &Path) {
     let Some(signal) = signals.forever().next() else {
         return;
     };
@@ -111,21 +148,34 @@ fn stop_on_signal(mut signals: Signals, dir: &Path) {
         "error: interrupted (signal {signal}): stopping the demo's hosts; its state stays in {}",
         dir.display()
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = children();
-        if left.is_empty() || Instant::now() > deadline {
-            break;
-        }
-        for pid in left {
-            // Unreaped, a child's pid cannot have been reused.
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // The demo's steps are mid-way: it ends from here, not by returning.
+    // The demo's steps are mid-way: it ends from here, not by returning. A second
+    // signal ends it at once.
     #[allow(clippy::exit)]
-    std::process::exit(128 + signal);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            if signals.forever().next().is_some() {
+                std::process::exit(128 + signal);
+            }
+        });
+        stopper.stop();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut told = std::collections::BTreeSet::new();
+        loop {
+            let left = children();
+            if left.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            // Once each: a deploy ends its connections on the first signal, and takes a
+            // second for "now". Unreaped, a child's pid cannot have been reused.
+            for pid in left {
+                if told.insert(pid.as_raw_nonzero()) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::process::exit(128 + signal);
+    });
 }
 
 /// This process's children still running (zombies left unreaped).
@@ -150,7 +200,10 @@ fn children() -> Vec<rustix::process::Pid> {
         .collect()
 }
 
-fn show_fleet(global: Global, dir: &Path) -> anyhow::Result<ExitStatus> {
+/// The fleet demo's steps. A signal during one waits until the programs it starts
+/// have started (the hosts all up, a deploy under way): then the signal thread stops
+/// them all.
+fn show_fleet(global: Global, stopper: &Stopper, dir: &Path) -> anyhow::Result<ExitStatus> {
     let p = global.printer;
     let dir = dir.to_owned();
     let me = std::env::current_exe().context("finding the waymark binary")?;
@@ -158,21 +211,25 @@ fn show_fleet(global: Global, dir: &Path) -> anyhow::Result<ExitStatus> {
         "Starting a build host `builder` and targets `db`, `web1`, `web2` in {}:\neach has its own /nix (store, profiles, GC roots), its own /run and an sshd on 127.0.0.1.\nThe targets run an installed system (generation 1), not yet known-good.",
         dir.display()
     ));
-    let mut lab = Lab::new(&dir, &["db", "web1", "web2"], &me)
-        .context("starting the demo fleet (needs root, openssh-server, nix-bin, busybox-static)")?;
-    lab.flake.set_deploy(
-        "db",
-        &target_decl(r#"tags = [ "data" ]; tagReleases = true;"#),
-    )?;
-    for web in ["web1", "web2"] {
-        lab.flake.set_deploy(
-            web,
-            &target_decl(&format!(
-                r#"tags = [ "edge" ]; dependsOn = [ "db" ]; tagReleases = true; healthChecks = [ {} ];"#,
-                command_check("web-responds", "test -e /run/current-system/nixos-version", 5)
-            )),
+    let mut lab = stopper.starting(|| -> anyhow::Result<Lab> {
+        let mut lab = Lab::new(&dir, &["db", "web1", "web2"], &me).context(
+            "starting the demo fleet (needs root, openssh-server, nix-bin, busybox-static)",
         )?;
-    }
+        lab.flake.set_deploy(
+            "db",
+            &target_decl(r#"tags = [ "data" ]; tagReleases = true;"#),
+        )?;
+        for web in ["web1", "web2"] {
+            lab.flake.set_deploy(
+                web,
+                &target_decl(&format!(
+                    r#"tags = [ "edge" ]; dependsOn = [ "db" ]; tagReleases = true; healthChecks = [ {} ];"#,
+                    command_check("web-responds", "test -e /run/current-system/nixos-version", 5)
+                )),
+            )?;
+        }
+        Ok(lab)
+    })?;
     p.info(format_args!(
         "The fleet's flake (a git repository) is in {}; `waymark fleet --flake {}` shows it.\nweb1 and web2 depend on db, so db goes first.",
         lab.flake.dir().display(),
@@ -181,26 +238,32 @@ fn show_fleet(global: Global, dir: &Path) -> anyhow::Result<ExitStatus> {
 
     step(
         &lab,
+        stopper,
         p,
         "Generation 1 to every host: the running system earns its known-good mark",
         &["--on", "@data,@edge"],
     )?;
 
-    for h in ["db", "web1"] {
-        lab.flake.set_generation(h, "g1")?;
-    }
-    lab.flake.set_generation("web2", "g2")?;
+    stopper.starting(|| -> anyhow::Result<()> {
+        for h in ["db", "web1"] {
+            lab.flake.set_generation(h, "g1")?;
+        }
+        lab.flake.set_generation("web2", "g2")?;
+        Ok(())
+    })?;
     p.info(
         "\nGeneration 2: openssl, linux and more move; web2's generation 2 fails its switch test.",
     );
     step(
         &lab,
+        stopper,
         p,
         "What generation 2 changes on web1, against what web1 runs (the diff gate only)",
         &["web1", "--goal", "diff"],
     )?;
     let code = step(
         &lab,
+        stopper,
         p,
         "Generation 2 to every host: web2 fails and is restored; db and web1 advance",
         &["--on", "db,web*"],
@@ -211,38 +274,42 @@ fn show_fleet(global: Global, dir: &Path) -> anyhow::Result<ExitStatus> {
 
     step(
         &lab,
+        stopper,
         p,
         "Roll web1 back to its previous known-good closure (gates 2-5, nothing built)",
         &["rollback", "web1", "--to", "previous"],
     )?;
 
-    let mut report = String::from("\n==> Where things stand\n");
-    for h in ["db", "web1", "web2"] {
-        let (running, _, _) = lab.system(h)?;
-        let generation = lab
-            .generations
-            .iter()
-            .position(|g| *g == running)
-            .map_or_else(
-                || "?".to_owned(),
-                |i| format!("generation {}", i.min(1) + 1),
-            );
-        let marks = lab.marks(h, h)?.len();
-        report.push_str(&format!(
-            "    {h:<5} runs {generation}, {marks} known-good marks\n"
-        ));
-    }
-    let tags = std::process::Command::new("git")
-        .arg("-C")
-        .arg(lab.flake.dir())
-        .args(["tag", "--list", "release/*"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    report.push_str("    release tags (only for what passed):\n");
-    for t in tags.lines() {
-        report.push_str(&format!("      {t}\n"));
-    }
+    let report = stopper.starting(|| -> anyhow::Result<String> {
+        let mut report = String::from("\n==> Where things stand\n");
+        for h in ["db", "web1", "web2"] {
+            let (running, _, _) = lab.system(h)?;
+            let generation = lab
+                .generations
+                .iter()
+                .position(|g| *g == running)
+                .map_or_else(
+                    || "?".to_owned(),
+                    |i| format!("generation {}", i.min(1) + 1),
+                );
+            let marks = lab.marks(h, h)?.len();
+            report.push_str(&format!(
+                "    {h:<5} runs {generation}, {marks} known-good marks\n"
+            ));
+        }
+        let tags = std::process::Command::new("git")
+            .arg("-C")
+            .arg(lab.flake.dir())
+            .args(["tag", "--list", "release/*"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        report.push_str("    release tags (only for what passed):\n");
+        for t in tags.lines() {
+            report.push_str(&format!("      {t}\n"));
+        }
+        Ok(report)
+    })?;
     p.info(report);
     p.info(format_args!(
         "The demo's state stays in {d}: the hosts' stores under {d}/hosts/*/nix, the flake in {f},\nthe deploy records in {s}. Its sshd processes are stopped now.",
@@ -250,7 +317,7 @@ fn show_fleet(global: Global, dir: &Path) -> anyhow::Result<ExitStatus> {
         f = lab.flake.dir().display(),
         s = lab.state_dir().display(),
     ));
-    drop(lab);
+    stopper.starting(|| drop(lab));
     Ok(ExitStatus::Success)
 }
 
