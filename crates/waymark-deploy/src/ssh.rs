@@ -74,10 +74,12 @@ pub struct Ssh {
     /// Sessions started ahead ([`Ssh::hold_ahead`]): destination, script, and where
     /// the session comes once it is set up (nothing comes if it could not be).
     ahead: Mutex<Vec<(String, String, std::sync::mpsc::Receiver<Held>)>>,
-    /// How many of the works [`Ssh::hold_ahead`] returned are under way: the masters
-    /// end only once none is, so none can open a connection that outlives the run.
-    ahead_running: Mutex<usize>,
-    ahead_done: Condvar,
+    /// How many of the works [`Ssh::hold_ahead`] returned, and of the masters being
+    /// opened, are under way: the masters end only once none is, so none can open a
+    /// connection that outlives the run (a master still authenticating has no socket
+    /// to be told to end by).
+    under_way: Mutex<usize>,
+    under_way_done: Condvar,
     /// Set by [`Ssh::close_all`]: no master opens and no work ahead starts any more.
     closing: AtomicBool,
 }
@@ -157,8 +159,8 @@ impl Ssh {
             relay: false,
             claimed: Mutex::new(std::collections::BTreeSet::new()),
             ahead: Mutex::new(Vec::new()),
-            ahead_running: Mutex::new(0),
-            ahead_done: Condvar::new(),
+            under_way: Mutex::new(0),
+            under_way_done: Condvar::new(),
             closing: AtomicBool::new(false),
         }
     }
@@ -368,8 +370,11 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
             if self.closing.load(Ordering::SeqCst) {
                 return Err("the run is ending: no new connection".to_owned());
             }
+            // Counted before the lock goes: `close_all` waits for it.
+            *self.under_way.lock().expect("not poisoned") += 1;
             Arc::clone(masters.entry(host.destination()).or_default())
         };
+        let _done = UnderWay(self);
         once.get_or_init(|| self.open_master(host).map_err(|e| e.to_string()))
             .clone()
     }
@@ -412,13 +417,13 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         let script = script.to_owned();
         move || {
             {
-                let mut running = self.ahead_running.lock().expect("not poisoned");
+                let mut running = self.under_way.lock().expect("not poisoned");
                 if self.closing.load(Ordering::SeqCst) {
                     return;
                 }
                 *running += 1;
             }
-            let _done = AheadDone(self);
+            let _done = UnderWay(self);
             if self.ensure_master(&host).is_ok()
                 && let Ok(held) = self.hold_now(&host, &script)
             {
@@ -437,11 +442,11 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
             self.closing.store(true, Ordering::SeqCst);
         }
         // Unused sessions end as their promises go; work under way stops at its next
-        // step (no new master) and is waited for.
+        // step (no new master) and is waited for, as are masters being opened.
         std::mem::take(&mut *self.ahead.lock().expect("not poisoned"));
-        let running = self.ahead_running.lock().expect("not poisoned");
+        let running = self.under_way.lock().expect("not poisoned");
         drop(
-            self.ahead_done
+            self.under_way_done
                 .wait_while(running, |n| *n > 0)
                 .expect("not poisoned"),
         );
@@ -573,13 +578,13 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     }
 }
 
-/// One work ahead under way, counted down however it ends.
-struct AheadDone<'s>(&'s Ssh);
+/// One work ahead or master opening under way, counted down however it ends.
+struct UnderWay<'s>(&'s Ssh);
 
-impl Drop for AheadDone<'_> {
+impl Drop for UnderWay<'_> {
     fn drop(&mut self) {
-        *self.0.ahead_running.lock().expect("not poisoned") -= 1;
-        self.0.ahead_done.notify_all();
+        *self.0.under_way.lock().expect("not poisoned") -= 1;
+        self.0.under_way_done.notify_all();
     }
 }
 
@@ -809,6 +814,32 @@ impl Drop for Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn closing_waits_for_a_master_being_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        // A connection that takes a moment and then fails, leaving a mark as it ends.
+        let proxy = dir.path().join("slow-proxy");
+        let ended = dir.path().join("ended");
+        std::fs::write(
+            &proxy,
+            format!("#!/bin/sh\nsleep 0.3\ntouch {}\n", ended.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&proxy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let opts = format!("-F /dev/null -oProxyCommand={}", proxy.display());
+        let ssh = Ssh::new(&opts, dir.path());
+        std::thread::scope(|scope| {
+            let opening = scope.spawn(|| ssh.ensure_master(&host()));
+            while *ssh.under_way.lock().unwrap() == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            ssh.close_all();
+            // Without the wait, a master authenticating now would outlive the run.
+            assert!(ended.exists(), "close_all returned before the master's end");
+            assert!(opening.join().unwrap().is_err());
+        });
+    }
 
     fn host() -> Endpoint {
         Endpoint {
