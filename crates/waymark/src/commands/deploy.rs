@@ -283,10 +283,15 @@ impl Known {
         }
     }
 
-    /// The hosts this run will likely deploy, as far as the last run's fleet tells:
-    /// those the selection's items pick, every host where nothing is named and the
-    /// fleet deploys all, or the host rolled back.
-    fn likely(&self, items: Option<&[String]>, rollback: Option<&str>) -> Vec<&KnownHost> {
+    /// Up to `at_most` of the hosts this run will likely deploy, as far as the last
+    /// run's fleet tells: those the selection's items pick, every host where nothing is
+    /// named and the fleet deploys all, or the host rolled back.
+    fn likely(
+        &self,
+        items: Option<&[String]>,
+        rollback: Option<&str>,
+        at_most: usize,
+    ) -> Vec<&KnownHost> {
         if let Some(host) = rollback {
             return self.hosts.get(host).into_iter().collect();
         }
@@ -305,6 +310,7 @@ impl Known {
                 None => self.deploy_all,
             })
             .map(|(_, host)| host)
+            .take(at_most)
             .collect()
     }
 }
@@ -379,7 +385,15 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         None => selection_items(args)?,
         Some(_) => None,
     };
-    let likely = known.likely(items.as_deref(), rollback.as_deref());
+    // No more at once than the deploy itself connects to: `--parallel` bounds the
+    // connections a run opens together (a bastion's sshd drops those beyond its
+    // MaxStartups).
+    let at_once = if opts.ask {
+        1
+    } else {
+        usize::from(args.parallel)
+    };
+    let likely = known.likely(items.as_deref(), rollback.as_deref(), at_once);
     // The sessions every deploy to these hosts starts with (the build hosts' build
     // sessions, then the targets' probes) are set up while the flake evaluates and the
     // build runs, held until used: `Ssh::hold` waits for one under way.
@@ -604,7 +618,7 @@ mod tests {
     fn likely(known: &Known, items: Option<&[&str]>, rollback: Option<&str>) -> Vec<String> {
         let items = items.map(|v| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
         known
-            .likely(items.as_deref(), rollback)
+            .likely(items.as_deref(), rollback, 10)
             .iter()
             .map(|h| h.endpoints[0].name.clone())
             .collect()
@@ -627,6 +641,9 @@ mod tests {
         // Nothing named where the fleet deploys all: all; an empty selection: none.
         assert_eq!(likely(&known(true), None, None).len(), 3);
         assert!(likely(&known(true), Some(&[""]), None).is_empty());
+        // No more than --parallel at once.
+        assert_eq!(k.likely(None, None, 2).len(), 0);
+        assert_eq!(known(true).likely(None, None, 2).len(), 2);
         // The file's older form (addresses only) reads as nothing known.
         let dir = tempfile::tempdir().unwrap();
         let old = dir.path().join("ssh-addresses.json");
