@@ -82,6 +82,12 @@ pub struct Ssh {
     under_way_done: Condvar,
     /// Set by [`Ssh::close_all`]: no master opens and no work ahead starts any more.
     closing: AtomicBool,
+    /// Master connections authenticating now, and how many may at once
+    /// ([`Ssh::with_handshake_limit`]): a run opens no more together than it deploys
+    /// hosts together (a bastion's sshd drops those beyond its `MaxStartups`).
+    handshakes: Mutex<usize>,
+    handshake_done: Condvar,
+    max_handshakes: usize,
 }
 
 /// How [`Ssh::close_all`] ended the master connections.
@@ -162,7 +168,40 @@ impl Ssh {
             under_way: Mutex::new(0),
             under_way_done: Condvar::new(),
             closing: AtomicBool::new(false),
+            handshakes: Mutex::new(0),
+            handshake_done: Condvar::new(),
+            max_handshakes: usize::MAX,
         }
+    }
+
+    /// At most `n` (≥ 1) master connections authenticate at once; the others wait.
+    #[must_use]
+    pub fn with_handshake_limit(mut self, n: usize) -> Self {
+        self.max_handshakes = n.max(1);
+        self
+    }
+
+    /// Takes a handshake's place, waiting for one (`false`: the run is ending).
+    fn take_handshake(&self, wait: bool) -> bool {
+        let mut n = self.handshakes.lock().expect("not poisoned");
+        loop {
+            if self.closing.load(Ordering::SeqCst) {
+                return false;
+            }
+            if *n < self.max_handshakes {
+                *n += 1;
+                return true;
+            }
+            if !wait {
+                return false;
+            }
+            n = self.handshake_done.wait(n).expect("not poisoned");
+        }
+    }
+
+    fn give_handshake(&self) {
+        *self.handshakes.lock().expect("not poisoned") -= 1;
+        self.handshake_done.notify_all();
     }
 
     /// True the first time it is asked for `host` in this run: whoever asks first
@@ -393,11 +432,18 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     /// waits for it. A destination that turns out not to be needed is closed at the end.
     pub fn prewarm(&self, host: &Endpoint) {
         let mut pending = self.pending.lock().expect("not poisoned");
-        if pending.contains_key(&host.destination()) || self.is_open(host) {
+        // Beyond the handshake limit, [`Ssh::ensure_master`] opens it in its turn.
+        if pending.contains_key(&host.destination())
+            || self.is_open(host)
+            || !self.take_handshake(false)
+        {
             return;
         }
-        if let Ok(child) = self.master_command(host).spawn() {
-            pending.insert(host.destination(), child);
+        match self.master_command(host).spawn() {
+            Ok(child) => {
+                pending.insert(host.destination(), child);
+            }
+            Err(_) => self.give_handshake(),
         }
     }
 
@@ -441,6 +487,9 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
             let _masters = self.masters.lock().expect("not poisoned");
             self.closing.store(true, Ordering::SeqCst);
         }
+        // Masters waiting for a handshake's place give up.
+        drop(self.handshakes.lock().expect("not poisoned"));
+        self.handshake_done.notify_all();
         // Unused sessions end as their promises go; work under way stops at its next
         // step (no new master) and is waited for, as are masters being opened.
         std::mem::take(&mut *self.ahead.lock().expect("not poisoned"));
@@ -457,7 +506,9 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
                 .map(|(dest, _)| dest)
                 .collect();
         for (dest, child) in std::mem::take(&mut *self.pending.lock().expect("not poisoned")) {
-            if child.wait_with_output().is_ok_and(|o| o.status.success()) {
+            let out = child.wait_with_output();
+            self.give_handshake();
+            if out.is_ok_and(|o| o.status.success()) {
                 opened.push(dest);
             }
         }
@@ -532,10 +583,13 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
             .expect("not poisoned")
             .remove(&host.destination());
         let out = match ahead {
+            // Its place was taken when it started.
             Some(child) => child.wait_with_output(),
-            None => self.master_command(host).output(),
-        }
-        .map_err(|e| ssh_error(&e))?;
+            None if self.take_handshake(true) => self.master_command(host).output(),
+            None => return Err(Error::Closing),
+        };
+        self.give_handshake();
+        let out = out.map_err(|e| ssh_error(&e))?;
         if out.status.success() {
             Ok(())
         } else {
@@ -814,6 +868,45 @@ impl Drop for Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_more_masters_authenticate_at_once_than_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each connection notes how many are under way, takes a moment, then fails.
+        let proxy = dir.path().join("counting-proxy");
+        let d = dir.path().display();
+        std::fs::write(
+            &proxy,
+            format!(
+                "#!/bin/sh\nmkdir {d}/in.$$; ls -d {d}/in.* | wc -l >> {d}/counts\nsleep 0.2; rmdir {d}/in.$$\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&proxy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let opts = format!("-F /dev/null -oProxyCommand={}", proxy.display());
+        let ssh = Ssh::new(&opts, dir.path()).with_handshake_limit(2);
+        let hosts: Vec<Endpoint> = (1..=5)
+            .map(|i| Endpoint {
+                address: format!("192.0.2.{i}"),
+                ..host()
+            })
+            .collect();
+        // Started ahead: two, the limit; the others open in their turn.
+        for h in &hosts {
+            ssh.prewarm(h);
+        }
+        assert_eq!(ssh.pending.lock().unwrap().len(), 2);
+        std::thread::scope(|scope| {
+            for h in &hosts {
+                scope.spawn(|| assert!(ssh.ensure_master(h).is_err()));
+            }
+        });
+        let counts = std::fs::read_to_string(dir.path().join("counts")).unwrap();
+        let counts: Vec<usize> = counts.lines().map(|l| l.trim().parse().unwrap()).collect();
+        assert_eq!(counts.len(), 5, "{counts:?}");
+        assert!(counts.iter().all(|&n| n <= 2), "{counts:?}");
+        assert_eq!(*ssh.handshakes.lock().unwrap(), 0);
+    }
 
     #[test]
     fn closing_waits_for_a_master_being_opened() {

@@ -283,15 +283,10 @@ impl Known {
         }
     }
 
-    /// Up to `at_most` of the hosts this run will likely deploy, as far as the last
-    /// run's fleet tells: those the selection's items pick, every host where nothing is
-    /// named and the fleet deploys all, or the host rolled back.
-    fn likely(
-        &self,
-        items: Option<&[String]>,
-        rollback: Option<&str>,
-        at_most: usize,
-    ) -> Vec<&KnownHost> {
+    /// The hosts this run will likely deploy, as far as the last run's fleet tells:
+    /// those the selection's items pick, every host where nothing is named and the
+    /// fleet deploys all, or the host rolled back.
+    fn likely(&self, items: Option<&[String]>, rollback: Option<&str>) -> Vec<&KnownHost> {
         if let Some(host) = rollback {
             return self.hosts.get(host).into_iter().collect();
         }
@@ -310,7 +305,6 @@ impl Known {
                 None => self.deploy_all,
             })
             .map(|(_, host)| host)
-            .take(at_most)
             .collect()
     }
 }
@@ -375,7 +369,14 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         control.path(),
     )
     .with_daemon_relay(&[relay, "nix-daemon-relay".into()])
-    .context("writing the ssh shim for nix copy")?;
+    .context("writing the ssh shim for nix copy")?
+    // No more connections authenticate at once than hosts deploy at once, also those
+    // opened ahead (a bastion's sshd drops those beyond its MaxStartups).
+    .with_handshake_limit(if opts.ask {
+        1
+    } else {
+        usize::from(args.parallel)
+    });
     // The hosts as the last run read them: the connections of those this run likely
     // deploys open while the flake evaluates.
     let known_path = state_dir.join("ssh-addresses.json");
@@ -385,15 +386,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         None => selection_items(args)?,
         Some(_) => None,
     };
-    // No more at once than the deploy itself connects to: `--parallel` bounds the
-    // connections a run opens together (a bastion's sshd drops those beyond its
-    // MaxStartups).
-    let at_once = if opts.ask {
-        1
-    } else {
-        usize::from(args.parallel)
-    };
-    let likely = known.likely(items.as_deref(), rollback.as_deref(), at_once);
+    let likely = known.likely(items.as_deref(), rollback.as_deref());
     // The sessions every deploy to these hosts starts with (the build hosts' build
     // sessions, then the targets' probes) are set up while the flake evaluates and the
     // build runs, held until used: `Ssh::hold` waits for one under way.
@@ -618,7 +611,7 @@ mod tests {
     fn likely(known: &Known, items: Option<&[&str]>, rollback: Option<&str>) -> Vec<String> {
         let items = items.map(|v| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
         known
-            .likely(items.as_deref(), rollback, 10)
+            .likely(items.as_deref(), rollback)
             .iter()
             .map(|h| h.endpoints[0].name.clone())
             .collect()
@@ -641,9 +634,6 @@ mod tests {
         // Nothing named where the fleet deploys all: all; an empty selection: none.
         assert_eq!(likely(&known(true), None, None).len(), 3);
         assert!(likely(&known(true), Some(&[""]), None).is_empty());
-        // No more than --parallel at once.
-        assert_eq!(k.likely(None, None, 2).len(), 0);
-        assert_eq!(known(true).likely(None, None, 2).len(), 2);
         // The file's older form (addresses only) reads as nothing known.
         let dir = tempfile::tempdir().unwrap();
         let old = dir.path().join("ssh-addresses.json");
