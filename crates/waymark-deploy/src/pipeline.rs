@@ -359,7 +359,7 @@ if [ -p "$d/events" ]; then
     echo timeout >&3) </dev/null >/dev/null 2>&1 &
   w=$!
   while :; do last_state; case "$s" in {pattern}) break ;; esac
-    read -r e <&3; [ "$e" != timeout ] || break; done
+    read -r e <&3; [ "$e" != timeout ] || {{ last_state; break; }}; done
   kill "$w" 2>/dev/null; exec 3<&-
 else
   while :; do last_state; case "$s" in {pattern}) break ;; esac

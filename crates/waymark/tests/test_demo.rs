@@ -102,8 +102,16 @@ fn processes_of(dir: &Path) -> Vec<String> {
 
 #[test]
 fn an_interrupted_fleet_demo_stops_what_it_started() {
+    // SIGTERM to the demo alone; SIGINT to its whole process group, as a Ctrl-C at a
+    // terminal sends it (its deploy must still get one signal only).
+    interrupt_demo("TERM", &[], 143);
+    interrupt_demo("INT", &["--"], 130);
+}
+
+fn interrupt_demo(signal: &str, group: &[&str], code: i32) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_waymark"));
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.args(["demo", "--dir"])
         .arg(dir.path())
         .env(
@@ -126,14 +134,21 @@ fn an_interrupted_fleet_demo_stops_what_it_started() {
         seen.push_str(&line);
     }
     assert!(!processes_of(dir.path()).is_empty());
+    let target = if group.is_empty() {
+        child.id().to_string()
+    } else {
+        format!("-{}", child.id())
+    };
     let sent = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .arg(format!("-{signal}"))
+        .args(group)
+        .arg(target)
         .status()
         .unwrap();
     assert!(sent.success());
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(143), "{seen}{rest}");
+    assert_eq!(child.wait().unwrap().code(), Some(code), "{seen}{rest}");
     assert!(rest.contains("interrupted"), "{rest}");
     assert!(rest.contains(&dir.path().display().to_string()), "{rest}");
     let left = processes_of(dir.path());

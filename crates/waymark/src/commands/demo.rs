@@ -114,10 +114,12 @@ fn step(
             "\n==> {what}\n    waymark deploy {}\n",
             args.join(" ")
         ));
-        lab.deploy_command(args)
-            .context("preparing the deployer")?
-            .spawn()
-            .context("running waymark deploy")
+        let mut cmd = lab.deploy_command(args).context("preparing the deployer")?;
+        // A process group of its own: a Ctrl-C at the terminal reaches the demo, which
+        // passes it on once; the deploy takes a second signal for "exit now", leaving
+        // its connections.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.spawn().context("running waymark deploy")
     })?;
     let status = deploy.wait().context("running waymark deploy")?;
     Ok(status.code().unwrap_or(-1))
@@ -154,6 +156,10 @@ fn stop_on_signal(mut signals: Signals, stopper: &Stopper, dir: &Path) {
     std::thread::scope(|scope| {
         scope.spawn(|| {
             if signals.forever().next().is_some() {
+                // Now: what runs is still told to stop, not waited for.
+                for pid in children() {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
                 std::process::exit(128 + signal);
             }
         });

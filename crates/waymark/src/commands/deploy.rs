@@ -454,7 +454,8 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
 /// `ControlPersist`; no new connection starts, so nothing more is confirmed. The
 /// agents need nothing from here: each restores its host's previous system at its
 /// confirmation deadline unless it was confirmed. Exit status 128 + the signal. A
-/// second signal ends the run at once. Returns when the run ends otherwise.
+/// second signal, a second or more after the first, ends the run at once. Returns when
+/// the run ends otherwise.
 fn end_on_signal(mut signals: Signals, ssh: &Ssh, control: &std::path::Path) {
     let Some(signal) = signals.forever().next() else {
         return;
@@ -469,9 +470,15 @@ fn end_on_signal(mut signals: Signals, ssh: &Ssh, control: &std::path::Path) {
     // The deploy's threads are mid-gate: the run ends from here, not by returning.
     #[allow(clippy::exit)]
     std::thread::scope(|scope| {
-        scope.spawn(|| {
-            if signals.forever().next().is_some() {
-                std::process::exit(128 + signal);
+        let first = std::time::Instant::now();
+        scope.spawn(move || {
+            // One event often comes as two signals at once (a closed terminal's SIGHUP
+            // from the shell and from the kernel; a Ctrl-C to a whole process group):
+            // only one that comes later means "now".
+            for _ in signals.forever() {
+                if first.elapsed() > std::time::Duration::from_secs(1) {
+                    std::process::exit(128 + signal);
+                }
             }
         });
         ssh.close_all();
