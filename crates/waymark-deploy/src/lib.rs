@@ -13,14 +13,17 @@ mod batch;
 mod events;
 mod fleet;
 mod pipeline;
+mod processes;
 mod ssh;
 
 pub use activation::{AgentState, DryRun};
 pub use events::{Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now, own_cpu_ms};
 pub use fleet::FleetOptions;
 pub use pipeline::{
-    Deployer, Goal, Interaction, Mode, Settings, build_session_script, kept_closure, probe_script,
+    Deployer, Goal, Interaction, Mode, Settings, build_session_script, fault, kept_closure,
+    probe_script,
 };
+pub use processes::Processes;
 pub use ssh::{Endpoint, Held, Reply, Ssh, relay};
 
 /// The target-side activation agent (see its header).
@@ -32,7 +35,7 @@ pub enum Error {
     /// A program could not be started.
     #[error("running {program}: {message}")]
     Spawn { program: String, message: String },
-    /// The run is ending (interrupted): no new connection starts.
-    #[error("the run is ending: no new connection")]
+    /// The run is ending (interrupted): no connection and no command starts.
+    #[error("the run is ending: nothing new starts")]
     Closing,
 }

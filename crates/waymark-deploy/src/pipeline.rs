@@ -338,7 +338,7 @@ fn field<'m>(map: &'m BTreeMap<&str, Vec<&str>>, key: &str) -> Option<&'m str> {
 }
 
 /// Test hook: `WAYMARK_FAULT=<point>` makes the deployer misbehave there.
-fn fault(point: &str) -> bool {
+pub fn fault(point: &str) -> bool {
     std::env::var("WAYMARK_FAULT").is_ok_and(|f| f == point)
 }
 
@@ -545,7 +545,7 @@ fi
                 let mut copy = self.nix(&["copy", "--derivation", "--to", &builder.store_url()]);
                 copy.args(items.iter().map(|(d, _)| d));
                 let mut scratch = Duration::ZERO;
-                if let Err(e) = Self::nix_output(&mut scratch, copy) {
+                if let Err(e) = self.nix_output(&mut scratch, copy) {
                     return all(format!("sending the derivations to {}: {e}", builder.name));
                 }
                 self.ssh
@@ -614,19 +614,22 @@ fi
             talk.send(b"none\n").map_err(|e| e.to_string())?;
         } else {
             talk.send(b"export\n").map_err(|e| e.to_string())?;
-            let mut export = Command::new("nix-store")
-                .arg("--export")
-                .args(&missing)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("running nix-store --export: {e}"))?;
+            let processes = self.ssh.processes();
+            let mut export = processes
+                .spawn(
+                    Command::new("nix-store")
+                        .arg("--export")
+                        .args(&missing)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped()),
+                )
+                .map_err(|e| e.to_string())?;
             let mut stream = export.stdout.take().expect("piped");
             let sent = talk.send_from(&mut stream);
             drop(stream);
-            let status = export
-                .wait_with_output()
+            let status = processes
+                .wait_with_output(export)
                 .map_err(|e| format!("running nix-store --export: {e}"))?;
             if sent.is_err() || !status.status.success() {
                 // The build host may have stopped reading: it refused the import.
@@ -708,7 +711,7 @@ fi
         only: Option<&[String]>,
     ) -> Result<String, String> {
         if fault("interrupt-copy") {
-            return Self::interrupted(self.copy_between(from, to, closure, only));
+            return self.interrupted(self.copy_between(from, to, closure, only));
         }
         let attempts = if only.is_some() {
             vec![only, None]
@@ -729,7 +732,7 @@ fi
                     ),
                 );
             }
-            copied = match Self::nix_run(run, self.copy_between(from, to, closure, paths)) {
+            copied = match self.nix_run(run, self.copy_between(from, to, closure, paths)) {
                 Err(e)
                     if e.contains("cannot open connection to remote store")
                         && self.ssh.forget_daemons(&[from, to]) =>
@@ -740,7 +743,7 @@ fi
                             "no nix-daemon socket through ssh ({e}); copying over ssh sessions"
                         ),
                     );
-                    Self::nix_run(run, self.copy_between(from, to, closure, paths))
+                    self.nix_run(run, self.copy_between(from, to, closure, paths))
                 }
                 other => other,
             };
@@ -752,27 +755,35 @@ fi
     }
 
     /// Runs a local nix command, timing it as Nix's own work.
-    fn nix_run(run: &mut Run, cmd: Command) -> Result<String, String> {
-        Self::nix_output(&mut run.nix_time, cmd)
+    fn nix_run(&self, run: &mut Run, cmd: Command) -> Result<String, String> {
+        self.nix_output(&mut run.nix_time, cmd)
     }
 
     /// Test hook (`WAYMARK_FAULT=interrupt-copy`): the copy is killed a moment after it
     /// started, as a dropped connection or a killed process would end it.
-    fn interrupted(mut cmd: Command) -> Result<String, String> {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+    fn interrupted(&self, mut cmd: Command) -> Result<String, String> {
+        let processes = self.ssh.processes();
+        let mut child = processes
+            .spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null()))
             .map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(150));
         let _ = child.kill();
-        let _ = child.wait();
+        let _ = processes.wait(&mut child);
         Err("interrupted (WAYMARK_FAULT=interrupt-copy)".into())
     }
 
-    fn nix_output(clock: &mut Duration, mut cmd: Command) -> Result<String, String> {
+    /// Runs a local nix command among the run's processes (none starts once the run
+    /// is ending), timing it on `clock`.
+    fn nix_output(&self, clock: &mut Duration, mut cmd: Command) -> Result<String, String> {
         let started = Instant::now();
-        let out = cmd.output().map_err(|e| format!("running nix: {e}"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = self
+            .ssh
+            .processes()
+            .output(&mut cmd, None)
+            .map_err(|e| e.to_string())?;
         *clock += started.elapsed();
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -1304,18 +1315,19 @@ fi
             BuildAt::Local { key } => {
                 let mut realise = Command::new("nix-store");
                 realise.args(["--realise", &drv, "--quiet"]);
-                Self::nix_run(run, realise).map_err(|e| failed("building here", e))?;
+                self.nix_run(run, realise)
+                    .map_err(|e| failed("building here", e))?;
                 let mut sign = self.nix(&["store", "sign", "--recursive", "--key-file"]);
                 sign.arg(key).arg(closure);
-                Self::nix_run(run, sign).map_err(|e| failed("signing", e))?;
+                self.nix_run(run, sign).map_err(|e| failed("signing", e))?;
                 let copy = self.nix(&["copy", "--to", &target_url, closure]);
-                Self::nix_run(run, copy)
+                self.nix_run(run, copy)
                     .map_err(|e| failed(&format!("copying to {}", run.name), e))?;
                 Ok(((), format!("built here and copied to {}", run.name)))
             }
             BuildAt::Target => {
                 let copy = self.nix(&["copy", "--derivation", "--to", &target_url, &drv]);
-                Self::nix_run(run, copy)
+                self.nix_run(run, copy)
                     .map_err(|e| failed("sending the derivation to the target", e))?;
                 let target = run.target.clone();
                 let started = Instant::now();
@@ -1466,7 +1478,7 @@ fi
         ) && !std::path::Path::new(&drv).exists()
         {
             let fetch = self.nix(&["copy", "--derivation", "--from", &host.store_url(), &drv]);
-            if let Err(e) = Self::nix_run(run, fetch) {
+            if let Err(e) = self.nix_run(run, fetch) {
                 self.emit_note(run, format!("root causes by version only: {e}"));
             }
         }

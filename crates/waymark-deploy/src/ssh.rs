@@ -15,13 +15,13 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use waymark_store::shell_quote;
 
 use crate::Error;
+use crate::processes::Processes;
 
 /// `user@address` of a host.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -80,8 +80,9 @@ pub struct Ssh {
     /// to be told to end by).
     under_way: Mutex<usize>,
     under_way_done: Condvar,
-    /// Set by [`Ssh::close_all`]: no master opens and no work ahead starts any more.
-    closing: AtomicBool,
+    /// Every ssh started, and the deploy's nix commands: ended by [`Ssh::close_all`],
+    /// after which no master opens, no work ahead starts, and no process starts.
+    processes: Arc<Processes>,
     /// Master connections authenticating now, and how many may at once
     /// ([`Ssh::with_handshake_limit`]): a run opens no more together than it deploys
     /// hosts together (a bastion's sshd drops those beyond its `MaxStartups`).
@@ -167,7 +168,7 @@ impl Ssh {
             ahead: Mutex::new(Vec::new()),
             under_way: Mutex::new(0),
             under_way_done: Condvar::new(),
-            closing: AtomicBool::new(false),
+            processes: Arc::default(),
             handshakes: Mutex::new(0),
             handshake_done: Condvar::new(),
             max_handshakes: usize::MAX,
@@ -185,7 +186,7 @@ impl Ssh {
     fn take_handshake(&self, wait: bool) -> bool {
         let mut n = self.handshakes.lock().expect("not poisoned");
         loop {
-            if self.closing.load(Ordering::SeqCst) {
+            if self.closing() {
                 return false;
             }
             if *n < self.max_handshakes {
@@ -361,16 +362,26 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     ) -> Result<Reply, Error> {
         self.refuse_when_closing()?;
         let cmd = Self::command(&self.opts("no"), host, remote);
-        output(cmd, input)
+        output(&self.processes, cmd, input)
     }
 
     /// Once the run is ending, no ssh starts: a session whose master has ended would
     /// open a connection of its own.
     fn refuse_when_closing(&self) -> Result<(), Error> {
-        if self.closing.load(Ordering::SeqCst) {
+        if self.closing() {
             return Err(Error::Closing);
         }
         Ok(())
+    }
+
+    fn closing(&self) -> bool {
+        self.processes.is_ending()
+    }
+
+    /// The run's processes: the deploy's nix commands start among them, so the run's
+    /// end stops them too.
+    pub fn processes(&self) -> &Processes {
+        &self.processes
     }
 
     /// Runs a command over a NEW connection (no multiplexing), with a connect timeout.
@@ -395,7 +406,7 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         .flat_map(|v| ["-o".to_owned(), v])
         .collect();
         opts.extend(self.user_opts.iter().cloned());
-        output(Self::command(&opts, host, remote), input)
+        output(&self.processes, Self::command(&opts, host, remote), input)
     }
 
     /// Opens the master connection to `host` once (no session, so no login shell
@@ -406,8 +417,8 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
             let mut masters = self.masters.lock().expect("not poisoned");
             // Checked under the lock `close_all` sets it under: a master is either in
             // the map it ends, or never opened.
-            if self.closing.load(Ordering::SeqCst) {
-                return Err("the run is ending: no new connection".to_owned());
+            if self.closing() {
+                return Err(Error::Closing.to_string());
             }
             // Counted before the lock goes: `close_all` waits for it.
             *self.under_way.lock().expect("not poisoned") += 1;
@@ -439,7 +450,7 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         {
             return;
         }
-        match self.master_command(host).spawn() {
+        match self.processes.spawn(&mut self.master_command(host)) {
             Ok(child) => {
                 pending.insert(host.destination(), child);
             }
@@ -464,7 +475,7 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         move || {
             {
                 let mut running = self.under_way.lock().expect("not poisoned");
-                if self.closing.load(Ordering::SeqCst) {
+                if self.closing() {
                     return;
                 }
                 *running += 1;
@@ -485,7 +496,9 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     pub fn close_all(&self) -> Closed {
         {
             let _masters = self.masters.lock().expect("not poisoned");
-            self.closing.store(true, Ordering::SeqCst);
+            // Masters still authenticating stop too: `ConnectTimeout` does not bound
+            // the key exchange, and a host that stalls there would hold the run's end.
+            self.processes.end();
         }
         // Masters waiting for a handshake's place give up.
         drop(self.handshakes.lock().expect("not poisoned"));
@@ -506,7 +519,7 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
                 .map(|(dest, _)| dest)
                 .collect();
         for (dest, child) in std::mem::take(&mut *self.pending.lock().expect("not poisoned")) {
-            let out = child.wait_with_output();
+            let out = self.processes.wait_with_output(child);
             self.give_handshake();
             if out.is_ok_and(|o| o.status.success()) {
                 opened.push(dest);
@@ -584,12 +597,17 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
             .remove(&host.destination());
         let out = match ahead {
             // Its place was taken when it started.
-            Some(child) => child.wait_with_output(),
-            None if self.take_handshake(true) => self.master_command(host).output(),
+            Some(child) => self
+                .processes
+                .wait_with_output(child)
+                .map_err(|e| ssh_error(&e)),
+            None if self.take_handshake(true) => {
+                self.processes.output(&mut self.master_command(host), None)
+            }
             None => return Err(Error::Closing),
         };
         self.give_handshake();
-        let out = out.map_err(|e| ssh_error(&e))?;
+        let out = out?;
         if out.status.success() {
             Ok(())
         } else {
@@ -627,8 +645,11 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let child = cmd.spawn().map_err(|e| ssh_error(&e))?;
-        Ok(Held { child: Some(child) })
+        let child = self.processes.spawn(&mut cmd)?;
+        Ok(Held {
+            child: Some(child),
+            processes: Arc::clone(&self.processes),
+        })
     }
 }
 
@@ -722,21 +743,12 @@ pub fn relay(socket: &Path) -> std::io::Result<()> {
     }
 }
 
-fn output(mut cmd: Command, input: Option<&[u8]>) -> Result<Reply, Error> {
+fn output(processes: &Processes, mut cmd: Command, input: Option<&[u8]>) -> Result<Reply, Error> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     if input.is_some() {
         cmd.stdin(Stdio::piped());
     }
-    let mut child = cmd.spawn().map_err(|e| ssh_error(&e))?;
-    if let Some(bytes) = input {
-        let mut stdin = child.stdin.take().expect("piped");
-        // A remote that exits early closes the pipe; its status says why.
-        let _ = stdin.write_all(bytes);
-    }
-    child
-        .wait_with_output()
-        .map(|o| reply(&o))
-        .map_err(|e| ssh_error(&e))
+    processes.output(&mut cmd, input).map(|o| reply(&o))
 }
 
 /// A remote script waiting for its go (see [`Ssh::hold`]). Dropped without a go, it
@@ -744,13 +756,17 @@ fn output(mut cmd: Command, input: Option<&[u8]>) -> Result<Reply, Error> {
 #[derive(Debug)]
 pub struct Held {
     child: Option<std::process::Child>,
+    processes: Arc<Processes>,
 }
 
 impl Held {
     /// Lets the script run with `input` on its stdin and returns the running session,
     /// to read its answer line by line and send it more (see [`Talk`]).
     pub fn talk(mut self, input: &[u8]) -> Result<Talk, Error> {
-        let mut talk = Talk::new(self.child.take().expect("held until now"));
+        let mut talk = Talk::new(
+            self.child.take().expect("held until now"),
+            Arc::clone(&self.processes),
+        );
         talk.send(b"go\n")?;
         talk.send(input)?;
         Ok(talk)
@@ -766,10 +782,11 @@ pub struct Talk {
     stdout: BufReader<std::process::ChildStdout>,
     stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
     read: String,
+    processes: Arc<Processes>,
 }
 
 impl Talk {
-    fn new(mut child: std::process::Child) -> Self {
+    fn new(mut child: std::process::Child, processes: Arc<Processes>) -> Self {
         // Drained aside, so a chatty stderr can never block the remote while this side
         // waits on its stdout.
         let mut stderr = child.stderr.take().expect("piped");
@@ -784,6 +801,7 @@ impl Talk {
             child,
             stderr: Some(stderr),
             read: String::new(),
+            processes,
         }
     }
 
@@ -835,7 +853,10 @@ impl Talk {
         drop(self.stdin.take());
         let mut rest = std::mem::take(&mut self.read);
         let _ = self.stdout.read_to_string(&mut rest);
-        let status = self.child.wait().map_err(|e| ssh_error(&e))?;
+        let status = self
+            .processes
+            .wait(&mut self.child)
+            .map_err(|e| ssh_error(&e))?;
         let stderr = self
             .stderr
             .take()
@@ -852,7 +873,7 @@ impl Talk {
 impl Drop for Talk {
     fn drop(&mut self) {
         drop(self.stdin.take());
-        let _ = self.child.wait();
+        let _ = self.processes.wait(&mut self.child);
     }
 }
 
@@ -860,7 +881,7 @@ impl Drop for Held {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             drop(child.stdin.take());
-            let _ = child.wait();
+            let _ = self.processes.wait(&mut child);
         }
     }
 }
@@ -909,29 +930,52 @@ mod tests {
     }
 
     #[test]
-    fn closing_waits_for_a_master_being_opened() {
+    fn closing_stops_the_connections_under_way() {
         let dir = tempfile::tempdir().unwrap();
-        // A connection that takes a moment and then fails, leaving a mark as it ends.
-        let proxy = dir.path().join("slow-proxy");
-        let ended = dir.path().join("ended");
+        // A host that never answers: its connections stall until their timeouts (15
+        // and 20 s here); each proxy leaves a mark once its ssh has gone.
+        let proxy = dir.path().join("silent-proxy");
+        let d = dir.path().display();
         std::fs::write(
             &proxy,
-            format!("#!/bin/sh\nsleep 0.3\ntouch {}\n", ended.display()),
+            format!("#!/bin/sh\ntouch {d}/started.$$\ncat >/dev/null\ntouch {d}/ended.$$\n"),
         )
         .unwrap();
         std::fs::set_permissions(&proxy, std::fs::Permissions::from_mode(0o755)).unwrap();
         let opts = format!("-F /dev/null -oProxyCommand={}", proxy.display());
         let ssh = Ssh::new(&opts, dir.path());
+        let marks = |prefix: &str| {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .count()
+        };
+        let started = std::time::Instant::now();
         std::thread::scope(|scope| {
             let opening = scope.spawn(|| ssh.ensure_master(&host()));
-            while *ssh.under_way.lock().unwrap() == 0 {
+            let confirming =
+                scope.spawn(|| ssh.run_fresh(&host(), "true", None, Duration::from_secs(20)));
+            while marks("started.") < 2 {
                 std::thread::sleep(Duration::from_millis(5));
             }
             ssh.close_all();
-            // Without the wait, a master authenticating now would outlive the run.
-            assert!(ended.exists(), "close_all returned before the master's end");
+            // The master being opened was waited for: it is over, not left to go on.
+            assert!(opening.is_finished());
             assert!(opening.join().unwrap().is_err());
+            assert!(confirming.join().unwrap().is_err());
         });
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the run's end waited for the connections' timeouts"
+        );
+        while marks("ended.") < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "a connection outlived the run"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn host() -> Endpoint {

@@ -123,6 +123,8 @@ impl SimFleet {
     /// An empty fleet in `dir` (created).
     pub fn new(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir.join("keys")).map_err(io(dir))?;
+        // The hosts' stores are mounted there; a machine whose Nix never ran yet lacks it.
+        std::fs::create_dir_all("/nix").map_err(io(Path::new("/nix")))?;
         let secret = dir.join("keys/signing.sec");
         if !secret.exists() {
             let key = run(Command::new("nix").args([

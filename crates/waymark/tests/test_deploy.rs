@@ -671,6 +671,85 @@ fn a_killed_or_interrupted_deployer_leaves_the_previous_closure_running() {
 }
 
 #[test]
+fn a_signal_after_the_summary_leaves_the_deploys_exit_status() {
+    let mut lab = TestLab::new(&["web1"]);
+    lab.flake.set_generation("web1", "g1").unwrap();
+    let mut cmd = lab.deploy_command(&["--json", "web1"]).unwrap();
+    cmd.env("WAYMARK_FAULT", "pause-after-summary")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+        s
+    });
+    let summary = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(Result::unwrap)
+        .find(|l| l.contains(r#""event":"summary""#));
+    assert!(summary.is_some());
+    // While it closes its connections: the deploy is over, and passed.
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let code = child.wait().unwrap().code();
+    let stderr = stderr.join().unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(lab.system("web1").0, *lab.g(1));
+}
+
+#[test]
+fn a_ctrl_c_while_names_are_read_from_stdin_leaves_nothing() {
+    // The deployer gets a /tmp of its own, to see what it leaves there.
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /tmp && exec "$@""#)
+        .arg(tmp.path())
+        .arg(env!("CARGO_BIN_EXE_waymark"))
+        .args([
+            "deploy",
+            "--on",
+            "-",
+            "--flake",
+            "/nonexistent",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Waiting for the names: its program is waymark's, and it sleeps.
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(std::fs::read_link(proc_dir.join("exe")).is_ok_and(|e| e.ends_with("waymark"))
+        && std::fs::read_to_string(proc_dir.join("wchan")).is_ok_and(|w| w.contains("read")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the deploy never waited on stdin"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left in /tmp: {left:?}");
+}
+
+#[test]
 fn bad_input_is_refused_before_anything_runs() {
     let mut lab = TestLab::new(&["web1"]);
     let r = lab.deploy(&["nosuchhost"]);

@@ -359,6 +359,12 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         .state_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/lib/waymark"));
+    // Names on stdin are read now, before the evaluation, to connect to them ahead too;
+    // and before anything is set up, which a Ctrl-C at that prompt would leave.
+    let items = match rollback {
+        None => selection_items(args)?,
+        Some(_) => None,
+    };
     let control = control_dir()?;
     let relay = std::env::current_exe()
         .context("finding this program, to relay nix-daemon connections")?
@@ -381,11 +387,6 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
     // deploys open while the flake evaluates.
     let known_path = state_dir.join("ssh-addresses.json");
     let known = read_known(&known_path);
-    // Names on stdin are read now, before the evaluation, to connect to them ahead too.
-    let items = match rollback {
-        None => selection_items(args)?,
-        Some(_) => None,
-    };
     let likely = known.likely(items.as_deref(), rollback.as_deref());
     // The sessions every deploy to these hosts starts with (the build hosts' build
     // sessions, then the targets' probes) are set up while the flake evaluates and the
@@ -411,9 +412,10 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         }
     }
     let (signals, catching) = super::catch_termination()?;
+    let finished = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         let _catching = catching;
-        scope.spawn(|| end_on_signal(signals, &ssh, control.path()));
+        scope.spawn(|| end_on_signal(signals, &ssh, control.path(), &finished));
         // The evaluation starts first, then the build hosts' connections: the build is
         // what the rest waits for.
         let eval = scope.spawn(|| {
@@ -442,6 +444,11 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
                 &state_dir,
             )
         });
+        // Its summary is out: a signal now changes neither the outcome nor the status.
+        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        if waymark_deploy::fault("pause-after-summary") {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
         // Also when the deploy could not start (evaluation, selection): what was set up
         // ahead stops before the scope waits for it.
         ssh.close_all();
@@ -455,11 +462,20 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
 /// agents need nothing from here: each restores its host's previous system at its
 /// confirmation deadline unless it was confirmed. Exit status 128 + the signal. A
 /// second signal, a second or more after the first, ends the run at once. Returns when
-/// the run ends otherwise.
-fn end_on_signal(mut signals: Signals, ssh: &Ssh, control: &std::path::Path) {
+/// the run ends otherwise, or once the deploy has `finished` (its summary given, it
+/// only closes its connections: the status stays the deploy's).
+fn end_on_signal(
+    mut signals: Signals,
+    ssh: &Ssh,
+    control: &std::path::Path,
+    finished: &std::sync::atomic::AtomicBool,
+) {
     let Some(signal) = signals.forever().next() else {
         return;
     };
+    if finished.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     let _ = writeln!(
         std::io::stderr(),
         "error: interrupted (signal {signal}): ending the connections, confirming nothing \

@@ -1,0 +1,199 @@
+//! The run's child processes: ssh sessions, masters still authenticating, confirmations,
+//! local `nix` commands. Once the run ends ([`Processes::end`]) none starts any more
+//! and those under way are told to stop, so none outlives the run: an ssh session
+//! whose master has ended opens a connection of its own, and a confirmation that did
+//! would commit a host this run reports as interrupted.
+//!
+//! A process is forgotten only once it has exited and before it is reaped (`waitid`
+//! with `WNOWAIT`), so the pid signalled at the end is never one the system has
+//! given to another process since.
+
+use std::collections::BTreeSet;
+use std::io::{Read as _, Write as _};
+use std::process::{Child, Command, ExitStatus, Output};
+use std::sync::Mutex;
+
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+
+use crate::Error;
+
+/// See the module's header.
+#[derive(Debug, Default)]
+pub struct Processes {
+    live: Mutex<Live>,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    ending: bool,
+    pids: BTreeSet<i32>,
+}
+
+impl Processes {
+    /// Whether the run is ending: nothing new starts.
+    pub fn is_ending(&self) -> bool {
+        self.live.lock().expect("not poisoned").ending
+    }
+
+    /// Starts `cmd` as one of the run's processes; [`Error::Closing`] once the run is
+    /// ending (one that started as it ended is stopped at once).
+    pub fn spawn(&self, cmd: &mut Command) -> Result<Child, Error> {
+        if self.is_ending() {
+            return Err(Error::Closing);
+        }
+        // Started outside the lock: the hosts' threads start theirs side by side.
+        let mut child = cmd.spawn().map_err(|e| Error::Spawn {
+            program: cmd.get_program().to_string_lossy().into_owned(),
+            message: e.to_string(),
+        })?;
+        let mut live = self.live.lock().expect("not poisoned");
+        if live.ending {
+            drop(live);
+            stop(child.id());
+            let _ = child.wait();
+            return Err(Error::Closing);
+        }
+        live.pids.insert(pid_of(&child));
+        Ok(child)
+    }
+
+    /// Waits for one of the run's processes to exit, and reaps it.
+    pub fn wait(&self, child: &mut Child) -> std::io::Result<ExitStatus> {
+        let pid = Pid::from_child(child);
+        // Until it has exited (left unreaped); interrupted waits go on. Any other error
+        // (reaped already, not by us) leaves only the status to read.
+        while let Err(rustix::io::Errno::INTR) = rustix::process::waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        ) {}
+        self.live
+            .lock()
+            .expect("not poisoned")
+            .pids
+            .remove(&pid.as_raw_nonzero().get());
+        child.wait()
+    }
+
+    /// Its output, as [`Child::wait_with_output`] gives it.
+    pub fn wait_with_output(&self, mut child: Child) -> std::io::Result<Output> {
+        drop(child.stdin.take());
+        let stderr = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = pipe.read_to_end(&mut buf);
+                buf
+            })
+        });
+        let mut stdout = Vec::new();
+        if let Some(mut pipe) = child.stdout.take() {
+            pipe.read_to_end(&mut stdout)?;
+        }
+        let stderr = stderr
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        let status = self.wait(&mut child)?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Runs `cmd` to its end, with its stdio as it sets them: `input` goes to its stdin
+    /// where that is piped.
+    pub fn output(&self, cmd: &mut Command, input: Option<&[u8]>) -> Result<Output, Error> {
+        let mut child = self.spawn(cmd)?;
+        if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+            // A command that exits early closes the pipe; its status says why.
+            let _ = stdin.write_all(bytes);
+        }
+        let out = self.wait_with_output(child).map_err(|e| Error::Spawn {
+            program: cmd.get_program().to_string_lossy().into_owned(),
+            message: e.to_string(),
+        })?;
+        // Stopped by the run's end, not failed by itself.
+        if out.status.code().is_none() && self.is_ending() {
+            return Err(Error::Closing);
+        }
+        Ok(out)
+    }
+
+    /// How many are under way.
+    #[cfg(test)]
+    pub(crate) fn running(&self) -> usize {
+        self.live.lock().expect("not poisoned").pids.len()
+    }
+
+    /// Ends the run: nothing starts from now on, and every process under way is told
+    /// to stop (SIGTERM). Returns how many were.
+    pub fn end(&self) -> usize {
+        let mut live = self.live.lock().expect("not poisoned");
+        live.ending = true;
+        // Under the lock: none is reaped meanwhile, so each pid is still its process.
+        for &pid in &live.pids {
+            stop(pid.unsigned_abs());
+        }
+        live.pids.len()
+    }
+}
+
+fn pid_of(child: &Child) -> i32 {
+    Pid::from_child(child).as_raw_nonzero().get()
+}
+
+fn stop(pid: u32) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, Signal::TERM);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn ending_stops_what_runs_and_starts_nothing_more() {
+        let processes = Processes::default();
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            let running = scope.spawn(|| {
+                processes
+                    .output(Command::new("sleep").arg("30").stdout(Stdio::piped()), None)
+                    .map(|o| o.status)
+            });
+            while processes.running() == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(processes.end(), 1);
+            assert!(matches!(running.join().unwrap(), Err(Error::Closing)));
+        });
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(processes.running(), 0);
+        assert!(matches!(
+            processes.output(&mut Command::new("true"), None),
+            Err(Error::Closing)
+        ));
+    }
+
+    #[test]
+    fn a_process_is_forgotten_once_waited_for() {
+        let processes = Processes::default();
+        let out = processes
+            .output(
+                Command::new("sh")
+                    .args(["-c", "cat; echo err >&2; exit 3"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped()),
+                Some(b"in"),
+            )
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout, b"in");
+        assert_eq!(out.stderr, b"err\n");
+        assert_eq!(processes.running(), 0);
+        assert_eq!(processes.end(), 0);
+    }
+}
