@@ -630,7 +630,7 @@ fi
             drop(stream);
             let status = processes
                 .wait_with_output(export)
-                .map_err(|e| format!("running nix-store --export: {e}"))?;
+                .map_err(|e| format!("nix-store --export: {e}"))?;
             if sent.is_err() || !status.status.success() {
                 // The build host may have stopped reading: it refused the import.
                 let reply = talk.finish().map_err(|e| e.to_string())?;

@@ -27,6 +27,9 @@ pub struct Processes {
 struct Live {
     ending: bool,
     pids: BTreeSet<i32>,
+    /// Those [`Processes::end`] stopped, not yet waited for: their failure is the
+    /// run's end, not their own.
+    stopped: BTreeSet<i32>,
 }
 
 impl Processes {
@@ -57,8 +60,10 @@ impl Processes {
         Ok(child)
     }
 
-    /// Waits for one of the run's processes to exit, and reaps it.
-    pub fn wait(&self, child: &mut Child) -> std::io::Result<ExitStatus> {
+    /// Waits for one of the run's processes to exit, and reaps it; [`Error::Closing`]
+    /// when it failed after the run's end told it to stop (whatever its status then:
+    /// ssh and nix catch SIGTERM and exit with an ordinary failure).
+    pub fn wait(&self, child: &mut Child) -> Result<ExitStatus, Error> {
         let pid = Pid::from_child(child);
         // Until it has exited (left unreaped); interrupted waits go on. Any other error
         // (reaped already, not by us) leaves only the status to read.
@@ -66,16 +71,26 @@ impl Processes {
             WaitId::Pid(pid),
             WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
         ) {}
-        self.live
-            .lock()
-            .expect("not poisoned")
-            .pids
-            .remove(&pid.as_raw_nonzero().get());
-        child.wait()
+        let stopped = {
+            let mut live = self.live.lock().expect("not poisoned");
+            let pid = pid.as_raw_nonzero().get();
+            live.pids.remove(&pid);
+            live.stopped.remove(&pid)
+        };
+        let status = child.wait().map_err(|e| Error::Spawn {
+            program: "a command".into(),
+            message: e.to_string(),
+        })?;
+        // One that had succeeded before it was told to stop keeps its success (a master
+        // now in the background is one to end).
+        if stopped && !status.success() {
+            return Err(Error::Closing);
+        }
+        Ok(status)
     }
 
-    /// Its output, as [`Child::wait_with_output`] gives it.
-    pub fn wait_with_output(&self, mut child: Child) -> std::io::Result<Output> {
+    /// Its output, as [`Child::wait_with_output`] gives it (see [`Processes::wait`]).
+    pub fn wait_with_output(&self, mut child: Child) -> Result<Output, Error> {
         drop(child.stdin.take());
         let stderr = child.stderr.take().map(|mut pipe| {
             std::thread::spawn(move || {
@@ -86,7 +101,8 @@ impl Processes {
         });
         let mut stdout = Vec::new();
         if let Some(mut pipe) = child.stdout.take() {
-            pipe.read_to_end(&mut stdout)?;
+            // Cut short, it is still waited for: its status says why.
+            let _ = pipe.read_to_end(&mut stdout);
         }
         let stderr = stderr
             .map(|t| t.join().unwrap_or_default())
@@ -107,21 +123,14 @@ impl Processes {
             // A command that exits early closes the pipe; its status says why.
             let _ = stdin.write_all(bytes);
         }
-        let out = self.wait_with_output(child).map_err(|e| Error::Spawn {
-            program: cmd.get_program().to_string_lossy().into_owned(),
-            message: e.to_string(),
-        })?;
-        // Stopped by the run's end, not failed by itself.
-        if out.status.code().is_none() && self.is_ending() {
-            return Err(Error::Closing);
-        }
-        Ok(out)
+        self.wait_with_output(child)
     }
 
     /// How many are under way.
     #[cfg(test)]
     pub(crate) fn running(&self) -> usize {
-        self.live.lock().expect("not poisoned").pids.len()
+        let live = self.live.lock().expect("not poisoned");
+        live.pids.len() + live.stopped.len()
     }
 
     /// Ends the run: nothing starts from now on, and every process under way is told
@@ -130,10 +139,13 @@ impl Processes {
         let mut live = self.live.lock().expect("not poisoned");
         live.ending = true;
         // Under the lock: none is reaped meanwhile, so each pid is still its process.
-        for &pid in &live.pids {
+        let pids = std::mem::take(&mut live.pids);
+        for &pid in &pids {
             stop(pid.unsigned_abs());
         }
-        live.pids.len()
+        let stopped = pids.len();
+        live.stopped.extend(pids);
+        stopped
     }
 }
 
@@ -175,6 +187,30 @@ mod tests {
             processes.output(&mut Command::new("true"), None),
             Err(Error::Closing)
         ));
+    }
+
+    #[test]
+    fn at_the_end_a_success_stands_and_a_failure_is_the_end_s() {
+        let processes = Processes::default();
+        let mut done = processes.spawn(&mut Command::new("true")).unwrap();
+        // Exited, not yet waited for (a master gone to the background, say).
+        while std::fs::read_to_string(format!("/proc/{}/stat", done.id()))
+            .is_ok_and(|s| !s.contains(") Z"))
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut failed = processes
+            .spawn(Command::new("sh").args(["-c", "exit 1"]))
+            .unwrap();
+        while std::fs::read_to_string(format!("/proc/{}/stat", failed.id()))
+            .is_ok_and(|s| !s.contains(") Z"))
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(processes.end(), 2);
+        assert!(processes.wait(&mut done).unwrap().success());
+        assert!(matches!(processes.wait(&mut failed), Err(Error::Closing)));
+        assert_eq!(processes.running(), 0);
     }
 
     #[test]

@@ -691,6 +691,10 @@ fn a_signal_after_the_summary_leaves_the_deploys_exit_status() {
         .find(|l| l.contains(r#""event":"summary""#));
     assert!(summary.is_some());
     // While it closes its connections: the deploy is over, and passed.
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "ended before the signal: nothing tested"
+    );
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

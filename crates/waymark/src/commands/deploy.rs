@@ -420,7 +420,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         // what the rest waits for.
         let eval = scope.spawn(|| {
             let started = std::time::Instant::now();
-            let fleet = read_fleet(&opts.flake);
+            let fleet = read_fleet(&opts.flake, ssh.processes());
             (fleet, waymark_deploy::ms(started.elapsed()))
         });
         for (host, _) in &ahead {
@@ -445,9 +445,12 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
             )
         });
         // Its summary is out: a signal now changes neither the outcome nor the status.
-        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        // (Not when it could not start: an interrupted evaluation fails it too.)
+        if deployed.is_ok() {
+            finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         if waymark_deploy::fault("pause-after-summary") {
-            std::thread::sleep(std::time::Duration::from_secs(1));
+            std::thread::sleep(std::time::Duration::from_secs(2));
         }
         // Also when the deploy could not start (evaluation, selection): what was set up
         // ahead stops before the scope waits for it.
@@ -462,8 +465,9 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
 /// agents need nothing from here: each restores its host's previous system at its
 /// confirmation deadline unless it was confirmed. Exit status 128 + the signal. A
 /// second signal, a second or more after the first, ends the run at once. Returns when
-/// the run ends otherwise, or once the deploy has `finished` (its summary given, it
-/// only closes its connections: the status stays the deploy's).
+/// the run ends otherwise. Once the deploy has `finished` (its summary given, it only
+/// closes its connections) a signal leaves the status the deploy's, unless a second
+/// one comes a second or more later.
 fn end_on_signal(
     mut signals: Signals,
     ssh: &Ssh,
@@ -473,7 +477,9 @@ fn end_on_signal(
     let Some(signal) = signals.forever().next() else {
         return;
     };
+    let first = std::time::Instant::now();
     if finished.load(std::sync::atomic::Ordering::SeqCst) {
+        exit_on_a_later_signal(&mut signals, first, 128 + signal);
         return;
     }
     let _ = writeln!(
@@ -486,21 +492,24 @@ fn end_on_signal(
     // The deploy's threads are mid-gate: the run ends from here, not by returning.
     #[allow(clippy::exit)]
     std::thread::scope(|scope| {
-        let first = std::time::Instant::now();
-        scope.spawn(move || {
-            // One event often comes as two signals at once (a closed terminal's SIGHUP
-            // from the shell and from the kernel; a Ctrl-C to a whole process group):
-            // only one that comes later means "now".
-            for _ in signals.forever() {
-                if first.elapsed() > std::time::Duration::from_secs(1) {
-                    std::process::exit(128 + signal);
-                }
-            }
-        });
+        scope.spawn(move || exit_on_a_later_signal(&mut signals, first, 128 + signal));
         ssh.close_all();
         let _ = std::fs::remove_dir_all(control);
         std::process::exit(128 + signal);
     });
+}
+
+/// Exits with `code` at a signal that comes a second or more after the `first`; returns
+/// once signals are no longer caught. One event often comes as two signals at once (a
+/// closed terminal's SIGHUP from the shell and from the kernel; a Ctrl-C to a whole
+/// process group): only a later one means "now".
+fn exit_on_a_later_signal(signals: &mut Signals, first: std::time::Instant, code: i32) {
+    for _ in signals.forever() {
+        if first.elapsed() > std::time::Duration::from_secs(1) {
+            #[allow(clippy::exit)]
+            std::process::exit(code);
+        }
+    }
 }
 
 /// The rest of a deploy, once the flake is evaluated (sessions may still be setting up).

@@ -1,9 +1,10 @@
 //! `waymark fleet`: the fleet as the deploy reads it.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use waymark_deploy::Processes;
 use waymark_fleet::{Fleet, Host};
 
 use super::Global;
@@ -28,22 +29,27 @@ pub struct FleetArgs {
     pub json: bool,
 }
 
-/// Evaluates the fleet description of a flake.
-pub fn read_fleet(flake: &str) -> anyhow::Result<Fleet> {
+/// Evaluates the fleet description of a flake, `nix eval` among `processes` (a deploy's:
+/// its end stops the evaluation too).
+pub fn read_fleet(flake: &str, processes: &Processes) -> anyhow::Result<Fleet> {
     let attr = if flake.contains('#') {
         flake.to_owned()
     } else {
         format!("{flake}#waymark")
     };
-    let out = Command::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command flakes",
-            "eval",
-            "--json",
-        ])
-        .arg(&attr)
-        .output()
+    let mut eval = Command::new("nix");
+    eval.args([
+        "--extra-experimental-features",
+        "nix-command flakes",
+        "eval",
+        "--json",
+    ])
+    .arg(&attr)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let out = processes
+        .output(&mut eval, None)
         .context("running nix eval (is nix installed and on PATH?)")?;
     if !out.status.success() {
         // Nix's message, one line: a `throw` from lib.fleet names host and option.
@@ -82,7 +88,7 @@ fn line(name: &str, h: &Host) -> String {
 }
 
 pub fn cmd_fleet(_global: Global, args: &FleetArgs) -> anyhow::Result<ExitStatus> {
-    let fleet = read_fleet(&args.flake)?;
+    let fleet = read_fleet(&args.flake, &Processes::default())?;
     match &args.host {
         Some(name) => {
             let h = fleet.host(name)?;
