@@ -557,12 +557,7 @@ fn stop_during(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
-        s
-    });
+    let stderr = read_aside(child.stderr.take().unwrap());
     let stdout = child.stdout.take().unwrap();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
@@ -603,6 +598,15 @@ fn stop_during(
         stderr.join().unwrap(),
         control.into_iter().next().unwrap(),
     )
+}
+
+/// Reads all of `stream` on a thread of its own (so the child never blocks on it).
+fn read_aside(mut stream: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        stream.read_to_string(&mut s).unwrap();
+        s
+    })
 }
 
 #[test]
@@ -679,12 +683,7 @@ fn a_signal_after_the_summary_leaves_the_deploys_exit_status() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
-        s
-    });
+    let stderr = read_aside(child.stderr.take().unwrap());
     let summary = BufReader::new(child.stdout.take().unwrap())
         .lines()
         .map(Result::unwrap)
