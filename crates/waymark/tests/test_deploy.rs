@@ -708,12 +708,13 @@ fn a_signal_after_the_summary_leaves_the_deploys_exit_status() {
 
 #[test]
 fn a_ctrl_c_while_names_are_read_from_stdin_leaves_nothing() {
-    // The deployer gets a /tmp of its own, to see what it leaves there.
+    // The deployer gets a /tmp of its own, to see what it leaves there. Its program is
+    // opened before: a checkout under /tmp would be hidden by the mount.
     let tmp = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new("unshare")
         .args(["-m", "--propagation", "private", "--", "sh", "-c"])
-        .arg(r#"mount --bind "$0" /tmp && exec "$@""#)
+        .arg(r#"exec 3<"$1" && shift && mount --bind "$0" /tmp && exec /proc/self/fd/3 "$@""#)
         .arg(tmp.path())
         .arg(env!("CARGO_BIN_EXE_waymark"))
         .args([
