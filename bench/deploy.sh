@@ -81,16 +81,19 @@ jq -r --arg dr1 "$dr_one" --arg dr5 "$dr_five" '
   def r(x): (x * 100 | round) / 100;
   def ratio(a; b): if (b | tonumber? // null) == null then "n/a" else "\(r(a / (b | tonumber)))x" end;
   def cpu(s): if s == null then "not measured (no cgroup v2)" else "\(r(s)) s" end;
+  # How busy every core was over a run (the deploying side and the simulated hosts):
+  # near 100% the run was bound by CPU, which real hosts would not share.
+  def busy(m; wall; cores): if m == null then "" else "; the machine'"'"'s CPU \(r(m)) s, its \(cores) cores \(m / (cores * wall) * 100 | round)% busy" end;
   def per_host(s; n; one): if s == null or one == null or n < 2 then "" else ", \((s - one) * 1000 / (n - 1) | round) ms for each host beyond the first" end;
-  .single as $s | (.fleets | map(select(.parallel == .hosts))) as $par |
+  .single as $s | (.cores // 1) as $cores | (.fleets | map(select(.parallel == .hosts))) as $par |
   "one host, every gate (median of \($s.runs | length)): \(r($s.median_wall_s)) s" +
   " = eval \(r($s.median_eval_s)) + Nix build/copy \(r($s.median_nix_s)) + on the hosts \(r($s.median_remote_s))" +
   " (overlapping); waymark'"'"'s own CPU \(r($s.median_own_cpu_s)) s = \(r($s.median_own_cpu_s / $s.median_wall_s * 100))% of the wall time",
   "  ssh connections opened: \($s.runs[0].ssh_connections) (the target'"'"'s master and the confirmation'"'"'s, the build host'"'"'s master)",
-  "  the deploying side'"'"'s CPU (waymark, its ssh clients, nix commands and relays; not the hosts'"'"'): \(cpu($s.median_deployer_cpu_s))",
+  "  the deploying side'"'"'s CPU (waymark, its ssh clients, nix commands and relays; not the hosts'"'"'): \(cpu($s.median_deployer_cpu_s))\(busy($s.median_machine_cpu_s; $s.median_wall_s; $cores))",
   "  deploy-rs 1.0.0, one host (1h-changed): \($dr1) s  -> waymark/deploy-rs = \(ratio($s.median_wall_s; $dr1))",
   "no-change redeploy: \(r(.unchanged_median_wall_s)) s",
-  (.fleets[] | "fleet of \(.hosts), --parallel \(.parallel): \(r(.wall_s)) s (\(r(.wall_s / $s.median_wall_s))x one host; at most \(.max_ssh_connections_per_host) connections opened by one host'"'"'s deploy; the deploying side'"'"'s CPU \(cpu(.deployer_cpu_s))\(per_host(.deployer_cpu_s; .hosts; $s.median_deployer_cpu_s)))"),
+  (.fleets[] | "fleet of \(.hosts), --parallel \(.parallel): \(r(.wall_s)) s (\(r(.wall_s / $s.median_wall_s))x one host; at most \(.max_ssh_connections_per_host) connections opened by one host'"'"'s deploy; the deploying side'"'"'s CPU \(cpu(.deployer_cpu_s))\(per_host(.deployer_cpu_s; .hosts; $s.median_deployer_cpu_s))\(busy(.machine_cpu_s; .wall_s; $cores)))"),
   ($par[] | select(.hosts == 5) | "  deploy-rs --targets, 5 hosts (5h-targets-changed): \($dr5) s -> waymark/deploy-rs = \(ratio(.wall_s; $dr5))")
 ' "$bench_dir/waymark.json"
 }

@@ -6,7 +6,9 @@
 //! Besides wall time, the CPU of the deploying side alone: the deployer runs in a cgroup
 //! of its own (v2), which its ssh masters, `nix` commands and relays stay in even once
 //! detached, while the simulated hosts (sshd, activation, nix-daemon) run outside it. On
-//! this machine both share the same cores; on a real fleet each host has its own.
+//! this machine both share the same cores; on a real fleet each host has its own. So the
+//! machine's busy CPU time during each deploy is read too (`/proc/stat`): a deploy whose
+//! cores were busy all along could not have been faster with the work it had.
 
 // Progress on stderr, the figures on stdout: a benchmark script's tool.
 #![allow(clippy::print_stderr, clippy::print_stdout)]
@@ -35,7 +37,8 @@ struct Args {
     /// Fleet sizes to time
     #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
     fleets: Vec<usize>,
-    /// Start the lab, print how to reach it, and keep it up until killed (to look around)
+    /// Start the lab, print how to reach it, and keep it up until Ctrl-C or SIGTERM (to
+    /// look around)
     #[arg(long)]
     hold: bool,
     /// An ssh client option for every host (`KexAlgorithms curve25519-sha256`), as a
@@ -89,6 +92,30 @@ impl DeployerCgroup {
     }
 }
 
+/// CPU seconds this machine's cores have been busy since boot, all processes together
+/// (`/proc/stat`: every state but idle and iowait); NaN where it cannot be read.
+fn machine_busy_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return f64::NAN;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return f64::NAN;
+    };
+    // user nice system idle iowait irq softirq steal (guest time is within user's)
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    if ticks.len() < 8 {
+        return f64::NAN;
+    }
+    let busy: f64 = ticks.iter().sum::<f64>() - ticks[3] - ticks[4];
+    // USER_HZ is 100 on every Linux architecture's ABI.
+    busy / 100.0
+}
+
 impl Drop for DeployerCgroup {
     fn drop(&mut self) {
         // Empty by then: every deploy has ended, and its masters with it.
@@ -97,8 +124,9 @@ impl Drop for DeployerCgroup {
 }
 
 /// One deploy: wall time and the summary event, with `gates`: seconds per gate of the
-/// first host, and `deployer_cpu_s`: the CPU the deploying side used (null where no
-/// cgroup could be made).
+/// first host, `deployer_cpu_s`: the CPU the deploying side used (null where no cgroup
+/// could be made), and `machine_cpu_s`: the CPU every process of this machine used
+/// meanwhile (the deploying side and the simulated hosts).
 fn deploy(
     lab: &Lab,
     cgroup: Option<&DeployerCgroup>,
@@ -112,9 +140,11 @@ fn deploy(
         None => cmd,
     };
     let cpu_before = cgroup.map(DeployerCgroup::cpu_s);
+    let machine_before = machine_busy_cpu_s();
     let started = Instant::now();
     let out = cmd.output().context("running waymark deploy")?;
     let wall = started.elapsed().as_secs_f64();
+    let machine_cpu = machine_busy_cpu_s() - machine_before;
     // The masters end as the deploy does; a moment for their last exit.
     std::thread::sleep(std::time::Duration::from_millis(100));
     let deployer_cpu = cgroup.zip(cpu_before).map(|(c, before)| c.cpu_s() - before);
@@ -141,6 +171,7 @@ fn deploy(
         .collect();
     summary["gates"] = Value::Object(gates);
     summary["deployer_cpu_s"] = json!(deployer_cpu);
+    summary["machine_cpu_s"] = finite(machine_cpu);
     if summary["exit_code"] != 0 {
         bail!("deploy {args:?} failed: {summary}");
     }
@@ -202,9 +233,14 @@ fn main() -> anyhow::Result<()> {
             lab.fleet.nix_sshopts(),
             lab.flake.dir().display()
         );
-        loop {
-            std::thread::park();
-        }
+        // Until Ctrl-C or SIGTERM, then the lab's hosts are stopped as it is dropped.
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        let _ = signals.forever().next();
+        eprintln!("stopping the lab");
+        return Ok(());
     }
 
     // One host, every gate; the generation flips each run.
@@ -225,6 +261,7 @@ fn main() -> anyhow::Result<()> {
             "remote_s": ms(host, "remote_ms"),
             "own_cpu_s": ms(&summary, "own_cpu_ms"),
             "deployer_cpu_s": summary["deployer_cpu_s"],
+            "machine_cpu_s": summary["machine_cpu_s"],
             "ssh_connections": host["ssh_connections"],
             "result": host["result"],
             "gates": summary["gates"],
@@ -247,6 +284,7 @@ fn main() -> anyhow::Result<()> {
         for parallel in [n, 1] {
             let mut walls = Vec::new();
             let mut deployer_cpu = Vec::new();
+            let mut machine_cpu = Vec::new();
             let mut connections = 0u64;
             for run in 0..args.runs {
                 let generation = if run % 2 == 0 { "g1" } else { "g0" };
@@ -267,11 +305,13 @@ fn main() -> anyhow::Result<()> {
                 });
                 walls.push(wall);
                 deployer_cpu.push(summary["deployer_cpu_s"].as_f64().unwrap_or(f64::NAN));
+                machine_cpu.push(summary["machine_cpu_s"].as_f64().unwrap_or(f64::NAN));
                 eprintln!("{n} hosts, --parallel {parallel}, run {run}: {wall:.2} s");
             }
             fleets.push(json!({
                 "hosts": n, "parallel": parallel, "wall_s": median(walls),
                 "deployer_cpu_s": finite(median(deployer_cpu)),
+                "machine_cpu_s": finite(median(machine_cpu)),
                 "max_ssh_connections_per_host": connections,
             }));
         }
@@ -284,7 +324,7 @@ fn main() -> anyhow::Result<()> {
         median(
             single
                 .iter()
-                .map(|r| r[key].as_f64().unwrap_or(0.0))
+                .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
                 .collect(),
         )
     };
@@ -297,7 +337,9 @@ fn main() -> anyhow::Result<()> {
             "median_remote_s": col("remote_s"),
             "median_own_cpu_s": col("own_cpu_s"),
             "median_deployer_cpu_s": finite(col("deployer_cpu_s")),
+            "median_machine_cpu_s": finite(col("machine_cpu_s")),
         },
+        "cores": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         "unchanged_median_wall_s": median(unchanged),
         "fleets": fleets,
     });
