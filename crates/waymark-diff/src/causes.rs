@@ -98,6 +98,13 @@ fn parse(drv_path: &str, bytes: &[u8]) -> Result<Drv, String> {
     })
 }
 
+/// Inputs (path, name) in the order of their names, then paths: a report reads the
+/// same wherever the store paths' hashes put them.
+fn by_name(mut list: Vec<&(String, String)>) -> Vec<&(String, String)> {
+    list.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+    list
+}
+
 /// Pairs items only on one side by exact name, then by package name when that is unique
 /// on both sides. Returns (pairs, unpaired old, unpaired new).
 #[allow(clippy::type_complexity, clippy::needless_pass_by_value)]
@@ -231,7 +238,7 @@ fn compare(old: &Drv, new: &Drv) -> (Vec<Change>, Vec<(String, String)>) {
         });
     }
     for (list, change) in [(src_gone, Presence::Removed), (src_came, Presence::Added)] {
-        for (_, name) in list {
+        for (_, name) in by_name(list) {
             changes.push(Change::Source {
                 name: name.clone(),
                 change,
@@ -243,7 +250,7 @@ fn compare(old: &Drv, new: &Drv) -> (Vec<Change>, Vec<(String, String)>) {
     let (pairs, gone, came) =
         pair_by_name(old_inputs.iter().collect(), new_inputs.iter().collect());
     for (list, change) in [(gone, Presence::Removed), (came, Presence::Added)] {
-        for (_, name) in list {
+        for (_, name) in by_name(list) {
             changes.push(Change::Input {
                 name: name.clone(),
                 change,
@@ -588,6 +595,44 @@ mod tests {
                 .filter(|c| matches!(c, Change::Input { .. }))
                 .count(),
             4
+        );
+    }
+
+    #[test]
+    fn inputs_added_and_removed_go_in_the_order_of_their_names() {
+        let old = drv(
+            "system-path",
+            &[],
+            &[
+                ("/s/store/a-nano-7.2.drv", "nano-7.2"),
+                ("/s/store/b-curl-8.drv", "curl-8"),
+            ],
+        );
+        // The hashes in the opposite order of the names.
+        let new = drv(
+            "system-path",
+            &[],
+            &[
+                ("/s/store/c-openssh-9.7p1.drv", "openssh-9.7p1"),
+                ("/s/store/d-htop-3.3.0.drv", "htop-3.3.0"),
+            ],
+        );
+        let (changes, _) = compare(&old, &new);
+        let inputs: Vec<(&str, Presence)> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Input { name, change } => Some((name.as_str(), *change)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            inputs,
+            [
+                ("curl-8", Presence::Removed),
+                ("nano-7.2", Presence::Removed),
+                ("htop-3.3.0", Presence::Added),
+                ("openssh-9.7p1", Presence::Added),
+            ]
         );
     }
 
