@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
 use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 
@@ -147,6 +148,50 @@ impl Processes {
         live.stopped.extend(pids);
         stopped
     }
+
+    /// After [`Processes::end`]: waits until every process it stopped has exited, for
+    /// at most `timeout`, then kills those still running (one that ignores SIGTERM, or
+    /// hangs in its cleanup), so none outlives the run. Returns how many it killed.
+    pub fn wait_stopped(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                // Under the lock none of them is reaped: each pid is still its process.
+                let live = self.live.lock().expect("not poisoned");
+                let running: Vec<i32> = live
+                    .stopped
+                    .iter()
+                    .copied()
+                    .filter(|&pid| !has_exited(pid))
+                    .collect();
+                if running.is_empty() {
+                    return 0;
+                }
+                if Instant::now() >= deadline {
+                    for &pid in &running {
+                        signal(pid.unsigned_abs(), Signal::KILL);
+                    }
+                    return running.len();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Whether the child `pid`, not yet reaped, has exited (left unreaped); true also when
+/// it is no child of ours any more.
+fn has_exited(pid: i32) -> bool {
+    let Some(pid) = Pid::from_raw(pid) else {
+        return true;
+    };
+    !matches!(
+        rustix::process::waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG,
+        ),
+        Ok(None) | Err(rustix::io::Errno::INTR)
+    )
 }
 
 fn pid_of(child: &Child) -> i32 {
@@ -154,16 +199,20 @@ fn pid_of(child: &Child) -> i32 {
 }
 
 fn stop(pid: u32) {
+    signal(pid, Signal::TERM);
+}
+
+fn signal(pid: u32, signal: Signal) {
     if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
-        let _ = rustix::process::kill_process(pid, Signal::TERM);
+        let _ = rustix::process::kill_process(pid, signal);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::BufRead as _;
     use std::process::Stdio;
-    use std::time::{Duration, Instant};
 
     #[test]
     fn ending_stops_what_runs_and_starts_nothing_more() {
@@ -183,6 +232,7 @@ mod tests {
         });
         assert!(started.elapsed() < Duration::from_secs(10));
         assert_eq!(processes.running(), 0);
+        assert_eq!(processes.wait_stopped(Duration::from_secs(10)), 0);
         assert!(matches!(
             processes.output(&mut Command::new("true"), None),
             Err(Error::Closing)
@@ -211,6 +261,36 @@ mod tests {
         assert!(processes.wait(&mut done).unwrap().success());
         assert!(matches!(processes.wait(&mut failed), Err(Error::Closing)));
         assert_eq!(processes.running(), 0);
+    }
+
+    #[test]
+    fn the_end_waits_for_what_it_stopped_and_kills_what_stays() {
+        let processes = Processes::default();
+        let mut quits = processes.spawn(Command::new("sleep").arg("30")).unwrap();
+        let mut stays = processes
+            .spawn(
+                Command::new("sh")
+                    .args([
+                        "-c",
+                        "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+                    ])
+                    .stdout(Stdio::piped()),
+            )
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufReader::new(stays.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(processes.end(), 2);
+        let started = Instant::now();
+        assert_eq!(processes.wait_stopped(Duration::from_millis(500)), 1);
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        // Both have exited: neither wait blocks.
+        assert!(matches!(processes.wait(&mut quits), Err(Error::Closing)));
+        assert!(matches!(processes.wait(&mut stays), Err(Error::Closing)));
+        let started = Instant::now();
+        assert_eq!(processes.wait_stopped(Duration::from_secs(10)), 0);
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

@@ -100,6 +100,10 @@ pub struct Closed {
     pub by_ssh: usize,
 }
 
+/// How long the run's end waits for an ssh it told to stop before killing it: ssh ends
+/// at once at SIGTERM, and its cleanup is local.
+const STOPPED_GRACE: Duration = Duration::from_secs(2);
+
 /// Where a host's nix-daemon listens (NixOS, and every multi-user Nix install).
 pub const DAEMON_SOCKET: &str = "/nix/var/nix/daemon-socket/socket";
 
@@ -525,6 +529,8 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
                 opened.push(dest);
             }
         }
+        // Sessions stopped while their thread was elsewhere: none outlives the run.
+        self.processes.wait_stopped(STOPPED_GRACE);
         // The masters are the control directory's sockets, unless the user's options put
         // them elsewhere: each is told to end in-process; `ssh -O exit` per host is left
         // for when that cannot be done. A master with no socket left has ended already
