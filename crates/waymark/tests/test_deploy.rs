@@ -618,26 +618,29 @@ fn a_killed_or_interrupted_deployer_leaves_the_previous_closure_running() {
     lab.flake.set_generation("web1", "g1").unwrap();
     let g0 = &lab.g(0).clone();
 
-    // In gate 4, during the health checks.
-    stop_during(
+    // In gate 4, during the health checks. A killed deployer leaves its control
+    // directory (its masters end with the lab's hosts): the test removes it.
+    let (_, _, killed) = stop_during(
         &lab,
         "slow-health",
         "test",
         Duration::from_millis(1500),
         "KILL",
     );
+    let _ = std::fs::remove_dir_all(killed);
     assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
     assert!(lab.marks("web1", "web1").is_empty());
     lab.exec("web1", "rm -rf /run/waymark/deploy");
 
     // In gate 5, before the confirmation.
-    stop_during(
+    let (_, _, killed) = stop_during(
         &lab,
         "pause-before-confirm",
         "switch",
         Duration::from_millis(500),
         "KILL",
     );
+    let _ = std::fs::remove_dir_all(killed);
     assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
     assert!(lab.marks("web1", "web1").is_empty());
     lab.exec("web1", "rm -rf /run/waymark/deploy");
