@@ -46,9 +46,9 @@ fn fleet_demo_deploys_fails_one_host_rolls_back_and_cleans_up() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let all = format!("{}{}", r.stdout, r.stderr);
     for line in [
-        "db    runs generation 2, 2 known-good marks",
-        "web1  runs generation 1, 3 known-good marks",
-        "web2  runs generation 1, 1 known-good marks",
+        "db    runs generation 2, 2 known-good marks\n",
+        "web1  runs generation 1, 3 known-good marks\n",
+        "web2  runs generation 1, 1 known-good mark\n",
         "web2         test          failed",
         "Root causes: 7 changes explain the 9 rebuilds",
     ] {

@@ -299,8 +299,9 @@ fn show_fleet(global: Global, stopper: &Stopper, dir: &Path) -> anyhow::Result<E
                     |i| format!("generation {}", i.min(1) + 1),
                 );
             let marks = lab.marks(h, h)?.len();
+            let noun = if marks == 1 { "mark" } else { "marks" };
             report.push_str(&format!(
-                "    {h:<5} runs {generation}, {marks} known-good marks\n"
+                "    {h:<5} runs {generation}, {marks} known-good {noun}\n"
             ));
         }
         let tags = std::process::Command::new("git")
