@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark of `waymark deploy` on simulated hosts (each with its own /nix, /run and sshd
-# on 127.0.0.1, TESTBED.md), beside deploy-rs 1.0.0 on the same kind of hosts, in one run:
+# on 127.0.0.1: docs/testbed.md), beside deploy-rs 1.0.0 on the same kind of hosts, in one run:
 #   - one host, all five gates, a new closure each run (built on the build host);
 #   - a no-change redeploy (the closure runs and is known-good);
 #   - fleets of 5, 10 and 20 hosts with --parallel equal to their size, and 1;
-#   - deploy-rs (../shared/peers/deploy-rs/measure.sh): one host, and 5 hosts --targets.
+#   - deploy-rs (its measuring recipe's measure.sh, outside this repository: PEER below):
+#     one host, and 5 hosts --targets.
 # Both tools are measured in two login profiles, each applied to both alike:
 #   stock       this machine as it is: root's ~/.bashrc runs `pyenv init` in every SSH
 #               session (~0.13 s of CPU each) and OpenSSH 9.2 negotiates the costly

@@ -1,9 +1,9 @@
 //! Simulated machines: each host is a directory with its own `/nix` (store, database,
 //! profiles, GC roots), bind-mounted on `/nix` in a private mount namespace, with its own
-//! tmpfs `/run` and a real sshd on 127.0.0.1 inside that namespace (TESTBED.md). Store
-//! paths live at their real `/nix/store` locations there, so closures copy between hosts
-//! with `nix copy --from ssh-ng://a --to ssh-ng://b` exactly as between machines, and a
-//! host's `/run/current-system` is its own. Needs root (mount namespaces).
+//! tmpfs `/run` and a real sshd on 127.0.0.1 inside that namespace (docs/testbed.md).
+//! Store paths live at their real `/nix/store` locations there, so closures copy between
+//! hosts with `nix copy --from ssh-ng://a --to ssh-ng://b` exactly as between machines,
+//! and a host's `/run/current-system` is its own. Needs root (mount namespaces).
 //!
 //! Like a NixOS machine, a host runs a `nix-daemon` on its own store (its socket at
 //! `/nix/var/nix/daemon-socket/socket` in its `/nix`), unless started without one, like

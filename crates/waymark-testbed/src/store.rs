@@ -7,9 +7,10 @@ use std::process::Command;
 
 use crate::error::{Error, Result};
 
-/// The settings every Nix call of the testbed uses (TESTBED.md): no binary cache (no
-/// network here, and retries cost seconds), builds as the calling user, no sandbox (the
-/// busybox builder needs nothing outside the store).
+/// The settings every Nix call of the testbed uses (docs/testbed.md): no binary cache (no
+/// network here, and retries cost seconds), builds as the calling user (two stores' build
+/// users share UIDs and kill each other's builds), no sandbox (the busybox builder needs
+/// nothing outside the store).
 const NIX_CONF: &str = "substituters =\nexperimental-features = nix-command flakes\nbuild-users-group =\nsandbox = false\n";
 
 /// Where a store keeps what, relative to its directory.

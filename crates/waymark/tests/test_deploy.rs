@@ -1,4 +1,4 @@
-//! `waymark deploy` on simulated hosts (own /nix and /run, real sshd, TESTBED.md): a
+//! `waymark deploy` on simulated hosts (own /nix and /run, real sshd; docs/testbed.md): a
 //! builder and targets, a fleet flake in git, the deployer in a namespace of its own.
 //! The fault matrix: after each fault, what the target runs, its profile and boot entry,
 //! its marks, the report and the exit status. Needs root, as CI has.
