@@ -92,8 +92,8 @@ def measure(cmd):
         rss = max(rss, usage.ru_maxrss)
     return statistics.median(times), rss / 1024
 
-# nix-diff cannot run here (no nixpkgs); its figures, measured on this machine kind where
-# nixpkgs was at hand (issue #2), stand in for it when it is absent.
+# nix-diff cannot run here (no nixpkgs); nix-diff 1.0.20's figures on the same generated
+# pairs, measured on this machine kind (issue #2), stand in for it when it is absent.
 nix_diff_reference = {"~6,000 paths": 1.4, "~6,000, glibc bumped": 7.6}
 print(f"{runs} runs per tool after 2 warm-up runs; medians; peak RSS over the runs\n")
 for label, old, new in pairs:
