@@ -1,5 +1,9 @@
-//! `waymark`: gated NixOS deploys. Today: `waymark diff` (closure diff with root causes)
-//! and `waymark demo`.
+//! `waymark`: gated NixOS deploys. The commands: `deploy` (hosts through the gates, and
+//! `deploy rollback`), `diff` (closure diff with root causes), `fleet` (the fleet's
+//! declarations and deploy order), `known-good` (marks: GC-rooted closures with their
+//! evidence), `release` (tags and fast-forward-only branches) and `demo` (a throw-away
+//! local fleet). Each is a module of [`commands`]; this file maps errors to the exit
+//! statuses ([`ExitStatus`]) and prints them as one line on stderr.
 
 mod commands;
 mod printer;
