@@ -1,6 +1,7 @@
 //! The evidence document: what a closure went through before it was called good. The
-//! deploy pipeline writes it, known-good marks embed it, release tags summarise it, and
-//! the queue service exchanges it; `docs/evidence-schema.json` specifies it.
+//! deploy pipeline writes it, known-good marks embed it and release tags summarise it
+//! (the deployment queue, still to come, is to exchange it too);
+//! `docs/evidence-schema.json` specifies it.
 //!
 //! # Example
 //! ```
