@@ -164,6 +164,8 @@ let
       ];
       wget = [ "wget" ];
       which = [ "which" ];
+      # The clone step of woodpecker's local backend looks it up by this name.
+      woodpecker-plugin-git = [ "plugin-git" ];
       xz = [
         "unxz"
         "xz"

@@ -8,8 +8,11 @@
 # of our own around drone-runner-exec, and `command` runs any command as a
 # service. Whatever the kind, the unit's environment is exactly
 # `waymark.harness.exports` (PATH forced to the env's, not extended by the
-# upstream `path` or systemd's default one), and the units Waymark writes
-# start through `harness-run`, the entrypoint the sweeps use.
+# upstream `path` or systemd's default one), the units Waymark writes start
+# through `harness-run`, the entrypoint the sweeps use, and every unit gets
+# the same test-runner sandbox. What each kind needs of the env and of its
+# unit, and why, is in ./runner-kinds.nix; what its jobs can see, in
+# docs/modules.md.
 {
   config,
   lib,
@@ -43,16 +46,21 @@ let
     _: v: lib.hasInfix "," v || lib.hasInfix ":" v
   ) harness.environment;
 
-  # Commands the upstream Gitea runner unit runs by name from its PATH, which
-  # is the harness PATH here: its registration script (ExecStartPre) and bash
-  # for `run:` steps of host-label jobs.
-  giteaRequires = [
-    "bash"
-    "cat"
-    "mkdir"
-    "rm"
-    "sort"
-  ];
+  kinds = import ./runner-kinds.nix { inherit lib; };
+
+  # Secrets are read by systemd at start: an absolute path, never a store
+  # path (the store is world-readable, and a Nix path literal would be copied
+  # there).
+  secretPath =
+    lib.types.addCheck (lib.types.strMatching "/.+") (s: !lib.hasPrefix "${builtins.storeDir}/" s)
+    // {
+      description = "absolute path outside the Nix store";
+    };
+
+  hasKvm = r: lib.elem "kvm" r.extraGroups;
+  # The unit's sandbox: the same for every kind (see ./runner-kinds.nix),
+  # with /dev/kvm let through when the runner is in the kvm group.
+  sandboxOf = r: kinds.sandbox // lib.optionalAttrs (hasKvm r) kinds.kvmDevice;
 
   runnerModule =
     { name, config, ... }:
@@ -107,7 +115,13 @@ let
           type = lib.types.listOf lib.types.str;
           default = [ ];
           example = [ "kvm" ];
-          description = "Supplementary groups of the runner's unit.";
+          description = ''
+            Supplementary groups of the runner's unit. `kvm` also lets
+            {file}`/dev/kvm` through the sandbox (`PrivateDevices=false`,
+            `DeviceAllow=/dev/kvm rw`, every other device closed); other
+            device groups (${lib.concatStringsSep ", " kinds.hiddenDeviceGroups})
+            are refused, since the sandbox hides their devices.
+          '';
         };
 
         oomPolicy = lib.mkOption {
@@ -181,12 +195,14 @@ let
           };
 
           tokenFile = lib.mkOption {
-            type = lib.types.nullOr lib.types.str;
+            type = lib.types.nullOr secretPath;
             default = null;
             example = "/run/secrets/forgejo-runner-token";
             description = ''
-              For the `gitea-actions` kind: an environment file holding
-              `TOKEN=<registration token>`, outside the store.
+              For the `gitea-actions` kind: a file outside the store holding
+              `TOKEN=<registration token>`. Older upstream modules read it as
+              an environment file; newer ones take the raw token and still
+              accept this form (with a deprecation warning in the journal).
             '';
           };
 
@@ -220,7 +236,7 @@ let
           };
 
           environmentFile = lib.mkOption {
-            type = lib.types.listOf lib.types.str;
+            type = lib.types.listOf secretPath;
             default = [ ];
             example = [ "/run/secrets/woodpecker-agent.env" ];
             description = ''
@@ -250,7 +266,7 @@ let
           };
 
           secretFile = lib.mkOption {
-            type = lib.types.nullOr lib.types.str;
+            type = lib.types.nullOr secretPath;
             default = null;
             example = "/run/secrets/drone-runner.env";
             description = ''
@@ -279,7 +295,6 @@ let
 
   hostName = config.networking.hostName;
 
-  hardening = import ./hardening.nix;
   gcRootsDirs = import ./gc-roots-dirs.nix { inherit lib; };
 
   runnerAssertions =
@@ -298,6 +313,10 @@ let
       {
         assertion = lib.stringLength r.user < 32;
         message = "${at}.user: \"${r.user}\" is longer than 31 characters; set a shorter ${at}.user.";
+      }
+      {
+        assertion = lib.intersectLists kinds.hiddenDeviceGroups r.extraGroups == [ ];
+        message = "${at}.extraGroups: ${lib.concatStringsSep ", " (lib.intersectLists kinds.hiddenDeviceGroups r.extraGroups)} would do nothing: the runner's sandbox (PrivateDevices) hides those devices. Only kvm is let through.";
       }
       {
         assertion = (r.command != null) == (r.kind == "command");
@@ -372,7 +391,7 @@ let
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
       environment = lib.optionalAttrs (r.kind == "drone-exec") droneEnvironment;
-      serviceConfig = hardening // {
+      serviceConfig = sandboxOf r // {
         User = r.user;
         Group = r.user;
         ExecStart = "${harness.entrypoint}/bin/harness-run ${command}";
@@ -418,10 +437,15 @@ in
       {
         assertions = lib.concatLists (lib.mapAttrsToList runnerAssertions enabled);
 
-        waymark.harness.requiredCommands = lib.mapAttrs' (
-          name: _:
-          lib.nameValuePair "waymark.runners.${name} (the upstream gitea-actions unit runs these by name)" giteaRequires
-        ) (ofKind "gitea-actions");
+        waymark.harness.requiredCommands = lib.concatMapAttrs (
+          name: r:
+          lib.mapAttrs' (why: lib.nameValuePair "waymark.runners.${name} (${why})") (
+            kinds.requires {
+              inherit (r) kind;
+              giteaPackage = config.services.gitea-actions-runner.package or null;
+            }
+          )
+        ) enabled;
 
         # A name NixOS would reject with an abort is left out, so that the
         # assertion above, which names the option to change, is what shows.
@@ -453,7 +477,7 @@ in
         );
 
         systemd.services = lib.mapAttrs' (
-          _: r:
+          name: r:
           lib.nameValuePair r.unit {
             environment = unitEnvironment;
             serviceConfig = {
@@ -462,7 +486,11 @@ in
               ReadWritePaths = [ r.gcRootsDir ];
               OOMPolicy = r.oomPolicy;
               SupplementaryGroups = r.extraGroups;
-            };
+            }
+            # The units upstream writes get the same sandbox, above upstream's
+            # own settings (woodpecker's turns on what test jobs need off).
+            # Waymark's own units have it in their definition below.
+            // lib.optionalAttrs (!(ownUnits ? ${name})) (lib.mapAttrs (_: lib.mkOverride 90) (sandboxOf r));
           }
         ) enabled;
       }

@@ -12,6 +12,11 @@
     bash
     coreutils
     gitMinimal
+    # The gitea-actions registration script's grep and sed; woodpecker's
+    # clone step.
+    gnugrep
+    gnused
+    woodpecker-plugin-git
   ];
 
   waymark.runners = {

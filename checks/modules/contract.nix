@@ -607,6 +607,23 @@ in
             WorkingDirectory = "-/var/lib/gitea-runner/${name}";
             Restart = "on-failure";
             RestartSec = 2;
+            # The registration script, reduced to what it runs by name and
+            # how (written for the contract, not copied): test-upstream-pin
+            # reads the commands from the text. Upstream's is a
+            # writeShellScript, so bash itself is found by absolute path.
+            ExecStartPre = [
+              (pkgs.writeShellScript "gitea-register-runner-${name}" ''
+                dir="$STATE_DIRECTORY/${name}"
+                mkdir -vp "$dir"
+                wanted="$(echo ${lib.escapeShellArg (lib.concatStringsSep "\n" instance.labels)} | sort)"
+                current="$(cat "$dir/.labels" 2>/dev/null || echo 0)"
+                if [ ! -e "$dir/.runner" ] || [ "$wanted" != "$current" ]; then
+                  rm -v "$dir/.runner" || true
+                  ${gitea.package}/bin/act_runner register --no-interactive --token "$TOKEN"
+                  echo "$wanted" > "$dir/.labels"
+                fi
+              '')
+            ];
             ExecStart = "${gitea.package}/bin/act_runner daemon --config /nix/store/stand-in-config.yaml";
             SupplementaryGroups = [ ];
           }
@@ -623,6 +640,7 @@ in
           wantedBy = [ "multi-user.target" ];
           after = [ "network-online.target" ];
           wants = [ "network-online.target" ];
+          # Copied whole: the runner sets its own sandbox over it.
           serviceConfig = {
             DynamicUser = true;
             SupplementaryGroups = agent.extraGroups;
@@ -630,11 +648,34 @@ in
             ExecStart = lib.getExe agent.package;
             Restart = "on-failure";
             RestartSec = 15;
+            CapabilityBoundingSet = "";
             NoNewPrivileges = true;
             ProtectSystem = "strict";
             PrivateTmp = true;
+            PrivateDevices = true;
             PrivateUsers = true;
+            ProtectHostname = true;
+            ProtectClock = true;
+            ProtectKernelTunables = true;
+            ProtectKernelModules = true;
+            ProtectKernelLogs = true;
+            ProtectControlGroups = true;
+            RestrictAddressFamilies = [ "AF_UNIX AF_INET AF_INET6" ];
+            LockPersonality = true;
             MemoryDenyWriteExecute = true;
+            RestrictRealtime = true;
+            RestrictSUIDSGID = true;
+            PrivateMounts = true;
+            SystemCallArchitectures = "native";
+            SystemCallFilter = "~@clock @privileged @cpu-emulation @debug @keyring @module @mount @obsolete @raw-io @reboot @setuid @swap";
+            BindReadOnlyPaths = [
+              "-/etc/resolv.conf"
+              "-/etc/nsswitch.conf"
+              "-/etc/ssl/certs"
+              "-/etc/static/ssl/certs"
+              "-/etc/hosts"
+              "-/etc/localtime"
+            ];
           };
           inherit (agent) environment path;
         }

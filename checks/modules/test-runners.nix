@@ -1,7 +1,9 @@
 # Runners: each kind plugs the harness env into its unit (upstream modules'
 # own options for gitea-actions and woodpecker; `harness-run` for the units
-# Waymark writes), with a dedicated user, a GC-roots directory and hardening;
-# bad combinations fail with a message naming the option.
+# Waymark writes), with a dedicated user, a GC-roots directory and the same
+# test-runner sandbox (checked on every kind's unit); what each kind runs by
+# name is required of the env; bad combinations fail with a message naming
+# the option.
 {
   lib,
   evalConfig ? null,
@@ -18,6 +20,28 @@ let
   runners = base.waymark.runners;
 
   with' = extra: t.eval [ ./all-runner-kinds.nix extra ];
+  kinds = import ../../modules/runner-kinds.nix { inherit lib; };
+
+  # The sandbox settings of a unit that differ from what a runner's unit must
+  # have: Waymark's hardening, the settings test jobs need off (absent counts
+  # as off), and with the kvm group /dev/kvm let through.
+  sandboxDrift =
+    config: r:
+    let
+      c = config.systemd.services.${r.unit}.serviceConfig;
+      want = kinds.sandbox // lib.optionalAttrs (lib.elem "kvm" r.extraGroups) kinds.kvmDevice;
+      offWhenAbsent = v: v == false || v == [ ];
+    in
+    lib.filter (k: if c ? ${k} then c.${k} != want.${k} else !(offWhenAbsent want.${k})) (lib.attrNames want);
+  driftOf = config: lib.mapAttrs (_: sandboxDrift config) config.waymark.runners;
+  noDrift = lib.mapAttrs (_: _: [ ]) runners;
+
+  # Every kind in the kvm group.
+  allKvm = with' {
+    waymark.runners = lib.mapAttrs (_: _: { extraGroups = [ "kvm" ]; }) runners;
+  };
+
+  requiredBy = config: lib.attrNames config.waymark.harness.requiredCommands;
   only =
     extra:
     t.eval [
@@ -51,8 +75,27 @@ t.all [
       && lib.hasPrefix "/nix/var/nix/gcroots/" r.gcRootsDir
     ) (lib.attrValues runners)
   ))
-  (t.ok "every runner user may use the Nix daemon" (
-    lib.all (r: lib.elem r.user base.nix.settings.extra-allowed-users) (lib.attrValues runners)
+  # NixOS allows every user by default ("*"), so the check narrows it first.
+  (t.ok "every runner user may use the Nix daemon when allowed-users is narrowed" (
+    let
+      c = with' { nix.settings.allowed-users = [ "@wheel" ]; };
+      effective = c.nix.settings.allowed-users ++ c.nix.settings.extra-allowed-users or [ ];
+    in
+    c.nix.settings.allowed-users == [ "@wheel" ] && lib.all (r: lib.elem r.user effective) (lib.attrValues runners)
+  ))
+  (t.eq "every runner unit has the test-runner sandbox (hardening on; MemoryDenyWriteExecute, PrivateUsers, syscall and address-family filters off)" noDrift (driftOf base))
+  (t.eq "every kind in the kvm group gets /dev/kvm through the sandbox" noDrift (driftOf allKvm))
+  (t.ok "every kind in the kvm group: PrivateDevices off, /dev/kvm allowed" (
+    lib.all (
+      r:
+      let
+        c = allKvm.systemd.services.${r.unit}.serviceConfig;
+      in
+      c.PrivateDevices == false && lib.elem "/dev/kvm rw" c.DeviceAllow && c.DevicePolicy == "closed"
+    ) (lib.attrValues runners)
+  ))
+  (t.failsWith "a device group the sandbox hides is refused" [ "waymark.runners.drone.extraGroups: video would do nothing" ] (
+    with' { waymark.runners.drone.extraGroups = [ "video" ]; }
   ))
   (t.ok "every runner unit keeps serving when one job hits the OOM killer" (
     lib.all (r: base.systemd.services.${r.unit}.serviceConfig.OOMPolicy == "continue") (lib.attrValues runners)
@@ -78,10 +121,45 @@ t.all [
   (t.failsWith "gitea-actions: url and tokenFile are required" [ "needs giteaActions.url and giteaActions.tokenFile" ] (
     only { waymark.runners.r.kind = "gitea-actions"; }
   ))
-  (t.failsWith "gitea-actions: the registration script's commands must be in the env" [
-    "waymark.runners.forgejo (the upstream gitea-actions unit runs these by name): bash (from pkgs.bash or pkgs.bash-interactive), cat"
+  (t.failsWith "gitea-actions: the registration script's commands and the jobs' shell must be in the env" [
+    "waymark.runners.forgejo (the upstream unit's registration script runs these by name): cat (from pkgs.coreutils or pkgs.coreutils-full), cut"
+    "grep (from pkgs.gnugrep)"
+    "sed (from pkgs.gnused), sha256sum"
+    "waymark.runners.forgejo (host jobs' run steps use bash): bash"
   ] (
     with' ({ pkgs, ... }: { waymark.harness.packages = lib.mkForce [ pkgs.gitMinimal ]; })
+  ))
+  (t.failsWith "gitea-actions: forgejo-runner 12 or later (which appends its own git to PATH) needs the env's git" [
+    "waymark.runners.forgejo (forgejo-runner 12.4.0 appends its own git to the jobs' PATH, so the env's must come first): git (from"
+  ] (
+    with' (
+      { pkgs, ... }:
+      {
+        services.gitea-actions-runner.package = pkgs.forgejo-runner // {
+          version = "12.4.0";
+        };
+        waymark.runners = lib.mkForce {
+          forgejo = {
+            kind = "gitea-actions";
+            giteaActions = {
+              url = "https://forge.example.com";
+              tokenFile = "/run/secrets/forgejo";
+            };
+          };
+        };
+        waymark.harness.packages = lib.mkForce [
+          pkgs.bash
+          pkgs.coreutils
+          pkgs.gnugrep
+          pkgs.gnused
+        ];
+      }
+    )
+  ))
+  (t.ok "gitea-actions: forgejo-runner before 12 (no wrapper) adds no git requirement" (
+    !lib.any (lib.hasInfix "appends its own git") (
+      requiredBy (with' ({ pkgs, ... }: { services.gitea-actions-runner.package = pkgs.forgejo-runner // { version = "11.3.1"; }; }))
+    )
   ))
 
   # woodpecker: upstream's module, the env as path.
@@ -93,24 +171,37 @@ t.all [
   (t.failsWith "woodpecker: a second list in path is refused" [ "agents.woodpecker.path must be the harness env alone" ] (
     with' ({ pkgs, ... }: { services.woodpecker-agents.agents.woodpecker.path = [ pkgs.git-lfs ]; })
   ))
+  (t.failsWith "woodpecker: the local backend's clone step and shell must be in the env" [
+    "waymark.runners.woodpecker (the local backend's clone step runs plugin-git, downloading one from GitHub when PATH has none, and git): plugin-git (from pkgs.woodpecker-plugin-git), git (from"
+    "waymark.runners.woodpecker (a step's image names its shell, found on PATH; bash is upstream's example): bash"
+  ] (with' ({ pkgs, ... }: { waymark.harness.packages = lib.mkForce [ pkgs.coreutils ]; })))
+  (t.eq "woodpecker: environment files outside the store reach the unit" [ "/run/secrets/wp.env" ] (
+    with' { waymark.runners.woodpecker.woodpecker.environmentFile = [ "/run/secrets/wp.env" ]; }
+  ).systemd.services.woodpecker-agent-woodpecker.serviceConfig.EnvironmentFile)
+  (t.throws "woodpecker: a relative environment file is a type error" (
+    with' { waymark.runners.woodpecker.woodpecker.environmentFile = [ "secrets/wp.env" ]; }
+  ).waymark.runners.woodpecker.woodpecker.environmentFile)
+  (t.throws "woodpecker: an environment file in the store is a type error" (
+    with' { waymark.runners.woodpecker.woodpecker.environmentFile = [ "/nix/store/00000000000000000000000000000000-wp.env" ]; }
+  ).waymark.runners.woodpecker.woodpecker.environmentFile)
+  (t.throws "gitea-actions: a token file in the store is a type error" (
+    with' { waymark.runners.forgejo.giteaActions.tokenFile = lib.mkForce "/nix/store/00000000000000000000000000000000-token"; }
+  ).waymark.runners.forgejo.giteaActions.tokenFile)
 
   # drone-exec: our unit, through harness-run.
   (t.ok "drone-exec: starts through harness-run" (lib.hasPrefix "${run} " (unitOf "drone").serviceConfig.ExecStart))
   (t.eq "drone-exec: the harness variables reach the steps" "LANG:C.UTF-8" (unitOf "drone").environment.DRONE_RUNNER_ENVIRON)
   (t.eq "drone-exec: the admin/admin dashboard is off" "true" (unitOf "drone").environment.DRONE_UI_DISABLE)
   (t.eq "drone-exec: the secret comes from a file outside the store" "/run/secrets/drone.env" (unitOf "drone").serviceConfig.EnvironmentFile)
+  (t.failsWith "drone-exec: the clone step's git must be in the env" [ "waymark.runners.drone (drone-runner-exec's clone step runs git): git" ] (
+    with' ({ pkgs, ... }: { waymark.harness.packages = lib.mkForce [ pkgs.bash pkgs.coreutils pkgs.gnugrep pkgs.gnused pkgs.woodpecker-plugin-git ]; })
+  ))
   (t.failsWith "drone-exec: a variable DRONE_RUNNER_ENVIRON cannot carry is refused" [ "cannot carry a comma or a colon" "URL" ] (
     with' { waymark.harness.environment.URL = "https://example.com"; }
   ))
 
   # command: our unit, through harness-run, hardened.
   (t.eq "command: starts through harness-run" "${run} ci/poll --forever" (unitOf "poller").serviceConfig.ExecStart)
-  (t.ok "command: hardened" (
-    let
-      c = (unitOf "poller").serviceConfig;
-    in
-    c.ProtectSystem == "strict" && c.NoNewPrivileges && c.PrivateTmp && c.ProtectHome
-  ))
   (t.eq "command: its home is its state directory" "/var/lib/waymark-runners/poller" base.users.users.waymark-runner-poller.home)
   (t.eq "command: extra groups" [ "kvm" ] (unitOf "poller").serviceConfig.SupplementaryGroups)
   (t.failsWith "command: the command is required" [ "the command kind needs waymark.runners.r.command" ] (
