@@ -64,7 +64,7 @@ let
   };
   maxRounds = settings.maxPolicyRounds or 10;
 
-  decl = common.checkKeys "the declarations" [ "hosts" "aspects" "policies" ] declarations;
+  decl = common.checkKeys "the argument of lib.compose" [ "hosts" "aspects" "policies" ] declarations;
   hostDecls = decl.hosts or { };
   aspects = decl.aspects or { };
   policies = decl.policies or { };
@@ -262,7 +262,9 @@ let
           );
         };
     in
-    {
+    # Substitutes are read only where a name is looked up: a disagreement
+    # is an error all the same.
+    builtins.seq substitutes {
       inherit system home deploy;
       modules = [ hostModule ] ++ map (e: common.wrap e.key e.nixos) (filter (e: e.nixos != null) entries);
       aspects = map (e: e.key) entries;
