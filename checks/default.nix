@@ -93,11 +93,12 @@ let
         "${name}\n"
       ) moduleTests
     );
-  nixosTestConfig =
+  # A NixOS host of `modules` on the example hardware; the tests add
+  # Waymark's modules where they mean to (checks/modules/lib.nix).
+  nixosTestSystem =
     modules:
     (inputs.nixpkgs.lib.nixosSystem {
       modules = [
-        self.nixosModules.default
         ../hosts/hardware.nix
         {
           system.stateVersion = lib.mkDefault "26.05";
@@ -161,7 +162,7 @@ in
 
   modules-nixos = runModuleTests {
     inherit lib;
-    evalConfig = nixosTestConfig;
+    evalSystem = nixosTestSystem;
     forceConfig = config: builtins.unsafeDiscardStringContext config.system.build.toplevel.drvPath;
   };
 }

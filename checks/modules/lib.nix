@@ -1,33 +1,33 @@
 # Helpers of the module tests (checks/modules/test-*.nix).
 #
-# A test file is `{ lib, evalConfig ? null, forceConfig ? null }: <bool>`. It
+# A test file is `{ lib, evalSystem ? null, forceConfig ? null }: <bool>`. It
 # returns true or throws a message starting with "FAILED <test name>".
 #
-# - `evalConfig modules` returns the `config` of a host made of Waymark's
-#   modules (modules/default.nix) plus `modules`. By default it evaluates
-#   with `lib.evalModules` against the contract (./contract.nix, with
-#   stand-in pkgs) and ./host-stubs.nix; checks/default.nix passes one that
-#   uses the real `nixosSystem` instead.
+# - `evalSystem modules` returns the `config` of a NixOS host made of
+#   `modules` and nothing of Waymark's: by default `lib.evalModules` against
+#   the contract (./contract.nix, with stand-in pkgs) and ./host-stubs.nix;
+#   checks/default.nix passes one that uses the real `nixosSystem` instead.
+#   Every test must use it (test-checks.nix fails on one that does not).
+# - `eval modules` is `evalSystem` with Waymark's modules
+#   (modules/default.nix) added.
 # - `forceConfig config` forces what a host would build. By default it
 #   deep-evaluates the parts of the contract the modules write;
 #   checks/default.nix passes the toplevel's drvPath.
 {
   lib,
-  evalConfig ? null,
+  evalSystem ? null,
   forceConfig ? null,
 }:
 let
-  contractEval =
+  contractSystem =
     modules:
     (lib.evalModules {
       modules = [
         ./contract.nix
         ./host-stubs.nix
-        ../../modules/default.nix
       ]
       ++ modules;
     }).config;
-
   contractForce =
     config:
     builtins.deepSeq {
@@ -54,9 +54,10 @@ let
 in
 rec {
   # Whether the tests run against the contract (true) or the real nixosSystem.
-  contract = evalConfig == null;
+  contract = evalSystem == null;
 
-  eval = if contract then contractEval else evalConfig;
+  system = if contract then contractSystem else evalSystem;
+  eval = modules: system ([ ../../modules/default.nix ] ++ modules);
   force = if forceConfig != null then forceConfig else contractForce;
 
   # The repository root and the files a test may read.

@@ -3,11 +3,11 @@
 # host, and the fleet-wide checks (names, build hosts, dependencies, cycles).
 {
   lib,
-  evalConfig ? null,
+  evalSystem ? null,
   forceConfig ? null,
 }:
 let
-  t = import ./lib.nix { inherit lib evalConfig forceConfig; };
+  t = import ./lib.nix { inherit lib evalSystem forceConfig; };
   inherit (import ../../nix/lib { inherit lib; }) fleet fleetWith;
 
   host =

@@ -1,27 +1,25 @@
 # The flake's outputs that need no nixpkgs packages, evaluated with a
-# stand-in nixpkgs whose `lib.nixosSystem` evaluates against the contract:
-# the exported modules (each usable on its own), the example hosts as
+# stand-in nixpkgs whose `lib.nixosSystem` is the tests' system evaluator
+# (the contract here, the real `nixosSystem` in `nix flake check`): the
+# exported modules (each usable on its own), the example hosts as
 # nixosConfigurations, and `lib.fleet` over them.
-{ lib, ... }:
+{
+  lib,
+  evalSystem ? null,
+  forceConfig ? null,
+}:
 let
-  t = import ./lib.nix { inherit lib; };
+  t = import ./lib.nix { inherit lib evalSystem forceConfig; };
 
-  contractSystem =
+  standInSystem =
     { modules, ... }:
     {
-      config =
-        (lib.evalModules {
-          modules = [
-            ./contract.nix
-            ./host-stubs.nix
-          ]
-          ++ modules;
-        }).config;
+      config = t.system modules;
     };
 
   nixpkgs = {
     lib = lib // {
-      nixosSystem = contractSystem;
+      nixosSystem = standInSystem;
     };
   };
   flake = import ../../flake.nix;
@@ -30,7 +28,7 @@ let
     inherit nixpkgs;
   };
 
-  alone = module: extra: (contractSystem { modules = [ module extra ]; }).config;
+  alone = module: extra: t.system [ module extra ];
   m = outputs.nixosModules;
 in
 t.all [

@@ -3,11 +3,11 @@
 # variables, host packages only on request, and bad variables refused.
 {
   lib,
-  evalConfig ? null,
+  evalSystem ? null,
   forceConfig ? null,
 }:
 let
-  t = import ./lib.nix { inherit lib evalConfig forceConfig; };
+  t = import ./lib.nix { inherit lib evalSystem forceConfig; };
 
   host =
     extra:

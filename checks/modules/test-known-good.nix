@@ -5,11 +5,11 @@
 # gcroots is refused.
 {
   lib,
-  evalConfig ? null,
+  evalSystem ? null,
   forceConfig ? null,
 }:
 let
-  t = import ./lib.nix { inherit lib evalConfig forceConfig; };
+  t = import ./lib.nix { inherit lib evalSystem forceConfig; };
 
   host =
     extra:

@@ -5,11 +5,11 @@
 # keeps the old one.
 {
   lib,
-  evalConfig ? null,
+  evalSystem ? null,
   forceConfig ? null,
 }:
 let
-  t = import ./lib.nix { inherit lib evalConfig forceConfig; };
+  t = import ./lib.nix { inherit lib evalSystem forceConfig; };
 
   addJq = { pkgs, ... }: { waymark.harness.packages = [ pkgs.jq ]; };
 

@@ -6,11 +6,11 @@
 # the option.
 {
   lib,
-  evalConfig ? null,
+  evalSystem ? null,
   forceConfig ? null,
 }:
 let
-  t = import ./lib.nix { inherit lib evalConfig forceConfig; };
+  t = import ./lib.nix { inherit lib evalSystem forceConfig; };
 
   base = t.eval [ ./all-runner-kinds.nix ];
   h = base.waymark.harness;

@@ -4,11 +4,11 @@
 # consumer unit's environment is exactly the harness exports.
 {
   lib,
-  evalConfig ? null,
+  evalSystem ? null,
   forceConfig ? null,
 }:
 let
-  t = import ./lib.nix { inherit lib evalConfig forceConfig; };
+  t = import ./lib.nix { inherit lib evalSystem forceConfig; };
 
   ci = t.eval [ ../../hosts/ci/configuration.nix ];
   h = ci.waymark.harness;

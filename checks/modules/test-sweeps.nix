@@ -3,11 +3,11 @@
 # an OnFailure hook that logs to the journal, and no restart on switch.
 {
   lib,
-  evalConfig ? null,
+  evalSystem ? null,
   forceConfig ? null,
 }:
 let
-  t = import ./lib.nix { inherit lib evalConfig forceConfig; };
+  t = import ./lib.nix { inherit lib evalSystem forceConfig; };
 
   host =
     extra:

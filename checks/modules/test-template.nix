@@ -1,13 +1,18 @@
 # The template (`nix flake init -t <waymark>`), instantiated offline: its
 # flake's outputs are called with a stand-in nixpkgs whose `lib.nixosSystem`
-# evaluates against the contract, and with this repository as `waymark`.
+# is the tests' system evaluator (the contract here, the real `nixosSystem` in
+# `nix flake check`), and with this repository as `waymark`.
 # Checked: one host with the modules imported and the deploy declaration, the
 # flake checks (each host's toplevel, the fleet), and a CI job that runs
 # `nix flake check`. The host's toplevel itself needs nixpkgs: that part runs
 # in `nix flake check` of this repository (checks.<system>.template-default).
-{ lib, ... }:
+{
+  lib,
+  evalSystem ? null,
+  forceConfig ? null,
+}:
 let
-  t = import ./lib.nix { inherit lib; };
+  t = import ./lib.nix { inherit lib evalSystem forceConfig; };
   dir = ../../templates/default;
   flake = import (dir + "/flake.nix");
 
@@ -17,7 +22,7 @@ let
       nixosSystem =
         { modules, ... }:
         {
-          config = t.eval modules;
+          config = t.system modules;
         };
     };
     legacyPackages.x86_64-linux = stand-in-pkgs // {
