@@ -1,14 +1,17 @@
-#!/usr/bin/env bash
 # Runs the module tests (checks/modules/test-*.nix) with nixpkgs' lib and
 # nothing else of nixpkgs: each must evaluate to true with
 # `nix-instantiate --eval --strict`. First checks that every .nix file of
 # the repository's Nix parts parses.
 #
+#   checks/modules/run.sh [test-name...]
 #   NIXPKGS_LIB=/path/to/nixpkgs/lib checks/modules/run.sh [test-name...]
 #
-# Without NIXPKGS_LIB (a directory holding nixpkgs' lib/default.nix) nothing
-# runs and nothing is claimed. The last line is "N passed, M failed"; the
-# exit status is 1 when a test failed.
+# nixpkgs' lib (a directory holding lib/default.nix) comes from NIXPKGS_LIB,
+# else from ../shared/nixpkgs-lib/lib next to the repository where that
+# exists (this project's CI machines have it there). Without either nothing
+# runs: the script says NOT RUN and exits 3, so CI cannot pass without the
+# tests. The last line of a run is "N passed, M failed"; the exit status is 1
+# when a test failed.
 set -uo pipefail
 cd "$(dirname "$0")"
 root=$(cd ../.. && pwd)
@@ -22,9 +25,18 @@ else
   tests=(test-*.nix)
 fi
 
-if [[ -z ${NIXPKGS_LIB:-} || ! -f ${NIXPKGS_LIB:-}/default.nix ]]; then
-  echo "NOT RUN: module evaluation tests need nixpkgs' lib (set NIXPKGS_LIB); 0 of $((${#tests[@]} + 1)) ran"
-  exit 0
+shared_lib="$root/../shared/nixpkgs-lib/lib"
+if [[ -n ${NIXPKGS_LIB:-} ]]; then
+  if [[ ! -f $NIXPKGS_LIB/default.nix ]]; then
+    echo "error: NIXPKGS_LIB=$NIXPKGS_LIB has no default.nix; point it at a nixpkgs checkout's lib/ directory" >&2
+    exit 2
+  fi
+elif [[ -f $shared_lib/default.nix ]]; then
+  NIXPKGS_LIB=$(cd "$shared_lib" && pwd)
+  echo "using nixpkgs' lib from $NIXPKGS_LIB" >&2
+else
+  echo "NOT RUN: module evaluation tests need nixpkgs' lib (set NIXPKGS_LIB, or put it at ../shared/nixpkgs-lib/lib); 0 of $((${#tests[@]} + 1)) ran"
+  exit 3
 fi
 
 passed=0
