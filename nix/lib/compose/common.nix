@@ -133,24 +133,15 @@ rec {
         ok
     ) true (attrNames aspects);
 
-  # Entries in order, the first of each key kept.
-  dedupByKey =
+  # The keys of a walk's entries, as a set.
+  keySet =
     entries:
-    (foldl' (
-      acc: e:
-      if acc.seen ? ${e.key} then
-        acc
-      else
-        {
-          seen = acc.seen // {
-            ${e.key} = true;
-          };
-          out = acc.out ++ [ e ];
-        }
-    ) {
-      seen = { };
-      out = [ ];
-    } entries).out;
+    listToAttrs (
+      map (e: {
+        name = e.key;
+        value = true;
+      }) entries
+    );
 
   # A part as a module: its aspect's name is its key (so the module system
   # keeps it once) and its file (so an error says "In `aspect web'").

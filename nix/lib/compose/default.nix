@@ -224,14 +224,30 @@ let
         ) userNames
       );
 
-      # The host's aspects, then each user's (by name) that are not the
-      # host's already: an aspect two users include contributes once, unless
-      # its content depends on the user.
-      entries = common.dedupByKey (hostEntries ++ concatLists (map (u: userEntries.${u}) userNames));
+      # The host's aspects, then each user's (by name) that are not there
+      # already: an aspect two users include contributes once, unless its
+      # content depends on the user. (Each walk places an aspect once by
+      # itself; only what one walk placed is left out of the next, so an
+      # engine that placed one twice would show.)
+      entries =
+        (foldl'
+          (acc: mine: {
+            out = acc.out ++ filter (e: !(acc.seen ? ${e.key})) mine;
+            seen = acc.seen // common.keySet mine;
+          })
+          {
+            out = hostEntries;
+            seen = common.keySet hostEntries;
+          }
+          (map (u: userEntries.${u}) userNames)
+        ).out;
       home = mapAttrs (
         _: mine:
+        let
+          hostKeys = common.keySet hostEntries;
+        in
         map (e: common.wrap e.key e.homeManager) (
-          filter (e: e.homeManager != null) (common.dedupByKey (hostEntries ++ mine))
+          filter (e: e.homeManager != null) (hostEntries ++ filter (e: !(hostKeys ? ${e.key})) mine)
         )
       ) userEntries;
 
