@@ -47,6 +47,10 @@
         path = ./templates/default;
         description = "A NixOS fleet deployed with Waymark";
       };
+      templates.aspects = {
+        path = ./templates/aspects;
+        description = "A NixOS fleet composed from hosts, aspects and policies (lib.compose), deployed with Waymark";
+      };
 
       # Pure Nix functions (no pkgs): `lib.fleet nixosConfigurations`.
       lib = import ./nix/lib { inherit lib; };
