@@ -1,7 +1,8 @@
 # Runs the module tests (checks/modules/test-*.nix) with nixpkgs' lib and
 # nothing else of nixpkgs: each must evaluate to true with
 # `nix-instantiate --eval --strict`. First checks that every .nix file of
-# the repository's Nix parts parses.
+# the repository's Nix parts parses; last runs the script tests
+# (checks/modules/test-*.sh), each of which must exit 0.
 #
 #   checks/modules/run.sh [test-name...]
 #   NIXPKGS_LIB=/path/to/nixpkgs/lib checks/modules/run.sh [test-name...]
@@ -20,9 +21,15 @@ export NIX_CONFIG=$'substituters =\nexperimental-features = nix-command flakes\n
 
 if (($#)); then
   tests=()
-  for name in "$@"; do tests+=("${name%.nix}.nix"); done
+  scripts=()
+  for name in "$@"; do
+    name=${name%.nix}
+    name=${name%.sh}
+    if [[ -f $name.sh ]]; then scripts+=("$name.sh"); else tests+=("$name.nix"); fi
+  done
 else
   tests=(test-*.nix)
+  scripts=(test-*.sh)
 fi
 
 shared_lib="$root/../shared/nixpkgs-lib/lib"
@@ -35,7 +42,7 @@ elif [[ -f $shared_lib/default.nix ]]; then
   NIXPKGS_LIB=$(cd "$shared_lib" && pwd)
   echo "using nixpkgs' lib from $NIXPKGS_LIB" >&2
 else
-  echo "NOT RUN: module evaluation tests need nixpkgs' lib (set NIXPKGS_LIB, or put it at ../shared/nixpkgs-lib/lib); 0 of $((${#tests[@]} + 1)) ran"
+  echo "NOT RUN: module evaluation tests need nixpkgs' lib (set NIXPKGS_LIB, or put it at ../shared/nixpkgs-lib/lib); 0 of $((${#tests[@]} + ${#scripts[@]} + 1)) ran"
   exit 3
 fi
 
@@ -66,6 +73,18 @@ for test in "${tests[@]}"; do
     passed=$((passed + 1))
   else
     echo "FAIL ${test%.nix}"
+    printf '%s\n' "$out" | sed 's/^/  /'
+    failed=$((failed + 1))
+  fi
+done
+
+# Script tests (test-*.sh), e.g. sync-contract.sh against fake checkouts.
+for script in "${scripts[@]}"; do
+  if out=$(NIXPKGS_LIB=$NIXPKGS_LIB "./$script" 2>&1); then
+    echo "PASS ${script%.sh}"
+    passed=$((passed + 1))
+  else
+    echo "FAIL ${script%.sh}"
     printf '%s\n' "$out" | sed 's/^/  /'
     failed=$((failed + 1))
   fi

@@ -14,6 +14,8 @@ let
   noHost = {
     # Reads the repository's files and lints them.
     "test-no-second-list.nix" = true;
+    # Reads the contract's declarations and their sources.
+    "test-contract-sources.nix" = true;
   };
 
   tests = lib.filter (
