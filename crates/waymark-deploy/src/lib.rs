@@ -15,6 +15,7 @@ mod fleet;
 mod pipeline;
 mod processes;
 mod ssh;
+mod unfinished;
 
 pub use activation::{AgentState, DryRun};
 pub use events::{Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now, own_cpu_ms};

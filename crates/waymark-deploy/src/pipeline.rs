@@ -19,6 +19,9 @@ use crate::activation::{AgentState, DryRun};
 use crate::batch::{Batcher, batch_script, split_batch};
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
 use crate::ssh::{DAEMON_SOCKET, Endpoint, Held, Reply, Ssh, Talk};
+use crate::unfinished::{
+    AgentSeen, TargetNow, Unfinished, journal_dir, parse_agents, read_journals, unfinished,
+};
 
 /// The line that ends the probe's answer.
 const PROBED: &str = "@@probed";
@@ -64,6 +67,13 @@ echo "profile=$(real /nix/var/nix/profiles/system)"
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   echo "units=yes"; systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{{print "failed=" $1}}'
 fi
+# Agents whose deploy left its evidence and did not say it marked (see unfinished.rs).
+for d in /run/waymark/deploy/*; do
+  [ -f "$d/evidence.json" ] && [ ! -e "$d/marked" ] || continue
+  s=; {{ while IFS= read -r l; do s=$l; done < "$d/state"; }} 2>/dev/null
+  e=; {{ IFS= read -r e < "$d/evidence.json"; }} 2>/dev/null
+  printf 'agent=%s\nagent-state=%s\nagent-evidence=%s\n' "$d" "$s" "$e"
+done
 echo "@@marks"
 {remote_waymark} known-good list --json
 [ -n "$running" ] && [ "$running" != {kept_root} ] && echo "@@old" &&
@@ -282,6 +292,8 @@ struct Probe {
     known_old: Option<waymark_diff::Closure>,
     marks: Vec<Record>,
     failed_units: Option<Vec<String>>,
+    /// Agents whose deploy left its evidence and did not say it marked.
+    agents: Vec<AgentSeen>,
 }
 
 /// The paths of the new closure the target lacks, when both it and what the target
@@ -1040,6 +1052,7 @@ fi
             profile: field(&f, "profile").map(str::to_owned),
             old_closure: (!old_json.trim().is_empty()).then(|| old_json.to_owned()),
             marks,
+            agents: parse_agents(head),
             failed_units: field(&f, "units").map(|_| {
                 f.get("failed")
                     .map(|v| v.iter().map(|s| (*s).to_owned()).collect())
@@ -1120,8 +1133,37 @@ fi
             )
         });
         run.early_build = early;
-        let probe = probe?;
+        let mut probe = probe?;
         run.running.clone_from(&probe.running);
+        // A deploy of this host interrupted after its commit is finished first: its own
+        // agent committed it after the gates passed, so it is not drift.
+        let journals = read_journals(&self.settings.records_dir, &run.name);
+        let left = unfinished(
+            &TargetNow {
+                host: &run.name,
+                running: probe.running.as_deref(),
+                profile: probe.profile.as_deref(),
+                latest: probe.marks.last(),
+            },
+            &probe.agents,
+            &journals,
+            |r| self.record_path(r).exists(),
+        );
+        if let Some(left) = left {
+            // A rollback builds nothing, but the deploy it finishes was built there.
+            let builder = match &build_at {
+                Some(BuildAt::Builder { host, .. }) => Some(host.clone()),
+                Some(_) => None,
+                None => match self.build_at(run) {
+                    Ok(BuildAt::Builder { host, .. }) => Some(host),
+                    _ => None,
+                },
+            };
+            let record = self.finish_interrupted(run, left, builder.as_ref(), &probe)?;
+            if probe.marks.last() != Some(&record) {
+                probe.marks.push(record);
+            }
+        }
         let latest = probe.marks.last().cloned();
         if let Mode::Rollback { to } = mode {
             let record = match to.as_deref() {
@@ -1968,6 +2010,26 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
         rollback_to: &str,
         why: &str,
     ) -> Stop {
+        match self.await_agent(run, dir, rollback_to, why) {
+            Ok(_) => stop(
+                HostResult::NeedsHuman,
+                format!(
+                    "{why}, but the target's agent committed {closure}: it runs a closure that is not marked known-good"
+                ),
+            ),
+            Err(stop) => stop,
+        }
+    }
+
+    /// Waits for the agent's end: its report (`state=`, `running=`, `profile=`) when it
+    /// committed or kept the new closure, else where the host stands.
+    fn await_agent(
+        &self,
+        run: &mut Run,
+        dir: &str,
+        rollback_to: &str,
+        why: &str,
+    ) -> Result<Reply, Stop> {
         let target = run.target.clone();
         let patience = run.host.confirm_timeout
             + checks_budget(run.host)
@@ -1980,7 +2042,7 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
                 let f = fields(&r.stdout);
                 match AgentState::parse(field(&f, "state").unwrap_or("")) {
                     AgentState::Restored(how) => {
-                        return Self::verified_restore(
+                        return Err(Self::verified_restore(
                             run,
                             rollback_to,
                             format!(
@@ -1988,42 +2050,37 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
                                 AgentState::reason(&how)
                             ),
                             &r.stdout,
-                        );
+                        ));
                     }
                     AgentState::Committed | AgentState::Kept => {
                         run.running = field(&f, "running").map(str::to_owned);
-                        return stop(
-                            HostResult::NeedsHuman,
-                            format!(
-                                "{why}, but the target's agent committed {closure}: it runs a closure that is not marked known-good"
-                            ),
-                        );
+                        return Ok(r);
                     }
                     AgentState::Refused(how) => {
-                        return stop(
+                        return Err(stop(
                             HostResult::Failed,
                             format!("{why}; the agent activated nothing ({how})"),
-                        );
+                        ));
                     }
                     AgentState::RestoreFailed(_) => {
-                        return stop(
+                        return Err(stop(
                             HostResult::NeedsHuman,
                             format!(
                                 "{why}, and re-activating {rollback_to} failed on the target: see {dir}/restore.log"
                             ),
-                        );
+                        ));
                     }
                     _ => {}
                 }
             }
             if Instant::now() > deadline {
-                return stop(
+                return Err(stop(
                     HostResult::NeedsHuman,
                     format!(
                         "{why}; could not learn whether {} restored {rollback_to}: check it",
                         run.name
                     ),
-                );
+                ));
             }
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -2073,7 +2130,10 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
         };
         // Where the goal commits, the same connection marks the closure known-good on
         // the target, once the target itself shows it committed: one handshake less.
-        let (mark, evidence) = if matches!(self.settings.goal, Goal::Switch | Goal::Boot) {
+        // Before confirming, it leaves the evidence (one line of JSON, its stdin) in the
+        // agent's directory, and this machine keeps it too: a deploy stopped between
+        // the commit and the marks is finished by the next one ([`Unfinished`]).
+        let (keep, mark, evidence) = if matches!(self.settings.goal, Goal::Switch | Goal::Boot) {
             let gate = GateResult {
                 gate: if self.settings.goal == Goal::Boot {
                     Gate::Boot
@@ -2089,22 +2149,36 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
             };
             (
                 format!(
+                    "IFS= read -r evidence || :\nprintf '%s\\n' \"$evidence\" > {d}/evidence.json\n",
+                    d = q(dir)
+                ),
+                format!(
                     r#"if [ "$s" = committed ] && [ "$running" = {run} ] && [ "$profile" = {c} ]; then
-  echo "@@mark"; {cmd}; echo "@@mark-exit $?"
+  echo "@@mark"; printf '%s\n' "$evidence" | {cmd}; rc=$?
+  [ $rc != 0 ] || : > {d}/marked; echo "@@mark-exit $rc"
 fi
 "#,
                     run = q(expected_running),
                     c = q(closure),
+                    d = q(dir),
                     cmd = self.mark_command(run, closure)
                 ),
                 Some(Self::evidence(run, closure, Some(gate))),
             )
         } else {
-            (String::new(), None)
+            (String::new(), String::new(), None)
         };
+        if let Some(evidence) = &evidence {
+            self.keep_journal(run, evidence);
+        }
         let script = format!(
-            "mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit 3; }}\nread -r w < {d}/waiter && kill \"$w\" 2>/dev/null\n{wait}{mark}",
+            "{keep}mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit 3; }}\nread -r w < {d}/waiter && kill \"$w\" 2>/dev/null\n{pause}{wait}{mark}",
             d = q(dir),
+            pause = if fault("pause-after-confirm") {
+                "sleep 3\n"
+            } else {
+                ""
+            },
             wait = wait_script(dir, FINAL, run.host.activation_timeout * 2 + 10)
         );
         run.fresh_connections += 1;
@@ -2123,7 +2197,7 @@ fi
             run.remote_time += started.elapsed();
             reply
         };
-        let r = reply.unwrap_or_else(|e| Reply::lost(&e));
+        let mut r = reply.unwrap_or_else(|e| Reply::lost(&e));
         if r.code == 3 {
             return Err(self.await_restore(
                 run,
@@ -2134,16 +2208,17 @@ fi
             ));
         }
         if r.code != 0 {
-            return Err(self.await_restore(
+            // The confirmation may have landed before the connection failed: the agent's
+            // own end says (a commit only ever follows a confirmation).
+            let why = format!(
+                "could not confirm over a new SSH connection ({})",
+                r.last_error()
+            );
+            r = self.await_agent(run, dir, rollback_to, &why)?;
+            self.emit_note(
                 run,
-                dir,
-                closure,
-                rollback_to,
-                &format!(
-                    "could not confirm over a new SSH connection ({})",
-                    r.last_error()
-                ),
-            ));
+                format!("{why}, but the confirmation had landed: the agent committed"),
+            );
         }
         let (head, marked) = r.stdout.split_once("@@mark\n").unwrap_or((&r.stdout, ""));
         if let Some((json, "0")) = marked
@@ -2223,13 +2298,108 @@ fi
 
     /// `waymark known-good mark` on a host, the evidence on stdin.
     fn mark_command(&self, run: &Run, closure: &str) -> String {
+        self.mark_command_for(&run.name, closure, run.rev.as_deref().unwrap_or_default())
+    }
+
+    fn mark_command_for(&self, target: &str, closure: &str, rev: &str) -> String {
         format!(
             "{} known-good mark {} {} --rev {} --evidence - --json",
             self.settings.remote_waymark,
-            q(&run.name),
+            q(target),
             q(closure),
-            q(run.rev.as_deref().unwrap_or_default())
+            q(rev)
         )
+    }
+
+    /// Finishes what a deploy of this host interrupted after its commit left undone
+    /// ([`Unfinished`]): the target's mark (with the evidence that deploy left there),
+    /// the build host's, this machine's record and the release tag. The record of the
+    /// mark it made or found.
+    fn finish_interrupted(
+        &self,
+        run: &mut Run,
+        left: Unfinished,
+        builder: Option<&Endpoint>,
+        probe: &Probe,
+    ) -> Result<Record, Stop> {
+        let closure = left.closure().to_owned();
+        let name = run.name.clone();
+        let needs_human = |why: String| {
+            stop(
+                HostResult::NeedsHuman,
+                format!("{name} runs {closure}, committed by an interrupted deploy, but {why}"),
+            )
+        };
+        let target = run.target.clone();
+        let record = match left {
+            Unfinished::Committed {
+                dir,
+                evidence,
+                mark_target,
+            } => {
+                let d = q(&dir);
+                if mark_target {
+                    let rev = evidence.rev.clone().unwrap_or_default();
+                    let command = self.mark_command_for(&run.name, &closure, &rev);
+                    let r = self.remote(
+                        run,
+                        &target,
+                        &format!("{command} < {d}/evidence.json && : > {d}/marked"),
+                    );
+                    if r.code != 0 {
+                        return Err(needs_human(format!(
+                            "marking it known-good there failed: {}",
+                            r.last_error()
+                        )));
+                    }
+                    serde_json::from_str(&r.stdout).map_err(|e| {
+                        needs_human(format!("the target's mark record is unreadable: {e}"))
+                    })?
+                } else {
+                    // Marked already; only the note that it was is missing.
+                    let _ = self.remote(run, &target, &format!(": > {d}/marked"));
+                    probe
+                        .marks
+                        .last()
+                        .cloned()
+                        .expect("mark_target is false only after a mark")
+                }
+            }
+            Unfinished::Marked { record } => *record,
+        };
+        let mut wheres = vec![run.name.clone()];
+        if let Some(host) = builder {
+            let evidence = serde_json::to_string(&record.evidence).expect("serializable");
+            let command = self.mark_command_for(&run.name, &closure, &record.rev);
+            let r = self.run_on_build_host(
+                host,
+                &format!("{command} <<'@@evidence'\n{evidence}\n@@evidence"),
+            );
+            if r.code == 0 {
+                wheres.push(host.name.clone());
+            } else {
+                self.emit_note(
+                    run,
+                    format!(
+                        "marking on build host {} failed: {}; the target's mark stands",
+                        host.name,
+                        r.last_error()
+                    ),
+                );
+            }
+        }
+        let deployed = record.evidence.gates.iter().any(|g| g.gate == Gate::Build);
+        self.record_here(run, &record, deployed)
+            .map_err(|e| needs_human(format!("writing the deploy record here failed: {e}")))?;
+        self.emit_note(
+            run,
+            format!(
+                "finished the deploy of {closure} that was interrupted after its commit: marked {} on {}",
+                record.mark,
+                wheres.join(" and ")
+            ),
+        );
+        Ok(record)
     }
 
     fn mark(
@@ -2238,7 +2408,9 @@ fi
         closure: &str,
         build_at: Option<&BuildAt>,
     ) -> Result<((), String), Stop> {
-        let rev = run.rev.clone().expect("checked before");
+        if fault("pause-before-record") {
+            std::thread::sleep(Duration::from_secs(3));
+        }
         let evidence_json = Self::evidence(run, closure, None);
         let command = self.mark_command(run, closure);
         let name = run.name.clone();
@@ -2304,30 +2476,10 @@ fi
                 );
             }
         }
-        self.write_record(&record)
+        self.record_here(run, &record, build_at.is_some())
             .map_err(|e| committed(format!("writing the deploy record here failed: {e}")))?;
         if let Some(kept) = run.new_read.as_ref().filter(|c| c.root == closure) {
             self.keep_closure(&run.name, kept);
-        }
-        // A rollback redeploys an old release; release branches only move forward.
-        if run.host.tag_releases && build_at.is_some() {
-            match &self.settings.release_repo {
-                Some(repo) => match waymark_release::Releases::open(repo).and_then(|r| {
-                    r.tag(&waymark_release::TagRequest {
-                        target: run.name.clone(),
-                        rev: rev.clone(),
-                        mark: record.clone(),
-                        tagger: None,
-                    })
-                }) {
-                    Ok(t) => run.release_tag = Some(t.release.tag),
-                    Err(e) => self.emit_note(run, format!("release tag not created: {e}")),
-                },
-                None => self.emit_note(
-                    run,
-                    "release tag not created: the flake is not a local git checkout".into(),
-                ),
-            }
         }
         Ok((
             (),
@@ -2348,16 +2500,74 @@ fi
         }
     }
 
-    /// Keeps the target's record and evidence on this machine, written by rename.
-    fn write_record(&self, record: &Record) -> std::io::Result<()> {
-        let dir = self.settings.records_dir.join(&record.target);
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{}.json", record.mark));
+    /// Where this machine keeps the record of `record`'s mark.
+    fn record_path(&self, record: &Record) -> PathBuf {
+        self.settings
+            .records_dir
+            .join(&record.target)
+            .join(format!("{}.json", record.mark))
+    }
+
+    /// Gate 5's end here, once the target is marked: the record kept on this machine
+    /// (written by rename), the deploy's journals of that closure removed, and the
+    /// release tag where the host has them (`deployed`: a rollback redeploys an old
+    /// release, and release branches only move forward).
+    fn record_here(&self, run: &mut Run, record: &Record, deployed: bool) -> std::io::Result<()> {
+        let path = self.record_path(record);
+        let dir = path.parent().expect("records_dir/<host>/<mark>.json");
+        std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(".{}.json.tmp", record.mark));
         std::fs::write(
             &tmp,
             serde_json::to_vec_pretty(record).expect("serializable"),
         )?;
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, &path)?;
+        for journal in read_journals(&self.settings.records_dir, &run.name) {
+            if journal.evidence.closure == record.closure {
+                let _ = std::fs::remove_file(&journal.path);
+            }
+        }
+        if run.host.tag_releases && deployed {
+            match &self.settings.release_repo {
+                Some(repo) => match waymark_release::Releases::open(repo).and_then(|r| {
+                    r.tag(&waymark_release::TagRequest {
+                        target: run.name.clone(),
+                        rev: record.rev.clone(),
+                        mark: record.clone(),
+                        tagger: None,
+                    })
+                }) {
+                    Ok(t) => run.release_tag = Some(t.release.tag),
+                    Err(e) => self.emit_note(run, format!("release tag not created: {e}")),
+                },
+                None => self.emit_note(
+                    run,
+                    "release tag not created: the flake is not a local git checkout".into(),
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps this deploy's evidence on this machine until its record is written, so a
+    /// later deploy can finish it if this one is stopped after the target commits.
+    /// Written by rename; failing to keep it only loses that help, so it is a note.
+    fn keep_journal(&self, run: &mut Run, evidence: &[u8]) {
+        let dir = journal_dir(&self.settings.records_dir, &run.name);
+        let path = dir.join(format!("{}.json", self.settings.run_id));
+        let tmp = dir.join(format!(".{}.json.tmp", self.settings.run_id));
+        let kept = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&tmp, evidence))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = kept {
+            let _ = std::fs::remove_file(&tmp);
+            self.emit_note(
+                run,
+                format!(
+                    "could not keep this deploy's journal in {}: {e}",
+                    dir.display()
+                ),
+            );
+        }
     }
 }

@@ -89,7 +89,14 @@ pub struct Ssh {
     handshakes: Mutex<usize>,
     handshake_done: Condvar,
     max_handshakes: usize,
+    /// [`REAPER`], whose stdin ends when this does or the process dies
+    /// ([`Ssh::with_reaper`]).
+    reaper: Option<std::process::Child>,
 }
+
+/// Ends the masters left in the control directory once the run's process is gone
+/// (see its header).
+const REAPER: &str = include_str!("reaper.sh");
 
 /// How [`Ssh::close_all`] ended the master connections.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +183,30 @@ impl Ssh {
             handshakes: Mutex::new(0),
             handshake_done: Condvar::new(),
             max_handshakes: usize::MAX,
+            reaper: None,
         }
+    }
+
+    /// Ends the masters and removes the control directory even when this process is
+    /// killed (SIGKILL runs no code of ours): a watcher ([`REAPER`]) does it once its
+    /// stdin, held here, ends.
+    ///
+    /// # Errors
+    /// `sh` cannot be started.
+    pub fn with_reaper(mut self) -> std::io::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(REAPER)
+            .arg("waymark-reaper")
+            .arg(&self.control_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        self.reaper = Some(child);
+        Ok(self)
     }
 
     /// At most `n` (≥ 1) master connections authenticate at once; the others wait.
@@ -670,6 +700,11 @@ impl Drop for Ssh {
     /// No connection outlives the run, even one started ahead and never used.
     fn drop(&mut self) {
         let _ = self.close_all();
+        if let Some(mut reaper) = self.reaper.take() {
+            // Its stdin ends: it finds nothing left to end, and is waited for.
+            drop(reaper.stdin.take());
+            let _ = reaper.wait();
+        }
     }
 }
 

@@ -541,7 +541,7 @@ fn a_confirmation_that_never_arrives_or_arrives_late_is_never_success() {
 }
 
 /// Runs a deploy, sends it `signal` once `gate` started (plus `after`), and waits for
-/// the target's agent to finish on its own. Returns the deployer's exit code, its
+/// the target's agent to restore on its own. Returns the deployer's exit code, its
 /// stderr, and the directory of its masters' control sockets.
 fn stop_during(
     lab: &TestLab,
@@ -550,7 +550,19 @@ fn stop_during(
     after: Duration,
     signal: &str,
 ) -> (Option<i32>, String, std::path::PathBuf) {
-    // Killed deployers' masters linger (ControlPersist).
+    stop_during_until(lab, fault, gate, after, signal, "restored")
+}
+
+/// [`stop_during`], waiting for the agent to reach `settles` (`restored`, `committed`).
+fn stop_during_until(
+    lab: &TestLab,
+    fault: &str,
+    gate: &str,
+    after: Duration,
+    signal: &str,
+    settles: &str,
+) -> (Option<i32>, String, std::path::PathBuf) {
+    // Only this run's masters count (another run's may still be ending).
     let earlier = lab.fleet.ssh_control_dirs();
     let mut cmd = lab.deploy_command(&["--json", "web1"]).unwrap();
     cmd.env("WAYMARK_FAULT", fault)
@@ -585,11 +597,11 @@ fn stop_during(
         )
         .split(':')
         .next()
-        != Some("restored")
+        != Some(settles)
     {
         assert!(
             Instant::now() < deadline,
-            "the agent did not restore by itself"
+            "the agent did not reach {settles} by itself"
         );
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -598,6 +610,22 @@ fn stop_during(
         stderr.join().unwrap(),
         control.into_iter().next().unwrap(),
     )
+}
+
+/// Within a few seconds of a deployer's end, none of its master connections runs and
+/// their control directory is gone.
+fn assert_gone(lab: &TestLab, control: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (lab.fleet.ssh_control_dirs().contains(control) || control.exists())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !lab.fleet.ssh_control_dirs().contains(control),
+        "master connections left running"
+    );
+    assert!(!control.exists(), "{} left behind", control.display());
 }
 
 /// Reads all of `stream` on a thread of its own (so the child never blocks on it).
@@ -618,8 +646,8 @@ fn a_killed_or_interrupted_deployer_leaves_the_previous_closure_running() {
     lab.flake.set_generation("web1", "g1").unwrap();
     let g0 = &lab.g(0).clone();
 
-    // In gate 4, during the health checks. A killed deployer leaves its control
-    // directory (its masters end with the lab's hosts): the test removes it.
+    // In gate 4, during the health checks. Even a killed deployer leaves no master
+    // connection (or session) behind for ControlPersist's 60 s, nor their directory.
     let (_, _, killed) = stop_during(
         &lab,
         "slow-health",
@@ -627,7 +655,7 @@ fn a_killed_or_interrupted_deployer_leaves_the_previous_closure_running() {
         Duration::from_millis(1500),
         "KILL",
     );
-    let _ = std::fs::remove_dir_all(killed);
+    assert_gone(&lab, &killed);
     assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
     assert!(lab.marks("web1", "web1").is_empty());
     lab.exec("web1", "rm -rf /run/waymark/deploy");
@@ -640,7 +668,7 @@ fn a_killed_or_interrupted_deployer_leaves_the_previous_closure_running() {
         Duration::from_millis(500),
         "KILL",
     );
-    let _ = std::fs::remove_dir_all(killed);
+    assert_gone(&lab, &killed);
     assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
     assert!(lab.marks("web1", "web1").is_empty());
     lab.exec("web1", "rm -rf /run/waymark/deploy");
@@ -657,16 +685,7 @@ fn a_killed_or_interrupted_deployer_leaves_the_previous_closure_running() {
     );
     assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
-    // (The killed deployers' masters linger: only this run's are counted.)
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.fleet.ssh_control_dirs().contains(&control) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        !lab.fleet.ssh_control_dirs().contains(&control),
-        "master connections left running"
-    );
-    assert!(!control.exists(), "{} left behind", control.display());
+    assert_gone(&lab, &control);
     assert!(started.elapsed() < Duration::from_secs(40));
     assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
     assert!(lab.marks("web1", "web1").is_empty());
@@ -675,6 +694,107 @@ fn a_killed_or_interrupted_deployer_leaves_the_previous_closure_running() {
     let r = lab.deploy(&["web1"]);
     assert_eq!(r.code, 0, "{}", explain(&r));
     assert_eq!(lab.system("web1").0, *lab.g(1));
+}
+
+#[test]
+fn a_deploy_stopped_after_its_commit_is_finished_by_the_next_one() {
+    let mut lab = TestLab::new(&["web1"]);
+    lab.flake.set_generation("web1", "g1").unwrap();
+    let (g0, g1) = (lab.g(0).clone(), lab.g(1).clone());
+    let records = |lab: &TestLab| -> usize {
+        std::fs::read_dir(lab.state_dir().join("deploys/web1")).map_or(0, Iterator::count)
+    };
+
+    // Ctrl-C once the confirmation landed, before the marks: the agent commits. The
+    // next plain deploy used to refuse the host as "deployed by hand?".
+    let (code, stderr, _) = stop_during_until(
+        &lab,
+        "pause-after-confirm",
+        "switch",
+        Duration::from_secs(1),
+        "INT",
+        "committed",
+    );
+    assert_eq!(code, Some(130), "{stderr}");
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+    assert!(
+        lab.marks("web1", "builder").is_empty(),
+        "the mark gate never ran"
+    );
+    assert_eq!(records(&lab), 0);
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let ev = events(&r);
+    assert_eq!(
+        host_report(&ev, "web1")["result"],
+        "unchanged",
+        "{}",
+        explain(&r)
+    );
+    assert!(
+        has_note(&ev, "interrupted after its commit"),
+        "{}",
+        explain(&r)
+    );
+    assert_eq!(lab.marks("web1", "web1"), std::slice::from_ref(&g1));
+    assert_eq!(lab.marks("web1", "builder"), std::slice::from_ref(&g1));
+    assert_eq!(records(&lab), 1, "the record is kept here");
+    // Finished once: the run after that has nothing to finish.
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    assert!(!has_note(&events(&r), "interrupted"), "{}", explain(&r));
+    assert_eq!(lab.marks("web1", "web1").len(), 1);
+
+    // Killed in the mark gate, after the target's mark (made over the confirmation's
+    // connection), before the build host's and the record here.
+    lab.flake.set_generation("web1", "g0").unwrap();
+    let (_, _, killed) = stop_during_until(
+        &lab,
+        "pause-before-record",
+        "mark",
+        Duration::from_millis(500),
+        "KILL",
+        "committed",
+    );
+    assert_gone(&lab, &killed);
+    assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
+    assert_eq!(lab.marks("web1", "web1").last(), Some(&g0));
+    assert_eq!(lab.marks("web1", "builder").last(), Some(&g1));
+    assert_eq!(records(&lab), 1);
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let ev = events(&r);
+    assert_eq!(
+        host_report(&ev, "web1")["result"],
+        "unchanged",
+        "{}",
+        explain(&r)
+    );
+    assert!(
+        has_note(&ev, "interrupted after its commit"),
+        "{}",
+        explain(&r)
+    );
+    assert_eq!(lab.marks("web1", "builder").last(), Some(&g0));
+    assert_eq!(
+        lab.marks("web1", "web1").len(),
+        2,
+        "the target is not marked twice"
+    );
+    assert_eq!(records(&lab), 2);
+
+    // A hand switch is still drift, agent records or not.
+    lab.exec("web1", &format!("{g1}/bin/switch-to-configuration test"));
+    let r = lab.deploy(&["web1"]);
+    assert_eq!(r.code, 1, "{}", explain(&r));
+    assert!(
+        host_report(&events(&r), "web1")["message"]
+            .as_str()
+            .unwrap()
+            .contains("deployed by hand"),
+        "{}",
+        explain(&r)
+    );
 }
 
 #[test]
