@@ -1,6 +1,7 @@
 # The systemd sandbox shared by the units Waymark writes itself (the generic
-# and Drone runners, the sweeps). A plain attrset, imported by ./runners.nix
-# and ./sweeps.nix; not a module.
+# and Drone runners, the sweeps) and laid over the upstream runner units
+# (./runner-kinds.nix says how). A plain attrset, imported by
+# ./runner-kinds.nix and ./sweeps.nix; not a module.
 #
 # Left out on purpose: MemoryDenyWriteExecute (breaks JITs such as node and
 # the JVM, which tests run), RestrictNamespaces and PrivateUsers (test suites

@@ -90,6 +90,28 @@ rec {
     }
     .${kind};
 
+  # Ways a kind's jobs can still run a command from outside the env, each
+  # explained under that name in docs/modules.md (test-runner-docs checks
+  # that the docs name every one). `every` applies to all kinds.
+  outside = {
+    every = [
+      "absolute paths"
+      "login shells"
+      "PATH changes a job makes"
+    ];
+    gitea-actions = [
+      "forgejo-runner's git"
+      "JavaScript actions"
+      "container labels"
+    ];
+    woodpecker = [
+      "a step's image"
+      "the clone's /bin/sh"
+    ];
+    drone-exec = [ "the steps' /bin/sh" ];
+    command = [ "the command's own children" ];
+  };
+
   # forgejo-runner 12 dropped its bundled git and wraps the binary with
   # `--suffix PATH : gitMinimal`.
   forgejoRunnerWrapsGit =

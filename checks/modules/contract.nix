@@ -2,7 +2,15 @@
 # the names, types, defaults and merge behaviour of NixOS 26.05, so the module
 # tests can evaluate with nothing but nixpkgs' lib. Where a NixOS module turns
 # options into other options in a way the tests depend on, that is modelled
-# too (and nothing more):
+# too (and nothing more).
+#
+# Provenance: ./contract-sources.nix names, for every option declared here,
+# the nixpkgs file and revision it was copied from (test-contract-sources
+# fails on an option without one). ./sync-contract.sh re-reads those
+# declarations from a nixpkgs checkout and reports each difference; run it
+# when flake.lock moves (test-upstream-pin fails until then).
+#
+# What is modelled besides the declarations:
 #
 # - systemd services: `path` becomes `environment.PATH` (systemd's default
 #   path appended with mkAfter), `script` becomes `ExecStart`, `startAt` makes
@@ -11,10 +19,11 @@
 #   Sources: nixos/lib/systemd-lib.nix, nixos/lib/systemd-unit-options.nix,
 #   nixos/modules/system/boot/systemd.nix.
 # - services.gitea-actions-runner (continuous-integration/gitea-actions-runner.nix
-#   @359f8630b845): options, the unit it writes, its assertions.
+#   @359f8630b845): the unit it writes, with its registration script reduced
+#   to the commands it runs, and its assertions.
 # - services.woodpecker-agents (continuous-integration/woodpecker/agents.nix
-#   @744611273ea2): options and the unit it writes.
-# - users.users / users.groups (config/users-groups.nix): options and the
+#   @744611273ea2): the unit it writes, its sandbox copied whole.
+# - users.users / users.groups (config/users-groups.nix @b69a0b599fef): the
 #   assertions about system users.
 #
 # The same test files also run against the real `nixosSystem` in
