@@ -78,12 +78,6 @@ rec {
 
   gitea-actions-runner = main "gitea-actions-runner" "act_runner";
   forgejo-runner = main "forgejo-runner" "forgejo-runner";
-  # The version before the one that wraps the binary with its own git.
-  forgejo-runner-11 = mkPkg "forgejo-runner" {
-    version = "11.3.1";
-    name = "forgejo-runner-11.3.1";
-    meta.mainProgram = "forgejo-runner";
-  };
   woodpecker-agent = main "woodpecker-agent" "woodpecker-agent";
   woodpecker-plugin-git = main "woodpecker-plugin-git" "plugin-git";
   drone-runner-exec = main "drone-runner-exec" "drone-runner-exec";
