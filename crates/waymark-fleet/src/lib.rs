@@ -13,9 +13,13 @@
 //! # Ok::<(), waymark_fleet::Error>(())
 //! ```
 
+mod name;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+pub use name::{TARGET_MAX, TARGET_RULE, quoted, valid_target};
 
 /// Why a fleet description is refused.
 #[derive(Debug, thiserror::Error)]
@@ -118,12 +122,6 @@ pub struct Fleet {
 /// when that is selected too.
 pub type Plan = Vec<(String, Vec<String>)>;
 
-fn valid_name(n: &str) -> bool {
-    let mut c = n.chars();
-    c.next().is_some_and(|f| f.is_ascii_alphanumeric())
-        && c.all(|x| x.is_ascii_alphanumeric() || matches!(x, '.' | '_' | '-'))
-}
-
 impl Fleet {
     /// Parses and checks a description.
     ///
@@ -145,8 +143,11 @@ impl Fleet {
             problem,
         };
         for (name, h) in &self.hosts {
-            if !valid_name(name) {
-                return Err(invalid(name, "not a valid host name".into()));
+            if !valid_target(name) {
+                return Err(invalid(
+                    &quoted(name),
+                    format!("not a valid host name ({TARGET_RULE})"),
+                ));
             }
             if h.target_host.trim().is_empty() {
                 return Err(invalid(

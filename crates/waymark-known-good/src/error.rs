@@ -3,17 +3,16 @@ use std::path::PathBuf;
 /// Errors of known-good marks.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Target names become directory names and tag components.
-    #[error(
-        "invalid target name {0:?} (letters, digits, '.', '_' and '-', starting with a letter or digit)"
-    )]
+    /// Target names become directory names, GC roots, tag components and ssh
+    /// destinations: one rule for all of them, stated in the message.
+    #[error("invalid target name {0:?}: {rule}", rule = waymark_fleet::TARGET_RULE)]
     BadTarget(String),
     /// No marks were ever made for the target.
     #[error("no known-good marks for target {target} (known targets: {known})")]
     UnknownTarget { target: String, known: String },
     /// The mark does not exist.
     #[error(
-        "no known-good mark {mark} for target {target} (see: waymark known-good list {target})"
+        "no known-good mark {mark:?} for target {target} (see: waymark known-good list {target})"
     )]
     UnknownMark { target: String, mark: String },
     /// There is nothing before the latest mark to roll back to.
@@ -24,6 +23,13 @@ pub enum Error {
         "refusing to unmark {mark}: it is the latest known-good mark of {target}, the closure a rollback redeploys (pass --force to unmark it anyway)"
     )]
     RefuseLatest { target: String, mark: String },
+    /// Something other than Waymark's own file, link or directory where Waymark writes
+    /// or removes: following it could put GC roots where the collector does not look or
+    /// remove files elsewhere, so it is refused.
+    #[error(
+        "refusing {path}: it is {kind}, where Waymark keeps its own files; nothing under the roots and state directories is followed (move it away, then retry)"
+    )]
+    NotPlain { path: PathBuf, kind: String },
     /// A commit id must be hexadecimal.
     #[error("invalid commit {0:?} (expected 7 to 40 hexadecimal digits)")]
     BadRev(String),
@@ -65,14 +71,14 @@ pub enum Error {
     /// point the tool at files outside the roots directory, so it is not used.
     #[error("refusing the record {path}: {reason} (fix or remove it by hand)")]
     TamperedRecord { path: PathBuf, reason: String },
-    /// The latest mark's closure is gone: there is nothing to roll back to.
-    #[error(
-        "known-good mark {mark} of {target} is broken: the store no longer holds {closure} (redeploy and mark again, or unmark it)"
-    )]
+    /// The record and what pins it disagree, or the closure is gone: acting on it could
+    /// redeploy a closure nobody validated, or one the collector may take.
+    #[error("known-good mark {mark} of {target} is broken: {problem} ({hint})")]
     Broken {
         target: String,
         mark: String,
-        closure: String,
+        problem: String,
+        hint: String,
     },
     /// Marks are made on the machine that holds the closure.
     #[error(

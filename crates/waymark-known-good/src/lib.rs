@@ -21,6 +21,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod check;
 mod error;
 mod fsutil;
 mod record;
@@ -36,13 +37,23 @@ pub use error::{Error, Result};
 pub use record::{
     Record, Roots, SCHEMA, mark_name, normalize_rev, rfc3339, to_prune, valid_mark, valid_target,
 };
+pub use waymark_fleet::TARGET_RULE;
 
-use fsutil::{Lock, create_dir, remove, symlink_atomic, write_atomic};
+use fsutil::{At, Entry};
 
-/// Suffix of the file that announces a change of a mark's roots before it happens. Repair
-/// only ever removes roots named by one of these: roots it cannot account for may
-/// belong to another state directory sharing the roots directory, and stay.
+/// Suffix of the file that announces a change of a mark's roots before it happens, and
+/// names the store paths the roots point at. Repair only ever removes a root named by
+/// one of these and pointing where it says: roots it cannot account for may belong to
+/// another state directory sharing the roots directory, and stay.
 const INTENT: &str = ".intent";
+
+/// Every mark name a target was ever given, one per line with its sequence number
+/// (`<seq> <mark>`): names and numbers never come back, even after a prune or an unmark
+/// (issue 22: a reused name collided with an existing release tag).
+const ISSUED: &str = ".issued";
+
+/// The lock file of a target's records.
+const LOCK: &str = ".lock";
 
 /// Where marks live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,23 +149,43 @@ impl KnownGood {
         Self { dirs, store }
     }
 
-    fn records_dir(&self, target: &str) -> PathBuf {
-        self.dirs.state.join("known-good").join(target)
+    /// The directory of a target's records, opened without following links below the
+    /// state directory; `None` when it does not exist and `create` is false.
+    fn records_at(&self, target: &str, create: bool) -> Result<Option<At>> {
+        let Some(state) = At::open_top(&self.dirs.state, create)? else {
+            return Ok(None);
+        };
+        match state.sub("known-good", create)? {
+            Some(kg) => kg.sub(target, create),
+            None => Ok(None),
+        }
     }
 
-    fn roots_dir(&self, target: &str) -> PathBuf {
-        self.dirs.roots.join(target)
+    /// The directory of a target's GC roots, opened without following links below the
+    /// roots directory, and checked to really be inside the store's GC roots.
+    fn roots_at(&self, target: &str, create: bool) -> Result<Option<At>> {
+        self.check_roots_dir()?;
+        let Some(top) = At::open_top(&self.dirs.roots, create)? else {
+            return Ok(None);
+        };
+        let Some(dir) = top.sub(target, create)? else {
+            return Ok(None);
+        };
+        // Wherever the path led, the links must be where the collector looks: a root
+        // outside it is an error, never a success.
+        let real = dir.real_path()?;
+        let gcroots = canonical(&self.dirs.gcroots);
+        if !real.starts_with(&gcroots) {
+            return Err(Error::RootsOutsideGcroots {
+                roots: real,
+                gcroots: self.dirs.gcroots.clone(),
+            });
+        }
+        Ok(Some(dir))
     }
 
-    /// The GC root links of a mark, derived from the roots directory and a validated
-    /// name, never read from a record.
-    fn root_links(&self, target: &str, mark: &str) -> (PathBuf, PathBuf) {
-        let dir = self.roots_dir(target);
-        (dir.join(mark), dir.join(format!("{mark}.drv")))
-    }
-
-    fn intent(&self, target: &str, mark: &str) -> PathBuf {
-        self.records_dir(target).join(format!(".{mark}{INTENT}"))
+    fn intent(mark: &str) -> String {
+        format!(".{mark}{INTENT}")
     }
 
     fn check_local(&self) -> Result<()> {
@@ -183,27 +214,7 @@ impl KnownGood {
 
     /// The roots directory must be where the garbage collector looks.
     fn check_roots_dir(&self) -> Result<()> {
-        let canon = |p: &Path| {
-            // The roots directory may not exist yet: canonicalise its nearest existing parent.
-            let mut existing = p.to_path_buf();
-            let mut rest = Vec::new();
-            while !existing.exists() {
-                match (
-                    existing.file_name().map(ToOwned::to_owned),
-                    existing.parent(),
-                ) {
-                    (Some(name), Some(parent)) => {
-                        rest.push(name);
-                        existing = parent.to_path_buf();
-                    }
-                    _ => break,
-                }
-            }
-            let mut c = existing.canonicalize().unwrap_or(existing);
-            c.extend(rest.into_iter().rev());
-            c
-        };
-        if canon(&self.dirs.roots).starts_with(canon(&self.dirs.gcroots)) {
+        if canonical(&self.dirs.roots).starts_with(canonical(&self.dirs.gcroots)) {
             Ok(())
         } else {
             Err(Error::RootsOutsideGcroots {
@@ -217,7 +228,8 @@ impl KnownGood {
     ///
     /// # Errors
     /// Bad target or commit, a closure the store does not hold, evidence that does not
-    /// support the mark, roots the GC would not see, no permission.
+    /// support the mark, roots the GC would not see, a link or foreign file where the
+    /// mark's files go, no permission.
     pub fn mark(&self, req: &MarkRequest) -> Result<Record> {
         Self::check_target(&req.target)?;
         self.check_local()?;
@@ -244,34 +256,55 @@ impl KnownGood {
             Some(d) if self.is_valid(&d)? => Some(d),
             _ => None,
         };
-        let (records, roots) = (self.records_dir(&req.target), self.roots_dir(&req.target));
-        create_dir(&roots)?;
-        create_dir(&records)?;
-        let _lock = Lock::acquire(&records.join(".lock"))?;
-        let existing = self.read_records(&req.target)?;
+        let roots = self.roots_at(&req.target, true)?.expect("created");
+        let records = self.records_at(&req.target, true)?.expect("created");
+        let lock = records.lock(LOCK)?;
+        lock.require_writable()?;
+        let existing = self.read_records(&records, &req.target)?;
+        let issued = read_issued(&records)?;
         let now = SystemTime::now();
         let base = mark_name(now, &rev);
         let mut mark = base.clone();
         for n in 2.. {
-            if !existing.iter().any(|r| r.mark == mark) && !roots.join(&mark).exists() {
+            let taken = existing.iter().any(|r| r.mark == mark)
+                || issued.iter().any(|(_, m)| *m == mark)
+                || roots.entry(&mark)? != Entry::Missing
+                || roots.entry(&format!("{mark}.drv"))? != Entry::Missing;
+            if !taken {
                 break;
             }
             mark = format!("{base}-{n}");
         }
-        let (root, drv_root) = self.root_links(&req.target, &mark);
+        let seq = existing
+            .iter()
+            .map(|r| r.seq)
+            .chain(issued.iter().map(|(s, _)| *s))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        // The name is spent before anything else is written: a crash from here on can
+        // leave a gap in the names, never a reuse.
+        let mut log = issued
+            .iter()
+            .map(|(s, m)| format!("{s} {m}\n"))
+            .collect::<String>();
+        log.push_str(&format!("{seq} {mark}\n"));
+        records.write_atomic(ISSUED, log.as_bytes())?;
+        let drv_name = format!("{mark}.drv");
         // Announce, then roots: from here on the closure survives a GC whatever happens
         // next, and a crash leaves roots that repair knows to be ours.
-        write_atomic(&self.intent(&req.target, &mark), b"mark\n")?;
-        symlink_atomic(&req.closure, &root)?;
+        let intent = format!("mark\n{}\n{}\n", req.closure, drv.as_deref().unwrap_or(""));
+        records.write_atomic(&Self::intent(&mark), intent.as_bytes())?;
+        roots.symlink_atomic(&req.closure, &mark)?;
         if let Some(d) = &drv {
-            symlink_atomic(d, &drv_root)?;
+            roots.symlink_atomic(d, &drv_name)?;
         }
         fault_point("after-root");
         let record = Record {
             schema: SCHEMA.to_owned(),
             target: req.target.clone(),
             mark: mark.clone(),
-            seq: existing.iter().map(|r| r.seq).max().unwrap_or(0) + 1,
+            seq,
             closure: req.closure.clone(),
             drv: drv.clone(),
             rev,
@@ -279,39 +312,30 @@ impl KnownGood {
             evidence: req.evidence.clone(),
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             roots: Roots {
-                closure: root.display().to_string(),
-                drv: drv.as_ref().map(|_| drv_root.display().to_string()),
+                closure: roots.path(&mark).display().to_string(),
+                drv: drv
+                    .as_ref()
+                    .map(|_| roots.path(&drv_name).display().to_string()),
             },
         };
         let json = serde_json::to_vec_pretty(&record).expect("a record serialises");
-        write_atomic(&records.join(format!("{mark}.json")), &json)?;
-        remove(&self.intent(&req.target, &mark))?;
+        records.write_atomic(&format!("{mark}.json"), &json)?;
+        records.remove(&Self::intent(&mark))?;
+        drop(lock);
         Ok(record)
     }
 
     /// Records of a target, oldest first, without repairs or locking.
-    fn read_records(&self, target: &str) -> Result<Vec<Record>> {
-        let dir = self.records_dir(target);
+    fn read_records(&self, dir: &At, target: &str) -> Result<Vec<Record>> {
         let mut records = Vec::new();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(records),
-            Err(e) => return Err(Error::io("reading", &dir, e)),
-        };
-        for entry in entries {
-            let path = entry.map_err(|e| Error::io("reading", &dir, e))?.path();
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if name.starts_with('.') || path.extension().is_none_or(|e| e != "json") {
+        for name in dir.names()? {
+            if name.starts_with('.') || Path::new(&name).extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                // Removed by a concurrent prune or unmark between listing and reading.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("reading", &path, e)),
+            let path = dir.path(&name);
+            // Removed by a concurrent prune or unmark between listing and reading.
+            let Some(bytes) = dir.read(&name)? else {
+                continue;
             };
             let record: Record =
                 serde_json::from_slice(&bytes).map_err(|source| Error::BadRecord {
@@ -319,22 +343,9 @@ impl KnownGood {
                     source,
                 })?;
             let stem = name.trim_end_matches(".json");
-            let reason = if !valid_mark(&record.mark) {
-                Some(format!("{:?} is not a mark name", record.mark))
-            } else if record.mark != stem {
-                Some(format!(
-                    "it names mark {} but is stored as {stem}",
-                    record.mark
-                ))
-            } else if record.target != target {
-                Some(format!(
-                    "it is for target {} but is stored under {target}",
-                    record.target
-                ))
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
+            if let Some(reason) =
+                check::record_problem(&record, stem, target, self.store.store_dir())
+            {
                 return Err(Error::TamperedRecord { path, reason });
             }
             records.push(record);
@@ -345,25 +356,28 @@ impl KnownGood {
 
     /// Targets that have a records directory.
     pub fn targets(&self) -> Result<Vec<String>> {
-        let dir = self.dirs.state.join("known-good");
-        let mut targets: Vec<String> = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .filter_map(std::result::Result::ok)
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|t| valid_target(t))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io("reading", &dir, e)),
+        let Some(state) = At::open_top(&self.dirs.state, false)? else {
+            return Ok(Vec::new());
         };
+        let Some(kg) = state.sub("known-good", false)? else {
+            return Ok(Vec::new());
+        };
+        let mut targets = Vec::new();
+        for name in kg.names()? {
+            // A link among them is listed, so that opening it is refused loudly.
+            if valid_target(&name) && matches!(kg.entry(&name)?, Entry::Dir | Entry::Link(_)) {
+                targets.push(name);
+            }
+        }
         targets.sort();
         Ok(targets)
     }
 
-    fn known_target(&self, target: &str) -> Result<()> {
+    /// The records directory of a target that has marks.
+    fn known_target(&self, target: &str) -> Result<At> {
         Self::check_target(target)?;
-        if self.records_dir(target).is_dir() {
-            return Ok(());
+        if let Some(dir) = self.records_at(target, false)? {
+            return Ok(dir);
         }
         let known = self.targets()?;
         Err(Error::UnknownTarget {
@@ -376,89 +390,8 @@ impl KnownGood {
         })
     }
 
-    /// Repairs what a crash can leave, under the target's lock. An interrupted mark or
-    /// unmark left an intent file: without a record its roots are removed, with one the
-    /// intent is dropped. A record whose root is missing gets it back while the store
-    /// still holds the closure, and is reported broken otherwise. Roots no intent or
-    /// record of this state directory names are left alone.
-    fn repair(&self, target: &str) -> Result<Vec<Repair>> {
-        let records = self.read_records(target)?;
-        let records_dir = self.records_dir(target);
-        let mut repairs = Vec::new();
-        let mut report = |mark: &str, action: String, broken: bool| {
-            repairs.push(Repair {
-                target: target.to_owned(),
-                mark: mark.to_owned(),
-                action,
-                broken,
-            });
-        };
-        let entries: Vec<String> = std::fs::read_dir(&records_dir)
-            .map(|d| {
-                d.filter_map(std::result::Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for name in entries {
-            if name.contains(".tmp-") && name.starts_with('.') {
-                // A temporary file of an interrupted write of this state directory
-                // (writers hold the lock we hold).
-                remove(&records_dir.join(&name))?;
-                continue;
-            }
-            let Some(mark) = name.strip_prefix('.').and_then(|n| n.strip_suffix(INTENT)) else {
-                continue;
-            };
-            if !valid_mark(mark) {
-                continue;
-            }
-            if !records.iter().any(|r| r.mark == mark) {
-                let (root, drv_root) = self.root_links(target, mark);
-                remove(&root)?;
-                remove(&drv_root)?;
-                report(
-                    mark,
-                    "removed the GC roots of an interrupted mark or unmark (no record)".to_owned(),
-                    false,
-                );
-            }
-            remove(&records_dir.join(&name))?;
-        }
-        for r in &records {
-            let (root, drv_root) = self.root_links(target, &r.mark);
-            let mut wanted = vec![(root, r.closure.clone())];
-            if let Some(drv) = &r.drv {
-                wanted.push((drv_root, drv.clone()));
-            }
-            for (link, target_path) in wanted {
-                if std::fs::symlink_metadata(&link).is_ok() {
-                    continue;
-                }
-                if self.is_valid(&target_path)? {
-                    create_dir(&self.roots_dir(target))?;
-                    symlink_atomic(&target_path, &link)?;
-                    report(
-                        &r.mark,
-                        format!("re-created the missing GC root {}", link.display()),
-                        false,
-                    );
-                } else {
-                    report(
-                        &r.mark,
-                        format!(
-                            "BROKEN: the GC root {} is missing and the store no longer holds {target_path}",
-                            link.display()
-                        ),
-                        true,
-                    );
-                }
-            }
-        }
-        Ok(repairs)
-    }
-
-    /// Lists the marks of one target or all, repairing first.
+    /// Lists the marks of one target or all, repairing first what a crash left (when
+    /// the state directory can be written; else only reporting it).
     pub fn list(&self, target: Option<&str>) -> Result<Listing> {
         self.check_local()?;
         let targets = match target {
@@ -473,17 +406,21 @@ impl KnownGood {
             repairs: Vec::new(),
         };
         for t in targets {
-            let _lock = Lock::acquire(&self.records_dir(&t).join(".lock"))?;
-            listing.repairs.extend(self.repair(&t)?);
-            listing.marks.extend(self.read_records(&t)?);
+            let records = self.known_target(&t)?;
+            let lock = records.lock(LOCK)?;
+            listing
+                .repairs
+                .extend(self.repair(&records, &t, lock.writable)?);
+            listing.marks.extend(self.read_records(&records, &t)?);
         }
         Ok(listing)
     }
 
-    /// One mark, or the latest.
+    /// One mark, or the latest, as recorded (not checked against its roots: see
+    /// [`KnownGood::latest`]).
     pub fn get(&self, target: &str, mark: Option<&str>) -> Result<Record> {
-        self.known_target(target)?;
-        let records = self.read_records(target)?;
+        let dir = self.known_target(target)?;
+        let records = self.read_records(&dir, target)?;
         match mark {
             None => records.last().cloned().ok_or_else(|| Error::UnknownTarget {
                 target: target.to_owned(),
@@ -501,28 +438,32 @@ impl KnownGood {
         }
     }
 
-    /// The latest mark: the closure a rollback redeploys.
+    /// The latest mark: the closure a rollback redeploys, checked against its GC root
+    /// and the store.
     pub fn latest(&self, target: &str) -> Result<Record> {
         self.usable(self.get(target, None)?)
     }
 
-    /// A record whose closure the store still holds: what rollback can redeploy.
+    /// A mark checked against its GC root and the store: what a rollback to it may
+    /// redeploy.
+    pub fn checked(&self, target: &str, mark: &str) -> Result<Record> {
+        self.usable(self.get(target, Some(mark))?)
+    }
+
+    /// A record whose root exists, points at its closure, and whose closure the store
+    /// still holds: what rollback can redeploy. Anything else is reported, not acted on.
     fn usable(&self, r: Record) -> Result<Record> {
-        if self.is_valid(&r.closure)? {
-            Ok(r)
-        } else {
-            Err(Error::Broken {
-                target: r.target,
-                mark: r.mark,
-                closure: r.closure,
-            })
+        let roots = self.roots_at(&r.target, false)?;
+        match self.closure_finding(roots.as_ref(), &r)? {
+            None => Ok(r),
+            Some(f) => Err(f.into_error(&r)),
         }
     }
 
     /// The mark before the latest.
     pub fn previous(&self, target: &str) -> Result<Record> {
-        self.known_target(target)?;
-        let records = self.read_records(target)?;
+        let dir = self.known_target(target)?;
+        let records = self.read_records(&dir, target)?;
         let r = records
             .len()
             .checked_sub(2)
@@ -533,16 +474,35 @@ impl KnownGood {
         self.usable(r)
     }
 
-    fn remove_mark(&self, r: &Record) -> Result<()> {
+    fn remove_mark(&self, records: &At, r: &Record) -> Result<()> {
+        let roots = self.roots_at(&r.target, false)?;
+        let drv_name = format!("{}.drv", r.mark);
+        // Only links are ours to remove: refuse before changing anything.
+        if let Some(roots) = &roots {
+            for name in [r.mark.as_str(), drv_name.as_str()] {
+                if matches!(roots.entry(name)?, Entry::Dir | Entry::Other) {
+                    return Err(Error::NotPlain {
+                        path: roots.path(name),
+                        kind: "not a GC root link".to_owned(),
+                    });
+                }
+            }
+        }
         // Announce, record, roots: a crash in between leaves roots that repair knows to
         // remove, never a record whose closure the GC may take.
-        write_atomic(&self.intent(&r.target, &r.mark), b"unmark\n")?;
-        remove(&self.records_dir(&r.target).join(format!("{}.json", r.mark)))?;
+        let intent = format!(
+            "unmark\n{}\n{}\n",
+            r.closure,
+            r.drv.as_deref().unwrap_or("")
+        );
+        records.write_atomic(&Self::intent(&r.mark), intent.as_bytes())?;
+        records.remove(&format!("{}.json", r.mark))?;
         fault_point("after-unrecord");
-        let (root, drv_root) = self.root_links(&r.target, &r.mark);
-        remove(&root)?;
-        remove(&drv_root)?;
-        remove(&self.intent(&r.target, &r.mark))
+        if let Some(roots) = &roots {
+            roots.remove(&r.mark)?;
+            roots.remove(&drv_name)?;
+        }
+        records.remove(&Self::intent(&r.mark))
     }
 
     /// Removes all but the `keep` newest marks and those made within `keep_since`;
@@ -553,38 +513,76 @@ impl KnownGood {
         keep: usize,
         keep_since: Option<Duration>,
     ) -> Result<Vec<Record>> {
-        self.known_target(target)?;
-        let _lock = Lock::acquire(&self.records_dir(target).join(".lock"))?;
-        let records = self.read_records(target)?;
-        let gone: Vec<Record> = to_prune(&records, keep, keep_since, SystemTime::now())
+        let records = self.known_target(target)?;
+        let lock = records.lock(LOCK)?;
+        lock.require_writable()?;
+        let all = self.read_records(&records, target)?;
+        let gone: Vec<Record> = to_prune(&all, keep, keep_since, SystemTime::now())
             .into_iter()
             .cloned()
             .collect();
         for r in &gone {
-            self.remove_mark(r)?;
+            self.remove_mark(&records, r)?;
         }
         Ok(gone)
     }
 
     /// Removes one mark; the latest only with `force`.
     pub fn unmark(&self, target: &str, mark: &str, force: bool) -> Result<Record> {
-        self.known_target(target)?;
-        let _lock = Lock::acquire(&self.records_dir(target).join(".lock"))?;
-        let records = self.read_records(target)?;
-        let r = records
+        let records = self.known_target(target)?;
+        let lock = records.lock(LOCK)?;
+        lock.require_writable()?;
+        let all = self.read_records(&records, target)?;
+        let r = all
             .iter()
             .find(|r| r.mark == mark)
             .ok_or_else(|| Error::UnknownMark {
                 target: target.to_owned(),
                 mark: mark.to_owned(),
             })?;
-        if records.last().is_some_and(|l| l.mark == mark) && !force {
+        if all.last().is_some_and(|l| l.mark == mark) && !force {
             return Err(Error::RefuseLatest {
                 target: target.to_owned(),
                 mark: mark.to_owned(),
             });
         }
-        self.remove_mark(r)?;
+        self.remove_mark(&records, r)?;
         Ok(r.clone())
     }
+}
+
+/// A path with its existing part canonicalised (the rest may not exist yet).
+fn canonical(p: &Path) -> PathBuf {
+    let mut existing = p.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (
+            existing.file_name().map(ToOwned::to_owned),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut c = existing.canonicalize().unwrap_or(existing);
+    c.extend(rest.into_iter().rev());
+    c
+}
+
+/// The names a target was ever given, with their sequence numbers.
+fn read_issued(records: &At) -> Result<Vec<(u64, String)>> {
+    let Some(bytes) = records.read(ISSUED)? else {
+        return Ok(Vec::new());
+    };
+    Ok(String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|l| {
+            let (seq, mark) = l.split_once(' ')?;
+            Some((seq.parse().ok()?, mark.to_owned()))
+        })
+        .filter(|(_, m)| valid_mark(m))
+        .collect())
 }

@@ -44,12 +44,11 @@ pub struct Record {
     pub roots: Roots,
 }
 
-/// Checks a target name: it becomes a directory and a part of tag names.
+/// Checks a target name against the one rule every consumer shares
+/// ([`waymark_fleet::TARGET_RULE`]): it becomes a directory, a GC root's parent, a part
+/// of tag names and an ssh destination.
 pub fn valid_target(target: &str) -> bool {
-    let mut chars = target.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && target.len() <= 64
+    waymark_fleet::valid_target(target)
 }
 
 /// Checks a mark name: `<8 digits>T<6 digits>Z-<7 hex>` with an optional `-N`. Mark

@@ -1,11 +1,16 @@
 /// Errors of release records.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Target names become ref components.
-    #[error("invalid target name {0:?}")]
+    /// Target names become ref components: one rule for every place a name goes.
+    #[error("invalid target name {0:?}: {rule}", rule = waymark_known_good::TARGET_RULE)]
     BadTarget(String),
-    /// No repository where one was expected.
-    #[error("no git repository at {path} (pass --repo)")]
+    /// A mark name is a ref component too.
+    #[error(
+        "invalid mark name {0:?} (a mark is <UTC>-<shortrev>, e.g. 20261123T172900Z-1a2b3c4; see waymark known-good list)"
+    )]
+    BadMark(String),
+    /// No repository where one was expected (the caller says how to name another).
+    #[error("no git repository at or above {path}")]
     NoRepo {
         path: String,
         #[source]
@@ -60,6 +65,11 @@ pub enum Error {
         reference: String,
         message: String,
     },
+    /// A tagger given, but not in the form git needs.
+    #[error(
+        "--tagger {given:?} is not 'Name <email>' (e.g. --tagger 'Release Bot <bot@example.org>')"
+    )]
+    BadTagger { given: String },
     /// No tagger identity.
     #[error(
         "no tagger identity: set git config user.name and user.email, or pass --tagger 'Name <email>'"

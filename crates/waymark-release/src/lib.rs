@@ -208,7 +208,9 @@ impl Releases {
     fn signature(&self, tagger: Option<&str>) -> Result<Signature<'static>> {
         match tagger {
             Some(t) => {
-                let (name, email) = parse_identity(t).ok_or(Error::NoIdentity)?;
+                let (name, email) = parse_identity(t).ok_or_else(|| Error::BadTagger {
+                    given: t.to_owned(),
+                })?;
                 Signature::now(&name, &email).map_err(git("making the tagger signature"))
             }
             None => self
@@ -256,6 +258,9 @@ impl Releases {
                 mark_rev: req.mark.rev.clone(),
                 commit: commit_hex,
             });
+        }
+        if !waymark_known_good::valid_mark(&req.mark.mark) {
+            return Err(Error::BadMark(req.mark.mark.clone()));
         }
         let tag = tag_name(&req.target, &req.mark.mark);
         let release = Release {
@@ -320,7 +325,7 @@ impl Releases {
         }
         fault_point("after-tag");
         let log = format!("waymark release: {tag}");
-        let moved = match tip {
+        let try_move = || match tip {
             Some(t) if t == commit => Ok(false),
             // Compare-and-swap: a concurrent move of the branch makes this fail, not clobber.
             Some(t) => self
@@ -332,6 +337,19 @@ impl Releases {
                 .reference(&branch_ref, commit, false, &log)
                 .map(|_| true),
         };
+        let mut moved = try_move();
+        // A ref another writer holds locked for a moment is busy, not refused: wait for
+        // it (a concurrent run of this release finishing), or the tag just made would be
+        // taken back while that run, seeing the tag, leaves the branch without it.
+        for _ in 0..100 {
+            match &moved {
+                Err(e) if e.code() == git2::ErrorCode::Locked => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    moved = try_move();
+                }
+                _ => break,
+            }
+        }
         let moved = match moved {
             Ok(m) => m,
             // Someone moved the branch meanwhile. At our commit (a concurrent run of this

@@ -60,16 +60,34 @@ pub fn path_entry(store: &LocalStore, path: &str) -> Result<Option<PathEntry>> {
     conn.query_row(
         "SELECT path, narSize, deriver FROM ValidPaths WHERE path = ?1",
         [path],
-        |r| {
-            Ok(PathEntry {
-                path: r.get(0)?,
-                nar_size: r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64,
-                deriver: r.get::<_, Option<String>>(2)?.filter(|d| !d.is_empty()),
-            })
-        },
+        row,
     )
     .optional()
-    .map_err(|source| db_error(store, source))
+    .map_err(|source| db_error(store, source))?
+    .map(|r| entry(store, r))
+    .transpose()
+}
+
+type Row = (String, Option<i64>, Option<String>);
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+/// A row as an entry. A negative size (a damaged or edited database) is refused: cast,
+/// it would read as 16 EiB and swamp every total.
+fn entry(store: &LocalStore, (path, size, deriver): Row) -> Result<PathEntry> {
+    let size = size.unwrap_or(0);
+    let nar_size = u64::try_from(size).map_err(|_| Error::BadSize {
+        db: store.db.clone(),
+        path: path.clone(),
+        value: size,
+    })?;
+    Ok(PathEntry {
+        path,
+        nar_size,
+        deriver: deriver.filter(|d| !d.is_empty()),
+    })
 }
 
 /// Reads the closure of `root` from the database.
@@ -103,16 +121,13 @@ pub fn closure(store: &LocalStore, root: &str) -> Result<Closure> {
         )
         .map_err(err)?;
     let paths = stmt
-        .query_map([id], |r| {
-            Ok(PathEntry {
-                path: r.get(0)?,
-                nar_size: r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64,
-                deriver: r.get::<_, Option<String>>(2)?.filter(|d| !d.is_empty()),
-            })
-        })
+        .query_map([id], row)
         .map_err(err)?
         .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(err)?;
+        .map_err(err)?
+        .into_iter()
+        .map(|r| entry(store, r))
+        .collect::<Result<Vec<_>>>()?;
     let refs = |path: &str| -> Result<Vec<String>> {
         let mut stmt = conn
             .prepare_cached(

@@ -56,6 +56,21 @@ pub enum Error {
     /// `nix build --json` printed something unexpected.
     #[error("unexpected output of {command}: {message}")]
     Output { command: String, message: String },
+    /// No store where the URL points. The nix CLI would create an empty one there, so it
+    /// is not asked: reading never creates anything (issue 22).
+    #[error(
+        "no Nix store at {store}: {missing} does not exist (check --store; reading a store never creates one)"
+    )]
+    NoStore { store: String, missing: PathBuf },
+    /// The store holds a value no store can hold: the database was damaged or edited.
+    #[error(
+        "the store database {db} gives {path} the impossible size {value} (repair the database, e.g. nix-store --verify --check-contents)"
+    )]
+    BadSize {
+        db: PathBuf,
+        path: String,
+        value: i64,
+    },
     /// The store URL cannot be understood.
     #[error("invalid store URL {url}: {reason}")]
     BadUrl { url: String, reason: String },

@@ -47,13 +47,17 @@ pub fn read_closure(store: &Store, root: &str) -> Result<(Closure, Source)> {
     match store {
         Store::Local(local) => match db::closure(local, root) {
             Ok(c) => Ok((c, Source::Database)),
-            Err(Error::Database { .. }) => Ok((
-                cli::closure(local.url.as_deref(), &local.store_dir, root)?,
-                Source::Cli,
-            )),
+            Err(Error::Database { .. }) => {
+                store.check_exists()?;
+                Ok((
+                    cli::closure(local.url.as_deref(), &local.store_dir, root)?,
+                    Source::Cli,
+                ))
+            }
             Err(e) => Err(e),
         },
         Store::Remote { url, store_dir } => {
+            store.check_exists()?;
             Ok((cli::closure(Some(url), store_dir, root)?, Source::Cli))
         }
     }
@@ -67,12 +71,50 @@ pub fn path_entry(store: &Store, path: &str) -> Result<Option<waymark_diff::Path
     match store {
         Store::Local(local) => match db::path_entry(local, path) {
             Err(Error::Database { .. }) => {
+                store.check_exists()?;
                 cli::path_entry(local.url.as_deref(), &local.store_dir, path)
             }
             other => other,
         },
-        Store::Remote { url, store_dir } => cli::path_entry(Some(url), store_dir, path),
+        Store::Remote { url, store_dir } => {
+            store.check_exists()?;
+            cli::path_entry(Some(url), store_dir, path)
+        }
     }
+}
+
+/// The largest derivation read (a NixOS system's biggest are a few MiB).
+const MAX_DRV: u64 = 64 << 20;
+
+/// Reads a regular file of at most `max` bytes. The type is checked on the open file,
+/// which was opened without blocking: a FIFO planted in a store would otherwise hang the
+/// reader forever, and a device would never end (issue 22).
+fn read_regular(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::from(fd), max + 1),
+        &mut bytes,
+    )?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Reads derivation files for the structural diff. Derivations are content-addressed,
@@ -105,7 +147,7 @@ impl waymark_diff::DrvLoader for DrvFiles {
     fn load(&self, drv_path: &str) -> std::result::Result<Vec<u8>, String> {
         let mut last = String::from("not in any local store");
         for store in &self.stores {
-            match std::fs::read(store.real_path(drv_path)) {
+            match read_regular(&store.real_path(drv_path), MAX_DRV) {
                 Ok(bytes) => return Ok(bytes),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     "not in the store (garbage-collected, or built elsewhere)"

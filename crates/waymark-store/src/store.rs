@@ -145,6 +145,46 @@ impl Store {
         }
     }
 
+    /// Checks that there is a store to read before the nix CLI is asked about it: Nix
+    /// creates a missing local or `file://` store (its directories and database) even to
+    /// read, and reading must not create anything.
+    ///
+    /// # Errors
+    /// [`Error::NoStore`] naming what is missing.
+    pub fn check_exists(&self) -> Result<()> {
+        let missing = match self {
+            Self::Local(l) => {
+                // Through the daemon nothing is created; it owns the store.
+                let state = l.db.parent().and_then(Path::parent);
+                let daemon = l.url.as_deref() == Some("daemon")
+                    || (l.url.is_none()
+                        && state.is_some_and(|s| s.join("daemon-socket/socket").exists()));
+                if daemon || l.db.exists() {
+                    return Ok(());
+                }
+                if l.real_store_dir.is_dir() {
+                    l.db.clone()
+                } else {
+                    l.real_store_dir.clone()
+                }
+            }
+            Self::Remote { url, .. } => match url.strip_prefix("file://") {
+                Some(rest) => {
+                    let dir = PathBuf::from(rest.split('?').next().unwrap_or(rest));
+                    if dir.join("nix-cache-info").is_file() {
+                        return Ok(());
+                    }
+                    dir.join("nix-cache-info")
+                }
+                None => return Ok(()),
+            },
+        };
+        Err(Error::NoStore {
+            store: self.describe(),
+            missing,
+        })
+    }
+
     /// A name for messages.
     pub fn describe(&self) -> String {
         match self {

@@ -1,7 +1,5 @@
 //! The fast path (`SQLite`) and the fallback (nix CLI) read the same closure of a real store.
 
-use std::path::PathBuf;
-
 use waymark_store::{Error, LocalStore, Source, Store, read_closure};
 use waymark_testbed::{PrivateStore, build_pair, fixtures};
 
@@ -20,10 +18,17 @@ fn database_and_cli_agree() {
     let Store::Local(local) = &store else {
         panic!("a local store")
     };
-    // A database that cannot be opened (missing here; unreadable for a non-root user in
-    // practice) sends the read through the nix CLI.
+    // A database that cannot be used (not a database here; unreadable for a non-root
+    // user in practice) sends the read through the nix CLI. (A missing one does not:
+    // the CLI would create a store there.)
+    let garbage = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        garbage.path(),
+        b"not a database, not at all, not even close",
+    )
+    .unwrap();
     let broken = Store::Local(LocalStore {
-        db: PathBuf::from("/nonexistent/db.sqlite"),
+        db: garbage.path().to_owned(),
         ..local.clone()
     });
     let (slow, source) = read_closure(&broken, &pair.new).unwrap();

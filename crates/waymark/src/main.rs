@@ -64,6 +64,16 @@ fn main() -> ExitCode {
             for cause in err.chain().skip(1) {
                 let _ = write!(msg, ": {cause}");
             }
+            // Still one line when a cause carries a name or a message from outside with
+            // a newline or another control character in it (issue 22).
+            let msg: String = msg
+                .chars()
+                .flat_map(|c| match c {
+                    '\n' => "\\n".chars().collect::<Vec<_>>(),
+                    c if c.is_control() => c.escape_default().collect(),
+                    c => vec![c],
+                })
+                .collect();
             #[allow(clippy::print_stderr)]
             {
                 eprintln!("{msg}");

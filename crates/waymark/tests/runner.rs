@@ -7,6 +7,7 @@ mod test_deploy_fleet;
 mod test_diff;
 mod test_diff_remote;
 mod test_fleet;
+mod test_hostile;
 mod test_known_good;
 mod test_release;
 mod test_sim_fleet;

@@ -234,7 +234,7 @@ fn bad_input() {
     let r = tag(&s, c1, "20990101T000000Z-0000000", &[]);
     assert!(
         r.stderr
-            .contains("no known-good mark 20990101T000000Z-0000000"),
+            .contains(r#"no known-good mark "20990101T000000Z-0000000""#),
         "{}",
         r.stderr
     );
@@ -242,7 +242,11 @@ fn bad_input() {
     cmd.args(["--repo", "/", "list", "web"]);
     let r = run(cmd);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("no git repository at /"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no git repository at or above /") && r.stderr.contains("--repo"),
+        "{}",
+        r.stderr
+    );
     assert!(Path::new(s.repo_dir.path()).exists());
     assert!(
         repo.find_reference("refs/heads/release/web").is_err(),

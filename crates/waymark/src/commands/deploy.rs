@@ -192,6 +192,51 @@ impl Interaction for Terminal {
 }
 
 /// The directory of a local flake reference, for its commit and release tags.
+/// Checks every argument and file a deploy reads before the first connection (issue 22:
+/// a `--rev` the target's mark refuses was found only after the switch, a missing
+/// signing key only at the copy).
+fn check_inputs(opts: &DeployOptions) -> anyhow::Result<()> {
+    if let Some(rev) = &opts.rev {
+        let Some(id) = waymark_known_good::normalize_rev(rev) else {
+            bail!(
+                "--rev {rev:?} is not a commit id: the known-good mark records the id (7 to 40 hexadecimal digits); pass --rev \"$(git rev-parse {})\"",
+                if rev.is_empty() { "HEAD" } else { rev.as_str() }
+            );
+        };
+        if let Some(dir) = local_flake_dir(&opts.flake)
+            && let Ok(repo) = waymark_release::Releases::open(&dir)
+        {
+            repo.resolve_commit(&id).with_context(|| {
+                format!(
+                    "--rev {id}: no such commit in {} (fetch it, or check the id)",
+                    dir.display()
+                )
+            })?;
+        }
+    }
+    if let Some(key) = &opts.signing_key {
+        let meta = std::fs::metadata(key).with_context(|| {
+            format!(
+                "--signing-key {}: cannot read the key file (pass the secret key file `nix key generate-secret` wrote)",
+                key.display()
+            )
+        })?;
+        if !meta.is_file() {
+            bail!(
+                "--signing-key {}: not a file (pass the secret key file `nix key generate-secret` wrote)",
+                key.display()
+            );
+        }
+        std::fs::File::open(key).with_context(|| {
+            format!(
+                "--signing-key {}: cannot read the key file (check its permissions)",
+                key.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 fn local_flake_dir(flake: &str) -> Option<PathBuf> {
     let r = flake.split('#').next().unwrap_or(flake);
     let r = r.split('?').next().unwrap_or(r);
@@ -355,6 +400,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
     if opts.ask && !std::io::stdin().is_terminal() {
         bail!("--ask needs a terminal on stdin to answer on");
     }
+    check_inputs(opts)?;
     let state_dir = opts
         .state_dir
         .clone()
@@ -376,6 +422,8 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
     )
     .with_daemon_relay(&[relay, "nix-daemon-relay".into()])
     .context("writing the ssh shim for nix copy")?
+    .with_reaper()
+    .context("starting the watcher that ends the ssh connections if this process is killed")?
     // No more connections authenticate at once than hosts deploy at once, also those
     // opened ahead (a bastion's sshd drops those beyond its MaxStartups).
     .with_handshake_limit(if opts.ask {

@@ -97,7 +97,7 @@ enum KnownGoodCommand {
         /// The target
         target: String,
         /// How many of the newest marks to keep (at least 1)
-        #[arg(long)]
+        #[arg(long, value_parser = parse_keep)]
         keep: usize,
         /// Also keep marks made within this long (e.g. 30days, 12h)
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -113,6 +113,16 @@ enum KnownGoodCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `--keep` counts marks kept, and the latest is always kept: 0 would read as "remove
+/// everything" and do something else.
+fn parse_keep(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("keep at least 1 mark (the latest is never pruned)".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a number of marks")),
+    }
 }
 
 fn describe(r: &Record) -> String {

@@ -86,7 +86,9 @@ fn describe(r: &Release) -> String {
 }
 
 pub fn cmd_release(global: Global, args: &ReleaseArgs) -> anyhow::Result<ExitStatus> {
-    let releases = Releases::open(&args.repo)?;
+    let releases = Releases::open(&args.repo).context(
+        "opening the repository of the release records (run in a git checkout, or pass --repo DIR)",
+    )?;
     let p = global.printer;
     match &args.command {
         ReleaseCommand::Tag {
@@ -97,7 +99,9 @@ pub fn cmd_release(global: Global, args: &ReleaseArgs) -> anyhow::Result<ExitSta
             dirs,
         } => {
             let (kg, _) = dirs.open()?;
-            let record = kg.get(target, Some(mark))?;
+            // Checked against its GC root and the store: a release records what was
+            // validated, not what an edited record claims.
+            let record = kg.checked(target, mark)?;
             let outcome = releases.tag(&TagRequest {
                 target: target.clone(),
                 rev: rev.clone(),
