@@ -115,7 +115,7 @@ in
       });
   };
   unknown-aspect-attribute = {
-    expect = ''aspect "web" in host "igloo" has unknown attributes "nixOS"'';
+    expect = ''aspect "web" has unknown attributes "nixOS"'';
     run =
       { compose, ... }:
       force (compose {

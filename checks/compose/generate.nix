@@ -14,10 +14,14 @@
   aspects ? 30,
   policies ? 5,
   users ? 2,
+  # The most includes an aspect has, and aspects a host lists.
+  fanout ? 4,
+  roots ? 5,
   cyclic ? false,
 }:
 let
   inherit (builtins)
+    elemAt
     genList
     listToAttrs
     ;
@@ -34,9 +38,19 @@ let
   N = aspects;
   name = i: "a${toString i}";
 
-  kindOf = i: pick 1 i 0 10;
-  static = i: kindOf i < 6;
-  hasSub = i: static i && pick 5 i 0 4 == 0;
+  # Each aspect's random choices, drawn once: the parametric aspects below
+  # are called per host and user, and should cost what a real aspect costs,
+  # not the generator's arithmetic.
+  drawn = genList (i: rec {
+    kind = pick 1 i 0 10;
+    hasSub = kind < 6 && pick 5 i 0 4 == 0;
+    includes = includesOf i;
+    excludes = excludesOf i;
+    home = pick 8 i 0 3 == 0;
+    tag = if pick 9 i 0 4 == 0 then "t${toString (mod i 7)}" else null;
+  }) (N + 1);
+  kindOf = i: (elemAt drawn i).kind;
+  hasSub = i: (elemAt drawn i).hasSub;
 
   # An include target of aspect i: a higher one (or any, when cyclic).
   target =
@@ -82,7 +96,7 @@ let
           )
         else
           tgt
-      ) (pick 2 i 0 4);
+      ) (pick 2 i 0 fanout);
 
   excludesOf =
     i: if canInclude i && pick 7 i 0 5 == 0 then [ (name (i + 1 + pick 7 i 1 (N - i - 1))) ] else [ ];
@@ -92,15 +106,14 @@ let
     {
       nixos.marks = [ label ];
     }
-    // (if pick 8 i 0 3 == 0 then { homeManager.marks = [ label ]; } else { })
-    // (if pick 9 i 0 4 == 0 then { deploy.tags = [ "t${toString (mod i 7)}" ]; } else { });
+    // (if (elemAt drawn i).home then { homeManager.marks = [ label ]; } else { })
+    // (if (elemAt drawn i).tag != null then { deploy.tags = [ (elemAt drawn i).tag ]; } else { });
 
   body =
     i: label:
     partsOf i label
     // {
-      includes = includesOf i;
-      excludes = excludesOf i;
+      inherit (elemAt drawn i) includes excludes;
     };
 
   aspect =
@@ -125,7 +138,7 @@ let
       { host, ... }:
       body i "${name i}-${host.name}"
       // {
-        includes = if mod host.n 3 == 0 then [ ] else includesOf i;
+        includes = if mod host.n 3 == 0 then [ ] else (elemAt drawn i).includes;
       }
     else if k == 7 then
       { host, user, ... }: body i "${name i}-${user.name}@${host.name}"
@@ -160,7 +173,7 @@ let
       system = if mod h 2 == 0 then "x86_64-linux" else "aarch64-linux";
       n = h;
       region = pick 20 h 0 3;
-      aspects = randomNames 21 h 5;
+      aspects = randomNames 21 h roots;
       excludes = if pick 22 h 0 4 == 0 then [ (name (pick 22 h 1 N)) ] else [ ];
       users = listToAttrs (
         genList (u: {

@@ -47,12 +47,12 @@ rec {
   checkKeys =
     what: allowed: attrs:
     let
-      unknown = filter (k: !(elem k allowed)) (attrNames attrs);
+      unknown = builtins.removeAttrs attrs allowed;
     in
-    if unknown == [ ] then
+    if unknown == { } then
       attrs
     else
-      fail "${what} has unknown attributes ${quoted unknown} (known: ${concatStringsSep ", " allowed})";
+      fail "${what} has unknown attributes ${quoted (attrNames unknown)} (known: ${concatStringsSep ", " allowed})";
 
   # A parametric declaration (`{ host, user, ... }: ...`) is called with the
   # context's attributes it names, and is skipped (null) when the context
@@ -76,6 +76,9 @@ rec {
   takesUser = f: ctx: let args = functionArgs f; in args ? user || (args == { } && ctx ? user);
 
   # The value of an aspect (after the call, for a parametric one), checked.
+  # A static aspect's errors name the aspect; a parametric one's also the
+  # host or user it was called for, as its value depends on them.
+  aspectWhat = id: parametric: where: if parametric then ''aspect "${id}" in ${where}'' else ''aspect "${id}"'';
   checkAspect =
     what: v:
     if !isAttrs v then

@@ -4,7 +4,8 @@
 # - The named aspects are flattened once per fleet into a table ("a.b" is a
 #   key), so a lookup is one attribute access, not a walk of `provides`.
 # - The state is attribute sets (what was seen, the current path, the
-#   exclusions in scope), not lists searched at every step.
+#   exclusions in scope), not lists searched at every step, and it grows in
+#   chunks (see `put`).
 # - An aspect is unfolded again only when its exclusions now are not a
 #   superset of those of an earlier visit. With more exclusions its subtree
 #   is the earlier one cut further, so all of it was placed already; the
@@ -41,6 +42,8 @@ let
           ${full} = {
             def = v;
             parametric = isFunction v;
+            # A static aspect is checked once for the fleet, when first used.
+            checked = common.checkAspect (common.aspectWhat full false null) v;
           };
         };
       in
@@ -67,6 +70,44 @@ let
 
   subset = small: big: all (n: big ? ${n}) (attrNames small);
 
+  # The walk's state grows by one aspect at a time. Adding to an attribute
+  # set or a list copies it, so additions go to a small set and list first,
+  # moved into the large ones every `chunk` additions: a few copies of the
+  # large ones instead of one per aspect.
+  chunk = 32;
+  emptyState = {
+    big = { };
+    recent = { };
+    nRecent = 0;
+    chunks = [ ];
+    tail = [ ];
+  };
+  put =
+    state: id: v:
+    if state.nRecent >= chunk then
+      state
+      // {
+        big = state.big // state.recent // { ${id} = v; };
+        recent = { };
+        nRecent = 0;
+      }
+    else
+      state
+      // {
+        recent = state.recent // { ${id} = v; };
+        nRecent = state.nRecent + 1;
+      };
+  emit =
+    state: entry:
+    if length state.tail >= chunk then
+      state
+      // {
+        chunks = state.chunks ++ [ (state.tail ++ [ entry ]) ];
+        tail = [ ];
+      }
+    else
+      state // { tail = state.tail ++ [ entry ]; };
+
   resolve =
     {
       ctx,
@@ -92,7 +133,12 @@ let
             if i == n then
               st
             else
-              go (visit st frame i (common.checkItem "${frame.pid} in ${where}" (elemAt frame.items i))) (i + 1);
+              let
+                item = elemAt frame.items i;
+              in
+              go (visit st frame i (if isString item then item else common.checkItem "${frame.pid} in ${where}" item)) (
+                i + 1
+              );
         in
         go state 0;
 
@@ -104,70 +150,57 @@ let
           out =
             named
             && (globalOut ? ${item} || globalOut ? ${id} || frame.scope ? ${item} || frame.scope ? ${id});
-          known = state.seen.${id} or null;
+          known = state.recent.${id} or state.big.${id} or null;
         in
         if out then
           state
         else if named && frame.path ? ${id} then
           common.cycle where frame.pathList id
         else if known != null then
-          if known.skipped || any (s: subset s frame.scope) known.scopes then
+          # `open`: visited once with no exclusions, a subset of any.
+          if known.skipped || known.open || any (s: subset s frame.scope) known.scopes then
             state
           else
             # Met with exclusions that do not contain an earlier visit's:
             # unfold it again (it is placed already).
-            visitChildren (
-              state
+            visitChildren (put state id (
+              known
               // {
-                seen = state.seen // {
-                  ${id} = known // {
-                    scopes = known.scopes ++ [ frame.scope ];
-                  };
-                };
+                scopes = known.scopes ++ [ frame.scope ];
+                open = frame.scope == { };
               }
-            ) frame id known
+            )) frame id known
         else
           let
-            def = if named then (lookup "${frame.pid} in ${where}" id).def else item;
+            found = if named then lookup "${frame.pid} in ${where}" id else null;
+            def = if named then found.def else item;
             called = if isFunction def then common.call def ctx else def;
           in
           if called == null then
             # Skipped now is skipped at every visit: the context is fixed.
-            state
-            // {
-              seen = state.seen // {
-                ${id} = {
-                  skipped = true;
-                };
-              };
-            }
+            put state id { skipped = true; }
           else
             let
-              value = common.checkAspect "aspect \"${id}\" in ${where}" called;
+              value =
+                if named && !found.parametric then
+                  found.checked
+                else
+                  common.checkAspect (common.aspectWhat id (isFunction def) where) called;
               known' = {
                 skipped = false;
                 inherit value;
                 bound = (isFunction def && common.takesUser def ctx) || (!named && frame.parentBound);
                 scopes = [ frame.scope ];
+                open = frame.scope == { };
               };
             in
-            visitChildren (
-              state
-              // {
-                seen = state.seen // {
-                  ${id} = known';
-                };
-                out = state.out ++ [
-                  {
-                    inherit id;
-                    userBound = known'.bound;
-                    nixos = value.nixos or null;
-                    homeManager = value.homeManager or null;
-                    deploy = value.deploy or null;
-                  }
-                ];
-              }
-            ) frame id known';
+            visitChildren (emit (put state id known') {
+              inherit id;
+              userBound = known'.bound;
+              nixos = value.nixos or null;
+              homeManager = value.homeManager or null;
+              deploy = value.deploy or null;
+            }) frame id known';
 
       visitChildren =
         state: frame: id: known:
@@ -201,13 +234,10 @@ let
               parentBound = false;
             }
           )
-          {
-            seen = { };
-            out = [ ];
-          }
+          emptyState
           roots;
     in
-    final.out;
+    builtins.concatLists (final.chunks ++ [ final.tail ]);
 in
 {
   inherit resolve;
