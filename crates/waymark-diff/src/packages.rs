@@ -342,6 +342,27 @@ mod tests {
     }
 
     #[test]
+    fn release_candidate_to_release_is_an_upgrade() {
+        // Issue 22: these moves were reported as downgrades, following Nix's order.
+        let old = closure(vec![
+            entry('a', "etcd-1.9.6-rc4", None),
+            entry('b', "libfoo-1.1.5-rc2", None),
+            entry('c', "bar-2.0", None),
+        ]);
+        let new = closure(vec![
+            entry('d', "etcd-1.9.6", None),
+            entry('e', "libfoo-1.1.5", None),
+            entry('f', "bar-2.0-rc1", None),
+        ]);
+        let d = diff_packages(&old, &new);
+        let by_name: std::collections::BTreeMap<&str, &VersionChange> =
+            d.changed.iter().map(|c| (c.name.as_str(), c)).collect();
+        assert_eq!(by_name["etcd"].direction, Direction::Upgrade);
+        assert_eq!(by_name["libfoo"].direction, Direction::Upgrade);
+        assert_eq!(by_name["bar"].direction, Direction::Downgrade);
+    }
+
+    #[test]
     fn added_removed_and_identical() {
         let old = closure(vec![
             entry('a', "nano-7.2", None),
