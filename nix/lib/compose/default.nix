@@ -179,9 +179,11 @@ let
         ) acc (attrNames s)
       ) { } settled.results;
 
-      hostEntries = map (e: e // { key = e.id; }) (
-        engine.resolve {
-          inherit ctx excludes substitutes where;
+      # The host's walk and each user's: the same excludes and substitutes,
+      # the user's context adds `user`.
+      walks = engine.resolveHost {
+        host = {
+          inherit ctx where;
           roots = [
             {
               pid = "host ${name}";
@@ -192,37 +194,35 @@ let
             pid = "policy ${r.name}";
             items = listOf "policy \"${r.name}\": includes" (_: true) (r.value.includes or [ ]);
           }) settled.results;
-        }
-      );
-
-      userEntries = listToAttrs (
-        map (
+        };
+        users = map (
           u:
           let
             user = users.${u};
           in
           {
             name = u;
-            value = map (e: e // { key = if e.userBound then "${e.id}@${u}" else e.id; }) (
-              engine.resolve {
-                ctx = ctx // {
-                  user = user // {
-                    name = u;
-                  };
-                };
-                inherit excludes substitutes;
-                where = "user \"${u}\" of ${where}";
-                roots = [
-                  {
-                    pid = "user ${u}";
-                    items = listOf "user \"${u}\" of ${where}: aspects" (_: true) (user.aspects or [ ]);
-                  }
-                ];
+            ctx = ctx // {
+              user = user // {
+                name = u;
+              };
+            };
+            where = "user \"${u}\" of ${where}";
+            roots = [
+              {
+                pid = "user ${u}";
+                items = listOf "user \"${u}\" of ${where}: aspects" (_: true) (user.aspects or [ ]);
               }
-            );
+            ];
           }
-        ) userNames
-      );
+        ) userNames;
+        inherit excludes substitutes;
+      };
+
+      hostEntries = map (e: e // { key = e.id; }) walks.host;
+      userEntries = builtins.mapAttrs (
+        u: map (e: e // { key = if e.userBound then "${e.id}@${u}" else e.id; })
+      ) walks.users;
 
       # The host's aspects, then each user's (by name) that are not there
       # already: an aspect two users include contributes once, unless its

@@ -240,5 +240,27 @@ let
     builtins.concatLists (final.chunks ++ [ final.tail ]);
 in
 {
-  inherit resolve;
+  # A host's walk and each of its users'. (Starting a user's walk from the
+  # host's state, minus what can read the user, was tried: on the
+  # benchmark's fleet nearly every aspect has something below it that reads
+  # the user, so it saved nothing and added a way to be wrong.)
+  resolveHost =
+    {
+      host,
+      users,
+      excludes,
+      substitutes,
+    }:
+    {
+      host = resolve (host // { inherit excludes substitutes; });
+      users = listToAttrs (
+        map (u: {
+          inherit (u) name;
+          value = resolve {
+            inherit (u) ctx roots where;
+            inherit excludes substitutes;
+          };
+        }) users
+      );
+    };
 }

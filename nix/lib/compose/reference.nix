@@ -151,5 +151,24 @@ let
     final.out;
 in
 {
-  inherit resolve;
+  # A host's walk and each of its users', each from nothing.
+  resolveHost =
+    {
+      host,
+      users,
+      excludes,
+      substitutes,
+    }:
+    {
+      host = resolve (host // { inherit excludes substitutes; });
+      users = builtins.listToAttrs (
+        map (u: {
+          inherit (u) name;
+          value = resolve {
+            inherit (u) ctx roots where;
+            inherit excludes substitutes;
+          };
+        }) users
+      );
+    };
 }
