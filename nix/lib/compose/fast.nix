@@ -208,13 +208,16 @@ let
           pid = id;
           items = known.value.includes or [ ];
           scope =
-            frame.scope
-            // listToAttrs (
-              map (n: {
-                name = n;
-                value = true;
-              }) (known.value.excludes or [ ])
-            );
+            if (known.value.excludes or [ ]) == [ ] then
+              frame.scope
+            else
+              frame.scope
+              // listToAttrs (
+                map (n: {
+                  name = n;
+                  value = true;
+                }) known.value.excludes
+              );
           path = frame.path // {
             ${id} = true;
           };
