@@ -72,8 +72,15 @@ for d in /run/waymark/deploy/*; do
   [ -f "$d/evidence.json" ] && [ ! -e "$d/marked" ] || continue
   s=; {{ while IFS= read -r l; do s=$l; done < "$d/state"; }} 2>/dev/null
   e=; {{ IFS= read -r e < "$d/evidence.json"; }} 2>/dev/null
-  printf 'agent=%s\nagent-state=%s\nagent-evidence=%s\n' "$d" "$s" "$e"
+  c=; {{ read -r c < "$d/confirmer"; }} 2>/dev/null
+  a=no; [ -z "$c" ] || ! kill -0 "$c" 2>/dev/null || a=yes
+  printf 'agent=%s\nagent-state=%s\nagent-evidence=%s\nagent-confirming=%s\n' "$d" "$s" "$e" "$a"
 done
+# Another deploy's agent at work: the lock's holder runs.
+a=; {{ read -r a < /run/waymark/active/pid; }} 2>/dev/null
+if [ -n "$a" ] && kill -0 "$a" 2>/dev/null; then
+  i=; {{ read -r i < /run/waymark/active/id; }} 2>/dev/null; printf 'active=%s\n' "${{i:-?}}"
+fi
 echo "@@marks"
 {remote_waymark} known-good list --json
 [ -n "$running" ] && [ "$running" != {kept_root} ] && echo "@@old" &&
@@ -294,6 +301,8 @@ struct Probe {
     failed_units: Option<Vec<String>>,
     /// Agents whose deploy left its evidence and did not say it marked.
     agents: Vec<AgentSeen>,
+    /// The agent directory of another deploy at work on the target, if any.
+    active: Option<String>,
 }
 
 /// The paths of the new closure the target lacks, when both it and what the target
@@ -367,12 +376,14 @@ if [ -p "$d/events" ]; then
   # The agent writes each new state to the FIFO: wake on it, no polling. It is open
   # before the state is read, so no change is missed; a watchdog writes the timeout.
   exec 3<>"$d/events"
-  (trap 'kill "$z" 2>/dev/null; exit 0' TERM; sleep {seconds} & z=$!; wait "$z"
-    echo timeout >&3) </dev/null >/dev/null 2>&1 &
-  w=$!
+  # The watchdog sleeps a second at a time while the flag file is there: whenever the
+  # wait ends, it is gone within a second, with no kill to race its start.
+  f="$d/waiting.$$"; : > "$f"
+  (n=0; while [ "$n" -lt {seconds} ] && [ -e "$f" ]; do sleep 1; n=$(( n + 1 )); done
+    [ ! -e "$f" ] || echo timeout >&3) </dev/null >/dev/null 2>&1 &
   while :; do last_state; case "$s" in {pattern}) break ;; esac
     read -r e <&3; [ "$e" != timeout ] || {{ last_state; break; }}; done
-  kill "$w" 2>/dev/null; exec 3<&-
+  rm -f "$f"; exec 3<&-
 else
   while :; do last_state; case "$s" in {pattern}) break ;; esac
     [ "$i" -lt {rounds} ] || break; i=$(( i + 1 ))
@@ -390,9 +401,18 @@ esac
     )
 }
 
-/// Seconds the health checks of a host may take together.
+/// Seconds a health check's round trip may take past its own timeout before the
+/// deployer gives up on it (the connection, the shell starting).
+const CHECK_MARGIN: u64 = 5;
+
+/// Seconds the health checks of a host may take together, as the deployer bounds them:
+/// the agent's window includes them all, so a check that hangs is given up on, and the
+/// deploy aborted for it, before the window closes.
 fn checks_budget(host: &Host) -> u64 {
-    host.health_checks.iter().map(|c| c.timeout).sum()
+    host.health_checks
+        .iter()
+        .map(|c| c.timeout + CHECK_MARGIN)
+        .sum()
 }
 
 const FINAL: &str = "committed|kept|restored:*|restore-failed:*|refused:*";
@@ -1053,6 +1073,7 @@ fi
             old_closure: (!old_json.trim().is_empty()).then(|| old_json.to_owned()),
             marks,
             agents: parse_agents(head),
+            active: field(&f, "active").map(str::to_owned),
             failed_units: field(&f, "units").map(|_| {
                 f.get("failed")
                     .map(|v| v.iter().map(|s| (*s).to_owned()).collect())
@@ -1168,7 +1189,16 @@ fi
         if let Mode::Rollback { to } = mode {
             let record = match to.as_deref() {
                 None => latest.clone(),
-                Some("previous") => probe.marks.iter().rev().nth(1).cloned(),
+                // The closure before the latest: marks of the same closure again (a
+                // rollback marks anew) do not count.
+                Some("previous") => latest.as_ref().and_then(|l| {
+                    probe
+                        .marks
+                        .iter()
+                        .rev()
+                        .find(|m| m.closure != l.closure)
+                        .cloned()
+                }),
                 Some(m) => probe.marks.iter().find(|r| r.mark == m).cloned(),
             }
             .ok_or_else(|| {
@@ -1454,6 +1484,16 @@ fi
                     run.name
                 ),
             ),
+            Some(l) if l.closure != running && probe.active.is_some() => {
+                return Err(stop(
+                    HostResult::Failed,
+                    format!(
+                        "another deploy is under way on {} (its agent in {}): nothing changed; deploy again once it ends",
+                        run.name,
+                        probe.active.as_deref().unwrap_or("?")
+                    ),
+                ));
+            }
             Some(l) if l.closure != running => {
                 let what = format!(
                     "{} runs {running}, not its latest known-good closure {} (mark {}): deployed by hand?",
@@ -1884,7 +1924,7 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
                 std::thread::sleep(Duration::from_secs(3));
             }
             let probe = match (&check.command, &check.url) {
-                (Some(c), _) => format!("sh -c {}", q(c)),
+                (Some(c), _) => c.clone(),
                 (None, Some(u)) => format!(
                     "if command -v curl >/dev/null; then curl -fsS -o /dev/null --max-time 10 {u}; \
                      else wget -q -O /dev/null -T 10 {u}; fi",
@@ -1892,25 +1932,43 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
                 ),
                 (None, None) => "false".to_owned(),
             };
+            // Each try is bounded by what is left of the check's time, so a check that
+            // hangs ends in time and says so; its last line otherwise.
             let script = format!(
-                "end=$(( $(date +%s) + {t} )); while :; do out=$({probe} 2>&1) && exit 0; \
-                 [ \"$(date +%s)\" -lt \"$end\" ] || {{ printf '%s\\n' \"$out\" | tail -n 1; exit 1; }}; sleep 1; done",
-                t = check.timeout
+                "end=$(( $(date +%s) + {t} )); while :; do \
+                 left=$(( end - $(date +%s) )); [ \"$left\" -gt 0 ] || left=1; \
+                 out=$(timeout \"$left\" sh -c {probe} 2>&1); rc=$?; [ $rc = 0 ] && exit 0; \
+                 if [ \"$(date +%s)\" -ge \"$end\" ]; then \
+                 case $rc in 124|143) echo 'no answer within {t} s'; exit 1 ;; esac; \
+                 last=$(printf '%s\\n' \"$out\" | tail -n 1); echo \"exit $rc${{last:+: $last}}\"; exit 1; fi; \
+                 sleep 1; done",
+                t = check.timeout,
+                probe = q(&probe)
             );
             let r = self.remote(
                 run,
                 &target,
-                &format!("timeout {} sh -c {}", check.timeout + 5, q(&script)),
+                &format!(
+                    "timeout {} sh -c {}",
+                    check.timeout + CHECK_MARGIN,
+                    q(&script)
+                ),
             );
             if r.code != 0 {
+                let reason = r.stdout.trim().lines().last().map_or_else(
+                    || {
+                        // `timeout`'s status (GNU's, busybox's).
+                        if matches!(r.code, 124 | 143) {
+                            format!("no answer within {} s", check.timeout + CHECK_MARGIN)
+                        } else {
+                            r.last_error()
+                        }
+                    },
+                    str::to_owned,
+                );
                 let why = format!(
-                    "health check {} failed: {}",
-                    check.name,
-                    r.stdout
-                        .trim()
-                        .lines()
-                        .last()
-                        .unwrap_or_else(|| r.stderr.trim())
+                    "health check {} failed ({} s allowed): {reason}",
+                    check.name, check.timeout
                 );
                 return Err(self.abort(run, dir, closure, rollback_to, &why));
             }
@@ -2172,7 +2230,7 @@ fi
             self.keep_journal(run, evidence);
         }
         let script = format!(
-            "{keep}mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit 3; }}\nread -r w < {d}/waiter && kill \"$w\" 2>/dev/null\n{pause}{wait}{mark}",
+            "echo $$ > {d}/confirmer\n{keep}mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit 3; }}\nread -r w < {d}/waiter && kill \"$w\" 2>/dev/null\n{pause}{wait}{mark}",
             d = q(dir),
             pause = if fault("pause-after-confirm") {
                 "sleep 3\n"
@@ -2366,6 +2424,15 @@ fi
                 }
             }
             Unfinished::Marked { record } => *record,
+            Unfinished::Finishing { dir, .. } => {
+                return Err(stop(
+                    HostResult::Failed,
+                    format!(
+                        "another deploy is finishing on {} (its agent in {dir} committed {closure} and it is marking it now): nothing changed; deploy again once it ends",
+                        run.name
+                    ),
+                ));
+            }
         };
         let mut wheres = vec![run.name.clone()];
         if let Some(host) = builder {
@@ -2569,5 +2636,99 @@ fi
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt as _;
+
+    /// An agent directory whose state is `state`, with the events FIFO.
+    fn agent_dir(state: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state"), format!("{state}\n")).unwrap();
+        let fifo = dir.path().join("events");
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        dir
+    }
+
+    /// Whether any process of process group `pgid` still runs.
+    fn group_alive(pgid: u32) -> bool {
+        Command::new("kill")
+            .args(["-0", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    #[test]
+    fn the_wait_scripts_watchdog_never_outlives_the_wait() {
+        // The wait ends at once (the state matches); its watchdog, which sleeps the
+        // whole allowance, must be gone soon after, in every shell a target may have.
+        for shell in ["sh", "dash", "bash", "busybox"] {
+            if Command::new("sh")
+                .args(["-c", &format!("command -v {shell}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| !s.success())
+            {
+                continue;
+            }
+            let runs: Vec<_> = (0..12)
+                .map(|_| {
+                    let dir = agent_dir("committed");
+                    let script = wait_script(dir.path().to_str().unwrap(), FINAL, 60);
+                    let mut cmd = Command::new(shell);
+                    if shell == "busybox" {
+                        cmd.arg("sh");
+                    }
+                    let child = cmd
+                        .args(["-c", &script])
+                        .stdout(Stdio::piped())
+                        .process_group(0)
+                        .spawn()
+                        .unwrap();
+                    (dir, child)
+                })
+                .collect();
+            let mut groups = Vec::new();
+            for (_dir, child) in runs {
+                let pgid = child.id();
+                let out = child.wait_with_output().unwrap();
+                assert!(
+                    String::from_utf8_lossy(&out.stdout).contains("state=committed"),
+                    "{shell}: {out:?}"
+                );
+                groups.push(pgid);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while groups.iter().any(|g| group_alive(*g)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(
+                !groups.iter().any(|g| group_alive(*g)),
+                "{shell}: a wait's watchdog outlived it"
+            );
+        }
+    }
+
+    #[test]
+    fn the_wait_script_ends_at_its_deadline_with_the_state_it_saw() {
+        let dir = agent_dir("awaiting-confirmation");
+        let out = Command::new("sh")
+            .args(["-c", &wait_script(dir.path().to_str().unwrap(), FINAL, 1)])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("state=awaiting-confirmation"),
+            "{out:?}"
+        );
     }
 }

@@ -138,15 +138,23 @@ impl Reply {
         }
     }
 
-    /// The last non-empty stderr line, for one-line reports.
+    /// The last non-empty stderr line, for one-line reports; what the exit status
+    /// says when there is none (ssh at `LogLevel=QUIET` says nothing of a refused
+    /// connection).
     pub fn last_error(&self) -> String {
         self.stderr
             .lines()
             .rev()
             .find(|l| !l.trim().is_empty())
-            .unwrap_or("no error message")
-            .trim()
-            .to_owned()
+            .map_or_else(
+                || match self.code {
+                    255 => "ssh failed with no message (exit 255): the host refused or \
+                            dropped the connection, or sshd is not running there"
+                        .to_owned(),
+                    code => format!("exit {code}, with no error message"),
+                },
+                |l| l.trim().to_owned(),
+            )
     }
 }
 
@@ -929,6 +937,30 @@ impl Drop for Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_without_a_message_says_what_its_status_means() {
+        let quiet = |code| Reply {
+            code,
+            stdout: String::new(),
+            stderr: "\n".into(),
+        };
+        assert!(
+            quiet(255)
+                .last_error()
+                .contains("sshd is not running there")
+        );
+        assert_eq!(quiet(3).last_error(), "exit 3, with no error message");
+        let said = Reply {
+            code: 255,
+            stdout: String::new(),
+            stderr: "ssh: connect to host h port 22: Connection refused\n\n".into(),
+        };
+        assert_eq!(
+            said.last_error(),
+            "ssh: connect to host h port 22: Connection refused"
+        );
+    }
 
     #[test]
     fn no_more_masters_authenticate_at_once_than_the_limit() {

@@ -493,6 +493,28 @@ fn failures_after_activation_restore_the_previous_closure() {
     assert_untouched(&lab, &r, "test", 1, "health check web-up failed");
     lab.exec("web1", "rm /run/waymark-testbed/unhealthy");
 
+    // A check that hangs: named, with its time, and the deployer aborts it before the
+    // agent's window closes (not "the confirmation did not arrive in time").
+    lab.flake
+        .set_deploy("web1", &with_check("hang", "sleep 100", 2))
+        .unwrap();
+    let r = lab.deploy(&["web1"]);
+    assert_untouched(
+        &lab,
+        &r,
+        "test",
+        1,
+        "health check hang failed (2 s allowed): no answer within 2 s",
+    );
+    let message = host_report(&events(&r), "web1")["message"].to_string();
+    assert!(message.contains("aborted"), "{message}");
+    lab.flake
+        .set_deploy(
+            "web1",
+            &with_check("web-up", "test ! -e /run/waymark-testbed/unhealthy", 2),
+        )
+        .unwrap();
+
     // The commit (profile + boot entry) fails: profile and boot entry are put back.
     // Only the new closure's boot entry fails; putting the old one back works.
     lab.exec(
@@ -722,6 +744,16 @@ fn a_deploy_stopped_after_its_commit_is_finished_by_the_next_one() {
         "the mark gate never ran"
     );
     assert_eq!(records(&lab), 0);
+    // Until its shell on the target ends, that deploy is taken as still finishing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab.exec(
+        "web1",
+        "for c in /run/waymark/deploy/*/confirmer; do kill -0 $(cat $c) 2>/dev/null && echo alive; done; true",
+    ) == "alive"
+    {
+        assert!(Instant::now() < deadline, "the confirmation's shell never ended");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let r = lab.deploy(&["web1"]);
     assert_eq!(r.code, 0, "{}", explain(&r));
     let ev = events(&r);
