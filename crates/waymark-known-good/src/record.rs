@@ -185,6 +185,33 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// Every name `mark_name` makes is a valid mark, and every valid mark is a safe
+        /// file name and git ref component (its `.drv` and `.json` siblings too).
+        #[test]
+        fn mark_names_fit_files_and_refs(
+            secs in 0u64..8_000_000_000,
+            rev in "[0-9a-f]{7,40}",
+            n in proptest::option::of(2u32..100_000),
+            junk in "\\PC{0,30}",
+        ) {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let base = mark_name(t, &rev);
+            let name = n.map_or_else(|| base.clone(), |n| format!("{base}-{n}"));
+            proptest::prop_assert!(valid_mark(&name), "{}", name);
+            for candidate in [name.clone(), junk] {
+                if valid_mark(&candidate) {
+                    proptest::prop_assert!(!candidate.contains(['/', '\0', '\n']) && !candidate.starts_with('.'));
+                    let tag = format!("refs/tags/release/web/{candidate}");
+                    proptest::prop_assert!(!tag.contains("..") && !tag.contains("@{"), "{}", tag);
+                    proptest::prop_assert!(candidate.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+                }
+            }
+        }
+    }
+
     #[test]
     fn targets_and_revs() {
         assert!(valid_target("web-1.example_org"));
