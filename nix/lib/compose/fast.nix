@@ -33,23 +33,26 @@ let
   # below one says so (as the reference does).
   flatten =
     prefix: set:
-    foldl' (
-      acc: n:
+    builtins.concatMap (
+      n:
       let
         v = set.${n};
         full = "${prefix}${n}";
-        own = {
-          ${full} = {
+      in
+      [
+        {
+          name = full;
+          value = {
             def = v;
             parametric = isFunction v;
             # A static aspect is checked once for the fleet, when first used.
             checked = common.checkAspect (common.aspectWhat full false null) v;
           };
-        };
-      in
-      acc // own // (if isAttrs v && v ? provides then flatten "${full}." v.provides else { })
-    ) { } (attrNames set);
-  table = flatten "" aspects;
+        }
+      ]
+      ++ (if isAttrs v && v ? provides then flatten "${full}." v.provides else [ ])
+    ) (attrNames set);
+  table = listToAttrs (flatten "" aspects);
 
   lookup =
     where: id:
