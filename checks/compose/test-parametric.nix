@@ -128,6 +128,22 @@ t.all [
       } { users.tux.aspects = [ "role" ]; }).hosts.igloo
     )
   ))
+  # Den: identity-preservation test-parametric-aspect-preserves-name and
+  # test-parametric-child-preserves-name.
+  (t.eq "a parametric aspect's module carries its name, at the top and below" [
+    "waymark-compose:foo"
+    "waymark-compose:bar"
+  ] (
+    map (p: p.key) (t.parts (host {
+      foo =
+        { host }:
+        mark "foo"
+        // {
+          includes = [ "bar" ];
+        };
+      bar = { host }: mark "bar";
+    } [ "foo" ]))
+  ))
   (t.eq "a lambda without a pattern gets the whole context" [ { marks = [ "igloo" ]; } ] (
     t.partsOf (host { whole = ctx: mark ctx.host.name; } [ "whole" ])
   ))
