@@ -11,10 +11,11 @@
 # - errors.nix holds the error cases: each is evaluated per engine and its
 #   message must contain the expected words.
 # A test whose function takes `lib` needs nixpkgs' lib (the module system):
-# NIXPKGS_LIB, by default ../shared/nixpkgs-lib/lib from the repository's
-# root when it is there; without it such tests print NOT RUN and count as
-# neither passed nor failed. The last line is "N passed, M failed"; the exit
-# status is 1 when a test failed.
+# NIXPKGS_LIB, else ../shared/nixpkgs-lib/lib next to the repository where
+# that exists (this project's CI machines have it there). Without either,
+# such tests print NOT RUN and the others run. The last line is "N passed,
+# M failed"; the exit status is 1 when a test failed, else 3 when a test
+# could not run (so CI cannot pass without them), 2 for a bad NIXPKGS_LIB.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -22,11 +23,15 @@ cd "$here"
 
 export NIX_CONFIG=$'substituters =\nbuild-users-group ='
 
-if [[ -z ${NIXPKGS_LIB:-} && -f $root/../shared/nixpkgs-lib/lib/default.nix ]]; then
-  NIXPKGS_LIB=$(cd "$root/../shared/nixpkgs-lib/lib" && pwd)
-fi
-if [[ -n ${NIXPKGS_LIB:-} && -f ${NIXPKGS_LIB}/default.nix ]]; then
-  lib_arg="import ${NIXPKGS_LIB}"
+shared_lib="$root/../shared/nixpkgs-lib/lib"
+if [[ -n ${NIXPKGS_LIB:-} ]]; then
+  if [[ ! -f $NIXPKGS_LIB/default.nix ]]; then
+    echo "error: NIXPKGS_LIB=$NIXPKGS_LIB has no default.nix; point it at a nixpkgs checkout's lib/ directory" >&2
+    exit 2
+  fi
+  lib_arg="import $(cd "$NIXPKGS_LIB" && pwd)"
+elif [[ -f $shared_lib/default.nix ]]; then
+  lib_arg="import $(cd "$shared_lib" && pwd)"
 else
   lib_arg="null"
 fi
@@ -131,4 +136,6 @@ done
 
 ((not_run == 0)) || echo "$not_run test file(s) NOT RUN: they need nixpkgs' lib"
 echo "$passed passed, $failed failed"
-((failed == 0))
+((failed == 0)) || exit 1
+# Tests that could not run fail CI rather than pass without them.
+((not_run == 0)) || exit 3
