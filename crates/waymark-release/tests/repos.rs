@@ -471,3 +471,34 @@ fn push_selects_one_target_and_refuses_a_foreign_tag() {
         "nothing else was sent"
     );
 }
+
+/// Issue 22: a malformed `--tagger` is named as such (it was "no tagger identity"), and
+/// names no ref may hold are refused with the rule, not a raw libgit2 error.
+#[test]
+fn a_malformed_tagger_and_bad_names_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init(dir.path());
+    let c1 = commit(&repo, None, "one");
+    let rel = Releases::open(dir.path()).unwrap();
+    for bad in ["nobody", "Name <no-at-sign>", "<a@b>", "Name a@b"] {
+        let mut r = req("web", "20261123T170000Z-aaaaaaa", c1);
+        r.tagger = Some(bad.into());
+        let err = rel.tag(&r).unwrap_err();
+        assert!(matches!(err, Error::BadTagger { .. }), "{bad}: {err:?}");
+        assert!(err.to_string().contains("'Name <email>'"), "{err}");
+    }
+    assert!(
+        repo.find_reference("refs/tags/release/web/20261123T170000Z-aaaaaaa")
+            .is_err(),
+        "nothing was tagged"
+    );
+    for target in ["a..b", "web.lock", "web.", "web.LOCK"] {
+        let err = rel
+            .tag(&req(target, "20261123T170000Z-aaaaaaa", c1))
+            .unwrap_err();
+        assert!(matches!(err, Error::BadTarget(_)), "{target}: {err:?}");
+        assert!(err.to_string().contains("1 to 64"), "{err}");
+    }
+    let err = rel.tag(&req("web", "x..y", c1)).unwrap_err();
+    assert!(matches!(err, Error::BadMark(_)), "{err:?}");
+}

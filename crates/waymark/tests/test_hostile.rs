@@ -19,7 +19,8 @@ fn one_target_name_rule_from_the_first_command_on() {
     git2::Repository::init(repo.path()).unwrap();
     let long = "x".repeat(65);
     for name in ["a..b", "web.lock", "web.", long.as_str(), "web\nx"] {
-        let ev = m.evidence("web", &m.new, "passed");
+        // Evidence about this very name: only the name itself can be refused.
+        let ev = m.evidence(name, &m.new, "passed");
         let mut cmd = m.cmd();
         cmd.args(["mark", name, &m.new, "--rev", "1a2b3c4d", "--evidence"])
             .arg(&ev);
