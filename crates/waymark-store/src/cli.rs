@@ -24,13 +24,16 @@ pub(crate) fn run(mut cmd: Command) -> Result<Vec<u8>> {
     })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
+        // A silent failure still says how it ended: "no error message" alone gives
+        // nothing to act on (issue 22).
         let message = stderr
             .lines()
             .rev()
             .find(|l| !l.trim().is_empty())
-            .unwrap_or("no error message")
-            .trim()
-            .to_owned();
+            .map_or_else(
+                || format!("{}, with no error message", out.status),
+                |l| l.trim().to_owned(),
+            );
         return Err(Error::Command { command, message });
     }
     Ok(out.stdout)
