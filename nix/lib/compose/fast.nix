@@ -42,11 +42,15 @@ let
       [
         {
           name = full;
-          value = {
+          value = rec {
             def = v;
             parametric = isFunction v;
-            # A static aspect is checked once for the fleet, when first used.
+            # A static aspect is checked once for the fleet, when first used;
+            # a parametric one's arguments are read once too.
             checked = common.checkAspect (common.aspectWhat full false null) v;
+            args = builtins.functionArgs v;
+            required = builtins.filter (n: !args.${n}) (attrNames args);
+            wholeContext = args == { };
           };
         }
       ]
@@ -70,8 +74,6 @@ let
       else
         common.unknownAspect where id
     );
-
-  subset = small: big: all (n: big ? ${n}) (attrNames small);
 
   # The walk's state grows by one aspect at a time. Adding to an attribute
   # set or a list copies it, so additions go to a small set and list first,
@@ -127,83 +129,97 @@ let
         }) excludes
       );
 
+      # Walks one list of includes. The visit of each item is written out
+      # here rather than called: a Nix function of four arguments is four
+      # calls, at every one of the walk's steps.
       visitList =
         state: frame:
         let
           n = length frame.items;
           go =
-            st: i:
-            if i == n then
-              st
+            state: index:
+            if index == n then
+              state
             else
-              let
-                item = elemAt frame.items i;
-              in
-              go (visit st frame i (if isString item then item else common.checkItem "${frame.pid} in ${where}" item)) (
-                i + 1
-              );
+              go (
+                let
+                  raw = elemAt frame.items index;
+                  item = if isString raw then raw else common.checkItem "${frame.pid} in ${where}" raw;
+                  named = isString item;
+                  id = if named then substitutes.${item} or item else "${frame.pid}/${toString index}";
+                  out =
+                    named
+                    && (globalOut ? ${item} || globalOut ? ${id} || frame.scope ? ${item} || frame.scope ? ${id});
+                  known = state.recent.${id} or state.big.${id} or null;
+                in
+                if out then
+                  state
+                else if named && frame.path ? ${id} then
+                  common.cycle where frame.pathList id
+                else if known != null then
+                  # `open`: visited once with no exclusions, a subset of any.
+                  if known.skipped || known.open || any (s: builtins.intersectAttrs s frame.scope == s) known.scopes then
+                    state
+                  else
+                    # Met with exclusions that do not contain an earlier visit's:
+                    # unfold it again (it is placed already).
+                    visitChildren (put state id (
+                      known
+                      // {
+                        scopes = known.scopes ++ [ frame.scope ];
+                        open = frame.scope == { };
+                      }
+                    )) frame id known
+                else
+                  let
+                    found = if named then lookup "${frame.pid} in ${where}" id else null;
+                    def = if named then found.def else item;
+                    called =
+                      if !(isFunction def) then
+                        def
+                      else if named then
+                        # common.call, with the arguments read once per fleet.
+                        if found.wholeContext then
+                          def ctx
+                        else if all (n: ctx ? ${n}) found.required then
+                          def (builtins.intersectAttrs found.args ctx)
+                        else
+                          null
+                      else
+                        common.call def ctx;
+                  in
+                  if called == null then
+                    # Skipped now is skipped at every visit: the context is fixed.
+                    put state id { skipped = true; }
+                  else
+                    let
+                      value =
+                        if named && !found.parametric then
+                          found.checked
+                        else
+                          common.checkAspect (common.aspectWhat id (isFunction def) where) called;
+                      known' = {
+                        skipped = false;
+                        inherit value;
+                        bound =
+                          if named then
+                            found.parametric && (found.args ? user || (found.wholeContext && ctx ? user))
+                          else
+                            (isFunction def && common.takesUser def ctx) || frame.parentBound;
+                        scopes = [ frame.scope ];
+                        open = frame.scope == { };
+                      };
+                    in
+                    visitChildren (emit (put state id known') {
+                      inherit id;
+                      userBound = known'.bound;
+                      nixos = value.nixos or null;
+                      homeManager = value.homeManager or null;
+                      deploy = value.deploy or null;
+                    }) frame id known'
+              ) (index + 1);
         in
         go state 0;
-
-      visit =
-        state: frame: index: item:
-        let
-          named = isString item;
-          id = if named then substitutes.${item} or item else "${frame.pid}/${toString index}";
-          out =
-            named
-            && (globalOut ? ${item} || globalOut ? ${id} || frame.scope ? ${item} || frame.scope ? ${id});
-          known = state.recent.${id} or state.big.${id} or null;
-        in
-        if out then
-          state
-        else if named && frame.path ? ${id} then
-          common.cycle where frame.pathList id
-        else if known != null then
-          # `open`: visited once with no exclusions, a subset of any.
-          if known.skipped || known.open || any (s: subset s frame.scope) known.scopes then
-            state
-          else
-            # Met with exclusions that do not contain an earlier visit's:
-            # unfold it again (it is placed already).
-            visitChildren (put state id (
-              known
-              // {
-                scopes = known.scopes ++ [ frame.scope ];
-                open = frame.scope == { };
-              }
-            )) frame id known
-        else
-          let
-            found = if named then lookup "${frame.pid} in ${where}" id else null;
-            def = if named then found.def else item;
-            called = if isFunction def then common.call def ctx else def;
-          in
-          if called == null then
-            # Skipped now is skipped at every visit: the context is fixed.
-            put state id { skipped = true; }
-          else
-            let
-              value =
-                if named && !found.parametric then
-                  found.checked
-                else
-                  common.checkAspect (common.aspectWhat id (isFunction def) where) called;
-              known' = {
-                skipped = false;
-                inherit value;
-                bound = (isFunction def && common.takesUser def ctx) || (!named && frame.parentBound);
-                scopes = [ frame.scope ];
-                open = frame.scope == { };
-              };
-            in
-            visitChildren (emit (put state id known') {
-              inherit id;
-              userBound = known'.bound;
-              nixos = value.nixos or null;
-              homeManager = value.homeManager or null;
-              deploy = value.deploy or null;
-            }) frame id known';
 
       visitChildren =
         state: frame: id: known:
