@@ -8,7 +8,6 @@ let
     all
     attrNames
     concatStringsSep
-    elem
     filter
     foldl'
     functionArgs

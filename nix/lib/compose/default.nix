@@ -43,7 +43,6 @@ let
     isFunction
     isList
     isString
-    listToAttrs
     map
     mapAttrs
     typeOf

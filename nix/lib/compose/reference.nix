@@ -24,7 +24,6 @@ let
     filter
     foldl'
     genList
-    isAttrs
     isFunction
     isString
     length
