@@ -161,4 +161,21 @@ in
     expect = ''unknown engine "quick"'';
     run = { composeWith, ... }: force ((composeWith { engine = "quick"; }) { });
   };
+  excludes-not-names = {
+    expect = ''policy "p": excludes must be a list of aspect names'';
+    run =
+      { compose, ... }:
+      force (compose {
+        policies.p.excludes = [ 1 ];
+        hosts = host { };
+      });
+  };
+  user-not-an-attribute-set = {
+    expect = ''user "tux" of host "igloo" is a list, not an attribute set'';
+    run =
+      { compose, ... }:
+      force (compose {
+        hosts = host { users.tux = [ "a" ]; };
+      });
+  };
 }

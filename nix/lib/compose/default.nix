@@ -72,7 +72,10 @@ let
 
   listOf =
     what: check: v:
-    if isList v && all check v then v else fail "${what} must be a list, is a ${typeOf v}";
+    if isList v && all check v then
+      v
+    else
+      fail "${what} must be a list${if isList v then " of aspect names" else ", is a ${typeOf v}"}";
 
   composeHost =
     name: h:
@@ -197,7 +200,11 @@ let
         users = map (
           u:
           let
-            user = users.${u};
+            user =
+              if isAttrs users.${u} then
+                users.${u}
+              else
+                fail "user \"${u}\" of ${where} is a ${typeOf users.${u}}, not an attribute set (aspects and facts)";
           in
           {
             name = u;
@@ -277,9 +284,9 @@ let
           );
         };
     in
-    # Substitutes are read only where a name is looked up: a disagreement
-    # is an error all the same.
-    builtins.seq substitutes {
+    # Excludes and substitutes are read only where a name is looked up:
+    # a bad one is an error all the same.
+    builtins.deepSeq [ excludes substitutes ] {
       inherit system home deploy;
       modules = [ hostModule ] ++ map (e: common.wrap e.key e.nixos) (filter (e: e.nixos != null) entries);
       aspects = map (e: e.key) entries;
