@@ -10,7 +10,10 @@
 #   superset of those of an earlier visit. With more exclusions its subtree
 #   is the earlier one cut further, so all of it was placed already; the
 #   reference unfolds every new set of exclusions instead.
-# - A parametric aspect is called once per resolution, not at every visit.
+# - A parametric aspect is called once per walk, not at every visit, and
+#   its arguments are read once per fleet.
+# - Each include is visited inline in the loop over its list (a call of a
+#   function of four arguments is four calls, at every step).
 { common }:
 aspects:
 let
@@ -48,7 +51,7 @@ let
             # A static aspect is checked once for the fleet, when first used;
             # a parametric one's arguments are read once too.
             checked = common.checkAspect (common.aspectWhat full false null) v;
-            args = builtins.functionArgs v;
+            args = if isFunction v then builtins.functionArgs v else { };
             required = builtins.filter (n: !args.${n}) (attrNames args);
             wholeContext = args == { };
           };
@@ -62,7 +65,8 @@ let
     where: id:
     table.${id} or (
       let
-        # The longest declared parametric prefix explains the miss.
+        # The first parametric aspect on the way explains the miss, as in
+        # the reference's walk down `provides`.
         segments = builtins.filter isString (builtins.split "\\." id);
         prefixes = genList (
           i: builtins.concatStringsSep "." (genList (j: elemAt segments j) (i + 1))
@@ -129,9 +133,7 @@ let
         }) excludes
       );
 
-      # Walks one list of includes. The visit of each item is written out
-      # here rather than called: a Nix function of four arguments is four
-      # calls, at every one of the walk's steps.
+      # Walks one list of includes, each item visited inline (see above).
       visitList =
         state: frame:
         let
