@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use waymark_evidence::{Gate, Outcome};
 
+pub use crate::progress::BuildProgress;
+
 /// Identifier of the event format.
 pub const SCHEMA: &str = "waymark.deploy-event/v1";
 
@@ -102,6 +104,9 @@ pub struct HostReport {
     /// Time spent waiting on the hosts: SSH round trips and what runs there
     /// (activation, health checks, marking).
     pub remote_ms: u64,
+    /// The last log lines of the build that failed (the build gate on a build host).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
 }
 
 /// One line of the event stream.
@@ -136,6 +141,20 @@ pub enum Event {
         /// One line: what it found or why it failed.
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<String>,
+    },
+    /// A host's closure building on its build host: Nix's counters.
+    Build {
+        /// Always [`SCHEMA`].
+        schema: &'static str,
+        /// The host the closure is for.
+        host: String,
+        /// The build host.
+        builder: String,
+        /// RFC 3339 UTC.
+        at: String,
+        /// The counters.
+        #[serde(flatten)]
+        progress: BuildProgress,
     },
     /// Something worth telling that is not a gate's end (drift allowed, a first deploy).
     Note {

@@ -93,7 +93,8 @@ impl Deployer<'_> {
             .iter()
             .map(|(_, d, o)| (d.clone(), o.clone()))
             .collect();
-        let results = self.build_on(endpoint, key, &items);
+        let names: Vec<String> = hosts.iter().map(|(name, _, _)| name.clone()).collect();
+        let results = self.build_on(endpoint, key, &items, &names);
         let took = started.elapsed();
         let mut prebuilt = self.prebuilt.lock().expect("not poisoned");
         for ((name, _, _), result) in hosts.iter().zip(results) {
@@ -248,6 +249,7 @@ impl Deployer<'_> {
             ssh_connections: 0,
             nix_ms: 0,
             remote_ms: 0,
+            log: Vec::new(),
         };
         self.sink().emit(Event::Host {
             schema: SCHEMA,

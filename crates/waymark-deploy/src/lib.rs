@@ -14,11 +14,14 @@ mod events;
 mod fleet;
 mod pipeline;
 mod processes;
+mod progress;
 mod ssh;
 mod unfinished;
 
 pub use activation::{AgentState, DryRun};
-pub use events::{Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now, own_cpu_ms};
+pub use events::{
+    BuildProgress, Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now, own_cpu_ms,
+};
 pub use fleet::FleetOptions;
 pub use pipeline::{
     Deployer, Goal, Interaction, Mode, Settings, build_session_script, fault, kept_closure,

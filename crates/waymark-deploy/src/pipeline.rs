@@ -18,6 +18,7 @@ use waymark_store::{DrvFiles, Store, closure_from_path_info, read_closure, shell
 use crate::activation::{AgentState, DryRun};
 use crate::batch::{Batcher, batch_script, split_batch};
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
+use crate::progress::NixLog;
 use crate::ssh::{DAEMON_SOCKET, Endpoint, Held, Reply, Ssh, Talk};
 use crate::unfinished::{
     AgentSeen, TargetNow, Unfinished, journal_dir, parse_agents, read_journals, unfinished,
@@ -116,11 +117,23 @@ const SERVE: &str = r#"while next=""; do
   (eval "$next") </dev/null 2>&1; echo "@@status $?"; echo "@@ran"
 done"#;
 
+/// What begins each line of a command's output that a script relays as it comes
+/// (Nix's structured build log): no such line can be read as a marker.
+const RELAYED: char = '~';
+
 /// Runs `script` in a session that [`SERVE`]s: its reply (output as both stdout and
 /// stderr, its exit status), or `None` when the session is gone.
 fn serve(talk: &mut Talk, script: &str) -> Option<Reply> {
+    serve_relaying(talk, script, &mut |_| {})
+}
+
+/// [`serve`], handing each relayed line (one the script prints behind [`RELAYED`]) to
+/// `relayed` as it comes, instead of keeping it in the reply.
+fn serve_relaying(talk: &mut Talk, script: &str, relayed: &mut dyn FnMut(&str)) -> Option<Reply> {
     talk.send(format!("{script}\n@@run\n").as_bytes()).ok()?;
-    let mut lines = talk.lines_until("@@ran")?;
+    let mut lines = talk.lines_until_each("@@ran", &mut |line| {
+        line.strip_prefix(RELAYED).map(&mut *relayed).is_some()
+    })?;
     let code = lines
         .pop()
         .and_then(|l| l.strip_prefix("@@status ")?.parse().ok())
@@ -218,6 +231,8 @@ pub struct Deployer<'a> {
     build_sessions: Mutex<BTreeMap<String, std::sync::Arc<Mutex<Option<Talk>>>>>,
     /// What waits to run on each build host, by destination.
     build_batches: Mutex<BTreeMap<String, std::sync::Arc<Batcher>>>,
+    /// The last log lines of a failed build, by the host it was for (its report's).
+    build_logs: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 /// A build's outcome for one host: how it was built and its closure's path-info, or
@@ -436,6 +451,7 @@ impl<'a> Deployer<'a> {
             prebuilt_done: std::sync::Condvar::new(),
             build_sessions: Mutex::new(BTreeMap::new()),
             build_batches: Mutex::new(BTreeMap::new()),
+            build_logs: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -540,12 +556,18 @@ impl<'a> Deployer<'a> {
         builder: &Endpoint,
         key: &str,
         items: &[(String, String)],
+        hosts: &[String],
     ) -> Vec<Result<String, String>> {
         let all = |e: String| items.iter().map(|_| Err(e.clone())).collect();
         let drvs: Vec<String> = items.iter().map(|(d, _)| q(d)).collect();
         let outs: Vec<String> = items.iter().map(|(_, o)| q(o)).collect();
+        // Nix's structured log is relayed line by line as it comes (behind RELAYED),
+        // the build's status kept aside through fd 3.
         let build_script = format!(
-            r#"err=$(nix-store --realise --keep-going --quiet {drvs} 2>&1 >/dev/null); rc=$?
+            r#"exec 4>&1
+rc=$( {{ {{ nix-store --realise --keep-going --log-format internal-json {drvs} 2>&1 >/dev/null 3>&- 4>&-
+  echo $? >&3; }} | while IFS= read -r l; do printf '{RELAYED}%s\n' "$l"; done >&4; }} 3>&1 )
+exec 4>&-
 invalid=$(nix-store --check-validity --print-invalid {outs} 2>/dev/null)
 nl='
 '
@@ -557,7 +579,7 @@ if [ -n "$valid" ]; then
   signing=$(nix --extra-experimental-features nix-command store sign --key-file {key} --recursive $valid 2>&1) ||
     printf 'unsigned=%s\n' "$(printf '%s\n' "$signing" | grep . | tail -n 1)"
 fi
-[ $rc = 0 ] || printf 'error=%s\n' "$(printf '%s\n' "$err" | grep . | tail -n 1)"
+[ "$rc" = 0 ] || echo "rc=$rc"
 [ -z "$valid" ] || {{ echo "@@closures"; nix --extra-experimental-features nix-command path-info --json --recursive $valid 2>/dev/null; echo; }}
 "#,
             drvs = drvs.join(" "),
@@ -567,10 +589,39 @@ fi
         if let Err(e) = self.ssh.ensure_master(builder) {
             return all(format!("cannot reach {}: {e}", builder.name));
         }
+        let mut log = NixLog::default();
+        let mut last_sent = Instant::now();
+        let mut relayed = |line: &str| {
+            let before = log.progress().clone();
+            if !log.feed(line) {
+                return;
+            }
+            let p = log.progress();
+            let counted = (p.total, p.built, p.substituted, p.running, p.failed)
+                != (
+                    before.total,
+                    before.built,
+                    before.substituted,
+                    before.running,
+                    before.failed,
+                );
+            if counted || last_sent.elapsed() >= Duration::from_millis(500) {
+                last_sent = Instant::now();
+                for host in hosts {
+                    self.sink.emit(Event::Build {
+                        schema: SCHEMA,
+                        host: host.clone(),
+                        builder: builder.name.clone(),
+                        at: now(),
+                        progress: p.clone(),
+                    });
+                }
+            }
+        };
         let session = self.ssh.hold(builder, &build_session_script());
-        let sent = session
-            .map_err(|e| e.to_string())
-            .and_then(|held| self.send_derivations(builder, held, items, &build_script));
+        let sent = session.map_err(|e| e.to_string()).and_then(|held| {
+            self.send_derivations(builder, held, items, &build_script, &mut relayed)
+        });
         let r = match sent {
             Ok(Some(reply)) => reply,
             Ok(None) => {
@@ -580,9 +631,18 @@ fi
                 if let Err(e) = self.nix_output(&mut scratch, copy) {
                     return all(format!("sending the derivations to {}: {e}", builder.name));
                 }
-                self.ssh
+                let mut r = self
+                    .ssh
                     .run(builder, &build_script)
-                    .unwrap_or_else(|e| Reply::lost(&e))
+                    .unwrap_or_else(|e| Reply::lost(&e));
+                // No session to relay through: the log is read once it is all there.
+                let (relayed_lines, rest): (Vec<&str>, Vec<&str>) =
+                    r.stdout.lines().partition(|l| l.starts_with(RELAYED));
+                for line in relayed_lines {
+                    relayed(&line[RELAYED.len_utf8()..]);
+                }
+                r.stdout = rest.join("\n") + "\n";
+                r
             }
             Err(e) => return all(format!("sending the derivations to {}: {e}", builder.name)),
         };
@@ -603,7 +663,20 @@ fi
             ));
         }
         let built = f.get("built").cloned().unwrap_or_default();
-        let error = field(&f, "error").unwrap_or("the build failed").to_owned();
+        // Nix's first error names the builder that failed; the ones after, what depended
+        // on it.
+        let error = log.errors().first().map_or_else(
+            || format!("the build failed (exit {})", field(&f, "rc").unwrap_or("?")),
+            |e| e.strip_prefix("error: ").unwrap_or(e).to_owned(),
+        );
+        if let Some(failed) = log.failed_builds().first() {
+            let mut logs = self.build_logs.lock().expect("not poisoned");
+            for (host, (_, out)) in hosts.iter().zip(items) {
+                if !built.contains(&out.as_str()) {
+                    logs.insert(host.clone(), failed.log_tail.clone());
+                }
+            }
+        }
         items
             .iter()
             .map(|(_, o)| {
@@ -625,6 +698,7 @@ fi
         held: Held,
         items: &[(String, String)],
         build_script: &str,
+        relayed: &mut dyn FnMut(&str),
     ) -> Result<Option<Reply>, String> {
         let store = Store::from_url(None).map_err(|e| e.to_string())?;
         let mut closure = BTreeSet::new();
@@ -684,7 +758,7 @@ fi
             let reply = talk.finish().map_err(|e| e.to_string())?;
             return Ok((!reply.stdout.contains("@@import-refused")).then_some(reply));
         }
-        let reply = match serve(&mut talk, build_script) {
+        let reply = match serve_relaying(&mut talk, build_script, relayed) {
             Some(reply) => {
                 self.build_sessions.lock().expect("not poisoned").insert(
                     builder.destination(),
@@ -902,6 +976,7 @@ fi
                 ssh_connections: 0,
                 nix_ms: 0,
                 remote_ms: 0,
+                log: Vec::new(),
             };
         };
         let mut run = Run {
@@ -950,6 +1025,12 @@ fi
             ssh_connections: run.masters_opened + run.fresh_connections,
             nix_ms: ms(run.nix_time),
             remote_ms: ms(run.remote_time),
+            log: self
+                .build_logs
+                .lock()
+                .expect("not poisoned")
+                .remove(name)
+                .unwrap_or_default(),
         };
         self.sink.emit(Event::Host {
             schema: SCHEMA,
@@ -1129,6 +1210,7 @@ fi
             }
             _ => None,
         };
+        let name = run.name.clone();
         let (probe, early) = std::thread::scope(|scope| {
             let early = match (&builder, early) {
                 (Some(b), Some((key, Some(drv), Some(out)))) => {
@@ -1136,7 +1218,7 @@ fi
                     run.masters_opened += u32::from(self.ssh.claim(b));
                     Some(scope.spawn(move || {
                         let started = Instant::now();
-                        let result = self.build_on(b, &key, &[(drv, out)]).remove(0);
+                        let result = self.build_on(b, &key, &[(drv, out)], &[name]).remove(0);
                         (result, started.elapsed())
                     }))
                 }
@@ -1365,7 +1447,12 @@ fi
                         let (result, took) = run.early_build.take().unwrap_or_else(|| {
                             let started = Instant::now();
                             let result = self
-                                .build_on(host, key, &[(drv.clone(), closure.to_owned())])
+                                .build_on(
+                                    host,
+                                    key,
+                                    &[(drv.clone(), closure.to_owned())],
+                                    std::slice::from_ref(&run.name),
+                                )
                                 .remove(0);
                             (result, started.elapsed())
                         });

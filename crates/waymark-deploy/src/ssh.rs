@@ -879,6 +879,16 @@ impl Talk {
     /// The lines the script prints before the line `marker`; `None` if it ended first
     /// (what it printed is kept for [`Talk::finish`]).
     pub fn lines_until(&mut self, marker: &str) -> Option<Vec<String>> {
+        self.lines_until_each(marker, &mut |_| false)
+    }
+
+    /// [`Talk::lines_until`], showing each line to `take` as it arrives: a line it takes
+    /// (returns true for) is not kept.
+    pub fn lines_until_each(
+        &mut self,
+        marker: &str,
+        take: &mut dyn FnMut(&str) -> bool,
+    ) -> Option<Vec<String>> {
         let mut lines: Vec<String> = Vec::new();
         loop {
             let mut line = String::new();
@@ -890,6 +900,7 @@ impl Talk {
                 Ok(_) if line.trim_end_matches('\n') == marker => {
                     return Some(lines.iter().map(|l| l.trim_end().to_owned()).collect());
                 }
+                Ok(_) if take(line.trim_end_matches('\n')) => {}
                 Ok(_) => lines.push(line),
             }
         }

@@ -435,6 +435,31 @@ fn failures_before_activation_leave_the_target_alone() {
     lab.flake.set_generation("web1", "broken").unwrap();
     let r = lab.deploy(&["web1"]);
     assert_untouched(&lab, &r, "build", 2, "building on builder failed");
+    // Nix's own words and the build's last lines, from its structured log; its
+    // counters as it went.
+    let ev = events(&r);
+    let report = host_report(&ev, "web1");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("builder for '/nix/store/"),
+        "{report}"
+    );
+    assert_eq!(
+        report["log"],
+        serde_json::json!(["planted build failure"]),
+        "{report}"
+    );
+    let last = ev
+        .iter()
+        .rfind(|e| e["event"] == "build")
+        .expect("build progress");
+    assert_eq!(
+        (&last["failed"], &last["builder"]),
+        (&1.into(), &"builder".into()),
+        "{last}"
+    );
 
     lab.flake.set_generation("web1", "g1").unwrap();
     // The target does not trust the builder's key: the copy is refused, not forced.
@@ -471,6 +496,18 @@ fn failures_before_activation_leave_the_target_alone() {
     let r = lab.deploy(&["web1", "--goal", "dry-activate"]);
     assert_eq!(r.code, 0, "{}", explain(&r));
     assert_untouched(&lab, &r, "dry-activate", 0, "nothing changed");
+
+    // A closure the build host has to build (a new salt): its progress as Nix there
+    // counted it, every derivation built by the end.
+    lab.flake.set_salt(&["web1"], "progress").unwrap();
+    let r = lab.deploy(&["web1", "--goal", "build"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let ev = events(&r);
+    let builds: Vec<&Value> = ev.iter().filter(|e| e["event"] == "build").collect();
+    let last = builds.last().expect("build progress events");
+    assert!(last["total"].as_u64().unwrap() > 0, "{builds:?}");
+    assert_eq!(last["built"], last["total"], "{builds:?}");
+    assert!(builds.iter().any(|e| e["running"] == 1), "{builds:?}");
 }
 
 #[test]
@@ -827,6 +864,16 @@ fn a_deploy_stopped_after_its_commit_is_finished_by_the_next_one() {
         "{}",
         explain(&r)
     );
+
+    // Two marks of one closure: `--to previous` is the closure before it, not the one
+    // that runs.
+    let r = lab.deploy(&["web1", "--allow-drift"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    let marks = lab.marks("web1", "web1");
+    assert_eq!(marks[marks.len() - 2..], [g0.clone(), g0.clone()]);
+    let r = lab.deploy(&["rollback", "web1", "--to", "previous"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    assert_eq!(lab.system("web1").0, g1);
 }
 
 #[test]
