@@ -109,11 +109,70 @@ fn selection_items(args: &DeployArgs) -> anyhow::Result<Option<Vec<String>>> {
     Ok(Some(items))
 }
 
-/// Prints events: JSON Lines on stdout, or one line per gate on stderr.
+/// Prints events: JSON Lines on stdout, or one line per gate on stderr, with a live
+/// line per host while its closure builds when stderr is a terminal.
 struct Printer {
     json: bool,
     quiet: bool,
     lock: Mutex<()>,
+    /// The live lines (drawn on stderr only when it is a terminal).
+    live: indicatif::MultiProgress,
+    building: Mutex<BTreeMap<String, indicatif::ProgressBar>>,
+}
+
+impl Printer {
+    fn new(json: bool, quiet: bool) -> Self {
+        let target = if std::io::stderr().is_terminal() && !json && !quiet {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        Self {
+            json,
+            quiet,
+            lock: Mutex::new(()),
+            live: indicatif::MultiProgress::with_draw_target(target),
+            building: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A host's live build line: its counters as Nix reports them, and what builds.
+    fn show_build(&self, host: &str, builder: &str, p: &waymark_deploy::BuildProgress) {
+        let mut bars = self.building.lock().expect("not poisoned");
+        let bar = bars.entry(host.to_owned()).or_insert_with(|| {
+            let bar = self.live.add(indicatif::ProgressBar::new_spinner());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix:<12} build         {spinner} {elapsed:>4} {wide_msg}",
+                )
+                .expect("a valid template"),
+            );
+            bar.set_prefix(host.to_owned());
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
+        });
+        let mut msg = format!(
+            "on {builder}: {}/{} built, {} running, {} failed",
+            p.built, p.total, p.running, p.failed
+        );
+        if p.substituted > 0 {
+            msg.push_str(&format!(", {} fetched", p.substituted));
+        }
+        if let Some(what) = &p.building {
+            msg.push_str(&format!(" · {what}"));
+            if let Some(line) = &p.last_line {
+                msg.push_str(&format!(": {line}"));
+            }
+        }
+        bar.set_message(msg);
+    }
+
+    /// Prints `line` on stderr above the live lines.
+    fn print(&self, line: &str) {
+        self.live.suspend(|| {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        });
+    }
 }
 
 impl Sink for Printer {
@@ -126,6 +185,26 @@ impl Sink for Printer {
         }
         if self.quiet {
             return;
+        }
+        if let Event::Build {
+            host,
+            builder,
+            progress,
+            ..
+        } = &event
+        {
+            self.show_build(host, builder, progress);
+            return;
+        }
+        if let Event::End { host, .. }
+        | Event::Host {
+            report: waymark_deploy::HostReport { host, .. },
+            ..
+        } = &event
+            && let Some(bar) = self.building.lock().expect("not poisoned").remove(host)
+        {
+            bar.finish_and_clear();
+            self.live.remove(&bar);
         }
         let line = match event {
             Event::Start { host, gate, .. } => {
@@ -149,9 +228,9 @@ impl Sink for Printer {
                 message.unwrap_or_default()
             ),
             Event::Note { host, message, .. } => format!("{host:<12} note: {message}"),
-            Event::Host { .. } | Event::Summary { .. } => return,
+            Event::Host { .. } | Event::Summary { .. } | Event::Build { .. } => return,
         };
-        let _ = writeln!(std::io::stderr(), "{line}");
+        self.print(&line);
     }
 }
 
@@ -192,28 +271,50 @@ impl Interaction for Terminal {
 }
 
 /// The directory of a local flake reference, for its commit and release tags.
-/// Checks every argument and file a deploy reads before the first connection (issue 22:
-/// a `--rev` the target's mark refuses was found only after the switch, a missing
-/// signing key only at the copy).
-fn check_inputs(opts: &DeployOptions) -> anyhow::Result<()> {
-    if let Some(rev) = &opts.rev {
-        let Some(id) = waymark_known_good::normalize_rev(rev) else {
-            bail!(
-                "--rev {rev:?} is not a commit id: the known-good mark records the id (7 to 40 hexadecimal digits); pass --rev \"$(git rev-parse {})\"",
-                if rev.is_empty() { "HEAD" } else { rev.as_str() }
-            );
-        };
-        if let Some(dir) = local_flake_dir(&opts.flake)
-            && let Ok(repo) = waymark_release::Releases::open(&dir)
-        {
-            repo.resolve_commit(&id).with_context(|| {
-                format!(
-                    "--rev {id}: no such commit in {} (fetch it, or check the id)",
-                    dir.display()
-                )
-            })?;
+/// Checks every argument and file a deploy reads before the first connection, and
+/// returns the commit the closure is built from (issue 22: a `--rev` the target's mark
+/// refuses was found only after the switch, a missing signing key only at the copy).
+fn check_inputs(opts: &DeployOptions, mode: &Mode) -> anyhow::Result<Option<String>> {
+    let flake_dir = local_flake_dir(&opts.flake);
+    let rev = match (&opts.rev, mode, &flake_dir) {
+        (Some(rev), _, _) => {
+            let Some(id) = waymark_known_good::normalize_rev(rev) else {
+                bail!(
+                    "--rev {rev:?} is not a commit id: the known-good mark records the id (7 to 40 hexadecimal digits); pass --rev \"$(git rev-parse {})\"",
+                    if rev.is_empty() { "HEAD" } else { rev.as_str() }
+                );
+            };
+            if let Some(dir) = &flake_dir
+                && let Ok(repo) = waymark_release::Releases::open(dir)
+            {
+                repo.resolve_commit(&id).with_context(|| {
+                    format!(
+                        "--rev {id}: no such commit in {} (fetch it, or check the id)",
+                        dir.display()
+                    )
+                })?;
+            }
+            Some(id)
         }
-    }
+        (None, Mode::Rollback { .. }, _) => None,
+        (None, Mode::Deploy, Some(dir)) => Some(
+            waymark_release::Releases::open(dir)
+                .and_then(|r| r.resolve_commit("HEAD"))
+                .with_context(|| {
+                    format!(
+                        "finding the commit the closure is built from in {} (or pass --rev)",
+                        dir.display()
+                    )
+                })?
+                .to_string(),
+        ),
+        (None, Mode::Deploy, None) => {
+            bail!(
+                "{} is not a local checkout: pass --rev with the commit it is built from",
+                opts.flake
+            )
+        }
+    };
     if let Some(key) = &opts.signing_key {
         let meta = std::fs::metadata(key).with_context(|| {
             format!(
@@ -234,7 +335,7 @@ fn check_inputs(opts: &DeployOptions) -> anyhow::Result<()> {
             )
         })?;
     }
-    Ok(())
+    Ok(rev)
 }
 
 fn local_flake_dir(flake: &str) -> Option<PathBuf> {
@@ -267,6 +368,12 @@ fn summary_table(reports: &[HostReport]) -> String {
             r.change.as_deref().unwrap_or("-")
         ));
         out.push_str(&format!("{:<12} {}\n", "", r.message));
+        if !r.log.is_empty() {
+            out.push_str(&format!("{:<12} the failed build's last lines:\n", ""));
+            for line in &r.log {
+                out.push_str(&format!("{:<12} | {line}\n", ""));
+            }
+        }
     }
     out
 }
@@ -400,7 +507,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
     if opts.ask && !std::io::stdin().is_terminal() {
         bail!("--ask needs a terminal on stdin to answer on");
     }
-    check_inputs(opts)?;
+    let rev = check_inputs(opts, &mode)?;
     let state_dir = opts
         .state_dir
         .clone()
@@ -490,6 +597,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
                 items.as_deref(),
                 &mode,
                 &state_dir,
+                rev.clone(),
             )
         });
         // Its summary is out: a signal now changes neither the outcome nor the status.
@@ -572,6 +680,7 @@ fn deploy_evaluated(
     items: Option<&[String]>,
     mode: &Mode,
     state_dir: &std::path::Path,
+    rev: Option<String>,
 ) -> anyhow::Result<ExitStatus> {
     let opts = &args.options;
     let hosts = match rollback {
@@ -583,27 +692,6 @@ fn deploy_evaluated(
     };
     let plan = fleet.plan(&hosts)?;
     let flake_dir = local_flake_dir(&opts.flake);
-    let rev = match (&opts.rev, mode, &flake_dir) {
-        (Some(r), _, _) => Some(r.clone()),
-        (None, Mode::Rollback { .. }, _) => None,
-        (None, Mode::Deploy, Some(dir)) => Some(
-            waymark_release::Releases::open(dir)
-                .and_then(|r| r.resolve_commit("HEAD"))
-                .with_context(|| {
-                    format!(
-                        "finding the commit the closure is built from in {} (or pass --rev)",
-                        dir.display()
-                    )
-                })?
-                .to_string(),
-        ),
-        (None, Mode::Deploy, None) => {
-            bail!(
-                "{} is not a local checkout: pass --rev with the commit it is built from",
-                opts.flake
-            )
-        }
-    };
     let settings = Settings {
         goal: opts.goal,
         allow_drift: opts.allow_drift,
@@ -616,11 +704,7 @@ fn deploy_evaluated(
         release_repo: flake_dir.filter(|d| waymark_release::Releases::open(d).is_ok()),
         run_id: format!("{}-{}", now().replace([':', '-'], ""), std::process::id()),
     };
-    let printer = Printer {
-        json: opts.json,
-        quiet: global.printer.quiet,
-        lock: Mutex::new(()),
-    };
+    let printer = Printer::new(opts.json, global.printer.quiet);
     let terminal = Terminal {
         color: global.color.should_style(),
         show: !opts.json,
