@@ -57,6 +57,8 @@ wall() { # engine fanout roots -> median seconds
   if command -v hyperfine >/dev/null; then
     hyperfine --runs "$runs" --warmup 1 --style none --export-json "$work/h.json" "$cmd" >/dev/null 2>&1
     python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['results'][0]['median'])" "$work/h.json"
+    # The process's CPU (user + system, mean): less moved by a busy machine than wall time.
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['results'][0]; print(r['user'] + r['system'])" "$work/h.json" >"$work/proc_cpu"
   else
     for _ in $(seq "$runs"); do
       local t0 t1
@@ -65,6 +67,7 @@ wall() { # engine fanout roots -> median seconds
       t1=$(date +%s%N)
       echo "$(((t1 - t0) / 1000))e-6"
     done | awk '{printf "%.6f\n", $1}' | median
+    echo nan >"$work/proc_cpu"
   fi
 }
 
@@ -90,7 +93,8 @@ startup=$(
   done | awk '{printf "%.6f\n", $1}' | median
 )
 echo "nix-instantiate startup (eval of 1): ${startup} s"
-printf '%-7s %-10s %10s %10s %10s\n' shape engine aspects wall_s eval_cpu_s
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (wall time needs an idle machine; the CPU columns less so)"
+printf '%-7s %-10s %8s %8s %10s %10s\n' shape engine aspects wall_s process_cpu eval_cpu_s
 for shape in "dense 8 12" "sparse 4 5"; do
   read -r name fanout roots <<<"$shape"
   fast_out=$($(eval_cmd fast "$fanout" "$roots") 2>/dev/null)
@@ -100,13 +104,14 @@ for shape in "dense 8 12" "sparse 4 5"; do
     exit 1
   fi
   placed=$(tr -d '"' <<<"$fast_out" | cut -d' ' -f1)
-  declare -A w c
+  declare -A w p c
   for engine in fast reference; do
     w[$engine]=$(wall "$engine" "$fanout" "$roots")
+    p[$engine]=$(cat "$work/proc_cpu")
     c[$engine]=$(cpu "$engine" "$fanout" "$roots")
-    printf '%-7s %-10s %10s %10.3f %10.3f\n' "$name" "$engine" "$placed" "${w[$engine]}" "${c[$engine]}"
+    printf '%-7s %-10s %8s %8.3f %10.3f %10.3f\n' "$name" "$engine" "$placed" "${w[$engine]}" "${p[$engine]}" "${c[$engine]}"
   done
-  python3 -c "import sys; w=[float(x) for x in sys.argv[1:5]]; print(f'{sys.argv[5]:<7} reference/fast: wall {w[1]/w[0]:.1f}x, evaluation CPU {w[3]/w[2]:.1f}x')" \
-    "${w[fast]}" "${w[reference]}" "${c[fast]}" "${c[reference]}" "$name"
-  unset w c
+  python3 -c "import sys; v=[float(x) for x in sys.argv[1:7]]; print(f'{sys.argv[7]:<7} reference/fast: wall {v[1]/v[0]:.1f}x, process CPU {v[3]/v[2]:.1f}x, evaluation CPU {v[5]/v[4]:.1f}x')" \
+    "${w[fast]}" "${w[reference]}" "${p[fast]}" "${p[reference]}" "${c[fast]}" "${c[reference]}" "$name"
+  unset w p c
 done

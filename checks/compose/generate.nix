@@ -83,7 +83,7 @@ let
             { host, ... }:
             {
               nixos.marks = [ "fn-${toString i}-${host.name}" ];
-              includes = if mod host.n 2 == 0 then [ tgt ] else [ ];
+              includes = if host.even then [ tgt ] else [ ];
             }
           )
         else if form == 2 then
@@ -138,7 +138,7 @@ let
       { host, ... }:
       body i "${name i}-${host.name}"
       // {
-        includes = if mod host.n 3 == 0 then [ ] else (elemAt drawn i).includes;
+        includes = if host.third then [ ] else (elemAt drawn i).includes;
       }
     else if k == 7 then
       { host, user, ... }: body i "${name i}-${user.name}@${host.name}"
@@ -173,6 +173,10 @@ let
       system = if mod h 2 == 0 then "x86_64-linux" else "aarch64-linux";
       n = h;
       region = pick 20 h 0 3;
+      # Facts the parametric aspects branch on, drawn here rather than at
+      # each call.
+      even = mod h 2 == 0;
+      third = mod h 3 == 0;
       aspects = randomNames 21 h roots;
       excludes = if pick 22 h 0 4 == 0 then [ (name (pick 22 h 1 N)) ] else [ ];
       users = listToAttrs (
@@ -198,7 +202,10 @@ let
         if kind == 0 then
           { includes = some; }
         else if kind == 1 then
-          { host, ... }: if host.region == pick 32 p 0 3 then { context.${flag} = "r${toString host.region}"; } else { }
+          let
+            region = pick 32 p 0 3;
+          in
+          { host, ... }: if host.region == region then { context.${flag} = "r${toString host.region}"; } else { }
         else if kind == 2 then
           # Reads a context key another policy sets: a later round.
           builtins.getAttr "flag${toString (pick 33 p 0 5)}" {
@@ -209,7 +216,10 @@ let
             flag4 = { flag4, ... }: { includes = some; };
           }
         else if kind == 3 then
-          { host, ... }: { excludes = if mod host.n 2 == 1 then [ (name (pick 34 p 0 N)) ] else [ ]; }
+          let
+            drop = [ (name (pick 34 p 0 N)) ];
+          in
+          { host, ... }: { excludes = if host.even then [ ] else drop; }
         else
           let
             from = pick 35 p 0 (N - 1);

@@ -223,6 +223,7 @@ let
         in
         go state 0;
 
+      # The includes of `known` (placed as `id`), in its scope.
       visitChildren =
         state: frame: id: known:
         visitList state {
