@@ -105,6 +105,20 @@ fn deploy_checks_its_arguments_before_connecting() {
             "{line}"
         );
     }
+    // No --rev and a flake directory that is no checkout: the flag deploy takes is
+    // named (it said "pass --repo", which deploy does not take), before any evaluation.
+    let plain = tempfile::tempdir().unwrap();
+    let mut cmd: Command = waymark(&m.store);
+    cmd.args(["deploy", "web", "--flake"])
+        .arg(plain.path())
+        .env("WAYMARK_STATE_DIR", m.state.path());
+    let r = run(cmd);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let line = one_line(&r.stderr);
+    assert!(
+        line.contains("pass --rev") && !line.contains("--repo") && !line.contains("evaluating"),
+        "{line}"
+    );
     let r = deploy(&["--rev", "1a2b3c4d", "--signing-key", "/nonexistent/key.sec"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     let line = one_line(&r.stderr);

@@ -507,7 +507,6 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
     if opts.ask && !std::io::stdin().is_terminal() {
         bail!("--ask needs a terminal on stdin to answer on");
     }
-    let rev = check_inputs(opts, &mode)?;
     let state_dir = opts
         .state_dir
         .clone()
@@ -518,6 +517,8 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         None => selection_items(args)?,
         Some(_) => None,
     };
+    // Everything else is checked before the first connection.
+    let rev = check_inputs(opts, &mode)?;
     let control = control_dir()?;
     let relay = std::env::current_exe()
         .context("finding this program, to relay nix-daemon connections")?
@@ -605,7 +606,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         if deployed.is_ok() {
             finished.store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        if waymark_deploy::fault("pause-after-summary") {
+        if waymark_fault::at("pause-after-summary") {
             std::thread::sleep(std::time::Duration::from_secs(2));
         }
         // Also when the deploy could not start (evaluation, selection): what was set up
