@@ -71,6 +71,11 @@ pub enum Error {
         path: String,
         value: i64,
     },
+    /// A link or path on a remote host that does not exist, or leads nowhere.
+    #[error(
+        "{host}:{path}: no such file on the host, or a link to nothing (readlink -e found no target; check the path, e.g. /run/current-system)"
+    )]
+    RemoteMissing { host: String, path: String },
     /// The store URL cannot be understood.
     #[error("invalid store URL {url}: {reason}")]
     BadUrl { url: String, reason: String },

@@ -150,8 +150,33 @@ fn remote_readlink(url: &str, arg: &str, store_dir: &str) -> Result<String> {
     // ssh joins its arguments into one remote shell command line: quote the path.
     cmd.args([host, "--", "readlink", "-e"])
         .arg(shell_quote(arg));
-    let out = run(cmd)?;
-    let target = String::from_utf8_lossy(&out).trim().to_owned();
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        program: "ssh".into(),
+        source,
+    })?;
+    // `readlink -e` says nothing when the path or what it leads to does not exist: name
+    // that, not "no error message" (issue 22). ssh's own failures exit 255.
+    if out.status.code() == Some(1) && out.stderr.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::RemoteMissing {
+            host: host.to_owned(),
+            path: arg.to_owned(),
+        });
+    }
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::Command {
+            command: format!("ssh {host} readlink -e {arg}"),
+            message: stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map_or_else(
+                    || format!("{}, with no error message", out.status),
+                    |l| l.trim().to_owned(),
+                ),
+        });
+    }
+    let target = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     store_path_prefix(&target, store_dir).ok_or_else(|| Error::NotInStore {
         arg: format!("{host}:{arg}"),
         store_dir: store_dir.to_owned(),

@@ -52,7 +52,10 @@ fn old_side_on_a_remote_host() {
     let bad = run(bad);
     assert_eq!(bad.code, 2);
     assert!(
-        bad.stderr.starts_with("error: old side") && bad.stderr.contains("readlink"),
+        bad.stderr.starts_with("error: old side")
+            && bad.stderr.contains("readlink")
+            && bad.stderr.contains("no such file on the host")
+            && !bad.stderr.contains("no error message"),
         "{}",
         bad.stderr
     );
