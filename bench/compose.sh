@@ -7,9 +7,10 @@
 # timing loop), the median evaluation CPU time Nix reports (NIX_SHOW_STATS),
 # and the reference/fast ratios; checks first that both give the same result.
 #
-# Two shapes of the same size: "dense" (up to 8 includes per aspect and 12
-# aspects per host: most hosts end up with ~160 aspects) and "sparse" (4 and
-# 5: ~45). Goal (issue 24): the fast engine under 1 s, 5x the reference.
+# Three shapes of the same size, by how many includes an aspect has at most
+# and how many aspects a host lists: "dense" (10 and 12: ~140 aspects end
+# up on a host), "medium" (6 and 8: ~90) and "sparse" (4 and 5: ~40). Goal
+# (issue 24): the fast engine under 1 s, 5x the reference.
 #
 # Usage: bench/compose.sh [RUNS]   (default 10 runs per engine and shape;
 # needs nix-instantiate; no store writes, no network)
@@ -95,7 +96,7 @@ startup=$(
 echo "nix-instantiate startup (eval of 1): ${startup} s"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (wall time needs an idle machine; the CPU columns less so)"
 printf '%-7s %-10s %8s %8s %10s %10s\n' shape engine aspects wall_s process_cpu eval_cpu_s
-for shape in "dense 8 12" "sparse 4 5"; do
+for shape in "dense 10 12" "medium 6 8" "sparse 4 5"; do
   read -r name fanout roots <<<"$shape"
   fast_out=$($(eval_cmd fast "$fanout" "$roots") 2>/dev/null)
   ref_out=$($(eval_cmd reference "$fanout" "$roots") 2>/dev/null)

@@ -84,7 +84,9 @@ rec {
       fail "${what} is a ${typeOf v}, not an aspect (an attribute set of ${concatStringsSep ", " aspectKeys}, or a function of the context returning one)"
     else
       let
-        a = checkKeys what aspectKeys v;
+        # checkKeys, written out: this runs for every parametric aspect of
+        # every walk.
+        a = if builtins.removeAttrs v aspectKeys == { } then v else checkKeys what aspectKeys v;
       in
       if !isList (a.includes or [ ]) then
         fail "${what}: includes is a ${typeOf a.includes}, not a list"

@@ -61,9 +61,10 @@ let
     ) (attrNames set);
   table = listToAttrs (flatten "" aspects);
 
+  # Why a name is not in the table (a walk looks in the table first).
   lookup =
     where: id:
-    table.${id} or (
+    (
       let
         # The first parametric aspect on the way explains the miss, as in
         # the reference's walk down `provides`.
@@ -106,16 +107,32 @@ let
         recent = state.recent // { ${id} = v; };
         nRecent = state.nRecent + 1;
       };
-  emit =
-    state: entry:
-    if length state.tail >= chunk then
-      state
-      // {
-        chunks = state.chunks ++ [ (state.tail ++ [ entry ]) ];
-        tail = [ ];
-      }
-    else
-      state // { tail = state.tail ++ [ entry ]; };
+  # `put`, and the entry added to the walk's output, in one copy of the state.
+  place =
+    state: id: v: entry:
+    let
+      recorded =
+        if state.nRecent >= chunk then
+          {
+            big = state.big // state.recent // { ${id} = v; };
+            recent = { };
+            nRecent = 0;
+          }
+        else
+          {
+            recent = state.recent // { ${id} = v; };
+            nRecent = state.nRecent + 1;
+          };
+      emitted =
+        if length state.tail >= chunk then
+          {
+            chunks = state.chunks ++ [ (state.tail ++ [ entry ]) ];
+            tail = [ ];
+          }
+        else
+          { tail = state.tail ++ [ entry ]; };
+    in
+    state // recorded // emitted;
 
   resolve =
     {
@@ -146,13 +163,38 @@ let
               go (
                 let
                   raw = elemAt frame.items index;
-                  item = if isString raw then raw else common.checkItem "${frame.pid} in ${where}" raw;
+                  item =
+                    if isString raw || isAttrs raw || isFunction raw then
+                      raw
+                    else
+                      common.checkItem "${frame.pid} in ${where}" raw;
                   named = isString item;
                   id = if named then substitutes.${item} or item else "${frame.pid}/${toString index}";
                   out =
                     named
                     && (globalOut ? ${item} || globalOut ? ${id} || frame.scope ? ${item} || frame.scope ? ${id});
                   known = state.recent.${id} or state.big.${id} or null;
+                  # The frame of what `record` includes, in its scope.
+                  childOf = record: {
+                    pid = id;
+                    items = record.value.includes or [ ];
+                    scope =
+                      if (record.value.excludes or [ ]) == [ ] then
+                        frame.scope
+                      else
+                        frame.scope
+                        // listToAttrs (
+                          map (n: {
+                            name = n;
+                            value = true;
+                          }) record.value.excludes
+                        );
+                    path = frame.path // {
+                      ${id} = true;
+                    };
+                    pathList = frame.pathList ++ [ id ];
+                    parentBound = record.bound;
+                  };
                 in
                 if out then
                   state
@@ -165,16 +207,16 @@ let
                   else
                     # Met with exclusions that do not contain an earlier visit's:
                     # unfold it again (it is placed already).
-                    visitChildren (put state id (
+                    visitList (put state id (
                       known
                       // {
                         scopes = known.scopes ++ [ frame.scope ];
                         open = frame.scope == { };
                       }
-                    )) frame id known
+                    )) (childOf known)
                 else
                   let
-                    found = if named then lookup "${frame.pid} in ${where}" id else null;
+                    found = if named then table.${id} or (lookup "${frame.pid} in ${where}" id) else null;
                     def = if named then found.def else item;
                     called =
                       if !(isFunction def) then
@@ -212,40 +254,16 @@ let
                         open = frame.scope == { };
                       };
                     in
-                    visitChildren (emit (put state id known') {
+                    visitList (place state id known' {
                       inherit id;
                       userBound = known'.bound;
                       nixos = value.nixos or null;
                       homeManager = value.homeManager or null;
                       deploy = value.deploy or null;
-                    }) frame id known'
+                    }) (childOf known')
               ) (index + 1);
         in
         go state 0;
-
-      # The includes of `known` (placed as `id`), in its scope.
-      visitChildren =
-        state: frame: id: known:
-        visitList state {
-          pid = id;
-          items = known.value.includes or [ ];
-          scope =
-            if (known.value.excludes or [ ]) == [ ] then
-              frame.scope
-            else
-              frame.scope
-              // listToAttrs (
-                map (n: {
-                  name = n;
-                  value = true;
-                }) known.value.excludes
-              );
-          path = frame.path // {
-            ${id} = true;
-          };
-          pathList = frame.pathList ++ [ id ];
-          parentBound = known.bound;
-        };
 
       final =
         foldl'
