@@ -23,6 +23,12 @@ pub enum Error {
     /// A nix command failed; its stderr is kept because it is the only explanation.
     #[error("{program} failed: {stderr}")]
     Nix { program: String, stderr: String },
+    /// No Debian root for the systemd hosts (made once, outside the tests: it needs the
+    /// Debian package registry), or one made by an older script.
+    #[error(
+        "no systemd root made by this version at {path}: make it with crates/waymark-testbed/systemd-root.sh (as .ci/run does; needs mmdebstrap)"
+    )]
+    NoSystemdRoot { path: PathBuf },
     /// Writing the generated expression failed.
     #[error("writing {path}")]
     Write {

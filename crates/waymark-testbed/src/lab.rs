@@ -7,7 +7,7 @@ use std::process::Command;
 
 use crate::error::Result;
 use crate::fixtures;
-use crate::{FlakeHost, FleetFlake, SimFleet};
+use crate::{FlakeHost, FleetFlake, Generation, SimFleet};
 
 /// The lab.
 #[derive(Debug)]
@@ -24,6 +24,14 @@ pub struct Lab {
     pub generations: Vec<String>,
 }
 
+/// The lab's generations, `g0`, `g1`, `g2` (see [`Lab::generations`]).
+pub fn generations() -> Vec<Generation> {
+    let mut failing = fixtures::web_gen2();
+    failing.version.push_str("-failing");
+    failing.fail = vec!["test".into()];
+    vec![fixtures::web_gen1(), fixtures::web_gen2(), failing]
+}
+
 /// The `waymark.deploy` attributes of a target built on `builder`, plus `extra`.
 pub fn target_decl(extra: &str) -> String {
     format!(r#"{{ buildHost = "builder"; confirmTimeout = 3; }} // {{ {extra} }}"#)
@@ -34,14 +42,23 @@ impl Lab {
     /// and installs `g0` on every target. `waymark` is the binary the deployer runs
     /// (and the hosts run for their known-good marks).
     pub fn new(dir: &Path, targets: &[&str], waymark: &Path) -> Result<Self> {
+        Self::with_targets(dir, targets, waymark, |fleet, t| fleet.start(t).map(drop))
+    }
+
+    /// [`Lab::new`] with targets started by `start` (given the fleet and the target's
+    /// name; it must make the host reachable as that name in the fleet's ssh
+    /// configuration), as [`crate::SystemdLab`] boots a real systemd.
+    pub fn with_targets(
+        dir: &Path,
+        targets: &[&str],
+        waymark: &Path,
+        mut start: impl FnMut(&mut SimFleet, &str) -> Result<()>,
+    ) -> Result<Self> {
         let mut fleet = SimFleet::new(dir)?;
         fleet.start("builder")?;
         for t in targets {
-            fleet.start(t)?;
+            start(&mut fleet, t)?;
         }
-        let mut failing = fixtures::web_gen2();
-        failing.version.push_str("-failing");
-        failing.fail = vec!["test".into()];
         let mut hosts = vec![FlakeHost {
             name: "builder".into(),
             deploy: format!(
@@ -59,7 +76,7 @@ impl Lab {
         }));
         let flake = FleetFlake::create(
             &dir.join("flake"),
-            &[&fixtures::web_gen1(), &fixtures::web_gen2(), &failing],
+            &generations().iter().collect::<Vec<_>>(),
             hosts,
         )?;
         let generations = fleet.build(

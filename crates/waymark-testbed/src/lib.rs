@@ -26,6 +26,7 @@ pub mod model;
 mod sim;
 mod ssh;
 mod store;
+mod systemd;
 mod truth;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ pub use model::{Generation, Pkg};
 pub use sim::{SimFleet, SimHost};
 pub use ssh::SshHost;
 pub use store::{Layout, PrivateStore, busybox};
+pub use systemd::{DEFAULT_ROOT, ROOT_VERSION, SystemdHost, SystemdLab, systemd_root};
 pub use truth::{Planted, planted};
 
 /// Two generations built in a store, with what was planted between them.

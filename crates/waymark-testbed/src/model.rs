@@ -156,7 +156,9 @@ pub struct Generation {
     pub packages: Vec<Pkg>,
     /// The system's package selection (`environment.systemPackages`).
     pub selected: Vec<OutputRef>,
-    /// Activation actions (`dry-activate`, `test`, `switch`, `boot`) that fail on purpose.
+    /// Activation actions (`dry-activate`, `test`, `switch`, `boot`) that fail on purpose;
+    /// on a host whose PID 1 is systemd also `unit-crash` (the system's service exits
+    /// with an error once started) and `unit-start` (it fails to start).
     pub fail: Vec<String>,
 }
 
@@ -318,8 +320,30 @@ case "$action" in
     [ -n "${WAYMARK_TESTBED_STATE:-}" ] || ln -sfn "$self" /run/current-system
     ;;
 esac
+status=0
+# Where systemd is PID 1 (a lab host booted with systemd-nspawn), the system has one
+# service, written as a runtime unit and restarted by `test` and `switch` as NixOS
+# starts a system's units. Planted `unit-crash`: it starts, then exits with an error
+# (the start succeeds: only a failed-units check sees it); `unit-start`: it fails to
+# start, and this
+# script ends with status 4 naming it, as NixOS's does.
+if [ -d /run/systemd/system ] && [ -z "${WAYMARK_TESTBED_STATE:-}" ] &&
+  { [ "$action" = test ] || [ "$action" = switch ]; }; then
+  unit=waymark-testbed-app.service
+  type=simple; run="/bin/sleep infinity"
+  if [ -e "$self/fail-unit-crash" ]; then run="/bin/sh -c 'echo crashed >&2; exit 3'"; fi
+  if [ -e "$self/fail-unit-start" ]; then type=oneshot; run="/bin/sh -c 'echo cannot start >&2; exit 3'"; fi
+  printf '[Unit]\nDescription=app of %s\n[Service]\nType=%s\nExecStart=%s\n' "$self" "$type" "$run" \
+    > /run/systemd/system/$unit
+  systemctl daemon-reload
+  if ! systemctl restart $unit; then
+    echo "warning: the following units failed: $unit" >&2
+    status=4
+  fi
+fi
 [ "$action" = dry-activate ] || [ "$action" = test ] || ln -sfn "$self" "$state/boot-system"
 echo "$(date +%s) $action $self" >> "$state/log"
+exit $status
 "#;
 
 /// The Nix system of this machine (`x86_64-linux`).

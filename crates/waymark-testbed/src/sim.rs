@@ -199,17 +199,42 @@ impl SimFleet {
         self.start_host(name, false)
     }
 
+    /// The directory of host `name` (its `nix/` is the host's `/nix`).
+    pub(crate) fn host_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("hosts").join(name)
+    }
+
+    /// A host's nix.conf: the lab's settings, trusting the fleet's signing key.
+    pub(crate) fn nix_conf(&self) -> Result<String> {
+        Ok(format!(
+            "{NIX_CONF}trusted-public-keys = {}\n",
+            self.public_key()?
+        ))
+    }
+
+    /// Names host `name` in the client configuration: root at 127.0.0.1:`port`,
+    /// logging in with `key`.
+    pub(crate) fn add_alias(&self, name: &str, port: u16, key: &Path) -> Result<()> {
+        let mut client = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.ssh_config)
+            .map_err(io(&self.ssh_config))?;
+        writeln!(
+            client,
+            "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  \
+             StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes",
+            key = key.display(),
+        )
+        .map_err(io(&self.ssh_config))
+    }
+
     fn start_host(&mut self, name: &str, with_daemon: bool) -> Result<&SimHost> {
-        let h = self.dir.join("hosts").join(name);
+        let h = self.host_dir(name);
         for d in ["nix/store", "nix/var/nix", "etc-nix", "ssh"] {
             std::fs::create_dir_all(h.join(d)).map_err(io(&h))?;
         }
         let conf = h.join("etc-nix/nix.conf");
-        std::fs::write(
-            &conf,
-            format!("{NIX_CONF}trusted-public-keys = {}\n", self.public_key()?),
-        )
-        .map_err(io(&conf))?;
+        std::fs::write(&conf, self.nix_conf()?).map_err(io(&conf))?;
         let ssh = h.join("ssh");
         keygen(&ssh.join("host_key"))?;
         keygen(&ssh.join("client_key"))?;
@@ -231,17 +256,7 @@ impl SimFleet {
             ),
         )
         .map_err(io(&sshd_config))?;
-        let mut client = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.ssh_config)
-            .map_err(io(&self.ssh_config))?;
-        writeln!(
-            client,
-            "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  \
-             StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes",
-            key = ssh.join("client_key").display(),
-        )
-        .map_err(io(&self.ssh_config))?;
+        self.add_alias(name, port, &ssh.join("client_key"))?;
         let log = std::fs::File::create(h.join("sshd.log")).map_err(io(&h))?;
         // `unshare` and `sh -c … exec` keep one PID: killing it stops this host's sshd.
         let child = Command::new("unshare")
