@@ -18,7 +18,17 @@
 # deployer and what it starts; the simulated hosts share this machine's cores, real ones
 # do not); the raw figures stay in $BENCH_DIR/<profile> (default target/bench-deploy).
 #
+# Latency mode (LATENCY=SECONDS, e.g. 0.05): both tools again, every ssh connection of
+# theirs (and of their `nix copy`) through bench/latency-proxy.py, which delays each way by
+# LATENCY; the build host stays near the deployer, undelayed, as deploy-rs builds on the
+# deploying machine (DISTANT_BUILDER=1 delays it too). Each tool once through the proxy at
+# no delay and once at LATENCY: one host (waymark and deploy-rs), the fleets (waymark,
+# FLEETS default 20) and the round trips on one host's critical path, counted two ways:
+# the wall time LATENCY added over 2 x LATENCY, and the proxy's log of the connections
+# and turns (bench/latency-turns.py). Figures in $BENCH_DIR/latency-<profile>.
+#
 # Usage: bench/deploy.sh [RUNS] [FLEETS]   (defaults: 3 runs, fleets 5,10,20)
+#        LATENCY=0.05 bench/deploy.sh [RUNS] [FLEETS]   (fleets default 20)
 # Needs root, nix-bin, busybox-static, openssh-server, jq, bc (deploy-rs's recipe also
 # builds deploy-rs with cargo once). DEPLOYRS_DIR (default /tmp/deployrs-peer) and PEER
 # (default ../shared/peers/deploy-rs) locate the peer; SKIP_PEER=1 skips it; PROFILES
@@ -26,7 +36,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 runs=${1:-3}
-fleets=${2:-5,10,20}
+latency=${LATENCY:-}
+if [[ -n $latency ]]; then fleets=${2:-20}; else fleets=${2:-5,10,20}; fi
 bench_root=${BENCH_DIR:-$repo/target/bench-deploy}
 peer=${PEER:-$repo/../shared/peers/deploy-rs}
 export DEPLOYRS_DIR=${DEPLOYRS_DIR:-/tmp/deployrs-peer}
@@ -99,4 +110,77 @@ jq -r --arg dr1 "$dr_one" --arg dr5 "$dr_five" '
 ' "$bench_dir/waymark.json"
 }
 
-for profile in ${PROFILES:-stock nixos-like}; do measure "$profile"; done
+# measure_latency PROFILE: both tools through the proxy, figures in
+# $bench_root/latency-PROFILE.
+measure_latency() {
+  local profile=$1 bench_dir=$bench_root/latency-$1 opts=() near=(--near builder)
+  [[ $profile == nixos-like ]] && opts=(--ssh-option "KexAlgorithms $kex")
+  [[ ${DISTANT_BUILDER:-} == 1 ]] && near=()
+  local proxy="/usr/bin/python3 $repo/bench/latency-proxy.py %p"
+  rm -rf "$bench_dir" && mkdir -p "$bench_dir"
+  uptime > "$bench_dir/load.txt"
+  echo "== $profile, latency: waymark through the proxy at no delay, $runs runs" >&2
+  in_profile "$profile" "$repo/target/release/waymark-deploy-bench" --waymark "$repo/target/release/waymark" \
+    --dir "$bench_dir/lab0" --runs "$runs" --fleets 1 "${opts[@]}" \
+    --ssh-option "ProxyCommand $proxy 0 --name %n" > "$bench_dir/waymark-0.json"
+  echo "== $profile, latency: waymark at $latency s each way, $runs runs, fleets $fleets" >&2
+  in_profile "$profile" "$repo/target/release/waymark-deploy-bench" --waymark "$repo/target/release/waymark" \
+    --dir "$bench_dir/lab" --runs "$runs" --fleets "$fleets" "${opts[@]}" \
+    --ssh-option "ProxyCommand $proxy $latency --name %n ${near[*]} --log $bench_dir/proxy.log" \
+    > "$bench_dir/waymark.json"
+  # The first deploys of that run are the one-host ones.
+  python3 "$repo/bench/latency-turns.py" "$bench_dir/proxy.log" --first "$runs" > "$bench_dir/turns.json"
+
+  local dr0=nan drd=nan dr_conns=nan
+  if [[ ${SKIP_PEER:-} != 1 && -f $peer/env.sh ]]; then
+    [[ -x $DEPLOYRS_DIR/tools/bin/deploy ]] || "$peer/recipe.sh" 5 >&2
+    sed -i '/^# waymark-bench profile$/,$d' "$DEPLOYRS_DIR/ssh/config"
+    [[ $profile == nixos-like ]] && printf '# waymark-bench profile\nHost *\n  KexAlgorithms %s\n' "$kex" >> "$DEPLOYRS_DIR/ssh/config"
+    echo "== $profile, latency: deploy-rs, one host, at no delay and at $latency s, $runs runs each" >&2
+    in_profile "$profile" env PEER="$peer" "$repo/bench/deploy-rs-latency.sh" "$runs" 0 "$latency" \
+      > "$bench_dir/deploy-rs.txt" 2>&1 || true
+    sed -i '/^# waymark-bench profile$/,$d' "$DEPLOYRS_DIR/ssh/config"
+    med() { awk -F'\t' -v l="$1" -v c="${2:-3}" '$1==l && $2==0 {print $c}' "$DEPLOYRS_DIR/results/times.tsv" | sort -n |
+      awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)]; else print "nan"}'; }
+    dr0=$(med "1h-changed@0") drd=$(med "1h-changed@$latency") dr_conns=$(med "1h-changed@$latency" 4)
+    cp "$DEPLOYRS_DIR/results/times.tsv" "$bench_dir/deploy-rs-times.tsv"
+  fi
+  uptime >> "$bench_dir/load.txt"
+  report_latency "$profile" "$bench_dir" "$dr0" "$drd" "$dr_conns" | tee "$bench_dir/summary.txt"
+}
+
+report_latency() {
+  local profile=$1 bench_dir=$2
+  jq -nr --arg profile "$profile" --arg d "$latency" --arg dr0 "$3" --arg drd "$4" --arg drc "$5" \
+    --arg near "${DISTANT_BUILDER:-0}" --arg load "$(sed 's/.*load average: //' "$bench_dir/load.txt" | paste -sd';')" \
+    --slurpfile z "$bench_dir/waymark-0.json" --slurpfile w "$bench_dir/waymark.json" \
+    --slurpfile t "$bench_dir/turns.json" '
+  def r(x): (x * 100 | round) / 100;
+  def num(s): s | tonumber? // null;
+  def med(a): (a | sort) as $s | if ($s | length) == 0 then null else $s[(($s | length) - 1) / 2 | floor] end;
+  def s(x): if x == null then "n/a" else "\(r(x)) s" end;
+  ($d | tonumber) as $d | ($d * 2000 | round) as $rtt_ms |
+  $z[0].single.median_wall_s as $w0 | $w[0].single.median_wall_s as $wd |
+  num($dr0) as $r0 | num($drd) as $rd |
+  ($w[0].fleets | map(select(.parallel == .hosts and .hosts > 1))) as $par |
+  ($w[0].fleets | map(select(.parallel == 1 and .hosts > 1))) as $seq |
+  "== \($profile), \($d * 1000 | round) ms each way (\($rtt_ms) ms round trips) on the links to the targets; the build host \(if $near == "1" then "as far" else "beside the deployer (undelayed)" end); load average (1, 5, 15 min) before;after: \($load)",
+  "",
+  "| median of \($w[0].single.runs | length) | waymark | deploy-rs 1.0.0 | waymark / deploy-rs |",
+  "|---|---|---|---|",
+  "| one host, through the proxy, no delay | \(s($w0)) | \(s($r0)) | \(if $r0 then "\(r($w0 / $r0))x" else "n/a" end) |",
+  "| one host, \($rtt_ms) ms round trips | \(s($wd)) | \(s($rd)) | \(if $rd then "**\(r($wd / $rd))x** (goal <= 0.6x)" else "n/a" end) |",
+  "| round trips on its critical path: added time / \($rtt_ms) ms | \(($wd - $w0) / (2 * $d) | round) | \(if $rd and $r0 then (($rd - $r0) / (2 * $d) | round) else "n/a" end) | |",
+  "| ssh connections, one host | \($w[0].single.runs[0].ssh_connections) (the target'"'"'s master and confirmation, the build host'"'"'s master) | \($drc) | |",
+  ($par[] as $f | "| \($f.hosts) hosts, --parallel \($f.parallel), \($rtt_ms) ms | \(s($f.wall_s)) = **\(r($f.wall_s / $wd))x** one host (goal <= 2x) | | |"),
+  ($seq[] as $f | "| \($f.hosts) hosts, --parallel 1, \($rtt_ms) ms | \(s($f.wall_s)) = \(r($f.wall_s / $wd))x one host | | |"),
+  "",
+  "waymark, one host at \($rtt_ms) ms, from the proxy'"'"'s log (median of \($t[0] | length) deploys): \(med($t[0] | map(.delayed_connections))) connections over the delayed links, \(med($t[0] | map(.delayed_turns))) turns on them (a request waiting for an answer, keepalives included), data in flight \(med($t[0] | map(.in_flight_round_trips))) round trips of the wall time (an upper bound of the critical path)",
+  ($t[0][0].per_connection[] | "  \(.host)\(if .delayed then "" else " (undelayed)" end): opened at \(.opened_at_s) s for \(.open_for_s) s, \(.turns) turns, \(.bytes_out) bytes out, \(.bytes_in) in"),
+  ($w[0].fleets[] | select(.hosts > 1) | "  \(.hosts) hosts --parallel \(.parallel): the machine'"'"'s CPU \(r(.machine_cpu_s // 0)) s over \(r(.wall_s)) s (\((.machine_cpu_s // 0) / (($w[0].cores // 1) * .wall_s) * 100 | round)% of its \($w[0].cores) cores)")
+'
+}
+
+for profile in ${PROFILES:-stock nixos-like}; do
+  if [[ -n $latency ]]; then measure_latency "$profile"; else measure "$profile"; fi
+done
