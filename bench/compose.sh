@@ -9,8 +9,8 @@
 #
 # Three shapes of the same size, by how many includes an aspect has at most
 # and how many aspects a host lists: "dense" (10 and 12: ~140 aspects end
-# up on a host), "medium" (6 and 8: ~90) and "sparse" (4 and 5: ~40). Goal
-# (issue 24): the fast engine under 1 s, 5x the reference.
+# up on a host, users' included), "medium" (6 and 8: ~50) and "sparse" (4
+# and 5: ~30). Goal (issue 24): the fast engine under 1 s, 5x the reference.
 #
 # Usage: bench/compose.sh [RUNS]   (default 10 runs per engine and shape;
 # needs nix-instantiate; no store writes, no network)
