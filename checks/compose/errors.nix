@@ -178,4 +178,8 @@ in
         hosts = host { users.tux = [ "a" ]; };
       });
   };
+  host-not-an-attribute-set = {
+    expect = ''host "igloo" is a string, not an attribute set'';
+    run = { compose, ... }: force (compose { hosts.igloo = "x86_64-linux"; });
+  };
 }

@@ -293,7 +293,13 @@ let
       inherit (settled) context;
     };
 
-  hosts = mapAttrs composeHost hostDecls;
+  hosts = mapAttrs (
+    name: h:
+    if isAttrs h then
+      composeHost name h
+    else
+      fail "host \"${name}\" is a ${typeOf h}, not an attribute set (system, aspects, users, deploy, facts)"
+  ) hostDecls;
 in
 if unknownSettings != [ ] then
   fail "unknown settings: ${concatStringsSep ", " unknownSettings} (known: ${concatStringsSep ", " knownSettings})"
