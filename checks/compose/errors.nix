@@ -182,4 +182,21 @@ in
     expect = ''host "igloo" is a string, not an attribute set'';
     run = { compose, ... }: force (compose { hosts.igloo = "x86_64-linux"; });
   };
+  provides-in-a-function = {
+    expect = ''aspect "role" in host "igloo": provides is only seen on a named aspect that is an attribute set'';
+    run =
+      { compose, ... }:
+      force (compose {
+        aspects.role = { host, ... }: { provides.sub = { }; };
+        hosts = host { aspects = [ "role" ]; };
+      });
+  };
+  provides-inline = {
+    expect = ''aspect "host igloo/0": provides is only seen on a named aspect'';
+    run =
+      { compose, ... }:
+      force (compose {
+        hosts = host { aspects = [ { provides.sub = { }; } ]; };
+      });
+  };
 }

@@ -97,6 +97,19 @@ rec {
       else
         a;
 
+  # An aspect that is not a named attribute set: an inline one, or what a
+  # function returned. Its `provides` could never be named, so it is an
+  # error rather than ignored.
+  checkUnnamed =
+    what: v:
+    let
+      a = checkAspect what v;
+    in
+    if a ? provides then
+      fail "${what}: provides is only seen on a named aspect that is an attribute set; declare the nested aspects there"
+    else
+      a;
+
   # The items of `includes`: a name of `aspects` ("a", or "a.b" for the
   # nested aspect b of a), an inline aspect, or a function of the context.
   checkItem =

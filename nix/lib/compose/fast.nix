@@ -241,7 +241,7 @@ let
                         if named && !found.parametric then
                           found.checked
                         else
-                          common.checkAspect (common.aspectWhat id (isFunction def) where) called;
+                          common.checkUnnamed (common.aspectWhat id (isFunction def) where) called;
                       known' = {
                         skipped = false;
                         inherit value;

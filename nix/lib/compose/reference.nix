@@ -98,7 +98,9 @@ let
           stateKey = "${id}|${concatStringsSep "," (sort lessThan scope)}";
           def = if named then lookup "${pid} in ${where}" id else item;
           called = if isFunction def then common.call def ctx else def;
-          value = common.checkAspect (common.aspectWhat id (isFunction def) where) called;
+          value = (if named && !(isFunction def) then common.checkAspect else common.checkUnnamed) (
+            common.aspectWhat id (isFunction def) where
+          ) called;
           bound = (isFunction def && common.takesUser def ctx) || (!named && parentBound);
           entry = {
             inherit id;
