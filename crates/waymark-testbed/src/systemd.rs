@@ -99,6 +99,15 @@ impl SystemdHost {
         )
         .map_err(io(&drop_in))?;
         fleet.add_alias(name, port, &ssh.join("client_key"))?;
+        // As on NixOS, where a unit's PATH has nothing of the system but what the unit
+        // declares: a transient unit (`systemd-run`) finds no shell tools and no Nix
+        // unless it is given a PATH. Debian's own units name their programs in full.
+        let manager = h.join("system.conf");
+        std::fs::write(
+            &manager,
+            "[Manager]\nDefaultEnvironment=PATH=/usr/lib/systemd\n",
+        )
+        .map_err(io(&manager))?;
 
         let console = h.join("console.log");
         let log = std::fs::File::create(&console).map_err(io(&console))?;
@@ -120,6 +129,11 @@ impl SystemdHost {
             .arg(bind(
                 &drop_in,
                 "/etc/ssh/sshd_config.d/waymark-testbed.conf",
+                true,
+            ))
+            .arg(bind(
+                &manager,
+                "/etc/systemd/system.conf.d/waymark-testbed.conf",
                 true,
             ));
         for b in binds {

@@ -113,7 +113,7 @@ fn a_deploy_to_a_real_systemd_starts_its_agent_in_a_transient_unit_and_reads_fai
     lab.assert_runs(&g0);
     lab.assert_service_of(&g0, &[]);
     // A unit failed before the deploy: not one the deploy made fail.
-    lab.exec("systemd-run --quiet --unit=broken-before false");
+    lab.exec("systemd-run --quiet --unit=broken-before /bin/false");
     let deadline = Instant::now() + Duration::from_secs(10);
     while lab.exec("systemctl is-failed broken-before.service || true") != "failed" {
         assert!(
