@@ -8,6 +8,8 @@
   nix,
   git,
   pkgsStatic,
+  # `waymark demo` and the test lab it stands on; the installed program goes without.
+  withDemo ? false,
 }:
 let
   fs = lib.fileset;
@@ -19,7 +21,7 @@ let
   ];
 in
 rustPlatform.buildRustPackage {
-  pname = "waymark";
+  pname = if withDemo then "waymark-demo" else "waymark";
   inherit (cargoToml.workspace.package) version;
 
   # Only the files cargo reads, so edits to Nix files, docs or CI scripts do
@@ -41,6 +43,10 @@ rustPlatform.buildRustPackage {
     "--package"
     "waymark"
   ];
+  # Without the cargo feature `demo` the binary links no test lab (the crate's default
+  # has it, for `cargo run -p waymark -- demo` in a checkout); fault injection is a
+  # test-only feature either way.
+  buildNoDefaultFeatures = !withDemo;
 
   strictDeps = true;
   # git2 (release tags and pushes over ssh/https) links openssl; libgit2 itself is
@@ -62,8 +68,7 @@ rustPlatform.buildRustPackage {
   # WAYMARK_BUSYBOX still wins.
   postInstall = ''
     wrapProgram $out/bin/waymark \
-      --suffix PATH : ${runtimePath} \
-      --set-default WAYMARK_BUSYBOX ${pkgsStatic.busybox}/bin/busybox
+      --suffix PATH : ${runtimePath} ${lib.optionalString withDemo "--set-default WAYMARK_BUSYBOX ${pkgsStatic.busybox}/bin/busybox"}
   '';
 
   meta = {

@@ -24,8 +24,7 @@ pub use events::{
 };
 pub use fleet::FleetOptions;
 pub use pipeline::{
-    Deployer, Goal, Interaction, Mode, Settings, build_session_script, fault, kept_closure,
-    probe_script,
+    Deployer, Goal, Interaction, Mode, Settings, build_session_script, kept_closure, probe_script,
 };
 pub use processes::Processes;
 pub use ssh::{Endpoint, Held, Reply, Ssh, relay};

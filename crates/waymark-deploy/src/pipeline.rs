@@ -23,6 +23,7 @@ use crate::ssh::{DAEMON_SOCKET, Endpoint, Held, Reply, Ssh, Talk};
 use crate::unfinished::{
     AgentSeen, TargetNow, Unfinished, journal_dir, parse_agents, read_journals, unfinished,
 };
+use waymark_fault::at as fault;
 
 /// The line that ends the probe's answer.
 const PROBED: &str = "@@probed";
@@ -371,11 +372,6 @@ fn field<'m>(map: &'m BTreeMap<&str, Vec<&str>>, key: &str) -> Option<&'m str> {
     map.get(key)
         .and_then(|v| v.first().copied())
         .filter(|v| !v.is_empty())
-}
-
-/// Test hook: `WAYMARK_FAULT=<point>` makes the deployer misbehave there.
-pub fn fault(point: &str) -> bool {
-    std::env::var("WAYMARK_FAULT").is_ok_and(|f| f == point)
 }
 
 /// A shell loop on the target that waits until the agent's state matches `pattern` (a
@@ -1145,7 +1141,26 @@ fi
                     format!("the target's known-good records are not readable: {e}"),
                 )
             })?;
-        marks.retain(|m| m.target == run.name);
+        // A mark the target itself reports broken (its root gone or repointed, its
+        // closure no longer valid) is no rollback target and no known-good baseline.
+        let broken: Vec<waymark_known_good::Repair> =
+            serde_json::from_value(listing["repairs"].clone()).unwrap_or_default();
+        let broken: BTreeSet<&str> = broken
+            .iter()
+            .filter(|r| r.broken && r.target == run.name)
+            .map(|r| r.mark.as_str())
+            .collect();
+        marks.retain(|m| m.target == run.name && !broken.contains(m.mark.as_str()));
+        if !broken.is_empty() {
+            self.emit_note(
+                run,
+                format!(
+                    "{} reports broken known-good marks, left out: {} (see waymark known-good list there)",
+                    run.name,
+                    broken.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
         let running = field(&f, "running");
         Ok(Probe {
             known_old: kept.filter(|c| running == Some(c.root.as_str())),

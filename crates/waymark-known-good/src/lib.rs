@@ -104,7 +104,7 @@ pub struct MarkRequest {
 }
 
 /// Something `list` found wrong and what it did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Repair {
     /// The target.
     pub target: String,
@@ -129,18 +129,6 @@ pub struct Listing {
 pub struct KnownGood {
     dirs: Dirs,
     store: Store,
-}
-
-/// Test hook: `WAYMARK_FAULT=<point>` aborts the process there, as a crash would;
-/// `WAYMARK_FAULT=slow-<point>` pauses there for 300 ms (to widen a race window).
-fn fault_point(point: &str) {
-    match std::env::var("WAYMARK_FAULT") {
-        Ok(f) if f == point => std::process::abort(),
-        Ok(f) if f.strip_prefix("slow-") == Some(point) => {
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        _ => {}
-    }
 }
 
 impl KnownGood {
@@ -299,7 +287,7 @@ impl KnownGood {
         if let Some(d) = &drv {
             roots.symlink_atomic(d, &drv_name)?;
         }
-        fault_point("after-root");
+        waymark_fault::crash_at("after-root");
         let record = Record {
             schema: SCHEMA.to_owned(),
             target: req.target.clone(),
@@ -497,7 +485,7 @@ impl KnownGood {
         );
         records.write_atomic(&Self::intent(&r.mark), intent.as_bytes())?;
         records.remove(&format!("{}.json", r.mark))?;
-        fault_point("after-unrecord");
+        waymark_fault::crash_at("after-unrecord");
         if let Some(roots) = &roots {
             roots.remove(&r.mark)?;
             roots.remove(&drv_name)?;

@@ -73,13 +73,6 @@ pub struct TagOutcome {
     pub branch_moved: bool,
 }
 
-/// Test hook: `WAYMARK_FAULT=<point>` aborts the process there, as a crash would.
-fn fault_point(point: &str) {
-    if std::env::var("WAYMARK_FAULT").is_ok_and(|f| f == point) {
-        std::process::abort();
-    }
-}
-
 /// The release branch of a target.
 pub fn branch_name(target: &str) -> String {
     format!("release/{target}")
@@ -323,7 +316,7 @@ impl Releases {
                     _ => git(format!("creating tag {tag}"))(e),
                 })?;
         }
-        fault_point("after-tag");
+        waymark_fault::crash_at("after-tag");
         let log = format!("waymark release: {tag}");
         let try_move = || match tip {
             Some(t) if t == commit => Ok(false),

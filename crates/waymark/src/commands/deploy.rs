@@ -606,7 +606,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
         if deployed.is_ok() {
             finished.store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        if waymark_deploy::fault("pause-after-summary") {
+        if waymark_fault::at("pause-after-summary") {
             std::thread::sleep(std::time::Duration::from_secs(2));
         }
         // Also when the deploy could not start (evaluation, selection): what was set up

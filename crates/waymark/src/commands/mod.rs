@@ -1,5 +1,6 @@
 //! The command line: one `*Args` struct and `cmd_*` function per subcommand.
 
+#[cfg(feature = "demo")]
 mod demo;
 mod deploy;
 mod diff;
@@ -36,7 +37,14 @@ enum Command {
     Fleet(fleet::FleetArgs),
     KnownGood(known_good::KnownGoodArgs),
     Release(release::ReleaseArgs),
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
+    /// A throw-away fleet on this machine (not in this build: see its error)
+    #[cfg(not(feature = "demo"))]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
     /// Relay stdin and stdout to a Unix socket: how a deploy's `nix copy` reaches a
     /// host's nix-daemon through a socket forwarded over ssh (internal)
     #[command(hide = true)]
@@ -68,7 +76,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Fleet(args) => fleet::cmd_fleet(global, &args),
         Command::KnownGood(args) => known_good::cmd_known_good(global, &args),
         Command::Release(args) => release::cmd_release(global, &args),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::cmd_demo(global, &args),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => anyhow::bail!(
+            "this waymark is built without its demo (the installed program carries no test lab): \
+             run `nix run github:waymark-nix/waymark#demo`, or `cargo run -p waymark -- demo` in a checkout"
+        ),
         Command::NixDaemonRelay { socket } => {
             use anyhow::Context as _;
             waymark_deploy::relay(&socket)
