@@ -2,8 +2,9 @@
 //! busybox as the only builder, in private throw-away Nix stores, together with the
 //! ground truth of what differs between two generations; an sshd serving a store
 //! ([`SshHost`]); simulated machines with their own `/nix` and `/run` in mount
-//! namespaces ([`SimFleet`]); a fleet flake in git ([`FleetFlake`]); and the deploy
-//! [`Lab`] that the deploy tests, the demo and the benchmark stand on. What the lab is,
+//! namespaces ([`SimFleet`]), or booted with a real systemd ([`SystemdLab`]); a fleet
+//! flake in git ([`FleetFlake`]); and the deploy [`Lab`] that the deploy tests, the demo
+//! and the benchmark stand on. What the lab is,
 //! what it needs and what it does not simulate: `docs/testbed.md` in the repository.
 //!
 //! # Example
