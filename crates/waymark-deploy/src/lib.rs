@@ -16,6 +16,7 @@ mod pipeline;
 mod processes;
 mod progress;
 mod ssh;
+mod state;
 mod unfinished;
 
 pub use activation::{AgentState, DryRun};
@@ -28,6 +29,7 @@ pub use pipeline::{
 };
 pub use processes::Processes;
 pub use ssh::{Endpoint, Held, Reply, Ssh, relay};
+pub use state::write_atomic;
 
 /// The target-side activation agent (see its header).
 pub const AGENT: &str = include_str!("agent.sh");

@@ -20,6 +20,7 @@ use crate::batch::{Batcher, batch_script, split_batch};
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
 use crate::progress::NixLog;
 use crate::ssh::{DAEMON_SOCKET, Endpoint, Held, Reply, Ssh, Talk};
+use crate::state::write_atomic;
 use crate::unfinished::{
     AgentSeen, TargetNow, Unfinished, journal_dir, parse_agents, read_journals, unfinished,
 };
@@ -2659,14 +2660,11 @@ fi
     /// Keeps the closure `host` now runs, committed, for its next deploy's diff: replaced
     /// whole (a rename), or not at all.
     fn keep_closure(&self, host: &str, closure: &waymark_diff::Closure) {
-        let dir = &self.settings.closures_dir;
-        let tmp = dir.join(format!(".{host}.json.tmp"));
-        let written = std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(&tmp, serde_json::to_vec(closure).expect("serializable")))
-            .and_then(|()| std::fs::rename(&tmp, dir.join(format!("{host}.json"))));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        // It only saves reading the closure on the target: a failure costs nothing else.
+        let _ = write_atomic(
+            &self.settings.closures_dir.join(format!("{host}.json")),
+            &serde_json::to_vec(closure).expect("serializable"),
+        );
     }
 
     /// Where this machine keeps the record of `record`'s mark.
@@ -2682,15 +2680,10 @@ fi
     /// release tag where the host has them (`deployed`: a rollback redeploys an old
     /// release, and release branches only move forward).
     fn record_here(&self, run: &mut Run, record: &Record, deployed: bool) -> std::io::Result<()> {
-        let path = self.record_path(record);
-        let dir = path.parent().expect("records_dir/<host>/<mark>.json");
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{}.json.tmp", record.mark));
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(record).expect("serializable"),
+        write_atomic(
+            &self.record_path(record),
+            &serde_json::to_vec_pretty(record).expect("serializable"),
         )?;
-        std::fs::rename(&tmp, &path)?;
         for journal in read_journals(&self.settings.records_dir, &run.name) {
             if journal.evidence.closure == record.closure {
                 let _ = std::fs::remove_file(&journal.path);
@@ -2724,12 +2717,7 @@ fi
     fn keep_journal(&self, run: &mut Run, evidence: &[u8]) {
         let dir = journal_dir(&self.settings.records_dir, &run.name);
         let path = dir.join(format!("{}.json", self.settings.run_id));
-        let tmp = dir.join(format!(".{}.json.tmp", self.settings.run_id));
-        let kept = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&tmp, evidence))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = kept {
-            let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = write_atomic(&path, evidence) {
             self.emit_note(
                 run,
                 format!(

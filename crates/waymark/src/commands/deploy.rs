@@ -472,15 +472,7 @@ fn read_known(path: &std::path::Path) -> Known {
 
 /// Keeps what this run read for the next, replaced whole (a rename), or not at all.
 fn write_known(path: &std::path::Path, known: &Known) {
-    let Some(dir) = path.parent() else { return };
-    let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let mut file = tempfile::NamedTempFile::new_in(dir)?;
-        file.write_all(&serde_json::to_vec(known).map_err(std::io::Error::other)?)?;
-        file.persist(path).map_err(|e| e.error)?;
-        Ok(())
-    };
-    let _ = write();
+    let _ = waymark_deploy::write_atomic(path, &serde_json::to_vec(known).expect("serializable"));
 }
 
 pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatus> {
