@@ -28,6 +28,9 @@ pub const ROOT_VERSION: &str = "1";
 /// Where `systemd-root.sh` makes the root unless told otherwise (`WAYMARK_SYSTEMD_ROOT`).
 pub const DEFAULT_ROOT: &str = "/var/cache/waymark-testbed/debian-bookworm-systemd";
 
+/// Where the hosts' cgroups are, in each cgroup hierarchy.
+const CGROUP_DIR: &str = "waymark-testbed";
+
 /// Seconds a host may take from `systemd-nspawn` to a finished boot.
 const BOOT_SECONDS: u64 = 60;
 
@@ -59,6 +62,8 @@ pub fn systemd_root() -> Result<PathBuf> {
 pub struct SystemdHost {
     name: String,
     dir: PathBuf,
+    /// Its cgroup's path in each hierarchy.
+    cgroup: String,
     nspawn: Child,
 }
 
@@ -111,8 +116,23 @@ impl SystemdHost {
 
         let console = h.join("console.log");
         let log = std::fs::File::create(&console).map_err(io(&console))?;
-        let mut cmd = Command::new("systemd-nspawn");
-        cmd.arg("--directory")
+        let machine = format!("waymark-{name}-{port}");
+        // nspawn keeps the container under its own cgroup (--keep-unit): started from
+        // one cgroup, hosts running at once would share their `payload` cgroup, and
+        // one host's systemd would remove the cgroups of another's units (seen: units
+        // failing at boot with "Failed to attach ... No such file or directory"). So
+        // nspawn starts in a cgroup of its own, in every hierarchy systemd uses.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(
+                r#"for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+  [ -e "$h/cgroup.procs" ] || continue
+  mkdir -p "$h/$0" && echo $$ > "$h/$0/cgroup.procs" || exit 1
+done
+exec systemd-nspawn "$@""#,
+            )
+            .arg(format!("{CGROUP_DIR}/{machine}"))
+            .arg("--directory")
             .arg(root)
             // The root stays as made: every write goes to a tmpfs over it.
             .arg("--volatile=overlay")
@@ -121,7 +141,7 @@ impl SystemdHost {
             // no manager to make a scope): the container stays in our process tree.
             .args(["--register=no", "--keep-unit", "--console=read-only"])
             // Unique among hosts running at once (nspawn keeps per-name state in /run).
-            .arg(format!("--machine=waymark-{name}-{port}"))
+            .arg(format!("--machine={machine}"))
             .arg(format!("--hostname={name}"))
             .arg(bind(&h.join("nix"), "/nix", false))
             .arg(bind(&h.join("etc-nix"), "/etc/nix", true))
@@ -151,6 +171,7 @@ impl SystemdHost {
         let mut host = Self {
             name: name.to_owned(),
             dir: h,
+            cgroup: format!("{CGROUP_DIR}/{machine}"),
             nspawn,
         };
         host.await_boot(fleet, port)?;
@@ -167,12 +188,13 @@ impl SystemdHost {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        // `degraded` exits non-zero: the printed state decides.
+        // `degraded` exits non-zero: the printed state decides. A unit failed at boot
+        // is the lab's fault, and would blur what a deploy made fail: refused.
         let state = run(fleet.ssh(&self.name).arg(format!(
-            "timeout {BOOT_SECONDS} systemctl is-system-running --wait || true"
+            "timeout {BOOT_SECONDS} systemctl is-system-running --wait; systemctl --failed --no-legend --plain"
         )))?;
         match state.trim() {
-            "running" | "degraded" => Ok(()),
+            "running" => Ok(()),
             other => Err(self.boot_failed(&format!("systemd says {other:?}"))),
         }
     }
@@ -222,6 +244,19 @@ impl Drop for SystemdHost {
         }
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
+        // Its cgroups, deepest first (nspawn leaves some; only empty ones go).
+        for h in [
+            "/sys/fs/cgroup/systemd",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ] {
+            let top = Path::new(h).join(&self.cgroup);
+            let _ = Command::new("find")
+                .arg(&top)
+                .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
