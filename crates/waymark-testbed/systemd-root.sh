@@ -12,7 +12,7 @@ set -euo pipefail
 
 # Keep in step with ROOT_VERSION in src/systemd.rs: a change here makes the tests ask
 # for a new root instead of booting an old one.
-version=1
+version=2
 root=${1:-${WAYMARK_SYSTEMD_ROOT:-/var/cache/waymark-testbed/debian-bookworm-systemd}}
 stamp="$root/.waymark-testbed-root"
 
@@ -21,8 +21,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" = "version=$version" ]; then
   exit 0
 fi
 
-# libssl3: the waymark binary that hosts run for their known-good marks links it.
-packages=systemd,systemd-sysv,dbus,openssh-server,nix-bin,busybox-static,procps,mawk,libssl3
+# libpam-systemd: ssh logins are logind sessions (scopes), as on NixOS; libssl3: the
+# waymark binary that hosts run for their known-good marks links it.
+packages=systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,nix-bin,busybox-static,procps,mawk,libssl3
 mkdir -p "$(dirname "$root")"
 tmp="$root.tmp.$$"
 trap 'rm -rf "$tmp"' EXIT

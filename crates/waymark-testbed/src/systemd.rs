@@ -23,7 +23,7 @@ use crate::{Lab, SimFleet};
 
 /// The version `systemd-root.sh` stamps its root with (its `version`): a root made by
 /// an older script is refused rather than booted.
-pub const ROOT_VERSION: &str = "1";
+pub const ROOT_VERSION: &str = "2";
 
 /// Where `systemd-root.sh` makes the root unless told otherwise (`WAYMARK_SYSTEMD_ROOT`).
 pub const DEFAULT_ROOT: &str = "/var/cache/waymark-testbed/debian-bookworm-systemd";

@@ -224,7 +224,13 @@ fn a_killed_deployer_or_a_late_confirmation_is_restored_by_the_agent_in_its_unit
             break;
         }
     }
-    // The agent waits in a transient unit of its own, not in the ssh session's.
+    // The agent waits in a transient unit of its own, not in the ssh session's (a
+    // logind session scope, as on NixOS, which ends with the connection).
+    let session = lab.exec("tail -n 1 /proc/self/cgroup");
+    assert!(
+        session.contains("/session-") && session.ends_with(".scope"),
+        "{session}"
+    );
     let cgroup = lab.exec("tail -n 1 /proc/$(cat /run/waymark/active/pid)/cgroup");
     assert!(
         cgroup.contains("/system.slice/waymark-activate-") && cgroup.ends_with(".service"),
