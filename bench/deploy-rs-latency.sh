@@ -8,7 +8,8 @@
 # Usage: PEER=DIR bench/deploy-rs-latency.sh RUNS DELAY...
 # Needs the recipe's work directory made (DEPLOYRS_DIR, its recipe.sh); appends
 # "1h-changed@DELAY<TAB>rc<TAB>seconds<TAB>ssh connections..." lines to
-# $DEPLOYRS_DIR/results/times.tsv (emptied first) and progress to stdout.
+# $DEPLOYRS_DIR/results/times.tsv (emptied first), the proxy's logs of the delayed runs
+# beside it, and progress to stdout.
 set -uo pipefail
 bench=$(cd "$(dirname "$0")" && pwd)
 runs=$1; shift
@@ -18,12 +19,12 @@ source "${PEER:?PEER must name the directory of the deploy-rs measuring recipe}/
 source "$R/lib.sh"
 cfg=$R/ssh/config
 
-# proxy DELAY: every host of the recipe's ssh config through the proxy (after the hosts'
-# blocks: ssh takes the first value it reads).
+# proxy DELAY [LOG]: every host of the recipe's ssh config through the proxy (after the
+# hosts' blocks: ssh takes the first value it reads), logging to LOG if given.
 proxy() {
   sed -i '/^# waymark-bench latency$/,$d' "$cfg"
-  printf '# waymark-bench latency\nHost *\n  ProxyCommand /usr/bin/python3 %s/latency-proxy.py %%p %s --name %%n\n' \
-    "$bench" "$1" >> "$cfg"
+  printf '# waymark-bench latency\nHost *\n  ProxyCommand /usr/bin/python3 %s/latency-proxy.py %%p %s --name %%n%s\n' \
+    "$bench" "$1" "${2:+ --log $2}" >> "$cfg"
 }
 trap 'sed -i "/^# waymark-bench latency\$/,\$d" "$cfg"' EXIT
 
@@ -34,9 +35,13 @@ n=0
 bump() { n=$((n + 1)); set_host dr1 salt "latency$n-$(date +%s%N)"; }
 # The first deploy copies the whole closure: not measured.
 proxy "$1"; bump; run_deploy warmup dr1 .#dr1
-for _ in $(seq "$runs"); do
+# Each delayed run's connections logged apart (deploy-rs's do not overlap: one log is
+# one deploy): $RES/proxy-1h-changed@DELAY-RUN.log.
+rm -f "$RES"/proxy-*.log
+for run in $(seq "$runs"); do
   for delay in "$@"; do
-    proxy "$delay"; bump; run_deploy "1h-changed@$delay" dr1 .#dr1
+    log=; [[ $delay != 0 ]] && log=$RES/proxy-1h-changed@$delay-$run.log
+    proxy "$delay" "$log"; bump; run_deploy "1h-changed@$delay" dr1 .#dr1
   done
 done
 $R/host-down.sh dr1 > /dev/null 2>&1 || true

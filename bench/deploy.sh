@@ -144,7 +144,11 @@ measure_latency() {
       awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)]; else print "nan"}'; }
     dr0=$(med "1h-changed@0") drd=$(med "1h-changed@$latency") dr_conns=$(med "1h-changed@$latency" 4)
     cp "$DEPLOYRS_DIR/results/times.tsv" "$bench_dir/deploy-rs-times.tsv"
+    for log in "$DEPLOYRS_DIR/results/proxy-1h-changed@$latency"-*.log; do
+      [[ -f $log ]] && python3 "$repo/bench/latency-turns.py" "$log" --one
+    done | jq -s 'map(.[0])' > "$bench_dir/deploy-rs-turns.json"
   fi
+  [[ -f $bench_dir/deploy-rs-turns.json ]] || echo '[]' > "$bench_dir/deploy-rs-turns.json"
   uptime >> "$bench_dir/load.txt"
   report_latency "$profile" "$bench_dir" "$dr0" "$drd" "$dr_conns" | tee "$bench_dir/summary.txt"
 }
@@ -154,7 +158,7 @@ report_latency() {
   jq -nr --arg profile "$profile" --arg d "$latency" --arg dr0 "$3" --arg drd "$4" --arg drc "$5" \
     --arg near "${DISTANT_BUILDER:-0}" --arg load "$(sed 's/.*load average: //' "$bench_dir/load.txt" | paste -sd';')" \
     --slurpfile z "$bench_dir/waymark-0.json" --slurpfile w "$bench_dir/waymark.json" \
-    --slurpfile t "$bench_dir/turns.json" '
+    --slurpfile t "$bench_dir/turns.json" --slurpfile rt "$bench_dir/deploy-rs-turns.json" '
   def r(x): (x * 100 | round) / 100;
   def num(s): s | tonumber? // null;
   def med(a): (a | sort) as $s | if ($s | length) == 0 then null else $s[(($s | length) - 1) / 2 | floor] end;
@@ -170,14 +174,16 @@ report_latency() {
   "|---|---|---|---|",
   "| one host, through the proxy, no delay | \(s($w0)) | \(s($r0)) | \(if $r0 then "\(r($w0 / $r0))x" else "n/a" end) |",
   "| one host, \($rtt_ms) ms round trips | \(s($wd)) | \(s($rd)) | \(if $rd then "**\(r($wd / $rd))x** (goal <= 0.6x)" else "n/a" end) |",
-  "| round trips on its critical path: added time / \($rtt_ms) ms | \(($wd - $w0) / (2 * $d) | round) | \(if $rd and $r0 then (($rd - $r0) / (2 * $d) | round) else "n/a" end) | |",
+  def seq(a): med(a | map(.sequential_round_trips)) // "n/a";
+  "| round trips in sequence over the delayed links (the proxy'"'"'s log) | \(seq($t[0])) | \(seq($rt[0])) | |",
+  "| time added / \($rtt_ms) ms (less where work overlapped the waits) | \(($wd - $w0) / (2 * $d) | round) | \(if $rd and $r0 then (($rd - $r0) / (2 * $d) | round) else "n/a" end) | |",
   "| ssh connections, one host | \($w[0].single.runs[0].ssh_connections) (the target'"'"'s master and confirmation, the build host'"'"'s master) | \($drc) | |",
   ($par[] as $f | "| \($f.hosts) hosts, --parallel \($f.parallel), \($rtt_ms) ms | \(s($f.wall_s)) = **\(r($f.wall_s / $wd))x** one host (goal <= 2x) | | |"),
   ($seq[] as $f | "| \($f.hosts) hosts, --parallel 1, \($rtt_ms) ms | \(s($f.wall_s)) = \(r($f.wall_s / $wd))x one host | | |"),
   "",
-  "waymark, one host at \($rtt_ms) ms, from the proxy'"'"'s log (median of \($t[0] | length) deploys): \(med($t[0] | map(.delayed_connections))) connections over the delayed links, \(med($t[0] | map(.delayed_turns))) turns on them (a request waiting for an answer, keepalives included), data in flight \(med($t[0] | map(.in_flight_round_trips))) round trips of the wall time (an upper bound of the critical path)",
+  "waymark, one host at \($rtt_ms) ms, from the proxy'"'"'s log (median of \($t[0] | length) deploys): \(med($t[0] | map(.delayed_connections))) connections over the delayed links, \(med($t[0] | map(.delayed_turns))) turns on them (a request waiting for an answer), \(med($t[0] | map(.sequential_round_trips))) of them one after the other; data in flight \(med($t[0] | map(.in_flight_round_trips))) round trips of the wall time. The first deploy'"'"'s connections:",
   ($t[0][0].per_connection[] | "  \(.host)\(if .delayed then "" else " (undelayed)" end): opened at \(.opened_at_s) s for \(.open_for_s) s, \(.turns) turns, \(.bytes_out) bytes out, \(.bytes_in) in"),
-  ($w[0].fleets[] | select(.hosts > 1) | "  \(.hosts) hosts --parallel \(.parallel): the machine'"'"'s CPU \(r(.machine_cpu_s // 0)) s over \(r(.wall_s)) s (\((.machine_cpu_s // 0) / (($w[0].cores // 1) * .wall_s) * 100 | round)% of its \($w[0].cores) cores)")
+  ($w[0].fleets[] | select(.hosts > 1) | "  \(.hosts) hosts --parallel \(.parallel): the deploying side'"'"'s CPU \(r(.deployer_cpu_s // 0)) s (one host: \(r($w[0].single.median_deployer_cpu_s // 0)) s), the machine'"'"'s \(r(.machine_cpu_s // 0)) s over \(r(.wall_s)) s (\((.machine_cpu_s // 0) / (($w[0].cores // 1) * .wall_s) * 100 | round)% of its \($w[0].cores) cores)")
 '
 }
 

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 
@@ -79,6 +80,9 @@ async def main(args):
     except OSError as e:
         sys.exit(f"latency-proxy: cannot connect to 127.0.0.1:{args.port}: {e.strerror}")
     log("open", delay=delay)
+    # ssh ends its ProxyCommand with SIGHUP when it exits (a master told to stop, say),
+    # often before it closes the pipes: the log says when.
+    loop.add_signal_handler(signal.SIGHUP, lambda: (log("hup"), os._exit(0)))
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     stdout = os.fdopen(sys.stdout.fileno(), "wb", buffering=0)
