@@ -4,17 +4,23 @@
 # Nix 2.8 with a nix-daemon unit (as on NixOS), busybox. Each host boots it with a
 # volatile overlay, so one root serves every host and is never written to.
 #
-#   systemd-root.sh [ROOT]     default: /var/cache/waymark-testbed/debian-bookworm-systemd
+#   systemd-root.sh [ROOT]     default: /var/cache/waymark-testbed/debian-bookworm-systemd-v$version
 #
-# Idempotent: a root whose stamp names this script's version is kept as it is. Needs
+# Idempotent: a root whose stamp names this script's version is kept as it is. Each
+# version has its own default path, so making one never removes a root that hosts of
+# another checkout may be running from. Needs
 # root, mmdebstrap and the Debian package registry (about 25 s and 300 MB).
 set -euo pipefail
 
-# Keep in step with ROOT_VERSION in src/systemd.rs: a change here makes the tests ask
-# for a new root instead of booting an old one.
+# Keep in step with ROOT_VERSION and DEFAULT_ROOT in src/systemd.rs (a unit test there
+# checks): a change here makes the tests ask for a new root instead of booting an old one.
 version=2
-root=${1:-${WAYMARK_SYSTEMD_ROOT:-/var/cache/waymark-testbed/debian-bookworm-systemd}}
+root=${1:-${WAYMARK_SYSTEMD_ROOT:-/var/cache/waymark-testbed/debian-bookworm-systemd-v$version}}
 stamp="$root/.waymark-testbed-root"
+mkdir -p "$(dirname "$root")"
+# One maker at a time; the second finds the root made.
+exec 9> "$root.lock"
+flock 9
 
 if [ "$(cat "$stamp" 2>/dev/null)" = "version=$version" ]; then
   echo "systemd root ready: $root" >&2
@@ -24,7 +30,6 @@ fi
 # libpam-systemd: ssh logins are logind sessions (scopes), as on NixOS; libssl3: the
 # waymark binary that hosts run for their known-good marks links it.
 packages=systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,nix-bin,busybox-static,procps,mawk,libssl3
-mkdir -p "$(dirname "$root")"
 tmp="$root.tmp.$$"
 trap 'rm -rf "$tmp"' EXIT
 mmdebstrap --quiet --variant=minbase --include="$packages" bookworm "$tmp"

@@ -22,11 +22,12 @@ use crate::error::{Error, Result};
 use crate::{Lab, SimFleet};
 
 /// The version `systemd-root.sh` stamps its root with (its `version`): a root made by
-/// an older script is refused rather than booted.
+/// another version of the script is refused rather than booted.
 pub const ROOT_VERSION: &str = "2";
 
-/// Where `systemd-root.sh` makes the root unless told otherwise (`WAYMARK_SYSTEMD_ROOT`).
-pub const DEFAULT_ROOT: &str = "/var/cache/waymark-testbed/debian-bookworm-systemd";
+/// Where `systemd-root.sh` makes the root unless told otherwise (`WAYMARK_SYSTEMD_ROOT`):
+/// a path per version, so that making one never removes another that hosts run from.
+pub const DEFAULT_ROOT: &str = "/var/cache/waymark-testbed/debian-bookworm-systemd-v2";
 
 /// Where the hosts' cgroups are, in each cgroup hierarchy.
 const CGROUP_DIR: &str = "waymark-testbed";
@@ -317,5 +318,26 @@ impl std::ops::Deref for SystemdLab {
 impl std::ops::DerefMut for SystemdLab {
     fn deref_mut(&mut self) -> &mut Lab {
         &mut self.lab
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_script_and_this_module_name_one_version_and_path() {
+        let script = include_str!("../systemd-root.sh");
+        assert!(
+            script
+                .lines()
+                .any(|l| l == format!("version={ROOT_VERSION}")),
+            "systemd-root.sh's version is not ROOT_VERSION"
+        );
+        assert_eq!(
+            DEFAULT_ROOT,
+            format!("/var/cache/waymark-testbed/debian-bookworm-systemd-v{ROOT_VERSION}")
+        );
+        assert!(script.contains("/var/cache/waymark-testbed/debian-bookworm-systemd-v$version"));
     }
 }
