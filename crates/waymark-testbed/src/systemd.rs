@@ -122,7 +122,9 @@ impl SystemdHost {
         // one cgroup, hosts running at once would share their `payload` cgroup, and
         // one host's systemd would remove the cgroups of another's units (seen: units
         // failing at boot with "Failed to attach ... No such file or directory"). So
-        // nspawn starts in a cgroup of its own, in every hierarchy systemd uses.
+        // nspawn starts in a cgroup of its own, in every hierarchy systemd uses. If the
+        // thread that started it dies without dropping it (a test process killed),
+        // nspawn gets SIGTERM all the same and powers the host off.
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(
@@ -130,7 +132,7 @@ impl SystemdHost {
   [ -e "$h/cgroup.procs" ] || continue
   mkdir -p "$h/$0" && echo $$ > "$h/$0/cgroup.procs" || exit 1
 done
-exec systemd-nspawn "$@""#,
+exec setpriv --pdeathsig TERM systemd-nspawn "$@""#,
             )
             .arg(format!("{CGROUP_DIR}/{machine}"))
             .arg("--directory")
