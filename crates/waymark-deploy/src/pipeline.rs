@@ -21,10 +21,11 @@ use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
 use crate::progress::NixLog;
 use crate::ssh::{DAEMON_SOCKET, Endpoint, Held, Reply, Ssh, Talk};
 use crate::state::write_atomic;
-use crate::unfinished::{
-    AgentSeen, TargetNow, Unfinished, journal_dir, parse_agents, read_journals, unfinished,
-};
+use crate::unfinished::{AgentSeen, TargetNow, parse_agents, read_journals, unfinished};
 use waymark_fault::at as fault;
+
+mod finish;
+use finish::TargetMark;
 
 /// The line that ends the probe's answer.
 const PROBED: &str = "@@probed";
@@ -75,13 +76,12 @@ for d in /run/waymark/deploy/*; do
   [ -f "$d/evidence.json" ] && [ ! -e "$d/marked" ] || continue
   s=; {{ while IFS= read -r l; do s=$l; done < "$d/state"; }} 2>/dev/null
   e=; {{ IFS= read -r e < "$d/evidence.json"; }} 2>/dev/null
-  c=; {{ read -r c < "$d/confirmer"; }} 2>/dev/null
-  a=no; [ -z "$c" ] || ! kill -0 "$c" 2>/dev/null || a=yes
-  printf 'agent=%s\nagent-state=%s\nagent-evidence=%s\nagent-confirming=%s\n' "$d" "$s" "$e" "$a"
+  printf 'agent=%s\nagent-state=%s\nagent-evidence=%s\n' "$d" "$s" "$e"
 done
-# Another deploy's agent at work: the lock's holder runs.
+# Another deploy's agent at work: the lock's holder runs (as the launch takes it).
 a=; {{ read -r a < /run/waymark/active/pid; }} 2>/dev/null
-if [ -n "$a" ] && kill -0 "$a" 2>/dev/null; then
+if [ -n "$a" ] && kill -0 "$a" 2>/dev/null &&
+  ! grep -q '^State:[[:space:]]*Z' "/proc/$a/status" 2>/dev/null; then
   i=; {{ read -r i < /run/waymark/active/id; }} 2>/dev/null; printf 'active=%s\n' "${{i:-?}}"
 fi
 echo "@@marks"
@@ -126,16 +126,25 @@ const RELAYED: char = '~';
 /// Runs `script` in a session that [`SERVE`]s: its reply (output as both stdout and
 /// stderr, its exit status), or `None` when the session is gone.
 fn serve(talk: &mut Talk, script: &str) -> Option<Reply> {
-    serve_relaying(talk, script, &mut |_| {})
+    serve_taking(talk, script, &mut |_| false)
 }
 
 /// [`serve`], handing each relayed line (one the script prints behind [`RELAYED`]) to
 /// `relayed` as it comes, instead of keeping it in the reply.
 fn serve_relaying(talk: &mut Talk, script: &str, relayed: &mut dyn FnMut(&str)) -> Option<Reply> {
-    talk.send(format!("{script}\n@@run\n").as_bytes()).ok()?;
-    let mut lines = talk.lines_until_each("@@ran", &mut |line| {
+    serve_taking(talk, script, &mut |line| {
         line.strip_prefix(RELAYED).map(&mut *relayed).is_some()
-    })?;
+    })
+}
+
+/// [`serve`], showing each line to `take` as it comes; the lines it takes are not kept.
+fn serve_taking(
+    talk: &mut Talk,
+    script: &str,
+    take: &mut dyn FnMut(&str) -> bool,
+) -> Option<Reply> {
+    talk.send(format!("{script}\n@@run\n").as_bytes()).ok()?;
+    let mut lines = talk.lines_until_each("@@ran", take)?;
     let code = lines
         .pop()
         .and_then(|l| l.strip_prefix("@@status ")?.parse().ok())
@@ -662,18 +671,23 @@ fi
         let built = f.get("built").cloned().unwrap_or_default();
         // Nix's first error names the builder that failed; the ones after, what depended
         // on it.
-        let error = log.errors().first().map_or_else(
-            || format!("the build failed (exit {})", field(&f, "rc").unwrap_or("?")),
-            |e| e.strip_prefix("error: ").unwrap_or(e).to_owned(),
-        );
-        if let Some(failed) = log.failed_builds().first() {
-            let mut logs = self.build_logs.lock().expect("not poisoned");
-            for (host, (_, out)) in hosts.iter().zip(items) {
-                if !built.contains(&out.as_str()) {
-                    logs.insert(host.clone(), failed.log_tail.clone());
-                }
+        let error = log.failure().unwrap_or_else(|| {
+            format!("the build failed (exit {})", field(&f, "rc").unwrap_or("?"))
+        });
+        // Each host that was not built gets the log of the build that failed: the one,
+        // or, where several failed, its own system's (a dependency's is not told apart).
+        let failed = log.failed_builds();
+        let mut logs = self.build_logs.lock().expect("not poisoned");
+        for (host, (drv, out)) in hosts.iter().zip(items) {
+            let own = match failed.as_slice() {
+                [one] => Some(one),
+                several => several.iter().find(|b| &b.drv == drv),
+            };
+            if let Some(b) = own.filter(|_| !built.contains(&out.as_str())) {
+                logs.insert(host.clone(), b.log_tail.clone());
             }
         }
+        drop(logs);
         items
             .iter()
             .map(|(_, o)| {
@@ -1008,6 +1022,10 @@ fi
             Ok((result, message)) => (result, message),
             Err(s) => (s.result, s.message),
         };
+        // Restored or never touched: the target did not commit, nothing to finish later.
+        if matches!(result, HostResult::Failed | HostResult::Error) {
+            self.drop_journal(name);
+        }
         let report = HostReport {
             host: name.to_owned(),
             result,
@@ -1268,7 +1286,8 @@ fi
             &journals,
             |r| self.record_path(r).exists(),
         );
-        if let Some(left) = left {
+        // (A build touches no target: it leaves that to the next deploy that does.)
+        if let Some(left) = left.filter(|_| self.settings.goal > Goal::Build) {
             // A rollback builds nothing, but the deploy it finishes was built there.
             let builder = match &build_at {
                 Some(BuildAt::Builder { host, .. }) => Some(host.clone()),
@@ -1278,7 +1297,7 @@ fi
                     _ => None,
                 },
             };
-            let record = self.finish_interrupted(run, left, builder.as_ref(), &probe)?;
+            let record = self.finish_interrupted(run, left, builder.as_ref())?;
             if probe.marks.last() != Some(&record) {
                 probe.marks.push(record);
             }
@@ -1415,7 +1434,7 @@ fi
         })?;
 
         self.gate(run, Gate::Mark, |d, run| {
-            d.mark(run, &closure, build_at.as_ref())
+            d.mark(run, &dir, &closure, build_at.as_ref())
         })?;
         Ok((
             HostResult::Deployed,
@@ -2314,9 +2333,10 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
                     d = q(dir)
                 ),
                 format!(
-                    r#"if [ "$s" = committed ] && [ "$running" = {run} ] && [ "$profile" = {c} ]; then
+                    r#"if [ "$s" = committed ] && [ "$running" = {run} ] && [ "$profile" = {c} ] &&
+  mkdir {d}/marking 2>/dev/null; then
   echo "@@mark"; printf '%s\n' "$evidence" | {cmd}; rc=$?
-  [ $rc != 0 ] || : > {d}/marked; echo "@@mark-exit $rc"
+  [ $rc != 0 ] || : > {d}/marked; rmdir {d}/marking; echo "@@mark-exit $rc"
 fi
 "#,
                     run = q(expected_running),
@@ -2359,6 +2379,10 @@ fi
             reply
         };
         let mut r = reply.unwrap_or_else(|e| Reply::lost(&e));
+        if fault("cut-after-confirm") {
+            // The confirmation ran; its answer is lost on the way back.
+            r = Reply::lost(&"ssh: connection reset (WAYMARK_FAULT)");
+        }
         if r.code == 3 {
             return Err(self.await_restore(
                 run,
@@ -2472,117 +2496,16 @@ fi
         )
     }
 
-    /// Finishes what a deploy of this host interrupted after its commit left undone
-    /// ([`Unfinished`]): the target's mark (with the evidence that deploy left there),
-    /// the build host's, this machine's record and the release tag. The record of the
-    /// mark it made or found.
-    fn finish_interrupted(
-        &self,
-        run: &mut Run,
-        left: Unfinished,
-        builder: Option<&Endpoint>,
-        probe: &Probe,
-    ) -> Result<Record, Stop> {
-        let closure = left.closure().to_owned();
-        let name = run.name.clone();
-        let needs_human = |why: String| {
-            stop(
-                HostResult::NeedsHuman,
-                format!("{name} runs {closure}, committed by an interrupted deploy, but {why}"),
-            )
-        };
-        let target = run.target.clone();
-        let record = match left {
-            Unfinished::Committed {
-                dir,
-                evidence,
-                mark_target,
-            } => {
-                let d = q(&dir);
-                if mark_target {
-                    let rev = evidence.rev.clone().unwrap_or_default();
-                    let command = self.mark_command_for(&run.name, &closure, &rev);
-                    let r = self.remote(
-                        run,
-                        &target,
-                        &format!("{command} < {d}/evidence.json && : > {d}/marked"),
-                    );
-                    if r.code != 0 {
-                        return Err(needs_human(format!(
-                            "marking it known-good there failed: {}",
-                            r.last_error()
-                        )));
-                    }
-                    serde_json::from_str(&r.stdout).map_err(|e| {
-                        needs_human(format!("the target's mark record is unreadable: {e}"))
-                    })?
-                } else {
-                    // Marked already; only the note that it was is missing.
-                    let _ = self.remote(run, &target, &format!(": > {d}/marked"));
-                    probe
-                        .marks
-                        .last()
-                        .cloned()
-                        .expect("mark_target is false only after a mark")
-                }
-            }
-            Unfinished::Marked { record } => *record,
-            Unfinished::Finishing { dir, .. } => {
-                return Err(stop(
-                    HostResult::Failed,
-                    format!(
-                        "another deploy is finishing on {} (its agent in {dir} committed {closure} and it is marking it now): nothing changed; deploy again once it ends",
-                        run.name
-                    ),
-                ));
-            }
-        };
-        let mut wheres = vec![run.name.clone()];
-        if let Some(host) = builder {
-            let evidence = serde_json::to_string(&record.evidence).expect("serializable");
-            let command = self.mark_command_for(&run.name, &closure, &record.rev);
-            let r = self.run_on_build_host(
-                host,
-                &format!("{command} <<'@@evidence'\n{evidence}\n@@evidence"),
-            );
-            if r.code == 0 {
-                wheres.push(host.name.clone());
-            } else {
-                self.emit_note(
-                    run,
-                    format!(
-                        "marking on build host {} failed: {}; the target's mark stands",
-                        host.name,
-                        r.last_error()
-                    ),
-                );
-            }
-        }
-        let deployed = record.evidence.gates.iter().any(|g| g.gate == Gate::Build);
-        self.record_here(run, &record, deployed)
-            .map_err(|e| needs_human(format!("writing the deploy record here failed: {e}")))?;
-        self.emit_note(
-            run,
-            format!(
-                "finished the deploy of {closure} that was interrupted after its commit: marked {} on {}",
-                record.mark,
-                wheres.join(" and ")
-            ),
-        );
-        Ok(record)
-    }
-
     fn mark(
         &self,
         run: &mut Run,
+        dir: &str,
         closure: &str,
         build_at: Option<&BuildAt>,
     ) -> Result<((), String), Stop> {
         if fault("pause-before-record") {
             std::thread::sleep(Duration::from_secs(3));
         }
-        let evidence_json = Self::evidence(run, closure, None);
-        let command = self.mark_command(run, closure);
         let name = run.name.clone();
         let committed = |why: String| {
             stop(
@@ -2590,61 +2513,27 @@ fi
                 format!("{name} runs {closure} (committed), but {why}"),
             )
         };
-        let target = run.target.clone();
         // The target's mark was made over the confirmation's connection; made here only
-        // if that failed. The build host's at the same time: the marks are independent.
-        let earlier = run.target_record.take();
-        let (r, on_builder) = std::thread::scope(|scope| {
-            let on_builder = match build_at {
-                Some(BuildAt::Builder { host, .. }) => Some((
-                    host,
-                    // In the build session (the evidence in a here-document: the
-                    // session's stdin is its input), or a new one.
-                    scope.spawn(|| {
-                        let evidence = String::from_utf8_lossy(&evidence_json);
-                        self.run_on_build_host(
-                            host,
-                            &format!("{command} <<'@@evidence'\n{evidence}\n@@evidence"),
-                        )
-                    }),
-                )),
-                _ => None,
-            };
-            let r = earlier
-                .is_none()
-                .then(|| self.remote_with_input(run, &target, &command, Some(&evidence_json)));
-            (
-                r,
-                on_builder.map(|(host, h)| (host, h.join().expect("ssh does not panic"))),
-            )
-        });
-        let record: Record = match (earlier, r) {
-            (Some(record), _) => record,
-            (None, Some(r)) if r.code == 0 => serde_json::from_str(&r.stdout)
-                .map_err(|e| committed(format!("the target's mark record is unreadable: {e}")))?,
-            (None, r) => {
-                return Err(committed(format!(
-                    "marking it known-good there failed: {}",
-                    r.map(|r| r.last_error()).unwrap_or_default()
-                )));
+        // if that did not happen (then under the agent directory's marking lock: the
+        // confirmation's shell may still be at work if only its connection was lost).
+        let record = if let Some(record) = run.target_record.take() {
+            record
+        } else {
+            let evidence = Self::evidence(run, closure, None);
+            let command = self.mark_command(run, closure);
+            match self
+                .mark_on_target(run, dir, Some(&command), Some(&evidence))
+                .map_err(committed)?
+            {
+                TargetMark::Made(record) | TargetMark::Found(record) => record,
             }
         };
         run.mark = Some(record.mark.clone());
         let mut wheres = vec![run.name.clone()];
-        if let Some((host, reply)) = on_builder {
-            let r = reply;
-            if r.code == 0 {
-                wheres.push(host.name.clone());
-            } else {
-                self.emit_note(
-                    run,
-                    format!(
-                        "marking on build host {} failed: {}; the target's mark stands",
-                        host.name,
-                        r.last_error()
-                    ),
-                );
-            }
+        if let Some(BuildAt::Builder { host, .. }) = build_at
+            && self.mark_on_builder(run, host, &record)
+        {
+            wheres.push(host.name.clone());
         }
         self.record_here(run, &record, build_at.is_some())
             .map_err(|e| committed(format!("writing the deploy record here failed: {e}")))?;
@@ -2665,67 +2554,6 @@ fi
             &self.settings.closures_dir.join(format!("{host}.json")),
             &serde_json::to_vec(closure).expect("serializable"),
         );
-    }
-
-    /// Where this machine keeps the record of `record`'s mark.
-    fn record_path(&self, record: &Record) -> PathBuf {
-        self.settings
-            .records_dir
-            .join(&record.target)
-            .join(format!("{}.json", record.mark))
-    }
-
-    /// Gate 5's end here, once the target is marked: the record kept on this machine
-    /// (written by rename), the deploy's journals of that closure removed, and the
-    /// release tag where the host has them (`deployed`: a rollback redeploys an old
-    /// release, and release branches only move forward).
-    fn record_here(&self, run: &mut Run, record: &Record, deployed: bool) -> std::io::Result<()> {
-        write_atomic(
-            &self.record_path(record),
-            &serde_json::to_vec_pretty(record).expect("serializable"),
-        )?;
-        for journal in read_journals(&self.settings.records_dir, &run.name) {
-            if journal.evidence.closure == record.closure {
-                let _ = std::fs::remove_file(&journal.path);
-            }
-        }
-        if run.host.tag_releases && deployed {
-            match &self.settings.release_repo {
-                Some(repo) => match waymark_release::Releases::open(repo).and_then(|r| {
-                    r.tag(&waymark_release::TagRequest {
-                        target: run.name.clone(),
-                        rev: record.rev.clone(),
-                        mark: record.clone(),
-                        tagger: None,
-                    })
-                }) {
-                    Ok(t) => run.release_tag = Some(t.release.tag),
-                    Err(e) => self.emit_note(run, format!("release tag not created: {e}")),
-                },
-                None => self.emit_note(
-                    run,
-                    "release tag not created: the flake is not a local git checkout".into(),
-                ),
-            }
-        }
-        Ok(())
-    }
-
-    /// Keeps this deploy's evidence on this machine until its record is written, so a
-    /// later deploy can finish it if this one is stopped after the target commits.
-    /// Written by rename; failing to keep it only loses that help, so it is a note.
-    fn keep_journal(&self, run: &mut Run, evidence: &[u8]) {
-        let dir = journal_dir(&self.settings.records_dir, &run.name);
-        let path = dir.join(format!("{}.json", self.settings.run_id));
-        if let Err(e) = write_atomic(&path, evidence) {
-            self.emit_note(
-                run,
-                format!(
-                    "could not keep this deploy's journal in {}: {e}",
-                    dir.display()
-                ),
-            );
-        }
     }
 }
 

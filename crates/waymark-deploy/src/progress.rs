@@ -71,6 +71,9 @@ pub struct NixLog {
     counters: BTreeMap<u64, u64>,
     /// Error messages (level 0), without terminal colours.
     errors: Vec<String>,
+    /// The last lines that were not Nix's JSON (a shell's own error, a Nix too old for
+    /// the format): what there is to say when Nix said nothing.
+    other: VecDeque<String>,
 }
 
 impl NixLog {
@@ -78,6 +81,13 @@ impl NixLog {
     /// Nix's JSON (a plain message) are ignored.
     pub fn feed(&mut self, line: &str) -> bool {
         let Some(json) = line.trim_end().strip_prefix("@nix ") else {
+            let text = plain(line.trim_end());
+            if !text.trim().is_empty() {
+                if self.other.len() == TAIL {
+                    self.other.pop_front();
+                }
+                self.other.push_back(text);
+            }
             return false;
         };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
@@ -150,9 +160,14 @@ impl NixLog {
         &self.progress
     }
 
-    /// The error messages Nix printed, in order.
-    pub fn errors(&self) -> &[String] {
-        &self.errors
+    /// Why the build failed, in one line: Nix's first error (it names the builder that
+    /// failed; the ones after, what depended on it), else the last line that was not
+    /// Nix's JSON.
+    pub fn failure(&self) -> Option<String> {
+        self.errors
+            .first()
+            .map(|e| e.strip_prefix("error: ").unwrap_or(e).to_owned())
+            .or_else(|| self.other.back().cloned())
     }
 
     /// The builds that failed (their builder's own failure, not a dependency's), with
@@ -238,7 +253,7 @@ mod tests {
         assert!(built.windows(2).all(|w| w[0] <= w[1]), "{built:?}");
         assert!(seen.iter().any(|p| p.running == 1 && p.built == 1));
         assert!(nix.failed_builds().is_empty());
-        assert!(nix.errors().is_empty());
+        assert!(nix.errors.is_empty());
     }
 
     #[test]
@@ -254,9 +269,14 @@ mod tests {
         assert!(failed[0].drv.ends_with("-c.drv"), "{failed:?}");
         assert_eq!(failed[0].log_tail, ["building c", "second line", "oops"]);
         assert!(
-            nix.errors()[0].starts_with("error: builder for '/nix/store/"),
+            nix.errors[0].starts_with("error: builder for '/nix/store/"),
             "colours removed: {:?}",
-            nix.errors()
+            nix.errors
+        );
+        assert!(
+            nix.failure()
+                .unwrap()
+                .starts_with("builder for '/nix/store/")
         );
     }
 
@@ -290,7 +310,8 @@ not json: ignored
         );
         assert_eq!(p.building.as_deref(), Some("hello-2.12"));
         assert_eq!(p.last_line.as_deref(), Some("checking for gcc..."));
-        assert!(nix.errors().is_empty(), "only level 0 is an error");
+        assert!(nix.errors.is_empty(), "only level 0 is an error");
+        assert_eq!(nix.failure(), Some("not json: ignored".into()));
     }
 
     #[test]

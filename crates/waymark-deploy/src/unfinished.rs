@@ -27,9 +27,6 @@ pub struct AgentSeen {
     pub state: AgentState,
     /// The evidence the confirmation left; `None` when it is not readable.
     pub evidence: Option<Evidence>,
-    /// Whether the confirming deploy's shell on the target still runs: that deploy is
-    /// still finishing (its marks come next), not interrupted.
-    pub confirming: bool,
 }
 
 /// A deploy's journal on this machine: written before the confirmation, removed once
@@ -65,9 +62,6 @@ pub enum Unfinished {
     /// The target's latest mark is this machine's interrupted deploy: the build host's
     /// mark, this machine's record and the release tag are missing.
     Marked { record: Box<Record> },
-    /// Another deploy committed this closure and is still connected, marking it: not
-    /// interrupted, and not to be marked twice. Nothing is to be done until it ends.
-    Finishing { dir: String, closure: String },
 }
 
 impl Unfinished {
@@ -76,7 +70,6 @@ impl Unfinished {
         match self {
             Self::Committed { evidence, .. } => &evidence.closure,
             Self::Marked { record } => &record.closure,
-            Self::Finishing { closure, .. } => closure,
         }
     }
 }
@@ -113,16 +106,9 @@ pub fn unfinished(
             && e.rev.is_some()
             && now.profile == Some(e.closure.as_str())
             && (boot_only(e) || now.running == Some(e.closure.as_str()));
-        holds.then(|| (a, Box::new(e.clone())))
+        holds.then(|| (a.dir.clone(), Box::new(e.clone())))
     });
-    if let Some((agent, evidence)) = committed {
-        let dir = agent.dir.clone();
-        if agent.confirming {
-            return Some(Unfinished::Finishing {
-                dir,
-                closure: evidence.closure,
-            });
-        }
+    if let Some((dir, evidence)) = committed {
         let mark_target = now.latest.is_none_or(|l| l.closure != evidence.closure);
         return Some(Unfinished::Committed {
             dir,
@@ -131,16 +117,22 @@ pub fn unfinished(
         });
     }
     let latest = now.latest?;
-    let ours = journals.iter().any(|j| {
-        j.evidence.target == now.host
-            && j.evidence.closure == latest.closure
-            && j.evidence.rev.as_deref() == Some(latest.rev.as_str())
-    });
+    let ours = journals
+        .iter()
+        .any(|j| j.evidence.target == now.host && same_deploy(&j.evidence, &latest.evidence));
     let runs_it = now.profile == Some(latest.closure.as_str())
         && (boot_only(&latest.evidence) || now.running == Some(latest.closure.as_str()));
     (ours && runs_it && !recorded(latest)).then(|| Unfinished::Marked {
         record: Box::new(latest.clone()),
     })
+}
+
+/// Whether two evidence documents are of one deploy: the same closure and commit, and
+/// the same first gate started at the same time (a mark made of the same closure by
+/// another run or by hand has other gates, or none).
+pub fn same_deploy(a: &Evidence, b: &Evidence) -> bool {
+    let first = |e: &Evidence| e.gates.first().map(|g| (g.gate, g.started_at.clone()));
+    a.closure == b.closure && a.rev == b.rev && first(a).is_some() && first(a) == first(b)
 }
 
 /// Where this machine keeps the journals of `host`'s deploys under way.
@@ -166,8 +158,8 @@ pub fn read_journals(records_dir: &Path, host: &str) -> Vec<Journal> {
         .collect()
 }
 
-/// Reads the probe's `agent=`, `agent-state=`, `agent-evidence=` and
-/// `agent-confirming=` lines, which come in that order, one of each per directory.
+/// Reads the probe's `agent=`, `agent-state=` and `agent-evidence=` lines, which come
+/// in that order, one of each per directory.
 pub fn parse_agents(lines: &str) -> Vec<AgentSeen> {
     let mut agents: Vec<AgentSeen> = Vec::new();
     for line in lines.lines() {
@@ -179,11 +171,9 @@ pub fn parse_agents(lines: &str) -> Vec<AgentSeen> {
                 dir: value.to_owned(),
                 state: AgentState::Unknown(String::new()),
                 evidence: None,
-                confirming: false,
             }),
             ("agent-state", Some(a)) => a.state = AgentState::parse(value),
             ("agent-evidence", Some(a)) => a.evidence = Evidence::parse(value.as_bytes()).ok(),
-            ("agent-confirming", Some(a)) => a.confirming = value == "yes",
             _ => {}
         }
     }
@@ -240,7 +230,6 @@ mod tests {
             dir: dir.into(),
             state: AgentState::parse(state),
             evidence: e,
-            confirming: false,
         }
     }
 
@@ -281,20 +270,6 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn a_deploy_still_connected_is_left_to_finish() {
-        let mut seen = agent("/d/r1-web1", "committed", Some(evidence(G1, Gate::Switch)));
-        seen.confirming = true;
-        let got = unfinished(&now(G1, G1, None), &[seen], &[], |_| true);
-        assert_eq!(
-            got,
-            Some(Unfinished::Finishing {
-                dir: "/d/r1-web1".into(),
-                closure: G1.into()
-            })
-        );
     }
 
     #[test]
@@ -384,6 +359,18 @@ mod tests {
                 record: Box::new(latest.clone())
             })
         );
+        // A mark of the same closure and commit made by another run is not this one's.
+        let mut elsewhere = latest.clone();
+        elsewhere.evidence.gates[0].started_at = "2026-12-06T05:00:00Z".into();
+        assert_eq!(
+            unfinished(
+                &now(G1, G1, Some(&elsewhere)),
+                &[],
+                std::slice::from_ref(&journal),
+                |_| false
+            ),
+            None
+        );
         // Recorded already, no journal (another machine's deploy), or it no longer runs.
         assert_eq!(
             unfinished(
@@ -408,7 +395,7 @@ mod tests {
     fn reads_the_probes_agent_lines() {
         let e = serde_json::to_string(&evidence(G1, Gate::Switch)).unwrap();
         let out = format!(
-            "running={G1}\nagent=/run/waymark/deploy/a-web1\nagent-state=committed\nagent-evidence={e}\nagent-confirming=yes\n\
+            "running={G1}\nagent=/run/waymark/deploy/a-web1\nagent-state=committed\nagent-evidence={e}\n\
              agent=/run/waymark/deploy/b-web1\nagent-state=\nagent-evidence=not json\n"
         );
         let agents = parse_agents(&out);
@@ -416,6 +403,5 @@ mod tests {
         assert_eq!(agents[0].state, AgentState::Committed);
         assert_eq!(agents[0].evidence.as_ref().unwrap().closure, G1);
         assert_eq!(agents[1].evidence, None);
-        assert!(agents[0].confirming && !agents[1].confirming);
     }
 }

@@ -270,10 +270,9 @@ impl Interaction for Terminal {
     }
 }
 
-/// The directory of a local flake reference, for its commit and release tags.
 /// Checks every argument and file a deploy reads before the first connection, and
-/// returns the commit the closure is built from (issue 22: a `--rev` the target's mark
-/// refuses was found only after the switch, a missing signing key only at the copy).
+/// returns the commit the closure is built from: a `--rev` the target's mark would
+/// refuse, or a missing signing key, must stop the deploy before anything changed.
 fn check_inputs(opts: &DeployOptions, mode: &Mode) -> anyhow::Result<Option<String>> {
     let flake_dir = local_flake_dir(&opts.flake);
     let rev = match (&opts.rev, mode, &flake_dir) {
@@ -338,6 +337,7 @@ fn check_inputs(opts: &DeployOptions, mode: &Mode) -> anyhow::Result<Option<Stri
     Ok(rev)
 }
 
+/// The directory of a local flake reference, for its commit and release tags.
 fn local_flake_dir(flake: &str) -> Option<PathBuf> {
     let r = flake.split('#').next().unwrap_or(flake);
     let r = r.split('?').next().unwrap_or(r);

@@ -1,0 +1,265 @@
+//! Gate 5's end: the marks on the target and the build host, the record kept here and
+//! the release tag, for a deploy under way and for one that was interrupted after its
+//! commit ([`Unfinished`]), which the next deploy finishes the same way.
+//!
+//! On the target, one marker at a time for an agent's directory (the deploy's own
+//! confirmation, its mark gate, or a later deploy finishing it): each waits for a
+//! confirmation shell still at work there, takes `DIR/marking`, and leaves `DIR/marked`
+//! once the mark is made, so a closure is never marked twice for one commit.
+
+use std::path::PathBuf;
+
+use waymark_evidence::Gate;
+use waymark_known_good::Record;
+use waymark_store::shell_quote as q;
+
+use super::{Deployer, Run, Stop, stop};
+use crate::events::HostResult;
+use crate::ssh::Endpoint;
+use crate::state::write_atomic;
+use crate::unfinished::{Unfinished, journal_dir, read_journals, same_deploy};
+
+/// How the target's mark came to be.
+pub(super) enum TargetMark {
+    /// Made now, by this run.
+    Made(Record),
+    /// Made by the deploy that committed (its confirmation's shell, still at work when
+    /// this run looked): its latest mark.
+    Found(Record),
+}
+
+impl Deployer<'_> {
+    /// Marks the closure of the agent in `dir` known-good on the target, unless the
+    /// deploy that committed it did or does: waits (at most 30 s) for a confirmation
+    /// shell still running there, then marks under `DIR/marking`. `mark` is the mark
+    /// command with its evidence redirected; `None` when the target's latest mark is
+    /// that closure already (only the note that it was is missing).
+    pub(super) fn mark_on_target(
+        &self,
+        run: &mut Run,
+        dir: &str,
+        mark: Option<&str>,
+        input: Option<&[u8]>,
+    ) -> Result<TargetMark, String> {
+        let latest = format!(
+            "{} known-good latest {} --json",
+            self.settings.remote_waymark,
+            q(&run.name)
+        );
+        let script = format!(
+            r#"d={d}
+n=0
+while [ ! -e "$d/marked" ] && [ "$n" -lt 150 ]; do
+  c=; {{ read -r c < "$d/confirmer"; }} 2>/dev/null
+  [ -n "$c" ] && kill -0 "$c" 2>/dev/null || break
+  sleep 0.2; n=$(( n + 1 ))
+done
+if [ -e "$d/marked" ]; then echo "@@found"; {latest}; exit; fi
+# A lock whose marker died (a mark takes a second) is taken after a minute.
+[ -z "$(find "$d/marking" -maxdepth 0 -mmin +1 2>/dev/null)" ] || rmdir "$d/marking"
+mkdir "$d/marking" 2>/dev/null || {{ echo "@@busy"; exit 0; }}
+{mark}; rc=$?
+[ $rc != 0 ] || : > "$d/marked"
+rmdir "$d/marking"; exit $rc
+"#,
+            d = q(dir),
+            mark = mark.unwrap_or(&latest),
+        );
+        let target = run.target.clone();
+        let r = self.remote_with_input(run, &target, &script, input);
+        if r.code != 0 {
+            return Err(format!(
+                "marking it known-good there failed: {}",
+                r.last_error()
+            ));
+        }
+        let (found, json) = match r.stdout.split_once("@@found\n") {
+            Some((_, json)) => (true, json),
+            None if r.stdout.trim() == "@@busy" => {
+                return Err("another deploy is marking it there right now".into());
+            }
+            None => (false, r.stdout.as_str()),
+        };
+        let record: Record = serde_json::from_str(json)
+            .map_err(|e| format!("the target's mark record is unreadable: {e}"))?;
+        Ok(if found || mark.is_none() {
+            TargetMark::Found(record)
+        } else {
+            TargetMark::Made(record)
+        })
+    }
+
+    /// Marks `record`'s closure on the build host, with the same evidence: in its build
+    /// session (the evidence in a here-document: the session's stdin is its input), or
+    /// a new one. Whether it was marked there; a failure is a note (the target's mark
+    /// stands).
+    pub(super) fn mark_on_builder(&self, run: &mut Run, host: &Endpoint, record: &Record) -> bool {
+        let evidence = serde_json::to_string(&record.evidence).expect("serializable");
+        let command = self.mark_command_for(&run.name, &record.closure, &record.rev);
+        let r = self.run_on_build_host(
+            host,
+            &format!("{command} <<'@@evidence'\n{evidence}\n@@evidence"),
+        );
+        if r.code != 0 {
+            self.emit_note(
+                run,
+                format!(
+                    "marking on build host {} failed: {}; the target's mark stands",
+                    host.name,
+                    r.last_error()
+                ),
+            );
+        }
+        r.code == 0
+    }
+
+    /// Finishes what a deploy of this host interrupted after its commit left undone
+    /// ([`Unfinished`]): the target's mark (with the evidence that deploy left there),
+    /// the build host's, this machine's record and the release tag. The target's latest
+    /// mark once done.
+    pub(super) fn finish_interrupted(
+        &self,
+        run: &mut Run,
+        left: Unfinished,
+        builder: Option<&Endpoint>,
+    ) -> Result<Record, Stop> {
+        let closure = left.closure().to_owned();
+        let name = run.name.clone();
+        let needs_human = |why: String| {
+            stop(
+                HostResult::NeedsHuman,
+                format!("{name} runs {closure}, committed by an interrupted deploy, but {why}"),
+            )
+        };
+        let record = match left {
+            Unfinished::Committed {
+                dir,
+                evidence,
+                mark_target,
+            } => {
+                let command = self.mark_command_for(
+                    &run.name,
+                    &closure,
+                    evidence.rev.as_deref().unwrap_or_default(),
+                );
+                let mark = mark_target.then(|| format!("{command} < {}/evidence.json", q(&dir)));
+                match self
+                    .mark_on_target(run, &dir, mark.as_deref(), None)
+                    .map_err(|why| {
+                        stop(
+                            HostResult::Failed,
+                            format!("{name} runs {closure}, committed by another deploy, but {why}: nothing changed; deploy again"),
+                        )
+                    })? {
+                    TargetMark::Made(record) => record,
+                    // Its own deploy marked it: the rest is that deploy's, unless it is
+                    // this machine's and was interrupted since.
+                    TargetMark::Found(record) => {
+                        let ours = read_journals(&self.settings.records_dir, &run.name)
+                            .iter()
+                            .any(|j| same_deploy(&j.evidence, &record.evidence));
+                        if !ours || self.record_path(&record).exists() {
+                            return Ok(record);
+                        }
+                        record
+                    }
+                }
+            }
+            Unfinished::Marked { record } => *record,
+        };
+        let mut wheres = vec![run.name.clone()];
+        if let Some(host) = builder
+            && self.mark_on_builder(run, host, &record)
+        {
+            wheres.push(host.name.clone());
+        }
+        let deployed = record.evidence.gates.iter().any(|g| g.gate == Gate::Build);
+        self.record_here(run, &record, deployed)
+            .map_err(|e| needs_human(format!("writing the deploy record here failed: {e}")))?;
+        self.emit_note(
+            run,
+            format!(
+                "finished the deploy of {closure} that was interrupted after its commit: marked {} on {}",
+                record.mark,
+                wheres.join(" and ")
+            ),
+        );
+        Ok(record)
+    }
+
+    /// Where this machine keeps the record of `record`'s mark.
+    pub(super) fn record_path(&self, record: &Record) -> PathBuf {
+        self.settings
+            .records_dir
+            .join(&record.target)
+            .join(format!("{}.json", record.mark))
+    }
+
+    /// Gate 5's end here, once the target is marked: the record kept on this machine,
+    /// the deploy's journals of it removed, and the release tag where the host has them
+    /// (`deployed`: a rollback redeploys an old release, and release branches only move
+    /// forward).
+    pub(super) fn record_here(
+        &self,
+        run: &mut Run,
+        record: &Record,
+        deployed: bool,
+    ) -> std::io::Result<()> {
+        write_atomic(
+            &self.record_path(record),
+            &serde_json::to_vec_pretty(record).expect("serializable"),
+        )?;
+        for journal in read_journals(&self.settings.records_dir, &run.name) {
+            if same_deploy(&journal.evidence, &record.evidence) {
+                let _ = std::fs::remove_file(&journal.path);
+            }
+        }
+        if run.host.tag_releases && deployed {
+            match &self.settings.release_repo {
+                Some(repo) => match waymark_release::Releases::open(repo).and_then(|r| {
+                    r.tag(&waymark_release::TagRequest {
+                        target: run.name.clone(),
+                        rev: record.rev.clone(),
+                        mark: record.clone(),
+                        tagger: None,
+                    })
+                }) {
+                    Ok(t) => run.release_tag = Some(t.release.tag),
+                    Err(e) => self.emit_note(run, format!("release tag not created: {e}")),
+                },
+                None => self.emit_note(
+                    run,
+                    "release tag not created: the flake is not a local git checkout".into(),
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// This run's journal: its evidence, kept until its record is written, so a later
+    /// deploy can finish it if this one is stopped after the target commits.
+    fn journal_path(&self, host: &str) -> PathBuf {
+        journal_dir(&self.settings.records_dir, host).join(format!("{}.json", self.settings.run_id))
+    }
+
+    /// Keeps this run's journal ([`Deployer::journal_path`]). Failing to keep it only
+    /// loses that help, so it is a note.
+    pub(super) fn keep_journal(&self, run: &mut Run, evidence: &[u8]) {
+        let path = self.journal_path(&run.name);
+        if let Err(e) = write_atomic(&path, evidence) {
+            self.emit_note(
+                run,
+                format!(
+                    "could not keep this deploy's journal {}: {e}",
+                    path.display()
+                ),
+            );
+        }
+    }
+
+    /// Removes this run's journal once the host is known not to have committed its
+    /// closure (restored, or never touched): there is nothing to finish.
+    pub(super) fn drop_journal(&self, host: &str) {
+        let _ = std::fs::remove_file(self.journal_path(host));
+    }
+}
