@@ -775,6 +775,24 @@ fn a_killed_or_interrupted_deployer_leaves_the_previous_closure_running() {
     assert_eq!(lab.system("web1").0, *lab.g(1));
 }
 
+/// A deploy that finished what an interrupted one left: its host unchanged (it runs
+/// the closure, now marked), and a note that says so.
+fn assert_finished(r: &Run) {
+    assert_eq!(r.code, 0, "{}", explain(r));
+    let ev = events(r);
+    assert_eq!(
+        host_report(&ev, "web1")["result"],
+        "unchanged",
+        "{}",
+        explain(r)
+    );
+    assert!(
+        has_note(&ev, "interrupted after its commit"),
+        "{}",
+        explain(r)
+    );
+}
+
 #[test]
 fn a_deploy_stopped_after_its_commit_is_finished_by_the_next_one() {
     let mut lab = TestLab::new(&["web1"]);
@@ -803,20 +821,7 @@ fn a_deploy_stopped_after_its_commit_is_finished_by_the_next_one() {
     assert_eq!(records(&lab), 0);
     // Redeployed at once, while the stopped deploy's shell may still run on the target:
     // the next deploy waits for it, then finishes what it left.
-    let r = lab.deploy(&["web1"]);
-    assert_eq!(r.code, 0, "{}", explain(&r));
-    let ev = events(&r);
-    assert_eq!(
-        host_report(&ev, "web1")["result"],
-        "unchanged",
-        "{}",
-        explain(&r)
-    );
-    assert!(
-        has_note(&ev, "interrupted after its commit"),
-        "{}",
-        explain(&r)
-    );
+    assert_finished(&lab.deploy(&["web1"]));
     assert_eq!(lab.marks("web1", "web1"), std::slice::from_ref(&g1));
     assert_eq!(lab.marks("web1", "builder"), std::slice::from_ref(&g1));
     assert_eq!(records(&lab), 1, "the record is kept here");
@@ -842,20 +847,7 @@ fn a_deploy_stopped_after_its_commit_is_finished_by_the_next_one() {
     assert_eq!(lab.marks("web1", "web1").last(), Some(&g0));
     assert_eq!(lab.marks("web1", "builder").last(), Some(&g1));
     assert_eq!(records(&lab), 1);
-    let r = lab.deploy(&["web1"]);
-    assert_eq!(r.code, 0, "{}", explain(&r));
-    let ev = events(&r);
-    assert_eq!(
-        host_report(&ev, "web1")["result"],
-        "unchanged",
-        "{}",
-        explain(&r)
-    );
-    assert!(
-        has_note(&ev, "interrupted after its commit"),
-        "{}",
-        explain(&r)
-    );
+    assert_finished(&lab.deploy(&["web1"]));
     assert_eq!(lab.marks("web1", "builder").last(), Some(&g0));
     assert_eq!(
         lab.marks("web1", "web1").len(),
