@@ -10,6 +10,7 @@
 
 mod activation;
 mod batch;
+mod decide;
 mod events;
 mod fleet;
 mod pipeline;

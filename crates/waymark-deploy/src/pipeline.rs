@@ -17,6 +17,10 @@ use waymark_store::{DrvFiles, Store, closure_from_path_info, read_closure, shell
 
 use crate::activation::{AgentState, DryRun};
 use crate::batch::{Batcher, batch_script, split_batch};
+use crate::decide::{
+    Baseline, EXIT_AGENT_NOT_STARTED, EXIT_BUSY, EXIT_CONFIRM_LATE, already_there, baseline,
+    commit_verified, restore_verified, rollback_target,
+};
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
 use crate::progress::NixLog;
 use crate::ssh::{DAEMON_SOCKET, Endpoint, Held, Reply, Ssh, Talk};
@@ -1304,21 +1308,9 @@ fi
         }
         let latest = probe.marks.last().cloned();
         if let Mode::Rollback { to } = mode {
-            let record = match to.as_deref() {
-                None => latest.clone(),
-                // The closure before the latest: marks of the same closure again (a
-                // rollback marks anew) do not count.
-                Some("previous") => latest.as_ref().and_then(|l| {
-                    probe
-                        .marks
-                        .iter()
-                        .rev()
-                        .find(|m| m.closure != l.closure)
-                        .cloned()
-                }),
-                Some(m) => probe.marks.iter().find(|r| r.mark == m).cloned(),
-            }
-            .ok_or_else(|| {
+            let record = rollback_target(&probe.marks, to.as_deref())
+                .cloned()
+                .ok_or_else(|| {
                 stop(
                     HostResult::Failed,
                     format!(
@@ -1332,8 +1324,12 @@ fi
             run.drv.clone_from(&record.drv);
             run.rev = Some(record.rev.clone());
             if to.is_none()
-                && probe.running.as_deref() == Some(record.closure.as_str())
-                && probe.profile.as_deref() == Some(record.closure.as_str())
+                && already_there(
+                    probe.running.as_deref(),
+                    probe.profile.as_deref(),
+                    Some(&record),
+                    &record.closure,
+                )
             {
                 return Ok((
                     HostResult::Unchanged,
@@ -1348,9 +1344,12 @@ fi
         let closure = run.closure.clone().expect("set above");
         if mode == &Mode::Deploy
             && self.settings.goal == Goal::Switch
-            && probe.running.as_deref() == Some(closure.as_str())
-            && probe.profile.as_deref() == Some(closure.as_str())
-            && latest.as_ref().is_some_and(|l| l.closure == closure)
+            && already_there(
+                probe.running.as_deref(),
+                probe.profile.as_deref(),
+                latest.as_ref(),
+                &closure,
+            )
         {
             run.change = Some("no change".into());
             return Ok((
@@ -1598,30 +1597,37 @@ fi
                 ),
             ));
         };
-        match latest {
-            None => self.emit_note(
+        match baseline(
+            latest,
+            &running,
+            probe.active.as_deref(),
+            self.settings.allow_drift,
+            matches!(mode, Mode::Rollback { .. }),
+        ) {
+            Baseline::First => self.emit_note(
                 run,
                 format!(
                     "first deploy: {} has no known-good mark yet; if a gate fails it is restored to what it runs now, {running}",
                     run.name
                 ),
             ),
-            Some(l) if l.closure != running && probe.active.is_some() => {
+            Baseline::KnownGood => {}
+            Baseline::Busy(dir) => {
                 return Err(stop(
                     HostResult::Failed,
                     format!(
-                        "another deploy is under way on {} (its agent in {}): nothing changed; deploy again once it ends",
-                        run.name,
-                        probe.active.as_deref().unwrap_or("?")
+                        "another deploy is under way on {} (its agent in {dir}): nothing changed; deploy again once it ends",
+                        run.name
                     ),
                 ));
             }
-            Some(l) if l.closure != running => {
+            Baseline::Drift { allowed } => {
+                let l = latest.expect("drift is from a mark");
                 let what = format!(
                     "{} runs {running}, not its latest known-good closure {} (mark {}): deployed by hand?",
                     run.name, l.closure, l.mark
                 );
-                if self.settings.allow_drift || matches!(mode, Mode::Rollback { .. }) {
+                if allowed {
                     self.emit_note(run, format!("{what} Going on; a failure restores what runs now."));
                 } else {
                     return Err(stop(
@@ -1630,7 +1636,6 @@ fi
                     ));
                 }
             }
-            Some(_) => {}
         }
         let target = run.target.clone();
         let read = |run: &mut Run, path: &str| -> Result<waymark_diff::Closure, Stop> {
@@ -1888,16 +1893,16 @@ echo "dry-rc=$rc"; echo "dry-ms=$(( (${{u1%.*}} - ${{u0%.*}}) * 1000 + (1${{u1#*
             .join(" ");
         let unit = format!("waymark-activate-{}-{}", self.settings.run_id, run.name);
         format!(
-            r#"mkdir -p {dir} || {{ echo "start-failed=yes"; exit 76; }}
+            r#"mkdir -p {dir} || {{ echo "start-failed=yes"; exit {not_started}; }}
 # The lock names who holds it; one whose holder is gone (a reboot clears /run anyway)
 # is taken over.
 if ! mkdir /run/waymark/active 2>/dev/null; then
   holder=$(cat /run/waymark/active/pid 2>/dev/null)
   if [ -n "$holder" ] && kill -0 "$holder" 2>/dev/null &&
     ! grep -q '^State:[[:space:]]*Z' "/proc/$holder/status" 2>/dev/null; then
-    echo "busy=$(cat /run/waymark/active/id 2>/dev/null)"; rmdir {dir}; exit 75
+    echo "busy=$(cat /run/waymark/active/id 2>/dev/null)"; rmdir {dir}; exit {busy}
   fi
-  rm -rf /run/waymark/active; mkdir /run/waymark/active || {{ echo busy=unknown; exit 75; }}
+  rm -rf /run/waymark/active; mkdir /run/waymark/active || {{ echo busy=unknown; exit {busy}; }}
 fi
 echo $$ > /run/waymark/active/pid; echo {dir} > /run/waymark/active/id
 started=
@@ -1913,10 +1918,12 @@ if {{ mkfifo {dir}/events 2>/dev/null || true; }} && cat > {dir}/agent.sh; then
     (cd / && nohup sh {dir}/agent.sh {args} </dev/null >{dir}/agent.log 2>&1 &) && started=yes
   fi
 fi
-if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; exit 76; fi
+if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; exit {not_started}; fi
 {wait}"#,
             dir = q(dir),
             unit = q(&unit),
+            busy = EXIT_BUSY,
+            not_started = EXIT_AGENT_NOT_STARTED,
             wait = wait_script(
                 dir,
                 &format!("awaiting-confirmation|{FINAL}"),
@@ -1936,7 +1943,7 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
     ) -> Result<((), String), Stop> {
         let r = run.launched.take().expect("started with dry-activate");
         let target = run.target.clone();
-        if r.code == 76 {
+        if r.code == EXIT_AGENT_NOT_STARTED {
             return Err(stop(
                 HostResult::Failed,
                 format!(
@@ -1946,7 +1953,7 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
                 ),
             ));
         }
-        if r.code == 75 {
+        if r.code == EXIT_BUSY {
             return Err(stop(
                 HostResult::Failed,
                 format!(
@@ -2272,8 +2279,12 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
         let f = fields(out);
         let running = field(&f, "running").map(str::to_owned);
         run.running.clone_from(&running);
-        if running.as_deref() == Some(rollback_to) && field(&f, "profile") != run.closure.as_deref()
-        {
+        if restore_verified(
+            running.as_deref(),
+            field(&f, "profile"),
+            rollback_to,
+            run.closure.as_deref(),
+        ) {
             stop(HostResult::Failed, message)
         } else {
             stop(
@@ -2353,7 +2364,7 @@ fi
             self.keep_journal(run, evidence);
         }
         let script = format!(
-            "echo $$ > {d}/confirmer\n{keep}mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit 3; }}\nread -r w < {d}/waiter && kill \"$w\" 2>/dev/null\n{pause}{wait}{mark}",
+            "echo $$ > {d}/confirmer\n{keep}mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit {EXIT_CONFIRM_LATE}; }}\nread -r w < {d}/waiter && kill \"$w\" 2>/dev/null\n{pause}{wait}{mark}",
             d = q(dir),
             pause = if fault("pause-after-confirm") {
                 "sleep 3\n"
@@ -2383,7 +2394,7 @@ fi
             // The confirmation ran; its answer is lost on the way back.
             r = Reply::lost(&"ssh: connection reset (WAYMARK_FAULT)");
         }
-        if r.code == 3 {
+        if r.code == EXIT_CONFIRM_LATE {
             return Err(self.await_restore(
                 run,
                 dir,
@@ -2421,7 +2432,7 @@ fi
                 Ok("confirmed over a new connection; kept running, not committed".into())
             }
             AgentState::Committed => {
-                if running.as_deref() == Some(expected_running) && profile == Some(closure) {
+                if commit_verified(running.as_deref(), profile, expected_running, closure) {
                     Ok(if self.settings.goal == Goal::Boot {
                         "confirmed; the boot default, from the next boot".into()
                     } else {
