@@ -1,0 +1,624 @@
+//! Gate 1: the build (on the build host, here, or on the target) and the copy to the
+//! target; the nix commands a deploy runs here.
+
+// The gates are parts of one module: they share its types and helpers.
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// The paths of the new closure the target lacks, when both it and what the target
+/// runs (held there whole) are known here: then only those are sent, and Nix does not
+/// walk the closure path by path over the build host's connection. The root is always
+/// among them, so a copy that succeeds proves the whole closure is there (Nix skips
+/// what the target has). `None`: the whole closure goes.
+pub(super) fn lacking(run: &mut Run, probe: &Probe, closure: &str) -> Option<Vec<String>> {
+    /// Past this many, the copy takes the closure (and no long argument list).
+    const MAX_LISTED: usize = 2000;
+    let url = run.target.store_url();
+    let parse = |json: &str, root: &str| {
+        closure_from_path_info(json.as_bytes(), "/nix/store", root, &url).ok()
+    };
+    if run.new_read.is_none() {
+        run.new_read = run.new_closure.as_deref().and_then(|j| parse(j, closure));
+    }
+    if run.old_read.is_none() {
+        run.old_read = match (&probe.known_old, &probe.old_closure, &probe.running) {
+            (Some(kept), _, _) => Some(kept.clone()),
+            (None, Some(json), Some(running)) => parse(json, running),
+            _ => None,
+        };
+    }
+    let mut lacking = run.new_read.as_ref()?.paths_not_in(run.old_read.as_ref()?);
+    if !lacking.contains(&closure) {
+        lacking.push(closure);
+    }
+    // A `.drv` given to `nix copy` is an installable: older Nix would build its outputs.
+    let listable = lacking.len() <= MAX_LISTED
+        && !lacking.iter().any(|p| {
+            std::path::Path::new(p)
+                .extension()
+                .is_some_and(|x| x == "drv")
+        });
+    listable.then(|| lacking.into_iter().map(str::to_owned).collect())
+}
+
+impl Deployer<'_> {
+    /// Runs `script` on a build host, together with the scripts other hosts submit for
+    /// it meanwhile ([`Batcher`]): the marks of hosts that finish together.
+    pub(super) fn run_on_build_host(&self, host: &Endpoint, script: &str) -> Reply {
+        let batcher = std::sync::Arc::clone(
+            self.build_batches
+                .lock()
+                .expect("not poisoned")
+                .entry(host.destination())
+                .or_default(),
+        );
+        batcher.submit(script, |scripts| {
+            split_batch(
+                self.run_in_build_session(host, &batch_script(scripts)),
+                scripts.len(),
+            )
+        })
+    }
+
+    /// Runs `script` in `host`'s kept build session ([`SERVE`]) when there is one, else
+    /// in a new session.
+    pub(super) fn run_in_build_session(&self, host: &Endpoint, script: &str) -> Reply {
+        let slot = self
+            .build_sessions
+            .lock()
+            .expect("not poisoned")
+            .get(&host.destination())
+            .cloned();
+        if let Some(slot) = slot {
+            let mut kept = slot.lock().expect("not poisoned");
+            if let Some(reply) = kept.as_mut().and_then(|talk| serve(talk, script)) {
+                return reply;
+            }
+            *kept = None;
+        }
+        self.ssh
+            .run(host, script)
+            .unwrap_or_else(|e| Reply::lost(&e))
+    }
+
+    /// Sends derivations to a build host, builds them there in one call (going on past
+    /// failures) and signs what was built. One result per `(drv, out)` item: the
+    /// built closure's `nix path-info --json --recursive`, read there.
+    ///
+    /// One session does it all: it is opened before the derivations are known, is told
+    /// their closure, answers which paths it lacks, imports those (`nix-store --export`
+    /// from here) and builds. Where the build host's user may not import (not trusted by
+    /// its Nix), `nix copy --derivation` sends them instead and a second session builds.
+    pub(crate) fn build_on(
+        &self,
+        builder: &Endpoint,
+        key: &str,
+        items: &[(String, String)],
+        hosts: &[String],
+    ) -> Vec<Result<String, String>> {
+        let all = |e: String| items.iter().map(|_| Err(e.clone())).collect();
+        let drvs: Vec<String> = items.iter().map(|(d, _)| q(d)).collect();
+        let outs: Vec<String> = items.iter().map(|(_, o)| q(o)).collect();
+        // Nix's structured log is relayed line by line as it comes (behind RELAYED),
+        // the build's status kept aside through fd 3.
+        let build_script = format!(
+            r#"exec 4>&1
+rc=$( {{ {{ nix-store --realise --keep-going --log-format internal-json {drvs} 2>&1 >/dev/null 3>&- 4>&-
+  echo $? >&3; }} | while IFS= read -r l; do printf '{RELAYED}%s\n' "$l"; done >&4; }} 3>&1 )
+exec 4>&-
+invalid=$(nix-store --check-validity --print-invalid {outs} 2>/dev/null)
+nl='
+'
+valid=""
+for o in {outs}; do
+  case "$nl$invalid$nl" in *"$nl$o$nl"*) ;; *) valid="$valid $o"; echo "built=$o" ;; esac
+done
+if [ -n "$valid" ]; then
+  signing=$(nix --extra-experimental-features nix-command store sign --key-file {key} --recursive $valid 2>&1) ||
+    printf 'unsigned=%s\n' "$(printf '%s\n' "$signing" | grep . | tail -n 1)"
+fi
+[ "$rc" = 0 ] || echo "rc=$rc"
+[ -z "$valid" ] || {{ echo "@@closures"; nix --extra-experimental-features nix-command path-info --json --recursive $valid 2>/dev/null; echo; }}
+"#,
+            drvs = drvs.join(" "),
+            outs = outs.join(" "),
+            key = q(key),
+        );
+        if let Err(e) = self.ssh.ensure_master(builder) {
+            return all(format!("cannot reach {}: {e}", builder.name));
+        }
+        let mut log = NixLog::default();
+        let mut last_sent = Instant::now();
+        let mut relayed = |line: &str| {
+            let before = log.progress().clone();
+            if !log.feed(line) {
+                return;
+            }
+            let p = log.progress();
+            let counted = (p.total, p.built, p.substituted, p.running, p.failed)
+                != (
+                    before.total,
+                    before.built,
+                    before.substituted,
+                    before.running,
+                    before.failed,
+                );
+            if counted || last_sent.elapsed() >= Duration::from_millis(500) {
+                last_sent = Instant::now();
+                for host in hosts {
+                    self.sink.emit(Event::Build {
+                        schema: SCHEMA,
+                        host: host.clone(),
+                        builder: builder.name.clone(),
+                        at: now(),
+                        progress: p.clone(),
+                    });
+                }
+            }
+        };
+        let session = self.ssh.hold(builder, &build_session_script());
+        let sent = session.map_err(|e| e.to_string()).and_then(|held| {
+            self.send_derivations(builder, held, items, &build_script, &mut relayed)
+        });
+        let r = match sent {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                let mut copy = self.nix(&["copy", "--derivation", "--to", &builder.store_url()]);
+                copy.args(items.iter().map(|(d, _)| d));
+                let mut scratch = Duration::ZERO;
+                if let Err(e) = self.nix_output(&mut scratch, copy) {
+                    return all(format!("sending the derivations to {}: {e}", builder.name));
+                }
+                let mut r = self
+                    .ssh
+                    .run(builder, &build_script)
+                    .unwrap_or_else(|e| Reply::lost(&e));
+                // No session to relay through: the log is read once it is all there.
+                let (relayed_lines, rest): (Vec<&str>, Vec<&str>) =
+                    r.stdout.lines().partition(|l| l.starts_with(RELAYED));
+                for line in relayed_lines {
+                    relayed(&line[RELAYED.len_utf8()..]);
+                }
+                r.stdout = rest.join("\n") + "\n";
+                r
+            }
+            Err(e) => return all(format!("sending the derivations to {}: {e}", builder.name)),
+        };
+        if r.code != 0 {
+            return all(format!("on {}: {}", builder.name, r.last_error()));
+        }
+        // One path-info of every built closure: each host's diff keeps what its root
+        // reaches.
+        let (head, closures) = r
+            .stdout
+            .split_once("@@closures\n")
+            .map_or((r.stdout.as_str(), ""), |(h, c)| (h, c));
+        let f = fields(head);
+        if let Some(why) = field(&f, "unsigned") {
+            return all(format!(
+                "signing on {} with {key} failed: {why}",
+                builder.name
+            ));
+        }
+        let built = f.get("built").cloned().unwrap_or_default();
+        // Nix's first error names the builder that failed; the ones after, what depended
+        // on it.
+        let error = log.failure().unwrap_or_else(|| {
+            format!("the build failed (exit {})", field(&f, "rc").unwrap_or("?"))
+        });
+        // Each host that was not built gets the log of the build that failed: the one,
+        // or, where several failed, its own system's (a dependency's is not told apart).
+        let failed = log.failed_builds();
+        let mut logs = self.build_logs.lock().expect("not poisoned");
+        for (host, (drv, out)) in hosts.iter().zip(items) {
+            let own = match failed.as_slice() {
+                [one] => Some(one),
+                several => several.iter().find(|b| &b.drv == drv),
+            };
+            if let Some(b) = own.filter(|_| !built.contains(&out.as_str())) {
+                logs.insert(host.clone(), b.log_tail.clone());
+            }
+        }
+        drop(logs);
+        items
+            .iter()
+            .map(|(_, o)| {
+                if built.contains(&o.as_str()) && !closures.trim().is_empty() {
+                    Ok(closures.to_owned())
+                } else {
+                    Err(error.clone())
+                }
+            })
+            .collect()
+    }
+
+    /// The conversation of [`Self::build_on`]'s session: the derivations' closure as
+    /// this store has it, then an export of what the build host lacks. The build's
+    /// reply, or `None` when the build host refused the import.
+    pub(super) fn send_derivations(
+        &self,
+        builder: &Endpoint,
+        held: Held,
+        items: &[(String, String)],
+        build_script: &str,
+        relayed: &mut dyn FnMut(&str),
+    ) -> Result<Option<Reply>, String> {
+        let store = Store::from_url(None).map_err(|e| e.to_string())?;
+        let mut closure = BTreeSet::new();
+        for (drv, _) in items {
+            let (c, _) = read_closure(&store, drv).map_err(|e| e.to_string())?;
+            closure.extend(c.paths.into_iter().map(|p| p.path));
+        }
+        let mut list = closure.into_iter().collect::<Vec<_>>().join("\n");
+        list.push_str("\n\n");
+        let mut talk = held.talk(list.as_bytes()).map_err(|e| e.to_string())?;
+        let Some(missing) = talk.lines_until("@@missing") else {
+            return talk.finish().map(Some).map_err(|e| e.to_string());
+        };
+        if missing.iter().any(|l| l == "daemon=yes") {
+            self.ssh.use_daemon(builder);
+        }
+        let missing: Vec<String> = missing.into_iter().filter(|l| l.starts_with('/')).collect();
+        if missing.is_empty() {
+            talk.send(b"none\n").map_err(|e| e.to_string())?;
+        } else {
+            talk.send(b"export\n").map_err(|e| e.to_string())?;
+            let processes = self.ssh.processes();
+            let mut export = processes
+                .spawn(
+                    Command::new("nix-store")
+                        .arg("--export")
+                        .args(&missing)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped()),
+                )
+                .map_err(|e| e.to_string())?;
+            let mut stream = export.stdout.take().expect("piped");
+            let sent = talk.send_from(&mut stream);
+            drop(stream);
+            let status = processes
+                .wait_with_output(export)
+                .map_err(|e| format!("nix-store --export: {e}"))?;
+            if sent.is_err() || !status.status.success() {
+                // The build host may have stopped reading: it refused the import.
+                let reply = talk.finish().map_err(|e| e.to_string())?;
+                if reply.stdout.contains("@@import-refused") {
+                    return Ok(None);
+                }
+                return Err(match sent {
+                    Err(e) => e.to_string(),
+                    Ok(()) => format!(
+                        "nix-store --export: {}",
+                        String::from_utf8_lossy(&status.stderr).trim()
+                    ),
+                });
+            }
+        }
+        // The build is the session's first request, sent once the import is done
+        // (`nix-store --import` reads ahead); the session stays for the marks.
+        if talk.lines_until("@@imported").is_none() {
+            let reply = talk.finish().map_err(|e| e.to_string())?;
+            return Ok((!reply.stdout.contains("@@import-refused")).then_some(reply));
+        }
+        let reply = match serve_relaying(&mut talk, build_script, relayed) {
+            Some(reply) => {
+                self.build_sessions.lock().expect("not poisoned").insert(
+                    builder.destination(),
+                    std::sync::Arc::new(Mutex::new(Some(talk))),
+                );
+                reply
+            }
+            None => talk.finish().map_err(|e| e.to_string())?,
+        };
+        Ok((!reply.stdout.contains("@@import-refused")).then_some(reply))
+    }
+
+    pub(super) fn nix(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nix");
+        cmd.args(["--extra-experimental-features", "nix-command"])
+            .args(args)
+            .stdin(Stdio::null());
+        self.ssh.nix_env(&mut cmd);
+        cmd
+    }
+
+    /// `nix copy` of a closure from one host's store straight to another's, or of only
+    /// the paths `only` (`--no-recursive`: no walk of the closure over the connections);
+    /// the destination checks the signatures.
+    pub(super) fn copy_between(
+        &self,
+        from: &Endpoint,
+        to: &Endpoint,
+        closure: &str,
+        only: Option<&[String]>,
+    ) -> Command {
+        let mut copy = self.nix(&[
+            "copy",
+            "--from",
+            &from.store_url(),
+            "--to",
+            &self.ssh.destination_store_url(to),
+        ]);
+        match only {
+            Some(paths) => copy.arg("--no-recursive").args(paths),
+            None => copy.arg(closure),
+        };
+        copy
+    }
+
+    /// Copies a closure from one host's store to another's: through their nix-daemon
+    /// sockets where they run one, and over `nix-daemon --stdio` sessions again if the
+    /// sockets cannot be reached (the hosts' sshd refuses forwarding). With `only`,
+    /// those paths alone go first (see [`lacking`]), and the whole closure if that fails.
+    pub(super) fn copy_closure(
+        &self,
+        run: &mut Run,
+        from: &Endpoint,
+        to: &Endpoint,
+        closure: &str,
+        only: Option<&[String]>,
+    ) -> Result<String, String> {
+        if fault("interrupt-copy") {
+            return self.interrupted(self.copy_between(from, to, closure, only));
+        }
+        let attempts = if only.is_some() {
+            vec![only, None]
+        } else {
+            vec![None]
+        };
+        let mut copied = Err(String::new());
+        for paths in attempts {
+            if let (Err(e), Some(listed)) = (&copied, only)
+                && paths.is_none()
+            {
+                self.emit_note(
+                    run,
+                    format!(
+                        "sending the {} paths {} lacks failed ({e}); copying the whole closure",
+                        listed.len(),
+                        to.name
+                    ),
+                );
+            }
+            copied = match self.nix_run(run, self.copy_between(from, to, closure, paths)) {
+                Err(e)
+                    if e.contains("cannot open connection to remote store")
+                        && self.ssh.forget_daemons(&[from, to]) =>
+                {
+                    self.emit_note(
+                        run,
+                        format!(
+                            "no nix-daemon socket through ssh ({e}); copying over ssh sessions"
+                        ),
+                    );
+                    self.nix_run(run, self.copy_between(from, to, closure, paths))
+                }
+                other => other,
+            };
+            if copied.is_ok() {
+                break;
+            }
+        }
+        copied
+    }
+
+    /// Runs a local nix command, timing it as Nix's own work.
+    pub(super) fn nix_run(&self, run: &mut Run, cmd: Command) -> Result<String, String> {
+        self.nix_output(&mut run.nix_time, cmd)
+    }
+
+    /// Test hook (`WAYMARK_FAULT=interrupt-copy`): the copy is killed a moment after it
+    /// started, as a dropped connection or a killed process would end it.
+    pub(super) fn interrupted(&self, mut cmd: Command) -> Result<String, String> {
+        let processes = self.ssh.processes();
+        let mut child = processes
+            .spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null()))
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(150));
+        let _ = child.kill();
+        let _ = processes.wait(&mut child);
+        Err("interrupted (WAYMARK_FAULT=interrupt-copy)".into())
+    }
+
+    /// Runs a local nix command among the run's processes (none starts once the run
+    /// is ending), timing it on `clock`.
+    pub(super) fn nix_output(
+        &self,
+        clock: &mut Duration,
+        mut cmd: Command,
+    ) -> Result<String, String> {
+        let started = Instant::now();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = self
+            .ssh
+            .processes()
+            .output(&mut cmd, None)
+            .map_err(|e| e.to_string())?;
+        *clock += started.elapsed();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            Err(stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no error message")
+                .trim()
+                .to_owned())
+        }
+    }
+
+    pub(super) fn build_at(&self, run: &Run) -> Result<BuildAt, Stop> {
+        match &run.host.build_host {
+            Some(b) => {
+                let builder = self.fleet.hosts.get(b).ok_or_else(|| {
+                    stop(
+                        HostResult::Error,
+                        format!("build host {b} is not a fleet host"),
+                    )
+                })?;
+                let key = builder.signing_key_file.clone().ok_or_else(|| {
+                    stop(
+                        HostResult::Error,
+                        format!(
+                            "build host {b} declares no waymark.deploy.signingKeyFile: {} would refuse its unsigned paths",
+                            run.name
+                        ),
+                    )
+                })?;
+                Ok(BuildAt::Builder {
+                    host: self.endpoint(b).expect("a fleet host"),
+                    key,
+                })
+            }
+            None if run.host.allow_build_on_target => Ok(BuildAt::Target),
+            None => match &self.settings.local_signing_key {
+                Some(key) => Ok(BuildAt::Local { key: key.clone() }),
+                None => Err(stop(
+                    HostResult::Error,
+                    format!(
+                        "{} has no build host, so it is built here: give --signing-key (a key {} trusts), declare waymark.deploy.buildHost, or allow building on the target",
+                        run.name, run.name
+                    ),
+                )),
+            },
+        }
+    }
+
+    pub(super) fn build(
+        &self,
+        run: &mut Run,
+        at: &BuildAt,
+        closure: &str,
+        probe: &Probe,
+    ) -> Result<((), String), Stop> {
+        let drv = run.drv.clone().expect("deploys have a derivation");
+        let failed = |what: &str, why: String| {
+            stop(
+                HostResult::Error,
+                format!("{what} failed: {why}; the target was not touched"),
+            )
+        };
+        let target_url = self.ssh.destination_store_url(&run.target);
+        match at {
+            BuildAt::Builder { host, key } => {
+                run.masters_opened += self.opened(host);
+                let prebuilt = {
+                    // A batch build for this host may still be under way.
+                    let mut map = self.prebuilt.lock().expect("not poisoned");
+                    while matches!(map.get(&run.name), Some(None)) {
+                        map = self.prebuilt_done.wait(map).expect("not poisoned");
+                    }
+                    map.remove(&run.name).flatten()
+                };
+                let how = match prebuilt {
+                    Some(Ok((how, closure_json))) => {
+                        run.new_closure = Some(closure_json);
+                        how
+                    }
+                    Some(Err(e)) => return Err(failed(&format!("building on {}", host.name), e)),
+                    None => {
+                        let (result, took) = run.early_build.take().unwrap_or_else(|| {
+                            let started = Instant::now();
+                            let result = self
+                                .build_on(
+                                    host,
+                                    key,
+                                    &[(drv.clone(), closure.to_owned())],
+                                    std::slice::from_ref(&run.name),
+                                )
+                                .remove(0);
+                            (result, started.elapsed())
+                        });
+                        run.nix_time += took;
+                        run.new_closure = Some(
+                            result.map_err(|e| failed(&format!("building on {}", host.name), e))?,
+                        );
+                        format!("built on {}", host.name)
+                    }
+                };
+                let target = run.target.clone();
+                let lacking = lacking(run, probe, closure);
+                self.copy_closure(run, host, &target, closure, lacking.as_deref())
+                    .map_err(|e| {
+                        failed(&format!("copying from {} to {}", host.name, run.name), e)
+                    })?;
+                Ok(((), format!("{how}, copied to {}", run.name)))
+            }
+            BuildAt::Local { key } => {
+                let mut realise = Command::new("nix-store");
+                realise.args(["--realise", &drv, "--quiet"]);
+                self.nix_run(run, realise)
+                    .map_err(|e| failed("building here", e))?;
+                let mut sign = self.nix(&["store", "sign", "--recursive", "--key-file"]);
+                sign.arg(key).arg(closure);
+                self.nix_run(run, sign).map_err(|e| failed("signing", e))?;
+                let copy = self.nix(&["copy", "--to", &target_url, closure]);
+                self.nix_run(run, copy)
+                    .map_err(|e| failed(&format!("copying to {}", run.name), e))?;
+                Ok(((), format!("built here and copied to {}", run.name)))
+            }
+            BuildAt::Target => {
+                let copy = self.nix(&["copy", "--derivation", "--to", &target_url, &drv]);
+                self.nix_run(run, copy)
+                    .map_err(|e| failed("sending the derivation to the target", e))?;
+                let target = run.target.clone();
+                let started = Instant::now();
+                let r = self.remote(
+                    run,
+                    &target,
+                    &format!("nix-store --realise {} --quiet", q(&drv)),
+                );
+                // Nix's work, not waiting on the host.
+                run.remote_time = run.remote_time.saturating_sub(started.elapsed());
+                run.nix_time += started.elapsed();
+                if r.code != 0 {
+                    return Err(failed("building on the target", r.last_error()));
+                }
+                Ok(((), format!("built on {} (allowBuildOnTarget)", run.name)))
+            }
+        }
+    }
+
+    /// A rollback's closure must be on the target: it is, or it comes from the build
+    /// host, which keeps known-good closures rooted too.
+    pub(super) fn ensure_on_target(&self, run: &mut Run, closure: &str) -> Result<(), Stop> {
+        let target = run.target.clone();
+        let check = format!("nix-store --check-validity {} 2>/dev/null", q(closure));
+        if self.remote(run, &target, &check).code == 0 {
+            return Ok(());
+        }
+        let (name, rev) = (run.name.clone(), run.rev.clone().unwrap_or_default());
+        let gone = |why: String| {
+            stop(
+                HostResult::Error,
+                format!(
+                    "{closure} is no longer in {name}'s store and {why}: redeploy it with waymark deploy from its commit {rev}"
+                ),
+            )
+        };
+        let Some(builder) = run
+            .host
+            .build_host
+            .as_deref()
+            .and_then(|b| self.endpoint(b))
+        else {
+            return Err(gone("there is no build host to copy it from".into()));
+        };
+        run.masters_opened += self.opened(&builder);
+        self.copy_closure(run, &builder, &target, closure, None)
+            .map_err(|e| gone(format!("copying it from {} failed ({e})", builder.name)))?;
+        self.emit_note(
+            run,
+            format!(
+                "copied {closure} from {}, which keeps it known-good",
+                builder.name
+            ),
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! What the target says of itself before anything is done there: what it runs and
+//! boots, its marks, its failed units, the agents of earlier deploys.
+
+// The gates are parts of one module: they share its types and helpers.
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+impl Deployer<'_> {
+    /// Asks the target what it runs, its known-good marks and its failed units: one
+    /// round trip. The session stays open (`run.held_launch`): it runs the next script
+    /// it is sent (gate 3's), or ends without doing anything when its input ends.
+    pub(super) fn probe(&self, run: &mut Run) -> Result<Probe, Stop> {
+        // What this machine committed last: read there only if something else runs.
+        let kept = kept_closure(&self.settings.closures_dir, &run.name);
+        let script = probe_script(
+            &self.settings.remote_waymark,
+            kept.as_ref().map(|c| c.root.as_str()),
+        );
+        let target = run.target.clone();
+        run.masters_opened += self.opened(&target);
+        let started = Instant::now();
+        let r = match self.ssh.hold(&target, &script).and_then(|h| h.talk(b"")) {
+            Ok(mut talk) => match talk.lines_until(PROBED) {
+                Some(lines) => {
+                    run.held_launch = Some(talk);
+                    Reply {
+                        code: 0,
+                        stdout: lines.join("\n") + "\n",
+                        stderr: String::new(),
+                    }
+                }
+                None => talk.finish().unwrap_or_else(|e| Reply::lost(&e)),
+            },
+            Err(e) => Reply::lost(&e),
+        };
+        run.remote_time += started.elapsed();
+        if r.code == 255 && !r.stdout.contains("@@marks") {
+            return Err(stop(
+                HostResult::Error,
+                format!("cannot reach {}: {}", target.destination(), r.last_error()),
+            ));
+        }
+        let (head, rest) = r.stdout.split_once("@@marks\n").unwrap_or((&r.stdout, ""));
+        let (marks_json, old_json) = rest.split_once("@@old\n").unwrap_or((rest, ""));
+        let f = fields(head);
+        if field(&f, "daemon").is_some() {
+            self.ssh.use_daemon(&target);
+        }
+        if marks_json.trim().is_empty() {
+            return Err(stop(
+                HostResult::Error,
+                format!(
+                    "`{} known-good` cannot run on {} ({}): install waymark there (waymark.knownGood.package) or pass --remote-waymark",
+                    self.settings.remote_waymark,
+                    run.name,
+                    r.last_error()
+                ),
+            ));
+        }
+        let listing: serde_json::Value = serde_json::from_str(marks_json).map_err(|e| {
+            stop(
+                HostResult::Error,
+                format!(
+                    "reading the known-good marks of {} on the target: {e}: {}",
+                    run.name,
+                    r.last_error()
+                ),
+            )
+        })?;
+        let mut marks: Vec<Record> =
+            serde_json::from_value(listing["marks"].clone()).map_err(|e| {
+                stop(
+                    HostResult::Error,
+                    format!("the target's known-good records are not readable: {e}"),
+                )
+            })?;
+        // A mark the target itself reports broken (its root gone or repointed, its
+        // closure no longer valid) is no rollback target and no known-good baseline.
+        let broken: Vec<waymark_known_good::Repair> =
+            serde_json::from_value(listing["repairs"].clone()).unwrap_or_default();
+        let broken: BTreeSet<&str> = broken
+            .iter()
+            .filter(|r| r.broken && r.target == run.name)
+            .map(|r| r.mark.as_str())
+            .collect();
+        marks.retain(|m| m.target == run.name && !broken.contains(m.mark.as_str()));
+        if !broken.is_empty() {
+            self.emit_note(
+                run,
+                format!(
+                    "{} reports broken known-good marks, left out: {} (see waymark known-good list there)",
+                    run.name,
+                    broken.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        let running = field(&f, "running");
+        Ok(Probe {
+            known_old: kept.filter(|c| running == Some(c.root.as_str())),
+            running: running.map(str::to_owned),
+            profile: field(&f, "profile").map(str::to_owned),
+            old_closure: (!old_json.trim().is_empty()).then(|| old_json.to_owned()),
+            marks,
+            agents: parse_agents(head),
+            active: field(&f, "active").map(str::to_owned),
+            failed_units: field(&f, "units").map(|_| {
+                f.get("failed")
+                    .map(|v| v.iter().map(|s| (*s).to_owned()).collect())
+                    .unwrap_or_default()
+            }),
+        })
+    }
+}
