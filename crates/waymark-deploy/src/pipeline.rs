@@ -198,23 +198,16 @@ struct Run<'h> {
     new_read: Option<waymark_diff::Closure>,
     /// What runs, once read for the copy; the diff compares against it.
     old_read: Option<waymark_diff::Closure>,
-    /// The build on the build host, done while the target was probed, and its time.
-    early_build: Option<(Result<String, String>, Duration)>,
-    /// The reply of the call that dry-activated and started the agent (gate 3 and the
-    /// start of gate 4 share one round trip).
-    launched: Option<Reply>,
-    /// The probe's session, kept open for gate 3: it runs the script it is sent next.
-    held_launch: Option<Talk>,
     /// Time measured in one gate that belongs to the next (the shared round trip).
     carry: Duration,
-    /// The target's known-good record, made over the confirmation's connection.
-    target_record: Option<Record>,
     notes: Vec<String>,
 }
 
 /// What the target said when probed.
 #[derive(Default)]
 struct Probe {
+    /// The probe's session, kept open for gate 3: it runs the script it is sent next.
+    held: Option<Talk>,
     running: Option<String>,
     /// What the system profile (the boot default) points at.
     profile: Option<String>,
@@ -397,11 +390,7 @@ impl<'a> Deployer<'a> {
             new_closure: None,
             new_read: None,
             old_read: None,
-            early_build: None,
-            held_launch: None,
-            launched: None,
             carry: Duration::ZERO,
-            target_record: None,
             notes: Vec::new(),
         };
         let (result, message) = match self.pipeline(&mut run, mode) {
@@ -513,7 +502,6 @@ impl<'a> Deployer<'a> {
                 early.map(|h| h.join().expect("building does not panic")),
             )
         });
-        run.early_build = early;
         let mut probe = probe?;
         run.running.clone_from(&probe.running);
         // A deploy of this host interrupted after its commit is finished first: its own
@@ -601,8 +589,9 @@ impl<'a> Deployer<'a> {
         // The probe's session waits for gate 3's script while the closure is built and
         // copied; it only runs once gates 1 and 2 passed, and never if they did not.
         let dir = format!("/run/waymark/deploy/{}-{}", self.settings.run_id, run.name);
+        let mut held = probe.held.take();
         if self.settings.goal <= Goal::Diff || self.settings.ask || probe.running.is_none() {
-            run.held_launch = None; // its input ends: it ends
+            held = None; // its input ends: it ends
         }
 
         // Gate 1: build on the builder, copy from there to the target. A rollback only
@@ -610,9 +599,9 @@ impl<'a> Deployer<'a> {
         match &build_at {
             Some(at) => {
                 // The part done during the probe counts in the gate.
-                run.carry = run.early_build.as_ref().map_or(Duration::ZERO, |(_, t)| *t);
+                run.carry = early.as_ref().map_or(Duration::ZERO, |(_, t)| *t);
                 self.gate(run, Gate::Build, |d, run| {
-                    d.build(run, at, &closure, &probe)
+                    d.build(run, at, &closure, &probe, early)
                 })?;
             }
             None => self.ensure_on_target(run, &closure)?,
@@ -634,20 +623,21 @@ impl<'a> Deployer<'a> {
 
         // Gate 3: dry-activate, in one round trip with the start of gate 4 (the agent is
         // only started when dry-activate passed).
-        self.gate(run, Gate::DryActivate, |d, run| {
-            d.dry_activate_and_launch(run, &dir, &closure, &rollback_to)
+        let launched = self.gate(run, Gate::DryActivate, |d, run| {
+            d.dry_activate_and_launch(run, held, &dir, &closure, &rollback_to)
         })?;
-        if self.settings.goal == Goal::DryActivate {
+        let Some(launched) = launched else {
             return Ok((
                 HostResult::Deployed,
                 "dry-activated; nothing changed".into(),
             ));
-        }
+        };
 
         // Gates 4 and 5 under the agent's watchdog.
         self.gate(run, Gate::Test, |d, run| {
             d.switch_test(
                 run,
+                launched,
                 &dir,
                 &closure,
                 &rollback_to,
@@ -667,13 +657,12 @@ impl<'a> Deployer<'a> {
         } else {
             Gate::Switch
         };
-        self.gate(run, commit_gate, |d, run| {
+        let marked_there = self.gate(run, commit_gate, |d, run| {
             d.confirm(run, &dir, &closure, &rollback_to)
-                .map(|m| ((), m))
         })?;
 
         self.gate(run, Gate::Mark, |d, run| {
-            d.mark(run, &dir, &closure, build_at.as_ref())
+            d.mark(run, &dir, &closure, build_at.as_ref(), marked_there)
         })?;
         Ok((
             HostResult::Deployed,
@@ -706,6 +695,7 @@ impl<'a> Deployer<'a> {
         dir: &str,
         closure: &str,
         build_at: Option<&BuildAt>,
+        marked_there: Option<Record>,
     ) -> Result<((), String), Stop> {
         if fault("pause-before-record") {
             std::thread::sleep(Duration::from_secs(3));
@@ -720,7 +710,7 @@ impl<'a> Deployer<'a> {
         // The target's mark was made over the confirmation's connection; made here only
         // if that did not happen (then under the agent directory's marking lock: the
         // confirmation's shell may still be at work if only its connection was lost).
-        let record = if let Some(record) = run.target_record.take() {
+        let record = if let Some(record) = marked_there {
             record
         } else {
             let evidence = Self::evidence(run, closure, None);

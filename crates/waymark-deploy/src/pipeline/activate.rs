@@ -20,20 +20,26 @@ pub(super) fn checks_budget(host: &Host) -> u64 {
         .sum()
 }
 
+/// Gate 3's hand-off to gate 4: the agent was started, and this is its reply (the
+/// activation's outcome, or the connection lost while it ran).
+pub(super) struct Launched(Reply);
+
 impl Deployer<'_> {
     /// Gate 3, and the start of gate 4 in the same round trip: dry-activate, and only
     /// when it passed (and the goal goes further), start the agent and wait for its
-    /// activation. The agent's part of the reply waits in `run.launched`.
+    /// activation: its reply is gate 4's to read ([`Launched`]). Sent over the probe's
+    /// session (`held`) when there is one.
     pub(super) fn dry_activate_and_launch(
         &self,
         run: &mut Run,
+        held: Option<Talk>,
         dir: &str,
         closure: &str,
         rollback_to: &str,
-    ) -> Result<((), String), Stop> {
+    ) -> Result<(Option<Launched>, String), Stop> {
         let launches = self.settings.goal > Goal::DryActivate;
         let started = Instant::now();
-        let r = if let Some(mut talk) = run.held_launch.take() {
+        let r = if let Some(mut talk) = held {
             let mut input = self
                 .dry_launch_script(run, dir, closure, rollback_to)
                 .into_bytes();
@@ -85,16 +91,17 @@ impl Deployer<'_> {
                 ));
             }
         }
-        if launches {
-            let dry_ms = field(&f, "dry-ms")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            run.carry = started
-                .elapsed()
-                .saturating_sub(Duration::from_millis(dry_ms));
-            run.launched = Some(r);
+        let summary = DryRun::parse(&output).summary();
+        if !launches {
+            return Ok((None, summary));
         }
-        Ok(((), DryRun::parse(&output).summary()))
+        let dry_ms = field(&f, "dry-ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        run.carry = started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(dry_ms));
+        Ok((Some(Launched(r)), summary))
     }
 
     /// The round trip of dry-activate and the agent's start was lost: the agent may
@@ -236,12 +243,13 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
     pub(super) fn switch_test(
         &self,
         run: &mut Run,
+        launched: Launched,
         dir: &str,
         closure: &str,
         rollback_to: &str,
         failed_before: Option<&[String]>,
     ) -> Result<((), String), Stop> {
-        let r = run.launched.take().expect("started with dry-activate");
+        let Launched(r) = launched;
         let target = run.target.clone();
         if r.code == EXIT_AGENT_NOT_STARTED {
             return Err(stop(

@@ -41,6 +41,10 @@ pub(super) fn lacking(run: &mut Run, probe: &Probe, closure: &str) -> Option<Vec
     listable.then(|| lacking.into_iter().map(str::to_owned).collect())
 }
 
+/// The build on the build host done while the target was probed (its result and its
+/// time): gate 1 takes it instead of building.
+pub(super) type EarlyBuild = (Result<String, String>, Duration);
+
 impl Deployer<'_> {
     /// Runs `script` on a build host, together with the scripts other hosts submit for
     /// it meanwhile ([`Batcher`]): the marks of hosts that finish together.
@@ -495,6 +499,7 @@ fi
         at: &BuildAt,
         closure: &str,
         probe: &Probe,
+        early: Option<EarlyBuild>,
     ) -> Result<((), String), Stop> {
         let drv = run.drv.clone().expect("deploys have a derivation");
         let failed = |what: &str, why: String| {
@@ -522,7 +527,7 @@ fi
                     }
                     Some(Err(e)) => return Err(failed(&format!("building on {}", host.name), e)),
                     None => {
-                        let (result, took) = run.early_build.take().unwrap_or_else(|| {
+                        let (result, took) = early.unwrap_or_else(|| {
                             let started = Instant::now();
                             let result = self
                                 .build_on(

@@ -13,7 +13,7 @@ impl Deployer<'_> {
         dir: &str,
         closure: &str,
         rollback_to: &str,
-    ) -> Result<String, Stop> {
+    ) -> Result<(Option<Record>, String), Stop> {
         let target = run.target.clone();
         if fault("late-confirm") {
             let late = run.host.confirm_timeout + checks_budget(run.host) + 4;
@@ -125,27 +125,30 @@ fi
             );
         }
         let (head, marked) = r.stdout.split_once("@@mark\n").unwrap_or((&r.stdout, ""));
-        if let Some((json, "0")) = marked
+        // The target's mark, made over this connection: gate 5's end needs no other.
+        let marked_there: Option<Record> = marked
             .rsplit_once("@@mark-exit ")
-            .map(|(j, code)| (j, code.trim()))
-        {
-            run.target_record = serde_json::from_str(json).ok();
-        }
+            .filter(|(_, code)| code.trim() == "0")
+            .and_then(|(json, _)| serde_json::from_str(json).ok());
         let f = fields(head);
         let running = field(&f, "running").map(str::to_owned);
         let profile = field(&f, "profile");
         run.running.clone_from(&running);
         match AgentState::parse(field(&f, "state").unwrap_or("")) {
-            AgentState::Kept if running.as_deref() == Some(closure) => {
-                Ok("confirmed over a new connection; kept running, not committed".into())
-            }
+            AgentState::Kept if running.as_deref() == Some(closure) => Ok((
+                marked_there,
+                "confirmed over a new connection; kept running, not committed".into(),
+            )),
             AgentState::Committed => {
                 if commit_verified(running.as_deref(), profile, expected_running, closure) {
-                    Ok(if self.settings.goal == Goal::Boot {
-                        "confirmed; the boot default, from the next boot".into()
-                    } else {
-                        "confirmed over a new connection; profile and boot entry set".into()
-                    })
+                    Ok((
+                        marked_there,
+                        if self.settings.goal == Goal::Boot {
+                            "confirmed; the boot default, from the next boot".into()
+                        } else {
+                            "confirmed over a new connection; profile and boot entry set".into()
+                        },
+                    ))
                 } else {
                     Err(stop(
                         HostResult::NeedsHuman,

@@ -7,7 +7,7 @@ use super::*;
 
 impl Deployer<'_> {
     /// Asks the target what it runs, its known-good marks and its failed units: one
-    /// round trip. The session stays open (`run.held_launch`): it runs the next script
+    /// round trip. The session stays open (`Probe::held`): it runs the next script
     /// it is sent (gate 3's), or ends without doing anything when its input ends.
     pub(super) fn probe(&self, run: &mut Run) -> Result<Probe, Stop> {
         // What this machine committed last: read there only if something else runs.
@@ -19,10 +19,11 @@ impl Deployer<'_> {
         let target = run.target.clone();
         run.masters_opened += self.opened(&target);
         let started = Instant::now();
+        let mut session = None;
         let r = match self.ssh.hold(&target, &script).and_then(|h| h.talk(b"")) {
             Ok(mut talk) => match talk.lines_until(PROBED) {
                 Some(lines) => {
-                    run.held_launch = Some(talk);
+                    session = Some(talk);
                     Reply {
                         code: 0,
                         stdout: lines.join("\n") + "\n",
@@ -96,6 +97,7 @@ impl Deployer<'_> {
         }
         let running = field(&f, "running");
         Ok(Probe {
+            held: session,
             known_old: kept.filter(|c| running == Some(c.root.as_str())),
             running: running.map(str::to_owned),
             profile: field(&f, "profile").map(str::to_owned),
