@@ -42,8 +42,8 @@ pub fn already_there(
 }
 
 /// What the target runs, against its marks: may the deploy replace it?
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Baseline {
+#[derive(Debug, Clone, PartialEq)]
+pub enum Baseline<'r> {
     /// No mark yet: the first deploy (a failure restores what runs now).
     First,
     /// It runs its latest known-good closure.
@@ -51,27 +51,29 @@ pub enum Baseline {
     /// Another deploy's agent is at work there (its directory): not a hand deploy, and
     /// not to be overwritten now.
     Busy(String),
-    /// It runs another closure than its latest mark: a hand deploy. `allowed` where the
-    /// operator said so (`--allow-drift`) or a rollback asks for exactly this.
-    Drift { allowed: bool },
+    /// It runs another closure than its latest mark (`latest`): a hand deploy.
+    /// `allowed` where the operator said so (`--allow-drift`) or a rollback asks for
+    /// exactly this.
+    Drift { allowed: bool, latest: &'r Record },
 }
 
 /// The diff gate's judgement of what `running` is, given the target's latest mark and
 /// the agent directory of a deploy holding its activation lock, if any.
-pub fn baseline(
-    latest: Option<&Record>,
+pub fn baseline<'r>(
+    latest: Option<&'r Record>,
     running: &str,
     active: Option<&str>,
     allow_drift: bool,
     rollback: bool,
-) -> Baseline {
+) -> Baseline<'r> {
     match latest {
         None => Baseline::First,
         Some(l) if l.closure == running => Baseline::KnownGood,
-        Some(_) => match active {
+        Some(l) => match active {
             Some(dir) => Baseline::Busy(dir.to_owned()),
             None => Baseline::Drift {
                 allowed: allow_drift || rollback,
+                latest: l,
             },
         },
     }
@@ -175,15 +177,24 @@ mod tests {
         );
         assert_eq!(
             baseline(Some(&latest), G0, None, false, false),
-            Baseline::Drift { allowed: false }
+            Baseline::Drift {
+                allowed: false,
+                latest: &latest
+            }
         );
         assert_eq!(
             baseline(Some(&latest), G0, None, true, false),
-            Baseline::Drift { allowed: true }
+            Baseline::Drift {
+                allowed: true,
+                latest: &latest
+            }
         );
         assert_eq!(
             baseline(Some(&latest), G0, None, false, true),
-            Baseline::Drift { allowed: true },
+            Baseline::Drift {
+                allowed: true,
+                latest: &latest
+            },
             "a rollback replaces what runs by design"
         );
         assert_eq!(

@@ -162,6 +162,19 @@ fn stop(result: HostResult, message: impl Into<String>) -> Stop {
     }
 }
 
+/// What one host's run deploys: a closure built from the flake (where, from which
+/// derivation), or a known-good closure again (the mark is found on the target).
+enum Wanted {
+    Build {
+        at: BuildAt,
+        drv: String,
+        closure: String,
+    },
+    Rollback {
+        to: Option<String>,
+    },
+}
+
 /// Where a host's closure is built.
 enum BuildAt {
     /// On a build host, signed there.
@@ -431,33 +444,40 @@ impl<'a> Deployer<'a> {
     }
 
     fn pipeline(&self, run: &mut Run, mode: &Mode) -> Result<(HostResult, String), Stop> {
-        let build_at = match mode {
-            Mode::Deploy => Some(self.build_at(run)?),
-            Mode::Rollback { .. } => None,
-        };
-        if let Mode::Deploy = mode {
-            run.drv = Some(run.host.toplevel.clone().ok_or_else(|| {
-                stop(
-                    HostResult::Error,
-                    format!("{} has no system.build.toplevel to deploy", run.name),
-                )
-            })?);
-            run.closure = Some(run.host.closure.clone().ok_or_else(|| {
-                stop(
-                    HostResult::Error,
-                    format!(
-                        "the fleet description gives no closure path for {}",
-                        run.name
-                    ),
-                )
-            })?);
-            if run.rev.is_none() {
-                return Err(stop(
-                    HostResult::Error,
-                    "no commit to record: deploy from a clean git checkout, or pass --rev",
-                ));
+        let wanted = match mode {
+            Mode::Deploy => {
+                let at = self.build_at(run)?;
+                let drv = run.host.toplevel.clone().ok_or_else(|| {
+                    stop(
+                        HostResult::Error,
+                        format!("{} has no system.build.toplevel to deploy", run.name),
+                    )
+                })?;
+                let closure = run.host.closure.clone().ok_or_else(|| {
+                    stop(
+                        HostResult::Error,
+                        format!(
+                            "the fleet description gives no closure path for {}",
+                            run.name
+                        ),
+                    )
+                })?;
+                if run.rev.is_none() {
+                    return Err(stop(
+                        HostResult::Error,
+                        "no commit to record: deploy from a clean git checkout, or pass --rev",
+                    ));
+                }
+                run.drv = Some(drv.clone());
+                run.closure = Some(closure.clone());
+                Wanted::Build { at, drv, closure }
             }
-        }
+            Mode::Rollback { to } => Wanted::Rollback { to: to.clone() },
+        };
+        let build_at = match &wanted {
+            Wanted::Build { at, .. } => Some(at),
+            Wanted::Rollback { .. } => None,
+        };
         // The two handshakes at once: the build host's master opens while the target
         // is probed.
         let builder = match &build_at {
@@ -473,14 +493,19 @@ impl<'a> Deployer<'a> {
                     .expect("not poisoned")
                     .contains_key(&run.name) =>
             {
-                Some((key.clone(), run.drv.clone(), run.closure.clone()))
+                match &wanted {
+                    Wanted::Build { drv, closure, .. } => {
+                        Some((key.clone(), drv.clone(), closure.clone()))
+                    }
+                    Wanted::Rollback { .. } => None,
+                }
             }
             _ => None,
         };
         let name = run.name.clone();
         let (probe, early) = std::thread::scope(|scope| {
             let early = match (&builder, early) {
-                (Some(b), Some((key, Some(drv), Some(out)))) => {
+                (Some(b), Some((key, drv, out))) => {
                     // build_on opens the master; count it here, where it is known.
                     run.masters_opened += u32::from(self.ssh.claim(b));
                     Some(scope.spawn(move || {
@@ -521,7 +546,7 @@ impl<'a> Deployer<'a> {
         // (A build touches no target: it leaves that to the next deploy that does.)
         if let Some(left) = left.filter(|_| self.settings.goal > Goal::Build) {
             // A rollback builds nothing, but the deploy it finishes was built there.
-            let builder = match &build_at {
+            let builder = match build_at {
                 Some(BuildAt::Builder { host, .. }) => Some(host.clone()),
                 Some(_) => None,
                 None => match self.build_at(run) {
@@ -535,8 +560,10 @@ impl<'a> Deployer<'a> {
             }
         }
         let latest = probe.marks.last().cloned();
-        if let Mode::Rollback { to } = mode {
-            let record = rollback_target(&probe.marks, to.as_deref())
+        let closure = match &wanted {
+            Wanted::Build { closure, .. } => closure.clone(),
+            Wanted::Rollback { to } => {
+                let record = rollback_target(&probe.marks, to.as_deref())
                 .cloned()
                 .ok_or_else(|| {
                 stop(
@@ -548,28 +575,29 @@ impl<'a> Deployer<'a> {
                     ),
                 )
             })?;
-            run.closure = Some(record.closure.clone());
-            run.drv.clone_from(&record.drv);
-            run.rev = Some(record.rev.clone());
-            if to.is_none()
-                && already_there(
-                    probe.running.as_deref(),
-                    probe.profile.as_deref(),
-                    Some(&record),
-                    &record.closure,
-                )
-            {
-                return Ok((
-                    HostResult::Unchanged,
-                    format!("already runs its latest known-good mark {}", record.mark),
-                ));
+                run.closure = Some(record.closure.clone());
+                run.drv.clone_from(&record.drv);
+                run.rev = Some(record.rev.clone());
+                if to.is_none()
+                    && already_there(
+                        probe.running.as_deref(),
+                        probe.profile.as_deref(),
+                        Some(&record),
+                        &record.closure,
+                    )
+                {
+                    return Ok((
+                        HostResult::Unchanged,
+                        format!("already runs its latest known-good mark {}", record.mark),
+                    ));
+                }
+                self.emit_note(
+                    run,
+                    format!("rolling back to known-good mark {}", record.mark),
+                );
+                record.closure
             }
-            self.emit_note(
-                run,
-                format!("rolling back to known-good mark {}", record.mark),
-            );
-        }
-        let closure = run.closure.clone().expect("set above");
+        };
         if mode == &Mode::Deploy
             && self.settings.goal == Goal::Switch
             && already_there(
@@ -596,15 +624,15 @@ impl<'a> Deployer<'a> {
 
         // Gate 1: build on the builder, copy from there to the target. A rollback only
         // copies, from the build host's known-good roots, if the target lost it.
-        match &build_at {
-            Some(at) => {
+        match &wanted {
+            Wanted::Build { at, drv, .. } => {
                 // The part done during the probe counts in the gate.
                 run.carry = early.as_ref().map_or(Duration::ZERO, |(_, t)| *t);
                 self.gate(run, Gate::Build, |d, run| {
-                    d.build(run, at, &closure, &probe, early)
+                    d.build(run, at, drv, &closure, &probe, early)
                 })?;
             }
-            None => self.ensure_on_target(run, &closure)?,
+            Wanted::Rollback { .. } => self.ensure_on_target(run, &closure)?,
         }
         if self.settings.goal == Goal::Build {
             return Ok((
@@ -615,7 +643,7 @@ impl<'a> Deployer<'a> {
 
         // Gate 2: diff against what runs; refuse to overwrite a hand deploy.
         let rollback_to = self.gate(run, Gate::Diff, |d, run| {
-            d.diff(run, &probe, latest.as_ref(), mode, build_at.as_ref())
+            d.diff(run, &closure, &probe, latest.as_ref(), mode, build_at)
         })?;
         if self.settings.goal == Goal::Diff {
             return Ok((HostResult::Deployed, "diffed; nothing activated".into()));
@@ -662,7 +690,7 @@ impl<'a> Deployer<'a> {
         })?;
 
         self.gate(run, Gate::Mark, |d, run| {
-            d.mark(run, &dir, &closure, build_at.as_ref(), marked_there)
+            d.mark(run, &dir, &closure, build_at, marked_there)
         })?;
         Ok((
             HostResult::Deployed,

@@ -497,11 +497,11 @@ fi
         &self,
         run: &mut Run,
         at: &BuildAt,
+        drv: &str,
         closure: &str,
         probe: &Probe,
         early: Option<EarlyBuild>,
     ) -> Result<((), String), Stop> {
-        let drv = run.drv.clone().expect("deploys have a derivation");
         let failed = |what: &str, why: String| {
             stop(
                 HostResult::Error,
@@ -533,7 +533,7 @@ fi
                                 .build_on(
                                     host,
                                     key,
-                                    &[(drv.clone(), closure.to_owned())],
+                                    &[(drv.to_owned(), closure.to_owned())],
                                     std::slice::from_ref(&run.name),
                                 )
                                 .remove(0);
@@ -556,7 +556,7 @@ fi
             }
             BuildAt::Local { key } => {
                 let mut realise = Command::new("nix-store");
-                realise.args(["--realise", &drv, "--quiet"]);
+                realise.args(["--realise", drv, "--quiet"]);
                 self.nix_run(run, realise)
                     .map_err(|e| failed("building here", e))?;
                 let mut sign = self.nix(&["store", "sign", "--recursive", "--key-file"]);
@@ -568,7 +568,7 @@ fi
                 Ok(((), format!("built here and copied to {}", run.name)))
             }
             BuildAt::Target => {
-                let copy = self.nix(&["copy", "--derivation", "--to", &target_url, &drv]);
+                let copy = self.nix(&["copy", "--derivation", "--to", &target_url, drv]);
                 self.nix_run(run, copy)
                     .map_err(|e| failed("sending the derivation to the target", e))?;
                 let target = run.target.clone();
@@ -576,7 +576,7 @@ fi
                 let r = self.remote(
                     run,
                     &target,
-                    &format!("nix-store --realise {} --quiet", q(&drv)),
+                    &format!("nix-store --realise {} --quiet", q(drv)),
                 );
                 // Nix's work, not waiting on the host.
                 run.remote_time = run.remote_time.saturating_sub(started.elapsed());

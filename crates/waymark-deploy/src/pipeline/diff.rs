@@ -11,12 +11,12 @@ impl Deployer<'_> {
     pub(super) fn diff(
         &self,
         run: &mut Run,
+        closure: &str,
         probe: &Probe,
         latest: Option<&Record>,
         mode: &Mode,
         build_at: Option<&BuildAt>,
     ) -> Result<(String, String), Stop> {
-        let closure = run.closure.clone().expect("set");
         let Some(running) = probe.running.clone() else {
             return Err(stop(
                 HostResult::Failed,
@@ -50,11 +50,10 @@ impl Deployer<'_> {
                     ),
                 ));
             }
-            Baseline::Drift { allowed } => {
-                let l = latest.expect("drift is from a mark");
+            Baseline::Drift { allowed, latest } => {
                 let what = format!(
                     "{} runs {running}, not its latest known-good closure {} (mark {}): deployed by hand?",
-                    run.name, l.closure, l.mark
+                    run.name, latest.closure, latest.mark
                 );
                 if allowed {
                     self.emit_note(run, format!("{what} Going on; a failure restores what runs now."));
@@ -101,8 +100,8 @@ impl Deployer<'_> {
         };
         let new = match (run.new_read.take(), run.new_closure.take()) {
             (Some(read_for_copy), _) => read_for_copy,
-            (None, Some(json)) => parse(&json, &closure)?,
-            (None, None) => read(run, &closure)?,
+            (None, Some(json)) => parse(&json, closure)?,
+            (None, None) => read(run, closure)?,
         };
         run.new_read = Some(new.clone());
         // The old side's derivations, for root causes: here if evaluated here before,
