@@ -45,6 +45,8 @@ mod probe;
 mod scripts;
 
 use activate::checks_budget;
+use build::Built;
+use diff::Diffed;
 use finish::TargetMark;
 use scripts::{FINAL, PROBED, REAL, RELAYED, field, fields, serve, serve_relaying, wait_script};
 pub use scripts::{build_session_script, probe_script};
@@ -175,6 +177,16 @@ enum Wanted {
     },
 }
 
+impl Wanted {
+    /// Where it is built; `None` for a rollback.
+    fn build_at(&self) -> Option<&BuildAt> {
+        match self {
+            Self::Build { at, .. } => Some(at),
+            Self::Rollback { .. } => None,
+        }
+    }
+}
+
 /// Where a host's closure is built.
 enum BuildAt {
     /// On a build host, signed there.
@@ -204,13 +216,6 @@ struct Run<'h> {
     masters_opened: u32,
     nix_time: Duration,
     remote_time: Duration,
-    /// `nix path-info --json --recursive` of the new closure, as the build host read it.
-    new_closure: Option<String>,
-    /// The new closure once read (for the copy, else by the diff), kept for the next
-    /// deploy once committed.
-    new_read: Option<waymark_diff::Closure>,
-    /// What runs, once read for the copy; the diff compares against it.
-    old_read: Option<waymark_diff::Closure>,
     /// Time measured in one gate that belongs to the next (the shared round trip).
     carry: Duration,
     notes: Vec<String>,
@@ -400,9 +405,6 @@ impl<'a> Deployer<'a> {
             masters_opened: 0,
             nix_time: Duration::ZERO,
             remote_time: Duration::ZERO,
-            new_closure: None,
-            new_read: None,
-            old_read: None,
             carry: Duration::ZERO,
             notes: Vec::new(),
         };
@@ -474,10 +476,7 @@ impl<'a> Deployer<'a> {
             }
             Mode::Rollback { to } => Wanted::Rollback { to: to.clone() },
         };
-        let build_at = match &wanted {
-            Wanted::Build { at, .. } => Some(at),
-            Wanted::Rollback { .. } => None,
-        };
+        let build_at = wanted.build_at();
         // The two handshakes at once: the build host's master opens while the target
         // is probed.
         let builder = match &build_at {
@@ -624,16 +623,19 @@ impl<'a> Deployer<'a> {
 
         // Gate 1: build on the builder, copy from there to the target. A rollback only
         // copies, from the build host's known-good roots, if the target lost it.
-        match &wanted {
+        let built = match &wanted {
             Wanted::Build { at, drv, .. } => {
                 // The part done during the probe counts in the gate.
                 run.carry = early.as_ref().map_or(Duration::ZERO, |(_, t)| *t);
                 self.gate(run, Gate::Build, |d, run| {
                     d.build(run, at, drv, &closure, &probe, early)
-                })?;
+                })?
             }
-            Wanted::Rollback { .. } => self.ensure_on_target(run, &closure)?,
-        }
+            Wanted::Rollback { .. } => {
+                self.ensure_on_target(run, &closure)?;
+                Built::default()
+            }
+        };
         if self.settings.goal == Goal::Build {
             return Ok((
                 HostResult::Deployed,
@@ -642,8 +644,8 @@ impl<'a> Deployer<'a> {
         }
 
         // Gate 2: diff against what runs; refuse to overwrite a hand deploy.
-        let rollback_to = self.gate(run, Gate::Diff, |d, run| {
-            d.diff(run, &closure, &probe, latest.as_ref(), mode, build_at)
+        let Diffed { rollback_to, new } = self.gate(run, Gate::Diff, |d, run| {
+            d.diff(run, &closure, built, &probe, latest.as_ref(), &wanted)
         })?;
         if self.settings.goal == Goal::Diff {
             return Ok((HostResult::Deployed, "diffed; nothing activated".into()));
@@ -690,7 +692,7 @@ impl<'a> Deployer<'a> {
         })?;
 
         self.gate(run, Gate::Mark, |d, run| {
-            d.mark(run, &dir, &closure, build_at, marked_there)
+            d.mark(run, &dir, &closure, build_at, marked_there, &new)
         })?;
         Ok((
             HostResult::Deployed,
@@ -724,6 +726,7 @@ impl<'a> Deployer<'a> {
         closure: &str,
         build_at: Option<&BuildAt>,
         marked_there: Option<Record>,
+        new: &waymark_diff::Closure,
     ) -> Result<((), String), Stop> {
         if fault("pause-before-record") {
             std::thread::sleep(Duration::from_secs(3));
@@ -759,8 +762,8 @@ impl<'a> Deployer<'a> {
         }
         self.record_here(run, &record, build_at.is_some())
             .map_err(|e| committed(format!("writing the deploy record here failed: {e}")))?;
-        if let Some(kept) = run.new_read.as_ref().filter(|c| c.root == closure) {
-            self.keep_closure(&run.name, kept);
+        if new.root == closure {
+            self.keep_closure(&run.name, new);
         }
         Ok((
             (),

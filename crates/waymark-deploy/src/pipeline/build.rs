@@ -5,29 +5,49 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
+/// Gate 1's hand-off to gate 2: what it learnt of the closures for the copy (the new
+/// one as the build host described it, both read where that was needed), so the diff
+/// reads neither again. Empty for a rollback, which builds nothing.
+#[derive(Default)]
+pub(super) struct Built {
+    /// `nix path-info --json --recursive` of the new closure, from the build host.
+    pub(super) new_json: Option<String>,
+    /// The new closure, read.
+    pub(super) new: Option<waymark_diff::Closure>,
+    /// What the target runs, read.
+    pub(super) old: Option<waymark_diff::Closure>,
+}
+
+impl Built {
+    /// Reads the new closure and what the target runs, where they are known here (the
+    /// build host's description; the probe's, or this machine's kept copy).
+    fn read(&mut self, target: &Endpoint, probe: &Probe, closure: &str) {
+        let url = target.store_url();
+        let parse = |json: &str, root: &str| {
+            closure_from_path_info(json.as_bytes(), "/nix/store", root, &url).ok()
+        };
+        if self.new.is_none() {
+            self.new = self.new_json.as_deref().and_then(|j| parse(j, closure));
+        }
+        if self.old.is_none() {
+            self.old = match (&probe.known_old, &probe.old_closure, &probe.running) {
+                (Some(kept), _, _) => Some(kept.clone()),
+                (None, Some(json), Some(running)) => parse(json, running),
+                _ => None,
+            };
+        }
+    }
+}
+
 /// The paths of the new closure the target lacks, when both it and what the target
 /// runs (held there whole) are known here: then only those are sent, and Nix does not
 /// walk the closure path by path over the build host's connection. The root is always
 /// among them, so a copy that succeeds proves the whole closure is there (Nix skips
 /// what the target has). `None`: the whole closure goes.
-pub(super) fn lacking(run: &mut Run, probe: &Probe, closure: &str) -> Option<Vec<String>> {
+pub(super) fn lacking(built: &Built, closure: &str) -> Option<Vec<String>> {
     /// Past this many, the copy takes the closure (and no long argument list).
     const MAX_LISTED: usize = 2000;
-    let url = run.target.store_url();
-    let parse = |json: &str, root: &str| {
-        closure_from_path_info(json.as_bytes(), "/nix/store", root, &url).ok()
-    };
-    if run.new_read.is_none() {
-        run.new_read = run.new_closure.as_deref().and_then(|j| parse(j, closure));
-    }
-    if run.old_read.is_none() {
-        run.old_read = match (&probe.known_old, &probe.old_closure, &probe.running) {
-            (Some(kept), _, _) => Some(kept.clone()),
-            (None, Some(json), Some(running)) => parse(json, running),
-            _ => None,
-        };
-    }
-    let mut lacking = run.new_read.as_ref()?.paths_not_in(run.old_read.as_ref()?);
+    let mut lacking = built.new.as_ref()?.paths_not_in(built.old.as_ref()?);
     if !lacking.contains(&closure) {
         lacking.push(closure);
     }
@@ -501,7 +521,7 @@ fi
         closure: &str,
         probe: &Probe,
         early: Option<EarlyBuild>,
-    ) -> Result<((), String), Stop> {
+    ) -> Result<(Built, String), Stop> {
         let failed = |what: &str, why: String| {
             stop(
                 HostResult::Error,
@@ -520,9 +540,10 @@ fi
                     }
                     map.remove(&run.name).flatten()
                 };
+                let mut built = Built::default();
                 let how = match prebuilt {
                     Some(Ok((how, closure_json))) => {
-                        run.new_closure = Some(closure_json);
+                        built.new_json = Some(closure_json);
                         how
                     }
                     Some(Err(e)) => return Err(failed(&format!("building on {}", host.name), e)),
@@ -540,19 +561,20 @@ fi
                             (result, started.elapsed())
                         });
                         run.nix_time += took;
-                        run.new_closure = Some(
+                        built.new_json = Some(
                             result.map_err(|e| failed(&format!("building on {}", host.name), e))?,
                         );
                         format!("built on {}", host.name)
                     }
                 };
                 let target = run.target.clone();
-                let lacking = lacking(run, probe, closure);
+                built.read(&target, probe, closure);
+                let lacking = lacking(&built, closure);
                 self.copy_closure(run, host, &target, closure, lacking.as_deref())
                     .map_err(|e| {
                         failed(&format!("copying from {} to {}", host.name, run.name), e)
                     })?;
-                Ok(((), format!("{how}, copied to {}", run.name)))
+                Ok((built, format!("{how}, copied to {}", run.name)))
             }
             BuildAt::Local { key } => {
                 let mut realise = Command::new("nix-store");
@@ -565,7 +587,10 @@ fi
                 let copy = self.nix(&["copy", "--to", &target_url, closure]);
                 self.nix_run(run, copy)
                     .map_err(|e| failed(&format!("copying to {}", run.name), e))?;
-                Ok(((), format!("built here and copied to {}", run.name)))
+                Ok((
+                    Built::default(),
+                    format!("built here and copied to {}", run.name),
+                ))
             }
             BuildAt::Target => {
                 let copy = self.nix(&["copy", "--derivation", "--to", &target_url, drv]);
@@ -584,7 +609,10 @@ fi
                 if r.code != 0 {
                     return Err(failed("building on the target", r.last_error()));
                 }
-                Ok(((), format!("built on {} (allowBuildOnTarget)", run.name)))
+                Ok((
+                    Built::default(),
+                    format!("built on {} (allowBuildOnTarget)", run.name),
+                ))
             }
         }
     }

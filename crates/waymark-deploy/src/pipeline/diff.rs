@@ -6,17 +6,24 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
+/// Gate 2's hand-off: what a failure restores (what runs now), and the new closure as
+/// read, kept for the next deploy's diff once committed.
+pub(super) struct Diffed {
+    pub(super) rollback_to: String,
+    pub(super) new: waymark_diff::Closure,
+}
+
 impl Deployer<'_> {
     /// Gate 2. Returns the closure to restore on failure.
     pub(super) fn diff(
         &self,
         run: &mut Run,
         closure: &str,
+        built: Built,
         probe: &Probe,
         latest: Option<&Record>,
-        mode: &Mode,
-        build_at: Option<&BuildAt>,
-    ) -> Result<(String, String), Stop> {
+        wanted: &Wanted,
+    ) -> Result<(Diffed, String), Stop> {
         let Some(running) = probe.running.clone() else {
             return Err(stop(
                 HostResult::Failed,
@@ -31,7 +38,7 @@ impl Deployer<'_> {
             &running,
             probe.active.as_deref(),
             self.settings.allow_drift,
-            matches!(mode, Mode::Rollback { .. }),
+            matches!(wanted, Wanted::Rollback { .. }),
         ) {
             Baseline::First => self.emit_note(
                 run,
@@ -92,22 +99,21 @@ impl Deployer<'_> {
             closure_from_path_info(json.as_bytes(), "/nix/store", path, &target.store_url())
                 .map_err(|e| stop(HostResult::Error, e.to_string()))
         };
-        let old = match (run.old_read.take(), &probe.known_old, &probe.old_closure) {
+        let old = match (built.old, &probe.known_old, &probe.old_closure) {
             (Some(read_for_copy), _, _) => read_for_copy,
             (None, Some(kept), _) => kept.clone(),
             (None, None, Some(json)) => parse(json, &running)?,
             (None, None, None) => read(run, &running)?,
         };
-        let new = match (run.new_read.take(), run.new_closure.take()) {
+        let new = match (built.new, built.new_json) {
             (Some(read_for_copy), _) => read_for_copy,
             (None, Some(json)) => parse(&json, closure)?,
             (None, None) => read(run, closure)?,
         };
-        run.new_read = Some(new.clone());
         // The old side's derivations, for root causes: here if evaluated here before,
         // else from the build host, which roots them with its marks.
         if let (Some(BuildAt::Builder { host, .. }), Some(drv)) = (
-            build_at,
+            wanted.build_at(),
             old.paths
                 .iter()
                 .find(|p| p.path == running)
@@ -158,6 +164,12 @@ impl Deployer<'_> {
                 "declined after the diff; nothing changed",
             ));
         }
-        Ok((running, line))
+        Ok((
+            Diffed {
+                rollback_to: running,
+                new,
+            },
+            line,
+        ))
     }
 }
