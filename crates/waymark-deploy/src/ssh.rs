@@ -92,6 +92,8 @@ pub struct Ssh {
     /// [`REAPER`], whose stdin ends when this does or the process dies
     /// ([`Ssh::with_reaper`]).
     reaper: Option<std::process::Child>,
+    /// Fresh connections started, for their sockets' names.
+    fresh: std::sync::atomic::AtomicUsize,
 }
 
 /// Ends the masters left in the control directory once the run's process is gone
@@ -192,6 +194,7 @@ impl Ssh {
             handshake_done: Condvar::new(),
             max_handshakes: usize::MAX,
             reaper: None,
+            fresh: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -436,10 +439,17 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     ) -> Result<Reply, Error> {
         self.refuse_when_closing()?;
         // Ours first: ssh keeps the first value of an option, and a user's own
-        // ControlMaster/ControlPath must not turn this into a reused connection.
+        // ControlMaster/ControlPath must not turn this into a reused connection. It is a
+        // master of its own (a new connection all the same, ended with its command),
+        // with a socket in the control directory, so that the run's end, or the reaper
+        // after a SIGKILL, ends it like the others.
+        let n = self
+            .fresh
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut opts: Vec<String> = [
-            "ControlMaster=no".to_owned(),
-            "ControlPath=none".to_owned(),
+            "ControlMaster=yes".to_owned(),
+            format!("ControlPath={}/fresh-{n}", self.control_dir.display()),
+            "ControlPersist=no".to_owned(),
             format!("ConnectTimeout={}", connect_timeout.as_secs().max(1)),
             "ServerAliveInterval=5".to_owned(),
             "ServerAliveCountMax=3".to_owned(),
