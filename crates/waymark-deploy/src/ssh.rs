@@ -144,19 +144,12 @@ impl Reply {
     /// says when there is none (ssh at `LogLevel=QUIET` says nothing of a refused
     /// connection).
     pub fn last_error(&self) -> String {
-        self.stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map_or_else(
-                || match self.code {
-                    255 => "ssh failed with no message (exit 255): the host refused or \
-                            dropped the connection, or sshd is not running there"
-                        .to_owned(),
-                    code => format!("exit {code}, with no error message"),
-                },
-                |l| l.trim().to_owned(),
-            )
+        waymark_store::last_line(&self.stderr, || match self.code {
+            255 => "ssh failed with no message (exit 255): the host refused or dropped the \
+                    connection, or sshd is not running there"
+                .to_owned(),
+            code => format!("exit {code}, with no error message"),
+        })
     }
 }
 

@@ -5,6 +5,7 @@ use std::process::Command;
 
 use waymark_diff::{Closure, PathEntry, selection_parents};
 
+use crate::command::{last_line, nix_command};
 use crate::error::{Error, Result};
 use crate::pathinfo::parse_path_info;
 
@@ -23,17 +24,9 @@ pub(crate) fn run(mut cmd: Command) -> Result<Vec<u8>> {
         source,
     })?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        // A silent failure still says how it ended: "no error message" alone gives
-        // nothing to act on (issue 22).
-        let message = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map_or_else(
-                || format!("{}, with no error message", out.status),
-                |l| l.trim().to_owned(),
-            );
+        let message = last_line(&String::from_utf8_lossy(&out.stderr), || {
+            format!("{}, with no error message", out.status)
+        });
         return Err(Error::Command { command, message });
     }
     Ok(out.stdout)
@@ -41,8 +34,7 @@ pub(crate) fn run(mut cmd: Command) -> Result<Vec<u8>> {
 
 /// A `nix` command with the experimental features this crate needs, and `--store URL`.
 pub(crate) fn nix(url: Option<&str>, args: &[&str]) -> Command {
-    let mut cmd = Command::new("nix");
-    cmd.args(["--extra-experimental-features", "nix-command flakes"]);
+    let mut cmd = nix_command();
     cmd.args(args);
     if let Some(url) = url {
         cmd.args(["--store", url]);

@@ -15,6 +15,7 @@
 //! ```
 
 mod cli;
+mod command;
 mod db;
 mod error;
 mod pathinfo;
@@ -24,6 +25,7 @@ mod store;
 use waymark_diff::Closure;
 
 pub use cli::closure_from_path_info;
+pub use command::{last_line, nix_command};
 pub use error::{Error, Result};
 pub use pathinfo::{PathInfo, parse_path_info};
 pub use resolve::{resolve, shell_quote};

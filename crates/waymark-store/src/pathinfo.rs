@@ -97,7 +97,7 @@ pub fn parse_path_info(json: &[u8], store_dir: &str) -> Result<Vec<PathInfo>> {
             }
         }
     };
-    Ok(match shape {
+    let infos: Vec<PathInfo> = match shape {
         Shape::List(list) => list
             .into_iter()
             .map(|mut e| {
@@ -120,5 +120,35 @@ pub fn parse_path_info(json: &[u8], store_dir: &str) -> Result<Vec<PathInfo>> {
                 }
             })
             .collect(),
-    })
+    };
+    // A store directory given as a relative path (`"storeDir": "g"`) makes no store
+    // path: refused as the malformed document it is.
+    if let Some(bad) = infos.iter().find(|i| !i.path.starts_with('/')) {
+        return Err(Error::PathInfoJson(serde::de::Error::custom(format!(
+            "{:?} is not an absolute store path (a relative store directory?)",
+            bad.path
+        ))));
+    }
+    Ok(infos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_store_directory_is_refused() {
+        // Found by the fuzz suite: a path-info document whose store directory is not
+        // absolute made "g/version" a store path.
+        let json = br#"{"version": {"storeDir": "g"}}"#;
+        assert!(matches!(
+            parse_path_info(json, "/nix/store"),
+            Err(Error::PathInfoJson(_))
+        ));
+        let json = br#"{"version": 2, "storeDir": "/nix/store", "info": {"abc-hello": null}}"#;
+        assert_eq!(
+            parse_path_info(json, "/nix/store").unwrap()[0].path,
+            "/nix/store/abc-hello"
+        );
+    }
 }

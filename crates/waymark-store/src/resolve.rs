@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::cli::{nix, run};
+use crate::command::last_line;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -163,17 +164,11 @@ fn remote_readlink(url: &str, arg: &str, store_dir: &str) -> Result<String> {
         });
     }
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(Error::Command {
             command: format!("ssh {host} readlink -e {arg}"),
-            message: stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map_or_else(
-                    || format!("{}, with no error message", out.status),
-                    |l| l.trim().to_owned(),
-                ),
+            message: last_line(&String::from_utf8_lossy(&out.stderr), || {
+                format!("{}, with no error message", out.status)
+            }),
         });
     }
     let target = String::from_utf8_lossy(&out.stdout).trim().to_owned();

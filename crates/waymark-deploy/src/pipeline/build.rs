@@ -339,10 +339,8 @@ fi
     }
 
     pub(super) fn nix(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("nix");
-        cmd.args(["--extra-experimental-features", "nix-command"])
-            .args(args)
-            .stdin(Stdio::null());
+        let mut cmd = waymark_store::nix_command();
+        cmd.args(args).stdin(Stdio::null());
         self.ssh.nix_env(&mut cmd);
         cmd
     }
@@ -465,14 +463,10 @@ fi
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            Err(stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("no error message")
-                .trim()
-                .to_owned())
+            Err(waymark_store::last_line(
+                &String::from_utf8_lossy(&out.stderr),
+                || format!("{}, with no error message", out.status),
+            ))
         }
     }
 

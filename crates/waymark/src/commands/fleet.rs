@@ -1,6 +1,6 @@
 //! `waymark fleet`: the fleet as the deploy reads it.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -37,17 +37,12 @@ pub fn read_fleet(flake: &str, processes: &Processes) -> anyhow::Result<Fleet> {
     } else {
         format!("{flake}#waymark")
     };
-    let mut eval = Command::new("nix");
-    eval.args([
-        "--extra-experimental-features",
-        "nix-command flakes",
-        "eval",
-        "--json",
-    ])
-    .arg(&attr)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut eval = waymark_store::nix_command();
+    eval.args(["eval", "--json"])
+        .arg(&attr)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let out = processes
         .output(&mut eval, None)
         .context("running nix eval (is nix installed and on PATH?)")?;
