@@ -23,6 +23,12 @@ use waymark_store::shell_quote;
 use crate::Error;
 use crate::processes::Processes;
 
+mod mux;
+mod session;
+
+pub use mux::{end_master, relay};
+pub use session::{Held, Talk};
+
 /// `user@address` of a host.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Endpoint {
@@ -719,233 +725,12 @@ impl Drop for Ssh {
     }
 }
 
-/// Tells the master connection listening on `socket` to end, as `ssh -O exit` does
-/// (OpenSSH's PROTOCOL.mux, version 4: hello, then `MUX_C_TERMINATE`), but with no
-/// process; Ok once the master agreed, or ended before it could say so (OpenSSH's
-/// masters often quit before their answer leaves: "exit happens too soon").
-pub fn end_master(socket: &Path) -> std::io::Result<()> {
-    const HELLO: u32 = 0x0000_0001;
-    const TERMINATE: u32 = 0x1000_0005;
-    const OK: u32 = 0x8000_0001;
-    fn packet(words: &[u32]) -> Vec<u8> {
-        let body: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
-        let mut p = u32::try_from(body.len())
-            .expect("short")
-            .to_be_bytes()
-            .to_vec();
-        p.extend(body);
-        p
-    }
-    fn first_word(stream: &mut std::os::unix::net::UnixStream) -> std::io::Result<u32> {
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len)?;
-        let mut body = vec![0u8; u32::from_be_bytes(len).min(64 * 1024) as usize];
-        stream.read_exact(&mut body)?;
-        body.get(..4)
-            .map(|w| u32::from_be_bytes(w.try_into().expect("four bytes")))
-            .ok_or_else(|| std::io::Error::other("an empty mux message"))
-    }
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(&packet(&[HELLO, 4]))?;
-    if first_word(&mut stream)? != HELLO {
-        return Err(std::io::Error::other("not an ssh master's hello"));
-    }
-    stream.write_all(&packet(&[TERMINATE, 1]))?;
-    match first_word(&mut stream) {
-        Ok(OK) => Ok(()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
-            ) =>
-        {
-            Ok(())
-        }
-        Ok(other) => Err(std::io::Error::other(format!(
-            "the master refused to end (mux reply {other:#x})"
-        ))),
-        Err(e) => Err(e),
-    }
-}
-
-/// Relays stdin to the Unix socket `socket` and what it answers to stdout, until either
-/// side ends: the shim's end of Nix's connection to a host's forwarded nix-daemon.
-pub fn relay(socket: &Path) -> std::io::Result<()> {
-    let stream = std::os::unix::net::UnixStream::connect(socket)?;
-    let mut up = stream.try_clone()?;
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
-        let _ = up.shutdown(std::net::Shutdown::Write);
-    });
-    let mut down = &stream;
-    let mut out = std::io::stdout().lock();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match down.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            // Unbuffered: the protocol waits on every answer.
-            Ok(n) => out.write_all(&buf[..n]).and_then(|()| out.flush())?,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 fn output(processes: &Processes, mut cmd: Command, input: Option<&[u8]>) -> Result<Reply, Error> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     if input.is_some() {
         cmd.stdin(Stdio::piped());
     }
     processes.output(&mut cmd, input).map(|o| reply(&o))
-}
-
-/// A remote script waiting for its go (see [`Ssh::hold`]). Dropped without a go, it
-/// ends without running.
-#[derive(Debug)]
-pub struct Held {
-    child: Option<std::process::Child>,
-    processes: Arc<Processes>,
-}
-
-impl Held {
-    /// Lets the script run with `input` on its stdin and returns the running session,
-    /// to read its answer line by line and send it more (see [`Talk`]).
-    pub fn talk(mut self, input: &[u8]) -> Result<Talk, Error> {
-        let mut talk = Talk::new(
-            self.child.take().expect("held until now"),
-            Arc::clone(&self.processes),
-        );
-        talk.send(b"go\n")?;
-        talk.send(input)?;
-        Ok(talk)
-    }
-}
-
-/// A remote script in conversation ([`Held::talk`]). Dropped, its input
-/// ends, and the script with it.
-#[derive(Debug)]
-pub struct Talk {
-    /// Until [`Talk::finish`] waits for it (never waited twice: by then the pid may
-    /// be another process's).
-    child: Option<std::process::Child>,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<std::process::ChildStdout>,
-    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
-    read: String,
-    processes: Arc<Processes>,
-}
-
-impl Talk {
-    fn new(mut child: std::process::Child, processes: Arc<Processes>) -> Self {
-        // Drained aside, so a chatty stderr can never block the remote while this side
-        // waits on its stdout.
-        let mut stderr = child.stderr.take().expect("piped");
-        let stderr = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = stderr.read_to_end(&mut buf);
-            buf
-        });
-        Self {
-            stdin: child.stdin.take(),
-            stdout: BufReader::new(child.stdout.take().expect("piped")),
-            child: Some(child),
-            stderr: Some(stderr),
-            read: String::new(),
-            processes,
-        }
-    }
-
-    /// Sends `bytes` to the script's stdin.
-    pub fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| Error::Spawn {
-            program: "ssh".into(),
-            message: "the session's input is closed".into(),
-        })?;
-        stdin
-            .write_all(bytes)
-            .and_then(|()| stdin.flush())
-            .map_err(|e| ssh_error(&e))
-    }
-
-    /// Streams all of `reader` to the script's stdin.
-    pub fn send_from(&mut self, reader: &mut impl std::io::Read) -> Result<(), Error> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| Error::Spawn {
-            program: "ssh".into(),
-            message: "the session's input is closed".into(),
-        })?;
-        std::io::copy(reader, stdin)
-            .and_then(|_| stdin.flush())
-            .map_err(|e| ssh_error(&e))
-    }
-
-    /// The lines the script prints before the line `marker`; `None` if it ended first
-    /// (what it printed is kept for [`Talk::finish`]).
-    pub fn lines_until(&mut self, marker: &str) -> Option<Vec<String>> {
-        self.lines_until_each(marker, &mut |_| false)
-    }
-
-    /// [`Talk::lines_until`], showing each line to `take` as it arrives: a line it takes
-    /// (returns true for) is not kept.
-    pub fn lines_until_each(
-        &mut self,
-        marker: &str,
-        take: &mut dyn FnMut(&str) -> bool,
-    ) -> Option<Vec<String>> {
-        let mut lines: Vec<String> = Vec::new();
-        loop {
-            let mut line = String::new();
-            match self.stdout.read_line(&mut line) {
-                Ok(0) | Err(_) => {
-                    self.read.push_str(&lines.join(""));
-                    return None;
-                }
-                Ok(_) if line.trim_end_matches('\n') == marker => {
-                    return Some(lines.iter().map(|l| l.trim_end().to_owned()).collect());
-                }
-                Ok(_) if take(line.trim_end_matches('\n')) => {}
-                Ok(_) => lines.push(line),
-            }
-        }
-    }
-
-    /// Closes its stdin and waits for the script: everything it printed after the last
-    /// marker read.
-    pub fn finish(mut self) -> Result<Reply, Error> {
-        drop(self.stdin.take());
-        let mut rest = std::mem::take(&mut self.read);
-        let _ = self.stdout.read_to_string(&mut rest);
-        let mut child = self.child.take().expect("waited for only here");
-        let status = self.processes.wait(&mut child)?;
-        let stderr = self
-            .stderr
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default();
-        Ok(Reply {
-            code: status.code().unwrap_or(-1),
-            stdout: rest,
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        })
-    }
-}
-
-impl Drop for Talk {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        if let Some(mut child) = self.child.take() {
-            let _ = self.processes.wait(&mut child);
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            drop(child.stdin.take());
-            let _ = self.processes.wait(&mut child);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ mod common;
 mod test_demo;
 mod test_deploy;
 mod test_deploy_fleet;
+mod test_deploy_interrupts;
 mod test_deploy_systemd;
 mod test_diff;
 mod test_diff_remote;
