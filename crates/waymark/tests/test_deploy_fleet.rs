@@ -7,8 +7,9 @@ use std::process::Stdio;
 use serde_json::Value;
 use waymark_testbed::target_decl;
 
+use crate::common::Logged;
 use crate::common::Run;
-use crate::test_deploy::{Logged, TestLab, events, has_note, host_report};
+use crate::test_deploy::{TestLab, events, has_note, host_report};
 
 fn result(ev: &[Value], host: &str) -> String {
     host_report(ev, host)["result"].as_str().unwrap().to_owned()

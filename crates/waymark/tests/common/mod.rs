@@ -6,6 +6,9 @@ use std::sync::OnceLock;
 
 use waymark_testbed::{BuiltPair, PrivateStore, build_pair, fixtures};
 
+mod logged;
+pub use logged::Logged;
+
 /// The web host pair, built once per test run in a store under the target directory
 /// (rebuilding it is a no-op when nothing changed).
 pub struct Web {
