@@ -433,13 +433,9 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
                 &mode,
                 &state_dir,
                 rev.clone(),
+                &finished,
             )
         });
-        // Its summary is out: a signal now changes neither the outcome nor the status.
-        // (Not when it could not start: an interrupted evaluation fails it too.)
-        if deployed.is_ok() {
-            finished.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
         if waymark_fault::at("pause-after-summary") {
             std::thread::sleep(std::time::Duration::from_secs(2));
         }
@@ -516,6 +512,7 @@ fn deploy_evaluated(
     mode: &Mode,
     state_dir: &std::path::Path,
     rev: Option<String>,
+    finished: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<ExitStatus> {
     let opts = &args.options;
     let hosts = match rollback {
@@ -566,6 +563,9 @@ fn deploy_evaluated(
     let worst = reports
         .iter()
         .fold(HostResult::Unchanged, |w, r| w.worst(r.result));
+    // Every host is done: from here, before its summary is out (someone may act on it at
+    // once), a signal changes neither the outcome nor the status.
+    finished.store(true, std::sync::atomic::Ordering::SeqCst);
     if opts.json {
         printer.emit(Event::Summary {
             schema: SCHEMA,
