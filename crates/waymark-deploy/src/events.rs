@@ -25,6 +25,10 @@ pub enum HostResult {
     Failed,
     /// Not started: the hosts it depends on did not become good, or a limit was reached.
     Skipped,
+    /// The run was cancelled before the host got there: untouched, or (its agent
+    /// running) back on its previous system by the agent's own restore. The report's
+    /// message says which.
+    Cancelled,
     /// Nothing could start: bad input, evaluation, build or copy failed. The target's
     /// running system was never touched.
     Error,
@@ -47,7 +51,7 @@ impl HostResult {
     pub fn exit_code(self) -> u8 {
         match self {
             Self::Deployed | Self::Unchanged => 0,
-            Self::Failed | Self::Skipped => 1,
+            Self::Failed | Self::Skipped | Self::Cancelled => 1,
             Self::Error => 2,
             Self::NeedsHuman => 4,
         }
@@ -57,9 +61,10 @@ impl HostResult {
         match self {
             Self::Deployed | Self::Unchanged => 0,
             Self::Skipped => 1,
-            Self::Failed => 2,
-            Self::Error => 3,
-            Self::NeedsHuman => 4,
+            Self::Cancelled => 2,
+            Self::Failed => 3,
+            Self::Error => 4,
+            Self::NeedsHuman => 5,
         }
     }
 

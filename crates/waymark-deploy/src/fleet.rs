@@ -160,6 +160,15 @@ impl Deployer<'_> {
                     if done.contains_key(name) || running.contains(name) {
                         continue;
                     }
+                    if let Some(why) = self.cancelled() {
+                        let report = self.ended_early(
+                            name,
+                            HostResult::Cancelled,
+                            &format!("not started: cancelled ({why}); untouched"),
+                        );
+                        done.insert(name.clone(), report);
+                        continue;
+                    }
                     let reason = if let Some(bad) = waits
                         .iter()
                         .find(|w| done.get(*w).is_some_and(|r| !r.result.is_good()))

@@ -11,6 +11,7 @@
 mod activation;
 mod batch;
 mod decide;
+mod engine;
 mod events;
 mod fleet;
 mod pipeline;
@@ -21,13 +22,15 @@ mod state;
 mod unfinished;
 
 pub use activation::{AgentState, DryRun};
+pub use engine::{
+    Cancel, Engine, EngineError, Outcome, Request, Selection, Unattended, evaluate_fleet,
+    local_flake_dir,
+};
 pub use events::{
     BuildProgress, Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now, own_cpu_ms,
 };
 pub use fleet::FleetOptions;
-pub use pipeline::{
-    Deployer, Goal, Interaction, Mode, Settings, build_session_script, kept_closure, probe_script,
-};
+pub use pipeline::{Deployer, Goal, Interaction, Mode, Settings};
 pub use processes::Processes;
 pub use ssh::{Endpoint, Held, Reply, Ssh, relay};
 pub use state::write_atomic;

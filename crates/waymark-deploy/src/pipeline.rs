@@ -145,6 +145,8 @@ pub struct Deployer<'a> {
     build_batches: Mutex<BTreeMap<String, std::sync::Arc<Batcher>>>,
     /// The last log lines of a failed build, by the host it was for (its report's).
     build_logs: Mutex<BTreeMap<String, Vec<String>>>,
+    /// The run's cancellation: no gate starts once it is cancelled.
+    cancel: Option<&'a crate::engine::Cancel>,
 }
 
 /// A build's outcome for one host: how it was built and its closure's path-info, or
@@ -261,7 +263,20 @@ impl<'a> Deployer<'a> {
             build_sessions: Mutex::new(BTreeMap::new()),
             build_batches: Mutex::new(BTreeMap::new()),
             build_logs: Mutex::new(BTreeMap::new()),
+            cancel: None,
         }
+    }
+
+    /// No gate starts once `cancel` is cancelled (its watcher ends the connections).
+    #[must_use]
+    pub fn with_cancel(mut self, cancel: &'a crate::engine::Cancel) -> Self {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    /// Why the run was cancelled, if it was.
+    pub(crate) fn cancelled(&self) -> Option<String> {
+        self.cancel.and_then(crate::engine::Cancel::reason)
     }
 
     /// Ends the sessions kept open and closes the master connections this deployer
@@ -330,6 +345,12 @@ impl<'a> Deployer<'a> {
         gate: Gate,
         body: impl FnOnce(&Self, &mut Run) -> Result<(T, String), Stop>,
     ) -> Result<T, Stop> {
+        if let Some(reason) = self.cancelled() {
+            return Err(stop(
+                HostResult::Cancelled,
+                format!("cancelled ({reason}) before {}", gate.name()),
+            ));
+        }
         let started_at = now();
         let started = Instant::now();
         run.reached = Some(gate);

@@ -8,6 +8,7 @@ mod test_deploy_interrupts;
 mod test_deploy_systemd;
 mod test_diff;
 mod test_diff_remote;
+mod test_engine;
 mod test_fleet;
 mod test_hostile;
 mod test_known_good;

@@ -1,8 +1,5 @@
 //! `waymark fleet`: the fleet as the deploy reads it.
 
-use std::process::Stdio;
-
-use anyhow::{Context as _, bail};
 use clap::Args;
 use waymark_deploy::Processes;
 use waymark_fleet::{Fleet, Host};
@@ -29,39 +26,9 @@ pub struct FleetArgs {
     pub json: bool,
 }
 
-/// Evaluates the fleet description of a flake, `nix eval` among `processes` (a deploy's:
-/// its end stops the evaluation too).
+/// Evaluates the fleet description of a flake, `nix eval` among `processes`.
 pub fn read_fleet(flake: &str, processes: &Processes) -> anyhow::Result<Fleet> {
-    let attr = if flake.contains('#') {
-        flake.to_owned()
-    } else {
-        format!("{flake}#waymark")
-    };
-    let mut eval = waymark_store::nix_command();
-    eval.args(["eval", "--json"])
-        .arg(&attr)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = processes
-        .output(&mut eval, None)
-        .context("running nix eval (is nix installed and on PATH?)")?;
-    if !out.status.success() {
-        // Nix's message, one line: a `throw` from lib.fleet names host and option.
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let message: Vec<&str> = stderr
-            .lines()
-            .map(str::trim)
-            .skip_while(|l| !l.starts_with("error:"))
-            .filter(|l| !l.is_empty() && !l.starts_with("(use") && !l.starts_with("… "))
-            .collect();
-        let message = message.join(" ");
-        bail!(
-            "evaluating {attr}: {}",
-            message.trim_start_matches("error:").trim()
-        );
-    }
-    Fleet::parse(&out.stdout).with_context(|| format!("reading {attr}"))
+    Ok(waymark_deploy::evaluate_fleet(flake, &[], processes)?)
 }
 
 fn line(name: &str, h: &Host) -> String {
