@@ -1,7 +1,8 @@
 //! `waymark`: gated NixOS deploys. The commands: `deploy` (hosts through the gates, and
 //! `deploy rollback`), `diff` (closure diff with root causes), `fleet` (the fleet's
 //! declarations and deploy order), `known-good` (marks: GC-rooted closures with their
-//! evidence), `release` (tags and fast-forward-only branches) and `demo` (a throw-away
+//! evidence), `release` (tags and fast-forward-only branches), `serve` (the deployment-sync queue
+//! service) and `demo` (a throw-away
 //! local fleet, only with the `demo` cargo feature: it links the test lab, which the
 //! installed program does not). Each is a module of [`commands`]; this file maps errors
 //! to the exit statuses ([`ExitStatus`]) and prints them as one line on stderr.

@@ -7,6 +7,7 @@ mod diff;
 mod fleet;
 mod known_good;
 mod release;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,7 @@ enum Command {
     Fleet(fleet::FleetArgs),
     KnownGood(known_good::KnownGoodArgs),
     Release(release::ReleaseArgs),
+    Serve(serve::ServeArgs),
     #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// A throw-away fleet on this machine (not in this build: see its error)
@@ -76,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Fleet(args) => fleet::cmd_fleet(global, &args),
         Command::KnownGood(args) => known_good::cmd_known_good(global, &args),
         Command::Release(args) => release::cmd_release(global, &args),
+        Command::Serve(args) => serve::cmd_serve(global, &args),
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo::cmd_demo(global, &args),
         #[cfg(not(feature = "demo"))]
