@@ -144,8 +144,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ),
             )
         })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Problem::field("body", format!("the body is not JSON ({e})")))?;
+        if !value.is_object() {
+            return Err(Problem::field("body", "the body is a JSON object"));
+        }
+        serde_path_to_error::deserialize(value)
             .map(JsonBody)
             .map_err(|e| {
                 let path = e.path().to_string();
