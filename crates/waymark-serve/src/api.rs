@@ -453,7 +453,7 @@ fn check_rev(rev: &str) -> Result<(), Problem> {
     } else {
         Err(Problem::field(
             "rev",
-            "rev is a commit id: 7 to 40 lowercase hexadecimal digits",
+            "rev is a full commit id: 40 lowercase hexadecimal digits (the job builds exactly that commit)",
         ))
     }
 }

@@ -1,12 +1,9 @@
-//! What runs a job: the [`Executor`] trait, and its implementation that drives the
-//! gated deploy of `waymark deploy` (the same program, as a child process, its JSON Lines
-//! events read as they come). Synchronous: the runner calls it from `spawn_blocking`.
+//! What runs a job: the [`Executor`] trait, and [`EngineExecutor`], which drives the
+//! deploy engine `waymark deploy` uses (`waymark_deploy::Engine`). Synchronous: the
+//! runner calls it from `spawn_blocking`.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -106,57 +103,78 @@ pub trait Executor: Send + Sync + 'static {
     fn run(&self, spec: &RunSpec, progress: &dyn Progress, cancel: &CancelFlag) -> RunOutcome;
 }
 
-/// Runs jobs with `waymark deploy --json`.
-pub struct CliExecutor {
-    /// The waymark program.
-    pub program: PathBuf,
+/// Runs jobs with the deploy engine of `waymark deploy`, in this process.
+pub struct EngineExecutor {
+    pub engine: waymark_deploy::Engine,
     /// `NIX_SSHOPTS` every run starts from (the service's own).
     pub base_sshopts: String,
+    /// The `waymark` command on the hosts.
+    pub remote_waymark: String,
+    /// This machine's deploy records.
+    pub state_dir: PathBuf,
+    /// Key signing closures built here.
+    pub signing_key: Option<PathBuf>,
 }
 
-impl CliExecutor {
-    /// Runs this very program.
-    pub fn for_this_program() -> std::io::Result<Self> {
+impl EngineExecutor {
+    /// The engine of this program, with the settings `waymark deploy` reads from the
+    /// environment (`NIX_SSHOPTS`, `WAYMARK_REMOTE_COMMAND`, `WAYMARK_STATE_DIR`,
+    /// `WAYMARK_SIGNING_KEY`).
+    pub fn from_env() -> std::io::Result<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Ok(Self {
-            program: std::env::current_exe()?,
-            base_sshopts: std::env::var("NIX_SSHOPTS").unwrap_or_default(),
+            engine: waymark_deploy::Engine::for_this_program()?,
+            base_sshopts: var("NIX_SSHOPTS").unwrap_or_default(),
+            remote_waymark: var("WAYMARK_REMOTE_COMMAND").unwrap_or_else(|| "waymark".into()),
+            state_dir: var("WAYMARK_STATE_DIR")
+                .map_or_else(|| "/var/lib/waymark".into(), PathBuf::from),
+            signing_key: var("WAYMARK_SIGNING_KEY").map(PathBuf::from),
         })
     }
+}
 
-    fn command(&self, spec: &RunSpec) -> Command {
-        // The deploy ends with the service (SIGTERM, which it handles like Ctrl-C) rather
-        // than run on unseen while a restarted service re-queues its job.
-        let mut cmd = match find_program("setpriv") {
-            Some(setpriv) => {
-                let mut c = Command::new(setpriv);
-                c.args(["--pdeathsig", "TERM", "--"]).arg(&self.program);
-                c
-            }
-            None => Command::new(&self.program),
-        };
-        cmd.args(["deploy", "--json", "--flake", &spec.flake])
-            .args(["--goal", &spec.goal, "--rev", &spec.rev])
-            .arg("--on")
-            .arg(spec.hosts.join(","));
-        let mut sshopts = self.base_sshopts.clone();
-        if let Some(identity) = &spec.identity {
-            // NIX_SSHOPTS splits on spaces: the identity path was checked to have none.
-            sshopts = format!("{sshopts} -i {}", identity.display())
-                .trim()
-                .to_owned();
-        }
-        cmd.env("NIX_SSHOPTS", sshopts)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
+/// The flake reference pinned at `rev`: what a job builds is its revision, whatever the
+/// branch has moved to since. A local path becomes `git+file://`; a reference that
+/// takes parameters gets `rev=` (the attribute after `#` stays).
+pub fn pin_flake(flake: &str, rev: &str) -> String {
+    let (base, attr) = match flake.split_once('#') {
+        Some((b, a)) => (b, format!("#{a}")),
+        None => (flake, String::new()),
+    };
+    let base = if base.starts_with('/') {
+        format!("git+file://{base}")
+    } else if let Some(path) = base.strip_prefix("path:") {
+        // A path: flake has no history to pin; git+file does.
+        format!("git+file://{path}")
+    } else {
+        base.to_owned()
+    };
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}rev={rev}{attr}")
+}
+
+/// The engine's goal of a deployment's goal name (checked by the API).
+fn goal(name: &str) -> waymark_deploy::Goal {
+    use waymark_deploy::Goal;
+    match name {
+        "build" => Goal::Build,
+        "diff" => Goal::Diff,
+        "dry-activate" => Goal::DryActivate,
+        "test" => Goal::Test,
+        "boot" => Goal::Boot,
+        _ => Goal::Switch,
     }
 }
 
-fn find_program(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+/// Events of the engine, as JSON, to the job's progress.
+struct ToProgress<'a>(&'a dyn Progress);
+
+impl waymark_deploy::Sink for ToProgress<'_> {
+    fn emit(&self, event: waymark_deploy::Event) {
+        if let Ok(v) = serde_json::to_value(&event) {
+            self.0.event(v);
+        }
+    }
 }
 
 fn failed(message: String) -> RunOutcome {
@@ -166,83 +184,80 @@ fn failed(message: String) -> RunOutcome {
     }
 }
 
-impl Executor for CliExecutor {
+impl Executor for EngineExecutor {
     fn run(&self, spec: &RunSpec, progress: &dyn Progress, cancel: &CancelFlag) -> RunOutcome {
-        if spec.config.is_some() || spec.kind == JobKind::Teardown {
-            return failed(
-                "this service runs deploys through `waymark deploy`, which takes no configuration document: submit jobs without `config`".into(),
-            );
+        let mut request = waymark_deploy::Request::new(
+            pin_flake(&spec.flake, &spec.rev),
+            waymark_deploy::Selection::Items(spec.hosts.clone()),
+            Some(spec.rev.clone()),
+        );
+        request.goal = goal(&spec.goal);
+        request.remote_waymark.clone_from(&self.remote_waymark);
+        request.state_dir.clone_from(&self.state_dir);
+        request.signing_key.clone_from(&self.signing_key);
+        if let Some((input, dir)) = &spec.config {
+            request
+                .override_inputs
+                .push((input.clone(), format!("path:{}", dir.display())));
         }
-        let mut child = match self.command(spec).spawn() {
-            Ok(c) => c,
-            Err(e) => return failed(format!("starting {}: {e}", self.program.display())),
-        };
-        let pid = child.id();
-        // The deploy catches SIGTERM: before activation it stops untouched; after, the
-        // target's agent restores by itself (never a torn switch).
-        cancel.on_cancel(move |_| {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        request.nix_sshopts.clone_from(&self.base_sshopts);
+        if let Some(identity) = &spec.identity {
+            // NIX_SSHOPTS splits on spaces: the identity path was checked to have none.
+            request.nix_sshopts = format!("{} -i {}", request.nix_sshopts, identity.display())
+                .trim()
+                .to_owned();
+        }
+        let engine_cancel = waymark_deploy::Cancel::new();
+        let c = engine_cancel.clone();
+        cancel.on_cancel(move |reason| c.cancel(reason));
+        match self.engine.deploy(
+            &request,
+            &ToProgress(progress),
+            &waymark_deploy::Unattended,
+            &engine_cancel,
+        ) {
+            Ok(outcome) => {
+                let reports: Vec<serde_json::Value> = outcome
+                    .reports
+                    .iter()
+                    .filter_map(|r| serde_json::to_value(r).ok())
+                    .collect();
+                outcome_of_reports(&reports)
             }
-        });
-        let stderr = child.stderr.take();
-        let stdout = child.stdout.take();
-        let mut summary: Option<Value> = None;
-        std::thread::scope(|s| {
-            if let Some(stderr) = stderr {
-                s.spawn(move || {
-                    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                        progress.log(&line);
-                    }
-                });
-            }
-            if let Some(stdout) = stdout {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                        progress.log(&line);
-                        continue;
-                    };
-                    if event["event"] == "summary" {
-                        summary = Some(event.clone());
-                    }
-                    progress.event(event);
+            Err(waymark_deploy::EngineError::Cancelled(reason)) => RunOutcome {
+                result: "cancelled".into(),
+                message: Some(reason),
+            },
+            Err(e) => {
+                let mut message = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    message.push_str(&format!(": {s}"));
+                    source = s.source();
                 }
+                failed(message)
             }
-        });
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => break None,
-            }
-        };
-        let Some(summary) = summary else {
-            return failed(format!(
-                "the deploy ended without a summary ({})",
-                status.map_or_else(|| "unknown status".into(), |s| s.to_string())
-            ));
-        };
-        outcome_of_summary(&summary)
+        }
     }
 }
 
-/// The outcome a deploy's `summary` event tells.
-pub fn outcome_of_summary(summary: &Value) -> RunOutcome {
-    let hosts = summary["hosts"].as_array().cloned().unwrap_or_default();
+/// The outcome the hosts' reports tell: the worst result (`unchanged` only when every
+/// host was), and the first worst host's message.
+pub fn outcome_of_reports(hosts: &[Value]) -> RunOutcome {
     let rank = |r: &str| match r {
         "deployed" | "unchanged" => 0,
         "skipped" => 1,
-        "failed" => 2,
-        "error" => 3,
-        _ => 4,
+        "cancelled" => 2,
+        "failed" => 3,
+        "error" => 4,
+        _ => 5,
     };
     let worst = hosts
         .iter()
         .filter_map(|h| h["result"].as_str())
         .max_by_key(|r| rank(r))
-        .unwrap_or("error");
-    // "unchanged" only when every host was unchanged.
-    let result = if worst == "deployed" || worst == "unchanged" {
+        .unwrap_or("unchanged");
+    let result = if rank(worst) == 0 {
         if hosts.iter().all(|h| h["result"] == "unchanged") {
             "unchanged"
         } else {
@@ -264,5 +279,45 @@ pub fn outcome_of_summary(summary: &Value) -> RunOutcome {
     RunOutcome {
         result: result.to_owned(),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn flakes_are_pinned_at_the_job_revision() {
+        let r = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(
+            pin_flake("/srv/fleet", r),
+            format!("git+file:///srv/fleet?rev={r}")
+        );
+        assert_eq!(
+            pin_flake("git+https://example.org/f?ref=main#fleet", r),
+            format!("git+https://example.org/f?ref=main&rev={r}#fleet")
+        );
+        assert_eq!(pin_flake("github:o/f", r), format!("github:o/f?rev={r}"));
+    }
+
+    #[test]
+    fn the_worst_host_decides_and_unchanged_needs_every_host() {
+        let h = |host: &str, result: &str| json!({"host": host, "result": result, "message": format!("{host} {result}")});
+        let o = outcome_of_reports(&[h("a", "unchanged"), h("b", "unchanged")]);
+        assert_eq!((o.result.as_str(), o.message), ("unchanged", None));
+        assert_eq!(
+            outcome_of_reports(&[h("a", "unchanged"), h("b", "deployed")]).result,
+            "deployed"
+        );
+        let o = outcome_of_reports(&[h("a", "failed"), h("b", "needs-human"), h("c", "deployed")]);
+        assert_eq!(
+            (o.result.as_str(), o.message.as_deref()),
+            ("needs-human", Some("b: b needs-human"))
+        );
+        assert_eq!(
+            outcome_of_reports(&[h("a", "skipped"), h("b", "cancelled")]).result,
+            "cancelled"
+        );
     }
 }

@@ -12,7 +12,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), waymark_serve::Error> {
 //! let config = waymark_serve::Config::new("/var/lib/waymark-serve".into());
-//! let executor = std::sync::Arc::new(waymark_serve::CliExecutor::for_this_program().unwrap());
+//! let executor = std::sync::Arc::new(waymark_serve::EngineExecutor::from_env().unwrap());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8750").await.unwrap();
 //! waymark_serve::serve(config, executor, listener).await
 //! # }
@@ -37,7 +37,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 pub use error::{Error, Result};
-pub use executor::{CancelFlag, CliExecutor, Executor, Progress, RunOutcome, RunSpec};
+pub use executor::{CancelFlag, EngineExecutor, Executor, Progress, RunOutcome, RunSpec};
 pub use logs::{FileLogs, Logs};
 pub use sqlite::Sqlite;
 pub use store::Store;

@@ -326,6 +326,7 @@ pub fn final_state(result: &str, cancelled: bool) -> JobState {
     match result {
         "deployed" | "unchanged" => JobState::Succeeded,
         "needs-human" => JobState::NeedsReconcile,
+        "cancelled" => JobState::Cancelled,
         _ if cancelled => JobState::Cancelled,
         _ => JobState::Failed,
     }

@@ -19,7 +19,12 @@ fn id(a: &common::Answer) -> i64 {
 async fn replace_supersedes_the_queued_job_and_cancels_a_building_one() {
     let s = Server::start(4).await;
     s.deployment("shop").await;
-    let first = s.submit("shop", json!({"rev": "b000001"})).await;
+    let first = s
+        .submit(
+            "shop",
+            json!({"rev": "b000001000000000000000000000000000000000"}),
+        )
+        .await;
     assert_eq!(first.status, 201);
     let first = id(&first);
     s.wait_job(first, "building", |j| {
@@ -28,11 +33,14 @@ async fn replace_supersedes_the_queued_job_and_cancels_a_building_one() {
     .await;
     let d = s.call(Method::GET, "/v1/deployments/shop", None).await.body;
     assert_eq!(d["state"], "building");
-    assert_eq!(d["desired_rev"], "b000001");
+    assert_eq!(d["desired_rev"], "b000001000000000000000000000000000000000");
 
     // queue: waits behind the running job, which goes on.
     let queued = s
-        .submit("shop", json!({"rev": "c000002", "mode": "queue"}))
+        .submit(
+            "shop",
+            json!({"rev": "c000002000000000000000000000000000000000", "mode": "queue"}),
+        )
         .await;
     assert_eq!(queued.status, 201);
     let queued = id(&queued);
@@ -41,7 +49,10 @@ async fn replace_supersedes_the_queued_job_and_cancels_a_building_one() {
 
     // reject: refused while a job is queued or running, naming it.
     let r = s
-        .submit("shop", json!({"rev": "c000003", "mode": "reject"}))
+        .submit(
+            "shop",
+            json!({"rev": "c000003000000000000000000000000000000000", "mode": "reject"}),
+        )
         .await;
     assert_eq!(r.status, 409);
     assert_eq!(r.content_type, "application/problem+json");
@@ -49,12 +60,20 @@ async fn replace_supersedes_the_queued_job_and_cancels_a_building_one() {
 
     // attach: the same source is the same job.
     let r = s
-        .submit("shop", json!({"rev": "c000002", "mode": "attach"}))
+        .submit(
+            "shop",
+            json!({"rev": "c000002000000000000000000000000000000000", "mode": "attach"}),
+        )
         .await;
     assert_eq!((r.status, id(&r)), (200, queued));
 
     // replace: the queued job is superseded, the building one cancelled.
-    let newest = s.submit("shop", json!({"rev": "c000004"})).await;
+    let newest = s
+        .submit(
+            "shop",
+            json!({"rev": "c000004000000000000000000000000000000000"}),
+        )
+        .await;
     assert_eq!(newest.status, 201);
     let newest = id(&newest);
     let q = s.job(queued).await;
@@ -67,7 +86,10 @@ async fn replace_supersedes_the_queued_job_and_cancels_a_building_one() {
     let d = s.call(Method::GET, "/v1/deployments/shop", None).await.body;
     assert_eq!(
         (d["state"].as_str(), d["applied_rev"].as_str()),
-        (Some("idle"), Some("c000004"))
+        (
+            Some("idle"),
+            Some("c000004000000000000000000000000000000000")
+        )
     );
     // The superseded job never ran.
     let ran: Vec<i64> = s.exec.ran.lock().unwrap().iter().map(|r| r.0).collect();
@@ -78,27 +100,42 @@ async fn replace_supersedes_the_queued_job_and_cancels_a_building_one() {
 async fn an_activation_is_never_torn_by_a_supersede_but_a_cancel_restores_it() {
     let s = Server::start(4).await;
     s.deployment("blog").await;
-    let act = id(&s.submit("blog", json!({"rev": "a000001"})).await);
+    let act = id(&s
+        .submit(
+            "blog",
+            json!({"rev": "a000001000000000000000000000000000000000"}),
+        )
+        .await);
     s.wait_job(act, "activating", |j| j["phase"] == "activating")
         .await;
     assert_eq!(
         s.call(Method::GET, "/v1/deployments/blog", None).await.body["state"],
         "deploying"
     );
-    let next = id(&s.submit("blog", json!({"rev": "c000002"})).await);
+    let next = id(&s
+        .submit(
+            "blog",
+            json!({"rev": "c000002000000000000000000000000000000000"}),
+        )
+        .await);
     // The replace did not touch the activation: still running, no cancel pending.
     let j = s.job(act).await;
     assert_eq!(
         (j["state"].as_str(), j["cancel_requested"].as_str()),
         (Some("running"), None)
     );
-    s.release("a000001");
+    s.release("a000001000000000000000000000000000000000");
     assert_eq!(s.wait_state(act, "succeeded").await["result"], "deployed");
     s.wait_state(next, "succeeded").await;
 
     // A requested cancel reaches an activation: the host restores (the script fails it),
     // and the job ends cancelled with the reason.
-    let act2 = id(&s.submit("blog", json!({"rev": "a000003"})).await);
+    let act2 = id(&s
+        .submit(
+            "blog",
+            json!({"rev": "a000003000000000000000000000000000000000"}),
+        )
+        .await);
     s.wait_job(act2, "activating", |j| j["phase"] == "activating")
         .await;
     let c = s
@@ -122,9 +159,19 @@ async fn cancels_and_failures_carry_their_reasons() {
     s.deployment("one").await;
     s.deployment("two").await;
     // One worker: `one` builds, `two`'s job waits.
-    let running = id(&s.submit("one", json!({"rev": "b000001"})).await);
+    let running = id(&s
+        .submit(
+            "one",
+            json!({"rev": "b000001000000000000000000000000000000000"}),
+        )
+        .await);
     s.wait_state(running, "running").await;
-    let waiting = id(&s.submit("two", json!({"rev": "f000002"})).await);
+    let waiting = id(&s
+        .submit(
+            "two",
+            json!({"rev": "f000002000000000000000000000000000000000"}),
+        )
+        .await);
     let c = s
         .call(
             Method::POST,
@@ -160,7 +207,12 @@ async fn cancels_and_failures_carry_their_reasons() {
         "maintenance"
     );
     // A failing deploy: failed, with the host's message; the deployment shows failed.
-    let failing = id(&s.submit("two", json!({"rev": "f000003"})).await);
+    let failing = id(&s
+        .submit(
+            "two",
+            json!({"rev": "f000003000000000000000000000000000000000"}),
+        )
+        .await);
     let j = s.wait_state(failing, "failed").await;
     assert_eq!(j["reason"], "web1: the switch test failed");
     assert_eq!(j["counters"]["total"], 3);
@@ -175,7 +227,8 @@ async fn an_idempotency_key_returns_the_same_job_and_refuses_another_request() {
     let s = Server::start(0).await;
     s.deployment("api").await;
     let key = [("Idempotency-Key", "order-77")];
-    let body = json!({"rev": "c000001", "config": {"replicas": 2}});
+    let body =
+        json!({"rev": "c000001000000000000000000000000000000000", "config": {"replicas": 2}});
     let a = s
         .call_with(
             Some(TOKEN_A),
@@ -197,7 +250,8 @@ async fn an_idempotency_key_returns_the_same_job_and_refuses_another_request() {
     assert_eq!((a.status, b.status), (201, 200));
     assert_eq!(id(&a), id(&b));
     assert_eq!(b.body["config"], json!({"replicas": 2}));
-    let other = json!({"rev": "c000001", "config": {"replicas": 3}});
+    let other =
+        json!({"rev": "c000001000000000000000000000000000000000", "config": {"replicas": 3}});
     let c = s
         .call_with(
             Some(TOKEN_A),
@@ -237,7 +291,12 @@ async fn an_idempotency_key_returns_the_same_job_and_refuses_another_request() {
 async fn another_tenants_deployments_jobs_and_events_do_not_exist() {
     let s = Server::start(0).await;
     s.deployment("private").await;
-    let job = id(&s.submit("private", json!({"rev": "c000001"})).await);
+    let job = id(&s
+        .submit(
+            "private",
+            json!({"rev": "c000001000000000000000000000000000000000"}),
+        )
+        .await);
     let b = |m: Method, p: String, body: Option<Value>| {
         let s = &s;
         async move { s.call_with(Some(TOKEN_B), m, &p, body.as_ref(), &[]).await }
@@ -274,7 +333,7 @@ async fn another_tenants_deployments_jobs_and_events_do_not_exist() {
     let c = b(
         Method::POST,
         "/v1/deployments/private/jobs".into(),
-        Some(json!({"rev": "c000002"})),
+        Some(json!({"rev": "c000002000000000000000000000000000000000"})),
     )
     .await;
     assert_eq!(c.status, 404);
@@ -359,14 +418,14 @@ async fn bad_input_is_a_problem_naming_the_field() {
         (
             Method::POST,
             "/v1/deployments/ok/jobs",
-            Some(json!({"rev": "c000001", "priority": "urgent"})),
+            Some(json!({"rev": "c000001000000000000000000000000000000000", "priority": "urgent"})),
             400,
             "priority",
         ),
         (
             Method::POST,
             "/v1/deployments/ok/jobs",
-            Some(json!({"rev": "c000001", "extra": 1})),
+            Some(json!({"rev": "c000001000000000000000000000000000000000", "extra": 1})),
             400,
             "extra",
         ),
@@ -380,7 +439,7 @@ async fn bad_input_is_a_problem_naming_the_field() {
         (
             Method::POST,
             "/v1/deployments/nope/jobs",
-            Some(json!({"rev": "c000001"})),
+            Some(json!({"rev": "c000001000000000000000000000000000000000"})),
             404,
             "",
         ),
@@ -435,7 +494,7 @@ async fn bad_input_is_a_problem_naming_the_field() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
-    let big = json!({"rev": "c000001", "config": {"blob": "x".repeat(300 * 1024)}});
+    let big = json!({"rev": "c000001000000000000000000000000000000000", "config": {"blob": "x".repeat(300 * 1024)}});
     let a = s
         .call(Method::POST, "/v1/deployments/ok/jobs", Some(big))
         .await;
@@ -477,7 +536,7 @@ async fn pages_filters_logs_queue_and_metrics() {
         s.deployment(&format!("d{n}")).await;
         s.submit(
             &format!("d{n}"),
-            json!({"rev": "c000001", "priority": if n == 0 {"high"} else {"normal"}}),
+            json!({"rev": "c000001000000000000000000000000000000000", "priority": if n == 0 {"high"} else {"normal"}}),
         )
         .await;
     }
@@ -554,7 +613,12 @@ async fn pages_filters_logs_queue_and_metrics() {
 async fn logs_by_line_and_followed_to_the_end() {
     let s = Server::start(2).await;
     s.deployment("logged").await;
-    let job = id(&s.submit("logged", json!({"rev": "b000001"})).await);
+    let job = id(&s
+        .submit(
+            "logged",
+            json!({"rev": "b000001000000000000000000000000000000000"}),
+        )
+        .await);
     s.wait_job(job, "building", |j| j["phase"] == "building")
         .await;
     let first = s
@@ -567,7 +631,7 @@ async fn logs_by_line_and_followed_to_the_end() {
         .body;
     assert_eq!(
         first["lines"],
-        json!([{"n": 1, "text": format!("job {job} for b000001")}])
+        json!([{"n": 1, "text": format!("job {job} for b000001000000000000000000000000000000000")}])
     );
     assert_eq!(first["complete"], false);
     let follow = s
@@ -579,7 +643,7 @@ async fn logs_by_line_and_followed_to_the_end() {
         .bearer_auth(TOKEN_A)
         .send();
     let follow = tokio::spawn(follow);
-    s.release("b000001");
+    s.release("b000001000000000000000000000000000000000");
     s.wait_state(job, "succeeded").await;
     let text = follow.await.unwrap().unwrap().text().await.unwrap();
     let all = s
@@ -632,7 +696,11 @@ async fn sse_resumes_with_last_event_id_without_loss_or_duplicates() {
     let s = Server::start(0).await;
     s.deployment("live").await;
     for n in 0..6 {
-        s.submit("live", json!({"rev": format!("c00000{n}")})).await;
+        s.submit(
+            "live",
+            json!({"rev": format!("c00000{n}").repeat(6)[..40].to_owned()}),
+        )
+        .await;
     }
     let all = s
         .call(Method::GET, "/v1/events?limit=1000", None)
@@ -680,7 +748,12 @@ async fn sse_resumes_with_last_event_id_without_loss_or_duplicates() {
         .await
         .unwrap();
     let waiter = tokio::spawn(read_sse(resp, 1));
-    let j = id(&s.submit("live", json!({"rev": "c000009"})).await);
+    let j = id(&s
+        .submit(
+            "live",
+            json!({"rev": "c000009000000000000000000000000000000000"}),
+        )
+        .await);
     let got = waiter.await.unwrap();
     assert!(got[0].0 > last.unwrap());
     // The first new event is the supersede of the queued job, then the new job.
@@ -705,7 +778,11 @@ async fn sse_resumes_with_last_event_id_without_loss_or_duplicates() {
 async fn every_documented_route_answers() {
     let s = Server::start(0).await;
     s.deployment("routes").await;
-    s.submit("routes", json!({"rev": "c000001"})).await;
+    s.submit(
+        "routes",
+        json!({"rev": "c000001000000000000000000000000000000000"}),
+    )
+    .await;
     let paths: Vec<(String, String)> = s.spec["paths"]
         .as_object()
         .unwrap()
@@ -725,7 +802,7 @@ async fn every_documented_route_answers() {
         let body = match (m.as_str(), path.as_str()) {
             ("PUT", _) => Some(json!({"flake": "/f", "hosts": ["h"]})),
             ("POST", p) if p.ends_with("/jobs") => {
-                Some(json!({"rev": "c000002", "mode": "attach"}))
+                Some(json!({"rev": "c000002000000000000000000000000000000000", "mode": "attach"}))
             }
             ("POST", _) => Some(json!({"reason": "route check"})),
             _ => None,

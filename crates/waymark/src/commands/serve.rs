@@ -88,7 +88,7 @@ pub fn cmd_serve(global: Global, args: &ServeArgs) -> anyhow::Result<ExitStatus>
         bail!("--authorize-url {url:?}: expected an http:// or https:// URL");
     }
     let executor =
-        Arc::new(waymark_serve::CliExecutor::for_this_program().context("finding this program")?);
+        Arc::new(waymark_serve::EngineExecutor::from_env().context("finding this program")?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
