@@ -37,6 +37,7 @@
         sweeps = ./modules/sweeps.nix;
         known-good = ./modules/known-good.nix;
         deploy = ./modules/deploy.nix;
+        serve = ./modules/serve.nix;
         default = ./modules/default.nix;
       };
 

@@ -8,5 +8,6 @@
     ./sweeps.nix
     ./known-good.nix
     ./deploy.nix
+    ./serve.nix
   ];
 }

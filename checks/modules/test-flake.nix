@@ -38,8 +38,18 @@ t.all [
     "harness"
     "known-good"
     "runners"
+    "serve"
     "sweeps"
   ] (lib.attrNames m))
+  (t.clean "serve alone" (
+    alone m.serve (
+      { pkgs, ... }:
+      {
+        services.waymark-serve.enable = true;
+        services.waymark-serve.package = pkgs.runCommand "waymark" { meta.mainProgram = "waymark"; } "mkdir -p $out/bin";
+      }
+    )
+  ))
   (t.clean "harness alone" (alone m.harness { waymark.harness.enable = true; }))
   (t.clean "runners alone (they bring the harness)" (
     alone m.runners (
