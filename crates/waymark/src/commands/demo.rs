@@ -38,6 +38,13 @@ pub struct DemoArgs {
     /// With --diff-only: print the diff as JSON
     #[arg(long)]
     pub json: bool,
+    /// Start the fleet and serve the queue service on it (`waymark serve`, with a
+    /// deployment `web` of web1 and web2) until Ctrl-C, instead of the scripted deploys
+    #[arg(long, conflicts_with = "diff_only")]
+    pub serve: bool,
+    /// With --serve: the address the service listens on
+    #[arg(long, default_value = "127.0.0.1:8750", requires = "serve")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// The directory the demo leaves its state in: the one named, or a new one.
@@ -132,7 +139,11 @@ fn fleet_demo(global: Global, args: &DemoArgs) -> anyhow::Result<ExitStatus> {
     std::thread::scope(|scope| {
         let _catching = catching;
         scope.spawn(|| stop_on_signal(signals, &stopper, &dir));
-        show_fleet(global, &stopper, &dir)
+        if args.serve {
+            serve_fleet(global, &stopper, &dir, args.listen)
+        } else {
+            show_fleet(global, &stopper, &dir)
+        }
     })
 }
 
@@ -204,6 +215,86 @@ fn children() -> Vec<rustix::process::Pid> {
                 .then(|| rustix::process::Pid::from_raw(pid))?
         })
         .collect()
+}
+
+/// `demo --serve`: the fleet, and `waymark serve` on it with the deployment `web`
+/// made, until a signal stops both.
+fn serve_fleet(
+    global: Global,
+    stopper: &Stopper,
+    dir: &Path,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<ExitStatus> {
+    let p = global.printer;
+    let me = std::env::current_exe().context("finding the waymark binary")?;
+    p.info(format_args!(
+        "Starting a build host `builder` and targets `web1`, `web2` in {}.",
+        dir.display()
+    ));
+    let (lab, rev) = stopper.starting(|| -> anyhow::Result<(Lab, String)> {
+        let mut lab = Lab::new(dir, &["web1", "web2"], &me).context(
+            "starting the demo fleet (needs root, openssh-server, nix-bin, busybox-static)",
+        )?;
+        // The commit a job deploys: generation 2 on both targets (they run generation 1).
+        let rev = lab.flake.set_generations(&["web1", "web2"], "g1")?;
+        Ok((lab, rev))
+    })?;
+    let state = dir.join("serve");
+    let store = waymark_serve::Sqlite::open(&{
+        std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+        waymark_serve::database_path(&state)
+    })
+    .context("creating the service's database")?;
+    waymark_serve::Store::put_deployment(
+        &store,
+        &waymark_serve::store::Deployment {
+            name: "web".into(),
+            tenant: "default".into(),
+            flake: lab.flake.dir().display().to_string(),
+            hosts: vec!["web1".into(), "web2".into()],
+            goal: "switch".into(),
+            config_input: "panel".into(),
+            desired_rev: None,
+            applied_rev: None,
+            created_at: String::new(),
+        },
+    )
+    .context("creating the deployment `web`")?;
+    drop(store);
+    let mut serve = stopper.starting(|| {
+        let mut cmd = lab
+            .fleet
+            .deployer_command(&me)
+            .context("preparing the deployer")?;
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--state-dir")
+            .arg(&state)
+            .env("WAYMARK_REMOTE_COMMAND", lab.remote_waymark())
+            .env("WAYMARK_STATE_DIR", lab.state_dir());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.spawn().context("running waymark serve")
+    })?;
+    let token = state.join("token");
+    p.info(format_args!(
+        "\nThe queue service runs on http://{listen}, with a deployment `web` (web1, web2) of the flake in {f}.\n\
+         Deploy commit {rev} (generation 2) to it:\n\n  \
+         curl -H \"Authorization: Bearer $(cat {t})\" -d '{{\"rev\": \"{rev}\"}}' http://{listen}/v1/deployments/web/jobs\n\n\
+         Watch it live (Server-Sent Events):\n\n  \
+         curl -N -H \"Authorization: Bearer $(cat {t})\" -H 'Accept: text/event-stream' http://{listen}/v1/events\n\n\
+         Ctrl-C stops the service and the hosts; the state stays in {d}.",
+        f = lab.flake.dir().display(),
+        t = token.display(),
+        d = dir.display(),
+    ));
+    let status = serve.wait().context("running waymark serve")?;
+    stopper.starting(|| drop(lab));
+    Ok(if status.success() {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Error
+    })
 }
 
 /// The fleet demo's steps. A signal during one waits until the programs it starts
