@@ -234,7 +234,7 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
 }
 
 async fn healthz(State(app): AppState) -> Answer {
-    db(&app, |s| s.depth()).await?;
+    db(&app, crate::store::Store::depth).await?;
     Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
 }
 
@@ -278,7 +278,7 @@ async fn metrics(State(app): AppState) -> Answer {
 
 async fn queue(State(app): AppState, headers: HeaderMap) -> Answer {
     tenant(&app, &headers, "read", "").await?;
-    let depth = db(&app, |s| s.depth()).await?;
+    let depth = db(&app, crate::store::Store::depth).await?;
     Ok(json_response(StatusCode::OK, &json!({ "classes": depth })))
 }
 

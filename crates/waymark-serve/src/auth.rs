@@ -123,12 +123,15 @@ impl Tokens {
     }
 }
 
+/// Tenant, action, deployment: what the callback is asked.
+type Question = (String, String, String);
+
 /// The panel's say on each request, when it has one.
 pub struct Authorizer {
     url: Option<String>,
     client: reqwest::Client,
     ttl: Duration,
-    cache: Mutex<HashMap<(String, String, String), (Instant, bool)>>,
+    cache: Mutex<HashMap<Question, (Instant, bool)>>,
 }
 
 impl Authorizer {

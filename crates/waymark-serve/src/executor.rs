@@ -41,10 +41,13 @@ pub struct CancelFlag {
     inner: Arc<Mutex<CancelInner>>,
 }
 
+/// What runs on cancel.
+type Hook = Box<dyn Fn(&str) + Send>;
+
 #[derive(Default)]
 struct CancelInner {
     reason: Option<String>,
-    hooks: Vec<Box<dyn Fn(&str) + Send>>,
+    hooks: Vec<Hook>,
 }
 
 impl CancelFlag {
@@ -203,9 +206,8 @@ impl Executor for EngineExecutor {
         request.nix_sshopts.clone_from(&self.base_sshopts);
         if let Some(identity) = &spec.identity {
             // NIX_SSHOPTS splits on spaces: the identity path was checked to have none.
-            request.nix_sshopts = format!("{} -i {}", request.nix_sshopts, identity.display())
-                .trim()
-                .to_owned();
+            let opts = format!("{} -i {}", request.nix_sshopts, identity.display());
+            opts.trim().clone_into(&mut request.nix_sshopts);
         }
         let engine_cancel = waymark_deploy::Cancel::new();
         let c = engine_cancel.clone();

@@ -5,7 +5,7 @@
 //! docs/openapi.json).
 //!
 //! The job decisions are pure functions ([`model`]); storage is one trait ([`Store`],
-//! SQLite in [`Sqlite`]); logs another ([`Logs`]); the deploy a third ([`Executor`]).
+//! `SQLite` in [`Sqlite`]); logs another ([`Logs`]); the deploy a third ([`Executor`]).
 //!
 //! # Example
 //!
@@ -98,6 +98,7 @@ fn create_private_dir(path: &Path) -> Result<()> {
 /// The tokens: from the token files, or the state directory's own `token` (made on
 /// first start) for a service started with no configuration.
 fn load_tokens(config: &Config) -> Result<auth::Tokens> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     if !config.token_files.is_empty() {
         return auth::Tokens::load(&config.token_files);
     }
@@ -110,7 +111,6 @@ fn load_tokens(config: &Config) -> Result<auth::Tokens> {
                 .and_then(|mut f| f.read_exact(&mut bytes))
                 .map_err(Error::io("reading", "/dev/urandom"))?;
             let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            use std::os::unix::fs::OpenOptionsExt as _;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)

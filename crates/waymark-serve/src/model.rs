@@ -182,6 +182,7 @@ impl Phase {
 
     /// The phase a deploy event moves a job to (never back), from the event's `event`
     /// and `gate` fields (docs/deploy-events-schema.json).
+    #[must_use]
     pub fn after_event(self, event: &str, gate: Option<&str>) -> Self {
         let next = match (event, gate) {
             // The switch test is the first gate that changes what a host runs.

@@ -237,7 +237,7 @@ fn log_line(ev: &Value) -> String {
         "note" => format!("{}: {}", s("host"), s("message")),
         "host" => format!("{}: {} ({})", s("host"), s("result"), s("message")),
         "summary" => format!("summary: exit status {}", ev["exit_code"]),
-        other => format!("{other}"),
+        other => other.to_owned(),
     }
 }
 

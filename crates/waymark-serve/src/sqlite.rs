@@ -1,5 +1,5 @@
-//! The SQLite backend: one database in WAL mode in the state directory, migrations by
-//! `PRAGMA user_version`, one connection behind a mutex (SQLite has one writer anyway;
+//! The `SQLite` backend: one database in WAL mode in the state directory, migrations by
+//! `PRAGMA user_version`, one connection behind a mutex (`SQLite` has one writer anyway;
 //! every method is one short transaction, `BEGIN IMMEDIATE` where it writes).
 //!
 //! The invariants live in the schema, not in this code: one queued and one running job
@@ -87,7 +87,7 @@ CREATE INDEX events_tenant ON events (tenant, seq);
 CREATE INDEX events_job ON events (job_id, seq);
 "];
 
-/// The SQLite store.
+/// The `SQLite` store.
 pub struct Sqlite {
     conn: Mutex<Connection>,
 }
@@ -344,11 +344,7 @@ impl Store for Sqlite {
         Ok(n == 1)
     }
 
-    fn deployment_jobs(
-        &self,
-        tenant: &str,
-        name: &str,
-    ) -> Result<(Option<(JobKind, Phase)>, bool, Option<JobState>)> {
+    fn deployment_jobs(&self, tenant: &str, name: &str) -> Result<crate::store::LiveJobs> {
         let conn = self.conn();
         let id: Option<i64> = conn
             .query_row(

@@ -1,6 +1,6 @@
 //! The storage interface the service is written against: one trait, synchronous (called
-//! from `spawn_blocking`), whose every method is one transaction. The SQLite backend is
-//! `sqlite.rs`; a PostgreSQL one implements the same methods (a claim is `SELECT … FOR
+//! from `spawn_blocking`), whose every method is one transaction. The `SQLite` backend is
+//! `sqlite.rs`; a `PostgreSQL` one implements the same methods (a claim is `SELECT … FOR
 //! UPDATE SKIP LOCKED`, a submission locks its deployment's row).
 
 use serde::Serialize;
@@ -133,6 +133,10 @@ pub struct JobFilter {
     pub limit: usize,
 }
 
+/// A deployment's running job (kind, phase), whether one is queued, and its last
+/// finished job's state.
+pub type LiveJobs = (Option<(JobKind, Phase)>, bool, Option<JobState>);
+
 /// Queue depth of one class.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Depth {
@@ -158,11 +162,7 @@ pub trait Store: Send + Sync + 'static {
     fn forget(&self, tenant: &str, name: &str) -> Result<bool>;
     /// The deployment's running job (kind, phase), whether one is queued, and its last
     /// finished job's state: what its state is decided from.
-    fn deployment_jobs(
-        &self,
-        tenant: &str,
-        name: &str,
-    ) -> Result<(Option<(JobKind, Phase)>, bool, Option<JobState>)>;
+    fn deployment_jobs(&self, tenant: &str, name: &str) -> Result<LiveJobs>;
     /// Submits a job under its mode (`model::decide_submit`), in one transaction.
     fn submit(&self, job: &NewJob) -> Result<Submitted>;
     /// A tenant's job.

@@ -2,6 +2,8 @@
 //! idempotency, tenants, problems, logs, events; every answer checked against
 //! docs/openapi.json.
 
+#![allow(clippy::many_single_char_names)] // short names for jobs and answers read better here
+
 mod common;
 
 use common::{Server, TOKEN_A, TOKEN_B};

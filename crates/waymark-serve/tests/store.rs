@@ -1,4 +1,4 @@
-//! The SQLite store: the database enforces the invariants; claims share fairly; a
+//! The `SQLite` store: the database enforces the invariants; claims share fairly; a
 //! restart re-queues or reconciles what a dead worker left running.
 
 use serde_json::json;

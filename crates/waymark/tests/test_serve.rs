@@ -105,7 +105,7 @@ impl Serve {
     }
 
     fn wait_job(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(300);
+        let deadline = Instant::now() + Duration::from_mins(5);
         loop {
             let j = self.get(&format!("/v1/jobs/{id}"));
             if pred(&j) {
@@ -345,7 +345,7 @@ fn jobs_deploy_for_real_skip_when_unchanged_and_survive_kill_9() {
         j["reason"].as_str().unwrap().contains("not replayed"),
         "{j}"
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_mins(2);
     loop {
         let (current, profile, boot) = lab.system("web1");
         if current == profile && profile == boot {

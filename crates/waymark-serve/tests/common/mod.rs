@@ -288,7 +288,7 @@ impl Server {
     /// Waits until job `id` satisfies `pred` (a generous deadline: a hang fails, no
     /// timing is asserted).
     pub async fn wait_job(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             let j = self.job(id).await;
             if pred(&j) {

@@ -16,10 +16,10 @@ use crate::ExitStatus;
 ///
 /// HTTP+JSON under /v1 (docs/openapi.json): deployments, jobs with modes (replace,
 /// queue, reject, attach), cancels with a reason, logs, events as Server-Sent Events.
-/// Its state (SQLite database, logs) lives in --state-dir, created on first start. With
-/// no --tokens, a token of tenant `default` is made in STATE_DIR/token. Deploys run as
-/// `waymark deploy` does, with WAYMARK_STATE_DIR, WAYMARK_REMOTE_COMMAND and NIX_SSHOPTS
-/// from this environment.
+/// Its state (an `SQLite` database, logs) lives in --state-dir, created on first start.
+/// With no --tokens, a token of tenant `default` is made in `STATE_DIR/token`. Deploys run
+/// as `waymark deploy` does, with `WAYMARK_STATE_DIR`, `WAYMARK_REMOTE_COMMAND` and
+/// `NIX_SSHOPTS` from this environment.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address and port to listen on
@@ -37,8 +37,8 @@ pub struct ServeArgs {
     /// token) (can be repeated)
     #[arg(long = "tokens", value_name = "FILE")]
     pub tokens: Vec<PathBuf>,
-    /// The panel's authorisation callback: POSTed {"tenant","action","deployment"} per
-    /// request, any 2xx allows, anything else (or no answer) denies
+    /// The panel's authorisation callback: a POST of `{"tenant","action","deployment"}` per
+    /// request, any `2xx` allows, anything else (or no answer) denies
     #[arg(long, value_name = "URL")]
     pub authorize_url: Option<String>,
     /// Seconds an authorisation answer is kept
@@ -98,7 +98,7 @@ pub fn cmd_serve(global: Global, args: &ServeArgs) -> anyhow::Result<ExitStatus>
             .await
             .with_context(|| format!("listening on {} (is the port taken?)", args.listen))?;
         let addr = listener.local_addr().unwrap_or(args.listen);
-        global.printer.info(&format!(
+        global.printer.info(format!(
             "Serving on http://{addr} (state in {}).",
             args.state_dir.display()
         ));
