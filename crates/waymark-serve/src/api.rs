@@ -2,22 +2,15 @@
 //! events (SSE or JSON polling), queue depth; `/healthz` and `/metrics`.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::stream;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -25,7 +18,13 @@ use crate::auth::{Authorizer, Tokens};
 use crate::model::{self, JobKind, JobState, Mode, Priority};
 use crate::problem::Problem;
 use crate::runner::Shared;
-use crate::store::{Cancelled, Deployment, EventRow, Job, JobFilter, NewJob, Submitted};
+use crate::store::{Cancelled, Deployment, Job, JobFilter, NewJob, Submitted};
+
+mod input;
+mod stream;
+
+use input::{JsonBody, Params, Seg, id_param, limit, name_param};
+use stream::{job_events, logs, tenant_events};
 
 /// What every handler reads.
 pub struct App {
@@ -121,112 +120,6 @@ async fn tenant(
         ));
     }
     Ok(tenant)
-}
-
-/// A JSON body read whole (within the limit) and parsed with the failing field's path.
-struct JsonBody<T>(T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = Problem;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            let status = e.status();
-            Problem::new(
-                if status.is_client_error() {
-                    status
-                } else {
-                    StatusCode::BAD_REQUEST
-                },
-                "unreadable body",
-                format!(
-                    "the request body could not be read ({e}); the limit is {BODY_LIMIT} bytes"
-                ),
-            )
-        })?;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Problem::field("body", format!("the body is not JSON ({e})")))?;
-        if !value.is_object() {
-            return Err(Problem::field("body", "the body is a JSON object"));
-        }
-        serde_path_to_error::deserialize(value)
-            .map(JsonBody)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let field = if path == "." { "body".to_owned() } else { path };
-                Problem::field(&field, format!("{field}: {}", e.inner()))
-            })
-    }
-}
-
-/// The query string's parameters (a malformed one is a problem, not plain text).
-struct Params(HashMap<String, String>);
-
-impl<S: Send + Sync> FromRequestParts<S> for Params {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
-        axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-            .map(|q| Self(q.0))
-            .map_err(|e| Problem::field("query", format!("the query string is malformed ({e})")))
-    }
-}
-
-/// The route's one path parameter.
-struct Seg(String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Seg {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map(|p| Self(p.0))
-            .map_err(|e| Problem::field("path", format!("the path is malformed ({e})")))
-    }
-}
-
-fn valid_name(s: &str) -> bool {
-    crate::auth::valid_tenant(s)
-}
-
-fn name_param(name: &str) -> Result<String, Problem> {
-    if valid_name(name) {
-        Ok(name.to_owned())
-    } else {
-        Err(Problem::field(
-            "name",
-            "a deployment name is 1 to 63 of a-z, 0-9, '-', '_', '.' starting with a letter or digit",
-        ))
-    }
-}
-
-fn id_param(id: &str) -> Result<i64, Problem> {
-    id.parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| Problem::field("id", "a job id is a positive integer"))
-}
-
-fn query_num(
-    q: &HashMap<String, String>,
-    key: &str,
-    default: i64,
-    max: i64,
-) -> Result<i64, Problem> {
-    match q.get(key) {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (0..=max).contains(n))
-            .ok_or_else(|| Problem::field(key, format!("{key} is an integer from 0 to {max}"))),
-    }
-}
-
-fn limit(q: &HashMap<String, String>) -> Result<usize, Problem> {
-    let n = query_num(q, "limit", 50, MAX_PAGE as i64)?;
-    Ok(n.max(1) as usize)
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response {
@@ -775,194 +668,4 @@ async fn list_jobs(State(app): AppState, headers: HeaderMap, Params(q): Params) 
         StatusCode::OK,
         &json!({"items": items, "next_cursor": next}),
     ))
-}
-
-async fn logs(State(app): AppState, headers: HeaderMap, Seg(id): Seg, Params(q): Params) -> Answer {
-    let id = id_param(&id)?;
-    let tenant = tenant(&app, &headers, "read", "").await?;
-    let after = query_num(&q, "after_line", 0, i64::MAX)? as u64;
-    let limit = query_num(&q, "limit", 1000, 10_000)?.max(1) as usize;
-    let follow = match q.get("follow").map(String::as_str) {
-        None | Some("false" | "0") => false,
-        Some("true" | "1") => true,
-        Some(_) => return Err(Problem::field("follow", "follow is true or false")),
-    };
-    let t = tenant.clone();
-    let job = db(&app, move |s| s.job(&t, id)).await?;
-    let job = job.ok_or_else(|| Problem::not_found("job"))?;
-    if !follow {
-        let store_logs = app.shared.logs.clone();
-        let (lines, total) = tokio::task::spawn_blocking(move || store_logs.read(id, after, limit))
-            .await
-            .map_err(|e| Problem::unavailable(&e))?
-            .map_err(|e| Problem::unavailable(&e))?;
-        let next = lines.last().map_or(after, |l| l.0);
-        let lines: Vec<Value> = lines
-            .into_iter()
-            .map(|(n, text)| json!({"n": n, "text": text}))
-            .collect();
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({
-                "job": id,
-                "lines": lines,
-                "next_line": next,
-                "total": total,
-                "complete": job.state.is_final() && next >= total,
-            }),
-        ));
-    }
-    // Follow: the lines as text, one per line, until the job has ended and every line
-    // was sent.
-    let app2 = app.clone();
-    let rx = app.shared.events.subscribe();
-    let s = stream::unfold((after, rx, false), move |(after, mut rx, done)| {
-        let app = app2.clone();
-        let tenant = tenant.clone();
-        async move {
-            if done {
-                return None;
-            }
-            loop {
-                rx.borrow_and_update();
-                let logs = app.shared.logs.clone();
-                let read = tokio::task::spawn_blocking(move || logs.read(id, after, 1000)).await;
-                let Ok(Ok((lines, _))) = read else {
-                    return None;
-                };
-                if let Some(last) = lines.last() {
-                    let next = last.0;
-                    let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
-                    return Some((Ok::<_, Infallible>(text), (next, rx, false)));
-                }
-                let t = tenant.clone();
-                let store = app.shared.store.clone();
-                let state = tokio::task::spawn_blocking(move || store.job(&t, id)).await;
-                match state {
-                    Ok(Ok(Some(j))) if !j.state.is_final() => {}
-                    _ => return None,
-                }
-                tokio::select! {
-                    _ = rx.changed() => {}
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-        }
-    });
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        Body::from_stream(s),
-    )
-        .into_response())
-}
-
-/// Where an event stream resumes: `Last-Event-ID`, else `?after=`, else the start.
-fn resume_point(headers: &HeaderMap, q: &HashMap<String, String>) -> Result<i64, Problem> {
-    if let Some(v) = headers.get("last-event-id") {
-        return v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| {
-                Problem::field(
-                    "Last-Event-ID",
-                    "Last-Event-ID is an event's id (a sequence number)",
-                )
-            });
-    }
-    query_num(q, "after", 0, i64::MAX)
-}
-
-fn event_json(e: &EventRow) -> Value {
-    let mut v = e.data.clone();
-    v["seq"] = json!(e.seq);
-    v["deployment"] = json!(e.deployment);
-    v
-}
-
-async fn events(
-    app: Arc<App>,
-    headers: HeaderMap,
-    q: HashMap<String, String>,
-    tenant: String,
-    job: Option<i64>,
-) -> Answer {
-    let after = resume_point(&headers, &q)?;
-    let wants_sse = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/event-stream"));
-    if !wants_sse {
-        let limit = query_num(&q, "limit", 100, 1000)?.max(1) as usize;
-        let rows = db(&app, move |s| s.events(&tenant, job, after, limit)).await?;
-        let next = rows.last().map_or(after, |r| r.seq);
-        let items: Vec<Value> = rows.iter().map(event_json).collect();
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({"events": items, "next_after": next}),
-        ));
-    }
-    let rx = app.shared.events.subscribe();
-    let s = stream::unfold(
-        (after, rx, std::collections::VecDeque::<EventRow>::new()),
-        move |(mut after, mut rx, mut buffer)| {
-            let app = app.clone();
-            let tenant = tenant.clone();
-            async move {
-                loop {
-                    if let Some(row) = buffer.pop_front() {
-                        after = row.seq;
-                        let ev = SseEvent::default()
-                            .id(row.seq.to_string())
-                            .event(row.data["type"].as_str().unwrap_or("event"))
-                            .data(event_json(&row).to_string());
-                        return Some((Ok::<_, Infallible>(ev), (after, rx, buffer)));
-                    }
-                    // Marked seen before reading: an event stored after the read wakes
-                    // the wait below.
-                    rx.borrow_and_update();
-                    let store = app.shared.store.clone();
-                    let t = tenant.clone();
-                    let rows =
-                        tokio::task::spawn_blocking(move || store.events(&t, job, after, 500))
-                            .await;
-                    let Ok(Ok(rows)) = rows else {
-                        return None;
-                    };
-                    if rows.is_empty() {
-                        // Polling as well: another process may write the same storage.
-                        tokio::select! {
-                            _ = rx.changed() => {}
-                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                    }
-                    buffer.extend(rows);
-                }
-            }
-        },
-    );
-    Ok(Sse::new(s)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
-}
-
-async fn job_events(
-    State(app): AppState,
-    headers: HeaderMap,
-    Seg(id): Seg,
-    Params(q): Params,
-) -> Answer {
-    let id = id_param(&id)?;
-    let tenant = tenant(&app, &headers, "read", "").await?;
-    let t = tenant.clone();
-    if db(&app, move |s| s.job(&t, id)).await?.is_none() {
-        return Err(Problem::not_found("job"));
-    }
-    events(app, headers, q, tenant, Some(id)).await
-}
-
-async fn tenant_events(State(app): AppState, headers: HeaderMap, Params(q): Params) -> Answer {
-    let tenant = tenant(&app, &headers, "read", "").await?;
-    events(app, headers, q, tenant, None).await
 }
