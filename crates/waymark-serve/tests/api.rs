@@ -647,3 +647,61 @@ async fn every_documented_route_answers() {
         assert!(a.status < 400, "{m} {concrete}: {} {}", a.status, a.body);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorisation_callback_is_asked_cached_and_fails_closed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The panel: allows acme to read and write deployment `ok`, nothing else.
+    let asked = Arc::new(AtomicUsize::new(0));
+    let a2 = asked.clone();
+    let panel = axum::Router::new().route(
+        "/authorize",
+        axum::routing::post(move |axum::Json(q): axum::Json<Value>| {
+            let asked = a2.clone();
+            async move {
+                asked.fetch_add(1, Ordering::SeqCst);
+                let allowed =
+                    q["tenant"] == "acme" && (q["action"] == "read" || q["deployment"] == "ok");
+                if allowed {
+                    axum::http::StatusCode::NO_CONTENT
+                } else {
+                    axum::http::StatusCode::FORBIDDEN
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/authorize", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, panel).await.unwrap() });
+    let s = Server::start_with(0, Some(url)).await;
+    s.deployment("ok").await;
+    let denied = s
+        .call(
+            Method::PUT,
+            "/v1/deployments/other",
+            Some(json!({"flake": "/f", "hosts": ["h"]})),
+        )
+        .await;
+    assert_eq!(
+        (denied.status, denied.content_type.as_str()),
+        (403, "application/problem+json")
+    );
+    assert_eq!(s.call(Method::GET, "/v1/jobs", None).await.status, 200);
+    let before = asked.load(Ordering::SeqCst);
+    // Asked again within the cache's time: answered from the cache.
+    assert_eq!(s.call(Method::GET, "/v1/jobs", None).await.status, 200);
+    assert_eq!(asked.load(Ordering::SeqCst), before);
+    let b = s
+        .call_with(Some(TOKEN_B), Method::GET, "/v1/jobs", None, &[])
+        .await;
+    assert_eq!(b.status, 403);
+
+    // A panel that does not answer denies everything.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/authorize", l.local_addr().unwrap())
+    };
+    let s = Server::start_with(0, Some(closed)).await;
+    assert_eq!(s.call(Method::GET, "/v1/jobs", None).await.status, 403);
+}

@@ -175,6 +175,11 @@ pub fn conforms(spec: &Value, method: &Method, path: &str, a: &Answer) {
 
 impl Server {
     pub async fn start(workers: usize) -> Self {
+        Self::start_with(workers, None).await
+    }
+
+    /// With the panel's authorisation callback at `authorize`.
+    pub async fn start_with(workers: usize, authorize: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tokens = dir.path().join("tokens");
         std::fs::write(
@@ -189,6 +194,7 @@ impl Server {
         let mut config = waymark_serve::Config::new(dir.path().join("state"));
         config.token_files = vec![tokens];
         config.workers = workers;
+        config.authorize_url = authorize;
         let exec = Arc::new(Scripted::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
