@@ -148,10 +148,22 @@ pub async fn serve(
         tokio::spawn(runner.run());
     }
     let router = api::router(app);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown())
-        .await
-        .map_err(Error::io("serving", &config.state_dir))
+    // On SIGINT or SIGTERM: no new connection; those open get a few seconds (an SSE
+    // stream never ends by itself). A job still running is recovered at the next start,
+    // as after a crash: re-queued before activation, needs-reconcile after.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let s2 = stopping.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown().await;
+        s2.notify_one();
+    });
+    tokio::select! {
+        r = server => r.map_err(Error::io("serving", &config.state_dir)),
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } => Ok(()),
+    }
 }
 
 /// The state directory opened: database migrated, interrupted jobs recovered (what
