@@ -539,8 +539,8 @@ impl Store for Sqlite {
         )?;
         for host in hosts_of.get(&id).into_iter().flatten() {
             tx.execute(
-                "INSERT INTO host_locks (host, job_id) VALUES (?1, ?2)",
-                params![host, id],
+                "INSERT INTO host_locks (host, job_id, tenant) VALUES (?1, ?2, ?3)",
+                params![host, id, pick.tenant],
             )?;
         }
         let job = job_by_id(&tx, id)?;

@@ -64,7 +64,7 @@ fn the_database_refuses_a_second_queued_or_running_job_per_deployment() {
     assert!(err.contains("UNIQUE"), "{err}");
     let err = conn
         .execute(
-            "INSERT INTO host_locks (host, job_id) VALUES ('h', 1), ('h', 1)",
+            "INSERT INTO host_locks (host, job_id, tenant) VALUES ('h', 1, 't'), ('h', 1, 't')",
             [],
         )
         .unwrap_err()

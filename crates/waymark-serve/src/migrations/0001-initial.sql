@@ -50,7 +50,8 @@ CREATE INDEX jobs_tenant ON jobs (tenant, id);
 CREATE INDEX jobs_deployment ON jobs (deployment_id, id);
 CREATE TABLE host_locks (
   host TEXT PRIMARY KEY,
-  job_id INTEGER NOT NULL REFERENCES jobs (id)
+  job_id INTEGER NOT NULL REFERENCES jobs (id),
+  tenant TEXT NOT NULL
 );
 CREATE TABLE events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
