@@ -6,7 +6,7 @@ sse BASE TOKEN RECONNECTS
                         An SSE client of /v1/events that drops its connection after a few
                         events and resumes with Last-Event-ID, RECONNECTS times, while a
                         second thread submits jobs; then compares every id it saw with the
-                        JSON polling list: prints lost and duplicated counts.
+                        JSON polling list: prints how many were lost and duplicated.
 """
 import http.client
 import json
@@ -99,8 +99,8 @@ def sse(base, token, reconnects):
         after = b["next_after"]
     lost = len(set(expected) - set(seen))
     dup = len(seen) - len(set(seen))
-    print(json.dumps({"reconnects": reconnects, "events": len(seen), "lost": lost, "duplicated": dup,
-                      "in_order": seen == sorted(seen)}))
+    print(f"SSE: {reconnects} reconnects, {len(seen)} events, lost {lost}, duplicated {dup}, "
+          f"in order: {seen == sorted(seen)}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension as _, Row, TransactionBehavior, params};
 use serde_json::{Value, json};
@@ -28,6 +29,14 @@ const MIGRATIONS: &[&str] = &[include_str!("migrations/0001-initial.sql")];
 /// The `SQLite` store.
 pub struct Sqlite {
     conn: Mutex<Connection>,
+    /// Ends the checkpoint thread.
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 const JOB_COLS: &str = "j.id, j.tenant, d.name, j.kind, j.state, j.phase, j.priority, j.mode, \
@@ -164,8 +173,27 @@ impl Sqlite {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
+        // Checkpoints on a thread of their own, on a connection of their own: left to
+        // SQLite, the commit that crosses the WAL's threshold copies the pages back and
+        // syncs, and the request that made it waits (the submissions' latency tail).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Connection::open(path)?;
+        checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    let _ =
+                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(|e| Error::io("starting the checkpoint thread for", path)(e))?;
         Ok(Self {
             conn: Mutex::new(conn),
+            stop,
         })
     }
 
