@@ -27,8 +27,7 @@
 set -u
 dir=$1 new=$2 prev=$3 commit=$4 confirm=$5 activation=$6
 profile=/nix/var/nix/profiles/system
-# `real PATH` in `$(...)`: `readlink -e` for a directory, with no program to start.
-real() { cd -P -- "$1" 2>/dev/null && pwd -P; }
+# (`real` and the exit statuses come from lib.sh, sent before this file.)
 
 state() {
   # One short line appended in one write: a reader, taking the last whole line, never

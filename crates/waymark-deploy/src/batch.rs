@@ -5,6 +5,7 @@
 
 use std::sync::{Mutex, mpsc};
 
+use crate::protocol;
 use crate::ssh::Reply;
 
 /// The scripts waiting for one host, and whether a batch is under way.
@@ -88,34 +89,19 @@ impl Batcher {
     }
 }
 
-/// One shell script that runs `scripts` side by side (each in a subshell, its stderr in
-/// its stdout) and prints, in order, `@@item I`, the output of script I (each line after
-/// a `|`, so no output reads as a marker) and `@@item-exit STATUS`. One script is sent
-/// as it is.
+/// One shell script that runs `scripts` side by side (`scripts/batch.sh`: each in a
+/// subshell, its stderr in its stdout) and prints, in order, `@@item I`, the output of
+/// script I (relayed, so no output reads as a marker) and `@@item-exit STATUS`. One
+/// script is sent as it is.
 pub(crate) fn batch_script(scripts: &[String]) -> String {
     if let [one] = scripts {
         return one.clone();
     }
-    let mut s = String::from("b=$(mktemp -d) || exit 1\n");
-    for (i, script) in scripts.iter().enumerate() {
-        s.push_str(&format!(
-            "{{ ( {script}\n) > \"$b/{i}\" 2>&1; echo $? > \"$b/{i}.rc\"; }} < /dev/null &\n"
-        ));
-    }
-    s.push_str(&format!(
-        r#"wait
-i=0
-while [ "$i" -lt {n} ]; do
-  echo "@@item $i"
-  while IFS= read -r l || [ -n "$l" ]; do printf '|%s\n' "$l"; done < "$b/$i"
-  rc=255; read -r rc < "$b/$i.rc"; echo "@@item-exit $rc"
-  i=$(( i + 1 ))
-done
-rm -rf "$b"
-"#,
-        n = scripts.len()
-    ));
-    s
+    let names: Vec<String> = (0..scripts.len()).map(|i| format!("s{i}")).collect();
+    let n = scripts.len().to_string();
+    let mut params = vec![("n", n.as_str())];
+    params.extend(names.iter().map(String::as_str).zip(scripts.iter().map(String::as_str)));
+    protocol::script(&[protocol::BATCH], &params)
 }
 
 /// The replies of [`batch_script`]'s scripts, from the batch's reply. A script without
@@ -124,37 +110,19 @@ pub(crate) fn split_batch(reply: Reply, count: usize) -> Vec<Reply> {
     if count == 1 {
         return vec![reply];
     }
-    let mut replies: Vec<Option<Reply>> = vec![None; count];
-    let mut current: Option<(usize, String)> = None;
-    for line in reply.stdout.lines() {
-        if let Some(line) = line.strip_prefix('|') {
-            if let Some((_, output)) = current.as_mut() {
-                output.push_str(line);
-                output.push('\n');
-            }
-        } else if let Some(i) = line.strip_prefix("@@item ").and_then(|i| i.parse().ok()) {
-            current = Some((i, String::new()));
-        } else if let Some(code) = line.strip_prefix("@@item-exit ")
-            && let Some((i, output)) = current.take()
-            && let Some(slot) = replies.get_mut(i)
-        {
-            *slot = Some(Reply {
-                code: code.trim().parse().unwrap_or(-1),
-                stdout: output.clone(),
-                stderr: output,
-            });
-        }
-    }
-    replies
+    protocol::batch_items(&reply.stdout, count)
         .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| {
-                Reply::lost(&format!(
-                    "the batch gave no reply for it (exit {}): {}",
-                    reply.code,
-                    reply.last_error()
-                ))
-            })
+        .map(|item| match item {
+            Some(item) => Reply {
+                code: item.code,
+                stdout: item.output.clone(),
+                stderr: item.output,
+            },
+            None => Reply::lost(&format!(
+                "the batch gave no reply for it (exit {}): {}",
+                reply.code,
+                reply.last_error()
+            )),
         })
         .collect()
 }

@@ -17,6 +17,7 @@ mod fleet;
 mod pipeline;
 mod processes;
 mod progress;
+mod protocol;
 mod ssh;
 mod state;
 mod unfinished;
@@ -36,7 +37,7 @@ pub use ssh::{Endpoint, Held, Reply, Ssh, relay};
 pub use state::write_atomic;
 
 /// The target-side activation agent (see its header).
-pub const AGENT: &str = include_str!("agent.sh");
+pub const AGENT: &str = concat!(include_str!("scripts/lib.sh"), include_str!("agent.sh"));
 
 /// What went wrong outside a gate's own verdict.
 #[derive(Debug, thiserror::Error)]

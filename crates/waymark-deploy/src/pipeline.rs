@@ -21,7 +21,7 @@ use waymark_diff::DiffReport;
 use waymark_evidence::{DiffSummary, Evidence, Gate, GateResult, Outcome};
 use waymark_fleet::{Fleet, Host};
 use waymark_known_good::Record;
-use waymark_store::{DrvFiles, Store, closure_from_path_info, read_closure, shell_quote as q};
+use waymark_store::{DrvFiles, Store, closure_from_path_info, read_closure};
 
 use crate::activation::{AgentState, DryRun};
 use crate::batch::{Batcher, batch_script, split_batch};
@@ -31,9 +31,9 @@ use crate::decide::{
 };
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
 use crate::progress::NixLog;
-use crate::ssh::{DAEMON_SOCKET, Endpoint, Held, Reply, Ssh, Talk};
+use crate::ssh::{Endpoint, Held, Reply, Ssh, Talk};
 use crate::state::write_atomic;
-use crate::unfinished::{AgentSeen, TargetNow, parse_agents, read_journals, unfinished};
+use crate::unfinished::{AgentSeen, TargetNow, read_journals, unfinished};
 use waymark_fault::at as fault;
 
 mod activate;
@@ -47,8 +47,12 @@ mod scripts;
 use activate::checks_budget;
 use build::Built;
 use diff::Diffed;
-use finish::TargetMark;
-use scripts::{FINAL, PROBED, REAL, RELAYED, field, fields, serve, serve_relaying, wait_script};
+use finish::{MarkWith, TargetMark};
+use crate::protocol::{
+    self, AgentReport, BootReply, BuildReply, ConfirmReply, LaunchReply, Looked, MissingReply,
+    PROBED, ProbeReply, script,
+};
+use scripts::{Until, borrowed, serve, serve_relaying, wait_params, wait_script};
 pub use scripts::{build_session_script, probe_script};
 
 /// The closure `host` was last committed with, as kept in `closures_dir`; none when
@@ -725,21 +729,6 @@ impl<'a> Deployer<'a> {
         ))
     }
 
-    /// `waymark known-good mark` on a host, the evidence on stdin.
-    fn mark_command(&self, run: &Run, closure: &str) -> String {
-        self.mark_command_for(&run.name, closure, run.rev.as_deref().unwrap_or_default())
-    }
-
-    fn mark_command_for(&self, target: &str, closure: &str, rev: &str) -> String {
-        format!(
-            "{} known-good mark {} {} --rev {} --evidence - --json",
-            self.settings.remote_waymark,
-            q(target),
-            q(closure),
-            q(rev)
-        )
-    }
-
     fn mark(
         &self,
         run: &mut Run,
@@ -766,9 +755,9 @@ impl<'a> Deployer<'a> {
             record
         } else {
             let evidence = Self::evidence(run, closure, None);
-            let command = self.mark_command(run, closure);
+            let rev = run.rev.clone().unwrap_or_default();
             match self
-                .mark_on_target(run, dir, Some(&command), Some(&evidence))
+                .mark_on_target(run, dir, &MarkWith::Evidence(evidence), closure, &rev)
                 .map_err(committed)?
             {
                 TargetMark::Made(record) | TargetMark::Found(record) => record,

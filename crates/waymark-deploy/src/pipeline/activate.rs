@@ -22,7 +22,7 @@ pub(super) fn checks_budget(host: &Host) -> u64 {
 
 /// Gate 3's hand-off to gate 4: the agent was started, and this is its reply (the
 /// activation's outcome, or the connection lost while it ran).
-pub(super) struct Launched(Reply);
+pub(super) struct Launched(Reply, LaunchReply);
 
 impl Deployer<'_> {
     /// Gate 3, and the start of gate 4 in the same round trip: dry-activate, and only
@@ -63,16 +63,15 @@ impl Deployer<'_> {
                 launches.then_some(crate::AGENT.as_bytes()),
             )
         };
-        let f = fields(&r.stdout);
-        let output = f.get("dry").map(|l| l.join("\n")).unwrap_or_default();
-        match field(&f, "dry-rc") {
+        let reply = LaunchReply::parse(&r.stdout);
+        match reply.dry_rc.as_deref() {
             Some("0") => {}
             Some(rc) => {
                 return Err(stop(
                     HostResult::Failed,
                     format!(
                         "dry-activate failed (exit {rc}): {}; nothing was activated",
-                        output.lines().last().unwrap_or("no output")
+                        reply.dry.lines().last().unwrap_or("no output")
                     ),
                 ));
             }
@@ -91,17 +90,14 @@ impl Deployer<'_> {
                 ));
             }
         }
-        let summary = DryRun::parse(&output).summary();
+        let summary = DryRun::parse(&reply.dry).summary();
         if !launches {
             return Ok((None, summary));
         }
-        let dry_ms = field(&f, "dry-ms")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
         run.carry = started
             .elapsed()
-            .saturating_sub(Duration::from_millis(dry_ms));
-        Ok((Some(Launched(r)), summary))
+            .saturating_sub(Duration::from_millis(reply.dry_ms));
+        Ok((Some(Launched(r, reply)), summary))
     }
 
     /// The round trip of dry-activate and the agent's start was lost: the agent may
@@ -121,34 +117,30 @@ impl Deployer<'_> {
         run.fresh_connections += 1;
         let look = self.ssh.run_fresh(
             &run.target,
-            &format!(
-                "test -e {}/state && echo started=yes; echo looked=yes",
-                q(dir)
-            ),
+            &script(&[protocol::LOOK], &[("dir", dir)]),
             None,
             Duration::from_secs(10),
         );
-        match look {
-            Ok(r) if r.stdout.contains("looked=yes") && !r.stdout.contains("started=yes") => stop(
+        match look.as_ref().map(|r| Looked::parse(&r.stdout)) {
+            Ok(Looked::Started(false)) => stop(
                 HostResult::Failed,
                 format!("{why}; the agent never started: nothing was activated"),
             ),
-            Ok(r) if r.stdout.contains("started=yes") => {
-                self.await_restore(run, dir, closure, rollback_to, &why)
-            }
-            other => stop(
+            Ok(Looked::Started(true)) => self.await_restore(run, dir, closure, rollback_to, &why),
+            _ => stop(
                 HostResult::NeedsHuman,
                 format!(
                     "{why}, and {} cannot be reached to see whether activation started: check it ({})",
                     run.name,
-                    other.map_or_else(|e| e.to_string(), |r| r.last_error())
+                    look.map_or_else(|e| e.to_string(), |r| r.last_error())
                 ),
             ),
         }
     }
 
-    /// Gate 3's shell, and where the goal goes further the agent's start (its script
-    /// on stdin) only when dry-activate passed.
+    /// Gate 3's shell (`scripts/dry.sh`), and where the goal goes further the agent's
+    /// start (`scripts/launch.sh`, the agent's script on stdin) only when dry-activate
+    /// passed, and the wait for its activation.
     pub(super) fn dry_launch_script(
         &self,
         run: &Run,
@@ -156,86 +148,36 @@ impl Deployer<'_> {
         closure: &str,
         rollback_to: &str,
     ) -> String {
-        let dry = format!(
-            r#"read -r u0 _ < /proc/uptime || u0=0.00
-dry=$(timeout {t} {c}/bin/switch-to-configuration dry-activate 2>&1); rc=$?
-read -r u1 _ < /proc/uptime || u1=$u0
-while IFS= read -r l; do printf 'dry=%s\n' "$l"; done <<EOF
-$dry
-EOF
-# Hundredths of seconds since boot ("1${{..}}": no leading zero, no octal).
-echo "dry-rc=$rc"; echo "dry-ms=$(( (${{u1%.*}} - ${{u0%.*}}) * 1000 + (1${{u1#*.}} - 1${{u0#*.}}) * 10 ))"
-[ $rc = 0 ] || exit 0
-"#,
-            t = run.host.activation_timeout,
-            c = q(closure)
-        );
-        if self.settings.goal > Goal::DryActivate {
-            dry + &self.launch_script(run, dir, closure, rollback_to)
-        } else {
-            dry
+        let mut params = vec![
+            ("closure", closure.to_owned()),
+            ("activation", run.host.activation_timeout.to_string()),
+        ];
+        if self.settings.goal <= Goal::DryActivate {
+            return script(&[protocol::DRY], &borrowed(&params));
         }
-    }
-
-    /// The shell that starts the agent on the target (its script on stdin) and waits
-    /// for its activation.
-    pub(super) fn launch_script(
-        &self,
-        run: &Run,
-        dir: &str,
-        closure: &str,
-        rollback_to: &str,
-    ) -> String {
         let commit = match self.settings.goal {
             Goal::Switch => "switch",
             Goal::Boot => "boot",
             _ => "none",
         };
         let window = run.host.confirm_timeout + checks_budget(run.host) + 2;
-        let args = [dir, closure, rollback_to, commit]
-            .iter()
-            .map(|a| q(a))
-            .chain([window.to_string(), run.host.activation_timeout.to_string()])
-            .collect::<Vec<_>>()
-            .join(" ");
-        let unit = format!("waymark-activate-{}-{}", self.settings.run_id, run.name);
-        format!(
-            r#"mkdir -p {dir} || {{ echo "start-failed=yes"; exit {not_started}; }}
-# The lock names who holds it; one whose holder is gone (a reboot clears /run anyway)
-# is taken over.
-if ! mkdir /run/waymark/active 2>/dev/null; then
-  holder=$(cat /run/waymark/active/pid 2>/dev/null)
-  if [ -n "$holder" ] && kill -0 "$holder" 2>/dev/null &&
-    ! grep -q '^State:[[:space:]]*Z' "/proc/$holder/status" 2>/dev/null; then
-    echo "busy=$(cat /run/waymark/active/id 2>/dev/null)"; rmdir {dir}; exit {busy}
-  fi
-  rm -rf /run/waymark/active; mkdir /run/waymark/active || {{ echo busy=unknown; exit {busy}; }}
-fi
-echo $$ > /run/waymark/active/pid; echo {dir} > /run/waymark/active/id
-started=
-if {{ mkfifo {dir}/events 2>/dev/null || true; }} && cat > {dir}/agent.sh; then
-  if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null; then
-    # The unit gets this PATH: a transient unit's own has only systemd in it.
-    systemd-run --quiet --collect --unit={unit} --service-type=exec --setenv=PATH="$PATH" \
-      "$(command -v sh)" {dir}/agent.sh {args} && started=yes
-  elif command -v setsid >/dev/null; then
-    # -f: a session of its own, and ssh does not wait for it.
-    (cd / && setsid -f sh {dir}/agent.sh {args} </dev/null >{dir}/agent.log 2>&1) && started=yes
-  else
-    (cd / && nohup sh {dir}/agent.sh {args} </dev/null >{dir}/agent.log 2>&1 &) && started=yes
-  fi
-fi
-if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; exit {not_started}; fi
-{wait}"#,
-            dir = q(dir),
-            unit = q(&unit),
-            busy = EXIT_BUSY,
-            not_started = EXIT_AGENT_NOT_STARTED,
-            wait = wait_script(
-                dir,
-                &format!("awaiting-confirmation|{FINAL}"),
-                run.host.activation_timeout + 10
+        params.extend([
+            ("rollback_to", rollback_to.to_owned()),
+            ("commit", commit.to_owned()),
+            ("window", window.to_string()),
+            (
+                "unit",
+                format!("waymark-activate-{}-{}", self.settings.run_id, run.name),
             ),
+        ]);
+        params.extend(wait_params(
+            dir,
+            Until::Activation,
+            run.host.activation_timeout + 10,
+        ));
+        script(
+            &[protocol::DRY, protocol::LAUNCH, protocol::WAIT],
+            &borrowed(&params),
         )
     }
 
@@ -249,7 +191,7 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
         rollback_to: &str,
         failed_before: Option<&[String]>,
     ) -> Result<((), String), Stop> {
-        let Launched(r) = launched;
+        let Launched(r, reply) = launched;
         let target = run.target.clone();
         if r.code == EXIT_AGENT_NOT_STARTED {
             return Err(stop(
@@ -267,15 +209,12 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
                 format!(
                     "another deploy is activating on {} ({}); nothing changed",
                     run.name,
-                    fields(&r.stdout)
-                        .get("busy")
-                        .and_then(|v| v.first())
-                        .unwrap_or(&"?")
+                    reply.busy.as_deref().unwrap_or("?")
                 ),
             ));
         }
         let state = if r.code == 0 {
-            AgentState::parse(field(&fields(&r.stdout), "state").unwrap_or(""))
+            reply.report.state.clone()
         } else {
             // The connection dropped: the agent goes on by itself. Read its end.
             self.emit_note(
@@ -300,17 +239,15 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
                     && run.host.boot_on_inhibited_switch
                     && matches!(self.settings.goal, Goal::Switch | Goal::Boot) =>
             {
-                let restored = Self::verified_restore(run, rollback_to, String::new(), &r.stdout);
+                let restored =
+                    Self::verified_restore(run, rollback_to, String::new(), &reply.report);
                 if restored.result != HostResult::Failed {
                     return Err(restored);
                 }
                 return Err(self.boot_instead(run, closure, rollback_to));
             }
             AgentState::Restored(why) => {
-                let log = fields(&r.stdout)
-                    .get("log")
-                    .map(|l| l.join(" / "))
-                    .unwrap_or_default();
+                let log = reply.report.log.join(" / ");
                 return Err(Self::verified_restore(
                     run,
                     rollback_to,
@@ -318,7 +255,7 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
                         "{} ({log}); restored {rollback_to}",
                         AgentState::reason(&why)
                     ),
-                    &r.stdout,
+                    &reply.report,
                 ));
             }
             AgentState::Refused(why) => {
@@ -360,39 +297,26 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
             if fault("slow-health") {
                 std::thread::sleep(Duration::from_secs(3));
             }
-            let probe = match (&check.command, &check.url) {
-                (Some(c), _) => c.clone(),
-                (None, Some(u)) => format!(
-                    "if command -v curl >/dev/null; then curl -fsS -o /dev/null --max-time 10 {u}; \
-                     else wget -q -O /dev/null -T 10 {u}; fi",
-                    u = q(u)
-                ),
-                (None, None) => "false".to_owned(),
+            let (command, url) = match (&check.command, &check.url) {
+                (Some(c), _) => (c.as_str(), ""),
+                (None, Some(u)) => ("", u.as_str()),
+                (None, None) => ("false", ""),
             };
             // Each try is bounded by what is left of the check's time, so a check that
             // hangs ends in time and says so; its last line otherwise.
-            let script = format!(
-                "end=$(( $(date +%s) + {t} )); while :; do \
-                 left=$(( end - $(date +%s) )); [ \"$left\" -gt 0 ] || left=1; \
-                 out=$(timeout \"$left\" sh -c {probe} 2>&1); rc=$?; [ $rc = 0 ] && exit 0; \
-                 if [ \"$(date +%s)\" -ge \"$end\" ]; then \
-                 case $rc in 124|143) echo 'no answer within {t} s'; exit 1 ;; esac; \
-                 last=$(printf '%s\\n' \"$out\" | tail -n 1); echo \"exit $rc${{last:+: $last}}\"; exit 1; fi; \
-                 sleep 1; done",
-                t = check.timeout,
-                probe = q(&probe)
+            let seconds = check.timeout.to_string();
+            let body = script(
+                &[protocol::HEALTH],
+                &[("check", command), ("url", url), ("seconds", &seconds)],
             );
+            let limit = (check.timeout + CHECK_MARGIN).to_string();
             let r = self.remote(
                 run,
                 &target,
-                &format!(
-                    "timeout {} sh -c {}",
-                    check.timeout + CHECK_MARGIN,
-                    q(&script)
-                ),
+                &script(&[protocol::BOUNDED], &[("limit", &limit), ("body", &body)]),
             );
             if r.code != 0 {
-                let reason = r.stdout.trim().lines().last().map_or_else(
+                let reason = protocol::health_failure(&r.stdout).map_or_else(
                     || {
                         // `timeout`'s status (GNU's, busybox's).
                         if matches!(r.code, 124 | 143) {
@@ -401,7 +325,7 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
                             r.last_error()
                         }
                     },
-                    str::to_owned,
+                    |why| why,
                 );
                 let why = format!(
                     "health check {} failed ({} s allowed): {reason}",
@@ -412,16 +336,12 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
             passed.push(check.name.clone());
         }
         if let Some(before) = failed_before {
-            let r = self.remote(
-                run,
-                &target,
-                "systemctl list-units --state=failed --no-legend --plain 2>/dev/null | awk '{print $1}'",
-            );
-            let new_failures: Vec<&str> = r
-                .stdout
-                .lines()
-                .map(str::trim)
-                .filter(|u| !u.is_empty() && !before.iter().any(|b| b == u))
+            let r = self.remote(run, &target, &script(&[protocol::FAILED_UNITS], &[]));
+            let failed = protocol::failed_units(&r.stdout);
+            let new_failures: Vec<&str> = failed
+                .iter()
+                .map(String::as_str)
+                .filter(|u| !before.iter().any(|b| b == u))
                 .collect();
             if !new_failures.is_empty() {
                 let why = format!("units failed after activation: {}", new_failures.join(", "));
@@ -444,22 +364,20 @@ if [ -z "$started" ]; then rm -rf /run/waymark/active; echo "start-failed=yes"; 
     /// known-good: it has not run here.
     pub(super) fn boot_instead(&self, run: &mut Run, closure: &str, rollback_to: &str) -> Stop {
         let target = run.target.clone();
-        let script = format!(
-            r#"{REAL}
-p=/nix/var/nix/profiles/system; before=$(real $p)
-if nix-env -p $p --set {c} && timeout {t} {c}/bin/switch-to-configuration boot; then echo boot=yes
-else [ -z "$before" ] || {{ nix-env -p $p --set "$before"; "$before/bin/switch-to-configuration" boot; }}; fi
-echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
-"#,
-            c = q(closure),
-            t = run.host.activation_timeout
+        let activation = run.host.activation_timeout.to_string();
+        let r = self.remote(
+            run,
+            &target,
+            &script(
+                &[protocol::BOOT],
+                &[("closure", closure), ("activation", &activation)],
+            ),
         );
-        let r = self.remote(run, &target, &script);
-        let f = fields(&r.stdout);
-        run.running = field(&f, "running").map(str::to_owned);
+        let reply = BootReply::parse(&r.stdout);
+        run.running.clone_from(&reply.running);
         let why = "the switch is inhibited (a component changed that needs a reboot)";
-        if field(&f, "boot").is_some()
-            && field(&f, "profile") == Some(closure)
+        if reply.boot
+            && reply.profile.as_deref() == Some(closure)
             && run.running.as_deref() == Some(rollback_to)
         {
             stop(
@@ -475,7 +393,7 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
                     "{why}, and making it the boot default failed ({}): the target runs {} with profile {}",
                     r.last_error(),
                     run.running.as_deref().unwrap_or("nothing"),
-                    field(&f, "profile").unwrap_or("missing")
+                    reply.profile.as_deref().unwrap_or("missing")
                 ),
             )
         }
@@ -491,14 +409,7 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
         why: &str,
     ) -> Stop {
         let target = run.target.clone();
-        let _ = self.remote(
-            run,
-            &target,
-            &format!(
-                "mv {d}/window {d}/aborted && {{ read -r w < {d}/waiter && kill \"$w\" 2>/dev/null; true; }}",
-                d = q(dir)
-            ),
-        );
+        let _ = self.remote(run, &target, &script(&[protocol::ABORT], &[("dir", dir)]));
         self.await_restore(run, dir, closure, rollback_to, why)
     }
 
@@ -531,7 +442,7 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
         dir: &str,
         rollback_to: &str,
         why: &str,
-    ) -> Result<Reply, Stop> {
+    ) -> Result<AgentReport, Stop> {
         let target = run.target.clone();
         let patience = run.host.confirm_timeout
             + checks_budget(run.host)
@@ -539,24 +450,28 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
             + 30;
         let deadline = Instant::now() + Duration::from_secs(patience);
         loop {
-            let r = self.remote(run, &target, &wait_script(dir, FINAL, patience.min(120)));
+            let r = self.remote(
+                run,
+                &target,
+                &wait_script(dir, Until::Final, patience.min(120)),
+            );
             if r.code == 0 {
-                let f = fields(&r.stdout);
-                match AgentState::parse(field(&f, "state").unwrap_or("")) {
+                let report = AgentReport::parse(&r.stdout);
+                match &report.state {
                     AgentState::Restored(how) => {
                         return Err(Self::verified_restore(
                             run,
                             rollback_to,
                             format!(
                                 "{why}; the target restored {rollback_to} ({})",
-                                AgentState::reason(&how)
+                                AgentState::reason(how)
                             ),
-                            &r.stdout,
+                            &report,
                         ));
                     }
                     AgentState::Committed | AgentState::Kept => {
-                        run.running = field(&f, "running").map(str::to_owned);
-                        return Ok(r);
+                        run.running.clone_from(&report.running);
+                        return Ok(report);
                     }
                     AgentState::Refused(how) => {
                         return Err(stop(
@@ -594,14 +509,12 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
         run: &mut Run,
         rollback_to: &str,
         message: String,
-        out: &str,
+        report: &AgentReport,
     ) -> Stop {
-        let f = fields(out);
-        let running = field(&f, "running").map(str::to_owned);
-        run.running.clone_from(&running);
+        run.running.clone_from(&report.running);
         if restore_verified(
-            running.as_deref(),
-            field(&f, "profile"),
+            report.running.as_deref(),
+            report.profile.as_deref(),
             rollback_to,
             run.closure.as_deref(),
         ) {
@@ -611,8 +524,8 @@ echo "running=$(real /run/current-system)"; echo "profile=$(real $p)"
                 HostResult::NeedsHuman,
                 format!(
                     "{message}, but the target runs {} (profile {}): check it",
-                    running.as_deref().unwrap_or("nothing"),
-                    field(&f, "profile").unwrap_or("missing")
+                    report.running.as_deref().unwrap_or("nothing"),
+                    report.profile.as_deref().unwrap_or("missing")
                 ),
             )
         }

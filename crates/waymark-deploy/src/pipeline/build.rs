@@ -121,32 +121,16 @@ impl Deployer<'_> {
         hosts: &[String],
     ) -> Vec<Result<String, String>> {
         let all = |e: String| items.iter().map(|_| Err(e.clone())).collect();
-        let drvs: Vec<String> = items.iter().map(|(d, _)| q(d)).collect();
-        let outs: Vec<String> = items.iter().map(|(_, o)| q(o)).collect();
-        // Nix's structured log is relayed line by line as it comes (behind RELAYED),
-        // the build's status kept aside through fd 3.
-        let build_script = format!(
-            r#"exec 4>&1
-rc=$( {{ {{ nix-store --realise --keep-going --log-format internal-json {drvs} 2>&1 >/dev/null 3>&- 4>&-
-  echo $? >&3; }} | while IFS= read -r l; do printf '{RELAYED}%s\n' "$l"; done >&4; }} 3>&1 )
-exec 4>&-
-invalid=$(nix-store --check-validity --print-invalid {outs} 2>/dev/null)
-nl='
-'
-valid=""
-for o in {outs}; do
-  case "$nl$invalid$nl" in *"$nl$o$nl"*) ;; *) valid="$valid $o"; echo "built=$o" ;; esac
-done
-if [ -n "$valid" ]; then
-  signing=$(nix --extra-experimental-features nix-command store sign --key-file {key} --recursive $valid 2>&1) ||
-    printf 'unsigned=%s\n' "$(printf '%s\n' "$signing" | grep . | tail -n 1)"
-fi
-[ "$rc" = 0 ] || echo "rc=$rc"
-[ -z "$valid" ] || {{ echo "@@closures"; nix --extra-experimental-features nix-command path-info --json --recursive $valid 2>/dev/null; echo; }}
-"#,
-            drvs = drvs.join(" "),
-            outs = outs.join(" "),
-            key = q(key),
+        let drvs: Vec<&str> = items.iter().map(|(d, _)| d.as_str()).collect();
+        let outs: Vec<&str> = items.iter().map(|(_, o)| o.as_str()).collect();
+        // Nix's structured log is relayed line by line as it comes (as `log=`).
+        let build_script = script(
+            &[protocol::BUILD],
+            &[
+                ("drvs", &drvs.join("\n")),
+                ("outs", &outs.join("\n")),
+                ("key", key),
+            ],
         );
         if let Err(e) = self.ssh.ensure_master(builder) {
             return all(format!("cannot reach {}: {e}", builder.name));
@@ -193,17 +177,14 @@ fi
                 if let Err(e) = self.nix_output(&mut scratch, copy) {
                     return all(format!("sending the derivations to {}: {e}", builder.name));
                 }
-                let mut r = self
+                let r = self
                     .ssh
                     .run(builder, &build_script)
                     .unwrap_or_else(|e| Reply::lost(&e));
                 // No session to relay through: the log is read once it is all there.
-                let (relayed_lines, rest): (Vec<&str>, Vec<&str>) =
-                    r.stdout.lines().partition(|l| l.starts_with(RELAYED));
-                for line in relayed_lines {
-                    relayed(&line[RELAYED.len_utf8()..]);
+                for line in BuildReply::parse(&r.stdout).log {
+                    relayed(&line);
                 }
-                r.stdout = rest.join("\n") + "\n";
                 r
             }
             Err(e) => return all(format!("sending the derivations to {}: {e}", builder.name)),
@@ -213,22 +194,21 @@ fi
         }
         // One path-info of every built closure: each host's diff keeps what its root
         // reaches.
-        let (head, closures) = r
-            .stdout
-            .split_once("@@closures\n")
-            .map_or((r.stdout.as_str(), ""), |(h, c)| (h, c));
-        let f = fields(head);
-        if let Some(why) = field(&f, "unsigned") {
+        let reply = BuildReply::parse(&r.stdout);
+        if let Some(why) = &reply.unsigned {
             return all(format!(
                 "signing on {} with {key} failed: {why}",
                 builder.name
             ));
         }
-        let built = f.get("built").cloned().unwrap_or_default();
+        let built = &reply.built;
         // Nix's first error names the builder that failed; the ones after, what depended
         // on it.
         let error = log.failure().unwrap_or_else(|| {
-            format!("the build failed (exit {})", field(&f, "rc").unwrap_or("?"))
+            format!(
+                "the build failed (exit {})",
+                reply.rc.as_deref().unwrap_or("?")
+            )
         });
         // Each host that was not built gets the log of the build that failed: the one,
         // or, where several failed, its own system's (a dependency's is not told apart).
@@ -239,7 +219,7 @@ fi
                 [one] => Some(one),
                 several => several.iter().find(|b| &b.drv == drv),
             };
-            if let Some(b) = own.filter(|_| !built.contains(&out.as_str())) {
+            if let Some(b) = own.filter(|_| !built.contains(out)) {
                 logs.insert(host.clone(), b.log_tail.clone());
             }
         }
@@ -247,8 +227,8 @@ fi
         items
             .iter()
             .map(|(_, o)| {
-                if built.contains(&o.as_str()) && !closures.trim().is_empty() {
-                    Ok(closures.to_owned())
+                if built.contains(o) && !reply.closures.is_empty() {
+                    Ok(reply.closures.clone())
                 } else {
                     Err(error.clone())
                 }
@@ -276,13 +256,13 @@ fi
         let mut list = closure.into_iter().collect::<Vec<_>>().join("\n");
         list.push_str("\n\n");
         let mut talk = held.talk(list.as_bytes()).map_err(|e| e.to_string())?;
-        let Some(missing) = talk.lines_until("@@missing") else {
+        let Some(missing) = talk.lines_until(protocol::MISSING) else {
             return talk.finish().map(Some).map_err(|e| e.to_string());
         };
-        if missing.iter().any(|l| l == "daemon=yes") {
+        let MissingReply { daemon, missing } = MissingReply::parse(&missing.join("\n"));
+        if daemon {
             self.ssh.use_daemon(builder);
         }
-        let missing: Vec<String> = missing.into_iter().filter(|l| l.starts_with('/')).collect();
         if missing.is_empty() {
             talk.send(b"none\n").map_err(|e| e.to_string())?;
         } else {
@@ -307,7 +287,7 @@ fi
             if sent.is_err() || !status.status.success() {
                 // The build host may have stopped reading: it refused the import.
                 let reply = talk.finish().map_err(|e| e.to_string())?;
-                if reply.stdout.contains("@@import-refused") {
+                if protocol::import_refused(&reply.stdout) {
                     return Ok(None);
                 }
                 return Err(match sent {
@@ -321,9 +301,9 @@ fi
         }
         // The build is the session's first request, sent once the import is done
         // (`nix-store --import` reads ahead); the session stays for the marks.
-        if talk.lines_until("@@imported").is_none() {
+        if talk.lines_until(protocol::IMPORTED).is_none() {
             let reply = talk.finish().map_err(|e| e.to_string())?;
-            return Ok((!reply.stdout.contains("@@import-refused")).then_some(reply));
+            return Ok((!protocol::import_refused(&reply.stdout)).then_some(reply));
         }
         let reply = match serve_relaying(&mut talk, build_script, relayed) {
             Some(reply) => {
@@ -335,7 +315,7 @@ fi
             }
             None => talk.finish().map_err(|e| e.to_string())?,
         };
-        Ok((!reply.stdout.contains("@@import-refused")).then_some(reply))
+        Ok((!protocol::import_refused(&reply.stdout)).then_some(reply))
     }
 
     pub(super) fn nix(&self, args: &[&str]) -> Command {
@@ -595,7 +575,7 @@ fi
                 let r = self.remote(
                     run,
                     &target,
-                    &format!("nix-store --realise {} --quiet", q(drv)),
+                    &script(&[protocol::REALISE], &[("drv", drv)]),
                 );
                 // Nix's work, not waiting on the host.
                 run.remote_time = run.remote_time.saturating_sub(started.elapsed());
@@ -615,7 +595,7 @@ fi
     /// host, which keeps known-good closures rooted too.
     pub(super) fn ensure_on_target(&self, run: &mut Run, closure: &str) -> Result<(), Stop> {
         let target = run.target.clone();
-        let check = format!("nix-store --check-validity {} 2>/dev/null", q(closure));
+        let check = script(&[protocol::VALID], &[("closure", closure)]);
         if self.remote(run, &target, &check).code == 0 {
             return Ok(());
         }

@@ -32,7 +32,7 @@ impl Deployer<'_> {
         // Before confirming, it leaves the evidence (one line of JSON, its stdin) in the
         // agent's directory, and this machine keeps it too: a deploy stopped between
         // the commit and the marks is finished by the next one ([`Unfinished`]).
-        let (keep, mark, evidence) = if matches!(self.settings.goal, Goal::Switch | Goal::Boot) {
+        let evidence = matches!(self.settings.goal, Goal::Switch | Goal::Boot).then(|| {
             let gate = GateResult {
                 gate: if self.settings.goal == Goal::Boot {
                     Gate::Boot
@@ -46,40 +46,31 @@ impl Deployer<'_> {
                     "confirmed over a new connection; committed, verified on the target".into(),
                 ),
             };
-            (
-                format!(
-                    "IFS= read -r evidence || :\nprintf '%s\\n' \"$evidence\" > {d}/evidence.json\n",
-                    d = q(dir)
-                ),
-                format!(
-                    r#"if [ "$s" = committed ] && [ "$running" = {run} ] && [ "$profile" = {c} ] &&
-  mkdir {d}/marking 2>/dev/null; then
-  echo "@@mark"; printf '%s\n' "$evidence" | {cmd}; rc=$?
-  [ $rc != 0 ] || : > {d}/marked; rmdir {d}/marking; echo "@@mark-exit $rc"
-fi
-"#,
-                    run = q(expected_running),
-                    c = q(closure),
-                    d = q(dir),
-                    cmd = self.mark_command(run, closure)
-                ),
-                Some(Self::evidence(run, closure, Some(gate))),
-            )
-        } else {
-            (String::new(), String::new(), None)
-        };
+            Self::evidence(run, closure, Some(gate))
+        });
         if let Some(evidence) = &evidence {
             self.keep_journal(run, evidence);
         }
-        let script = format!(
-            "echo $$ > {d}/confirmer\n{keep}mv {d}/window {d}/confirmed 2>/dev/null || {{ echo late=yes; exit {EXIT_CONFIRM_LATE}; }}\nread -r w < {d}/waiter && kill \"$w\" 2>/dev/null\n{pause}{wait}{mark}",
-            d = q(dir),
-            pause = if fault("pause-after-confirm") {
-                "sleep 3\n"
-            } else {
-                ""
-            },
-            wait = wait_script(dir, FINAL, run.host.activation_timeout * 2 + 10)
+        let mut params = vec![
+            ("mark", if evidence.is_some() { "yes" } else { "" }.to_owned()),
+            ("expect", expected_running.to_owned()),
+            ("closure", closure.to_owned()),
+            ("target", run.name.clone()),
+            ("rev", run.rev.clone().unwrap_or_default()),
+            ("waymark", self.settings.remote_waymark.clone()),
+            (
+                "pause",
+                if fault("pause-after-confirm") { "3" } else { "0" }.to_owned(),
+            ),
+        ];
+        params.extend(wait_params(
+            dir,
+            Until::Final,
+            run.host.activation_timeout * 2 + 10,
+        ));
+        let script = script(
+            &[protocol::CONFIRM, protocol::WAIT, protocol::CONFIRM_MARK],
+            &borrowed(&params),
         );
         run.fresh_connections += 1;
         let reply = if fault("confirm-unreachable") {
@@ -111,30 +102,32 @@ fi
                 "the confirmation arrived after the target's window closed",
             ));
         }
-        if r.code != 0 {
+        let reply = if r.code == 0 {
+            ConfirmReply::parse(&r.stdout)
+        } else {
             // The confirmation may have landed before the connection failed: the agent's
             // own end says (a commit only ever follows a confirmation).
             let why = format!(
                 "could not confirm over a new SSH connection ({})",
                 r.last_error()
             );
-            r = self.await_agent(run, dir, rollback_to, &why)?;
+            let report = self.await_agent(run, dir, rollback_to, &why)?;
             self.emit_note(
                 run,
                 format!("{why}, but the confirmation had landed: the agent committed"),
             );
-        }
-        let (head, marked) = r.stdout.split_once("@@mark\n").unwrap_or((&r.stdout, ""));
+            ConfirmReply {
+                report,
+                marked: None,
+            }
+        };
         // The target's mark, made over this connection: gate 5's end needs no other.
-        let marked_there: Option<Record> = marked
-            .rsplit_once("@@mark-exit ")
-            .filter(|(_, code)| code.trim() == "0")
-            .and_then(|(json, _)| serde_json::from_str(json).ok());
-        let f = fields(head);
-        let running = field(&f, "running").map(str::to_owned);
-        let profile = field(&f, "profile");
+        let marked_there = reply.marked;
+        let report = reply.report;
+        let running = report.running.clone();
+        let profile = report.profile.as_deref();
         run.running.clone_from(&running);
-        match AgentState::parse(field(&f, "state").unwrap_or("")) {
+        match report.state.clone() {
             AgentState::Kept if running.as_deref() == Some(closure) => Ok((
                 marked_there,
                 "confirmed over a new connection; kept running, not committed".into(),
@@ -172,7 +165,7 @@ fi
                 run,
                 rollback_to,
                 format!("{}; restored {rollback_to}", AgentState::reason(&how)),
-                &r.stdout,
+                &report,
             )),
             other => Err(stop(
                 HostResult::NeedsHuman,

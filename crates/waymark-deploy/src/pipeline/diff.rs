@@ -77,10 +77,7 @@ impl Deployer<'_> {
             let r = self.remote(
                 run,
                 &target,
-                &format!(
-                    "nix --extra-experimental-features nix-command path-info --json --recursive {}",
-                    q(path)
-                ),
+                &script(&[protocol::PATH_INFO], &[("path", path)]),
             );
             if r.code != 0 {
                 return Err(stop(

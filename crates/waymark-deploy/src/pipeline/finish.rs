@@ -11,13 +11,22 @@ use std::path::PathBuf;
 
 use waymark_evidence::Gate;
 use waymark_known_good::Record;
-use waymark_store::shell_quote as q;
-
 use super::{Deployer, Run, Stop, stop};
 use crate::events::HostResult;
+use crate::protocol::{self, MarkReply, script};
 use crate::ssh::Endpoint;
 use crate::state::write_atomic;
 use crate::unfinished::{Unfinished, journal_dir, read_journals, same_deploy};
+
+/// The evidence a target's mark is made with.
+pub(super) enum MarkWith {
+    /// This, sent with the script.
+    Evidence(Vec<u8>),
+    /// What the agent's directory keeps (a deploy interrupted after its commit).
+    AgentsEvidence,
+    /// None: the mark is made already, only its record is read.
+    Nothing,
+}
 
 /// How the target's mark came to be.
 pub(super) enum TargetMark {
@@ -29,41 +38,33 @@ pub(super) enum TargetMark {
 }
 
 impl Deployer<'_> {
-    /// Marks the closure of the agent in `dir` known-good on the target, unless the
-    /// deploy that committed it did or does: waits (at most 30 s) for a confirmation
-    /// shell still running there, then marks under `DIR/marking`. `mark` is the mark
-    /// command with its evidence redirected; `None` when the target's latest mark is
-    /// that closure already (only the note that it was is missing).
+    /// Marks `closure` of the agent in `dir` known-good on the target
+    /// (`scripts/mark_target.sh`), unless the deploy that committed it did or does:
+    /// waits (at most 30 s) for a confirmation shell still running there, then marks
+    /// under `DIR/marking`, with the evidence `how` says.
     pub(super) fn mark_on_target(
         &self,
         run: &mut Run,
         dir: &str,
-        mark: Option<&str>,
-        input: Option<&[u8]>,
+        how: &MarkWith,
+        closure: &str,
+        rev: &str,
     ) -> Result<TargetMark, String> {
-        let latest = format!(
-            "{} known-good latest {} --json",
-            self.settings.remote_waymark,
-            q(&run.name)
-        );
-        let script = format!(
-            r#"d={d}
-n=0
-while [ ! -e "$d/marked" ] && [ "$n" -lt 150 ]; do
-  c=; {{ read -r c < "$d/confirmer"; }} 2>/dev/null
-  [ -n "$c" ] && kill -0 "$c" 2>/dev/null || break
-  sleep 0.2; n=$(( n + 1 ))
-done
-if [ -e "$d/marked" ]; then echo "@@found"; {latest}; exit; fi
-# A lock whose marker died (a mark takes a second) is taken after a minute.
-[ -z "$(find "$d/marking" -maxdepth 0 -mmin +1 2>/dev/null)" ] || rmdir "$d/marking"
-mkdir "$d/marking" 2>/dev/null || {{ echo "@@busy"; exit 0; }}
-{mark}; rc=$?
-[ $rc != 0 ] || : > "$d/marked"
-rmdir "$d/marking"; exit $rc
-"#,
-            d = q(dir),
-            mark = mark.unwrap_or(&latest),
+        let (name, input) = match how {
+            MarkWith::Evidence(evidence) => ("stdin", Some(evidence.as_slice())),
+            MarkWith::AgentsEvidence => ("file", None),
+            MarkWith::Nothing => ("none", None),
+        };
+        let script = script(
+            &[protocol::MARK_TARGET],
+            &[
+                ("dir", dir),
+                ("how", name),
+                ("waymark", &self.settings.remote_waymark),
+                ("target", &run.name),
+                ("closure", closure),
+                ("rev", rev),
+            ],
         );
         let target = run.target.clone();
         let r = self.remote_with_input(run, &target, &script, input);
@@ -73,40 +74,44 @@ rmdir "$d/marking"; exit $rc
                 r.last_error()
             ));
         }
-        let (found, json) = match r.stdout.split_once("@@found\n") {
-            Some((_, json)) => (true, json),
-            None if r.stdout.trim() == "@@busy" => {
-                return Err("another deploy is marking it there right now".into());
-            }
-            None => (false, r.stdout.as_str()),
-        };
-        let record: Record = serde_json::from_str(json)
-            .map_err(|e| format!("the target's mark record is unreadable: {e}"))?;
-        Ok(if found || mark.is_none() {
-            TargetMark::Found(record)
-        } else {
-            TargetMark::Made(record)
-        })
+        let unreadable = |e: String| format!("the target's mark record is unreadable: {e}");
+        match MarkReply::parse(&r.stdout) {
+            MarkReply::Busy => Err("another deploy is marking it there right now".into()),
+            MarkReply::Found(record) => record.map(TargetMark::Found).map_err(unreadable),
+            MarkReply::Made(record) => record
+                .map(|r| match how {
+                    MarkWith::Nothing => TargetMark::Found(r),
+                    _ => TargetMark::Made(r),
+                })
+                .map_err(unreadable),
+        }
     }
 
-    /// Marks `record`'s closure on the build host, with the same evidence: in its build
-    /// session (the evidence in a here-document: the session's stdin is its input), or
-    /// a new one. Whether it was marked there; a failure is a note (the target's mark
-    /// stands).
+    /// Marks `record`'s closure on the build host, with the same evidence
+    /// (`scripts/mark_builder.sh`): in its build session, or a new one. Whether it was
+    /// marked there; a failure is a note (the target's mark stands).
     pub(super) fn mark_on_builder(&self, run: &mut Run, host: &Endpoint, record: &Record) -> bool {
         let evidence = serde_json::to_string(&record.evidence).expect("serializable");
-        let command = self.mark_command_for(&run.name, &record.closure, &record.rev);
         let r = self.run_on_build_host(
             host,
-            &format!("{command} <<'@@evidence'\n{evidence}\n@@evidence"),
+            &script(
+                &[protocol::MARK_BUILDER],
+                &[
+                    ("waymark", &self.settings.remote_waymark),
+                    ("target", &run.name),
+                    ("closure", &record.closure),
+                    ("rev", &record.rev),
+                    ("evidence", &evidence),
+                ],
+            ),
         );
         if r.code != 0 {
+            let said = protocol::mark_builder_said(&r.stdout).unwrap_or_else(|| r.last_error());
             self.emit_note(
                 run,
                 format!(
-                    "marking on build host {} failed: {}; the target's mark stands",
+                    "marking on build host {} failed: {said}; the target's mark stands",
                     host.name,
-                    r.last_error()
                 ),
             );
         }
@@ -137,14 +142,14 @@ rmdir "$d/marking"; exit $rc
                 evidence,
                 mark_target,
             } => {
-                let command = self.mark_command_for(
-                    &run.name,
-                    &closure,
-                    evidence.rev.as_deref().unwrap_or_default(),
-                );
-                let mark = mark_target.then(|| format!("{command} < {}/evidence.json", q(&dir)));
+                let how = if mark_target {
+                    MarkWith::AgentsEvidence
+                } else {
+                    MarkWith::Nothing
+                };
+                let rev = evidence.rev.clone().unwrap_or_default();
                 match self
-                    .mark_on_target(run, &dir, mark.as_deref(), None)
+                    .mark_on_target(run, &dir, &how, &closure, &rev)
                     .map_err(|why| {
                         stop(
                             HostResult::Failed,

@@ -35,19 +35,17 @@ impl Deployer<'_> {
             Err(e) => Reply::lost(&e),
         };
         run.remote_time += started.elapsed();
-        if r.code == 255 && !r.stdout.contains("@@marks") {
+        let reply = ProbeReply::parse(&r.stdout);
+        if r.code == 255 && !reply.reached_marks {
             return Err(stop(
                 HostResult::Error,
                 format!("cannot reach {}: {}", target.destination(), r.last_error()),
             ));
         }
-        let (head, rest) = r.stdout.split_once("@@marks\n").unwrap_or((&r.stdout, ""));
-        let (marks_json, old_json) = rest.split_once("@@old\n").unwrap_or((rest, ""));
-        let f = fields(head);
-        if field(&f, "daemon").is_some() {
+        if reply.daemon {
             self.ssh.use_daemon(&target);
         }
-        if marks_json.trim().is_empty() {
+        if reply.marks.is_empty() {
             return Err(stop(
                 HostResult::Error,
                 format!(
@@ -58,7 +56,7 @@ impl Deployer<'_> {
                 ),
             ));
         }
-        let listing: serde_json::Value = serde_json::from_str(marks_json).map_err(|e| {
+        let listing: serde_json::Value = serde_json::from_str(&reply.marks).map_err(|e| {
             stop(
                 HostResult::Error,
                 format!(
@@ -95,21 +93,25 @@ impl Deployer<'_> {
                 ),
             );
         }
-        let running = field(&f, "running");
+        let ProbeReply {
+            running,
+            profile,
+            failed_units,
+            agents,
+            active,
+            old_closure,
+            ..
+        } = reply;
         Ok(Probe {
             held: session,
-            known_old: kept.filter(|c| running == Some(c.root.as_str())),
-            running: running.map(str::to_owned),
-            profile: field(&f, "profile").map(str::to_owned),
-            old_closure: (!old_json.trim().is_empty()).then(|| old_json.to_owned()),
+            known_old: kept.filter(|c| running.as_deref() == Some(c.root.as_str())),
+            running,
+            profile,
+            old_closure,
             marks,
-            agents: parse_agents(head),
-            active: field(&f, "active").map(str::to_owned),
-            failed_units: field(&f, "units").map(|_| {
-                f.get("failed")
-                    .map(|v| v.iter().map(|s| (*s).to_owned()).collect())
-                    .unwrap_or_default()
-            }),
+            agents,
+            active,
+            failed_units,
         })
     }
 }

@@ -1,0 +1,2 @@
+# Runs the script $body under `timeout $limit` (a check that hangs ends in time).
+exec timeout "$limit" sh -c "$body"

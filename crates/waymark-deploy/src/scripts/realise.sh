@@ -1,0 +1,2 @@
+# Builds $drv in the host's own store (allowBuildOnTarget).
+nix-store --realise "$drv" --quiet
