@@ -17,6 +17,8 @@ use crate::activation::AgentState;
 use crate::unfinished::{AgentSeen, parse_agents};
 
 mod replies;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use replies::*;
 
