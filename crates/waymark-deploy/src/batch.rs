@@ -100,7 +100,12 @@ pub(crate) fn batch_script(scripts: &[String]) -> String {
     let names: Vec<String> = (0..scripts.len()).map(|i| format!("s{i}")).collect();
     let n = scripts.len().to_string();
     let mut params = vec![("n", n.as_str())];
-    params.extend(names.iter().map(String::as_str).zip(scripts.iter().map(String::as_str)));
+    params.extend(
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(scripts.iter().map(String::as_str)),
+    );
     protocol::script(&[protocol::BATCH], &params)
 }
 

@@ -12,6 +12,7 @@ mod activation;
 mod batch;
 mod decide;
 mod engine;
+mod error;
 mod events;
 mod fleet;
 mod pipeline;
@@ -27,6 +28,7 @@ pub use engine::{
     Cancel, Engine, EngineError, Outcome, Request, Selection, Unattended, evaluate_fleet,
     local_flake_dir,
 };
+pub use error::StopCause;
 pub use events::{
     BuildProgress, Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now, own_cpu_ms,
 };

@@ -29,6 +29,7 @@ use crate::decide::{
     Baseline, EXIT_AGENT_NOT_STARTED, EXIT_BUSY, EXIT_CONFIRM_LATE, already_there, baseline,
     commit_verified, restore_verified, rollback_target,
 };
+use crate::error::StopCause;
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
 use crate::progress::NixLog;
 use crate::ssh::{Endpoint, Held, Reply, Ssh, Talk};
@@ -44,14 +45,14 @@ mod finish;
 mod probe;
 mod scripts;
 
-use activate::checks_budget;
-use build::Built;
-use diff::Diffed;
-use finish::{MarkWith, TargetMark};
 use crate::protocol::{
     self, AgentReport, BootReply, BuildReply, ConfirmReply, LaunchReply, Looked, MissingReply,
     PROBED, ProbeReply, script,
 };
+use activate::checks_budget;
+use build::Built;
+use diff::Diffed;
+use finish::{MarkWith, TargetMark};
 use scripts::{Until, borrowed, serve, serve_relaying, wait_params, wait_script};
 pub use scripts::{build_session_script, probe_script};
 
@@ -157,16 +158,16 @@ pub struct Deployer<'a> {
 /// why it was not.
 pub(crate) type BuildResult = Result<(String, String), String>;
 
-/// Why a host stopped before the end.
+/// Why a host stopped before the end: where it stands, and the cause.
 struct Stop {
     result: HostResult,
-    message: String,
+    cause: StopCause,
 }
 
-fn stop(result: HostResult, message: impl Into<String>) -> Stop {
+fn stop(result: HostResult, cause: impl Into<StopCause>) -> Stop {
     Stop {
         result,
-        message: message.into(),
+        cause: cause.into(),
     }
 }
 
@@ -369,7 +370,7 @@ impl<'a> Deployer<'a> {
         let duration_ms = ms((started.elapsed() + carried_in).saturating_sub(run.carry));
         let (result, summary) = match &outcome {
             Ok((_, summary)) => (Outcome::Passed, summary.clone()),
-            Err(s) => (Outcome::Failed, s.message.clone()),
+            Err(s) => (Outcome::Failed, s.cause.to_string()),
         };
         run.gates.push(GateResult {
             gate,
@@ -435,7 +436,7 @@ impl<'a> Deployer<'a> {
         };
         let (result, message) = match self.pipeline(&mut run, mode) {
             Ok((result, message)) => (result, message),
-            Err(s) => (s.result, s.message),
+            Err(s) => (s.result, s.cause.to_string()),
         };
         // Restored or never touched: the target did not commit, nothing to finish later.
         if matches!(result, HostResult::Failed | HostResult::Error) {
@@ -477,22 +478,28 @@ impl<'a> Deployer<'a> {
                 let drv = run.host.toplevel.clone().ok_or_else(|| {
                     stop(
                         HostResult::Error,
-                        format!("{} has no system.build.toplevel to deploy", run.name),
+                        StopCause::Settings(format!(
+                            "{} has no system.build.toplevel to deploy",
+                            run.name
+                        )),
                     )
                 })?;
                 let closure = run.host.closure.clone().ok_or_else(|| {
                     stop(
                         HostResult::Error,
-                        format!(
+                        StopCause::Settings(format!(
                             "the fleet description gives no closure path for {}",
                             run.name
-                        ),
+                        )),
                     )
                 })?;
                 if run.rev.is_none() {
                     return Err(stop(
                         HostResult::Error,
-                        "no commit to record: deploy from a clean git checkout, or pass --rev",
+                        StopCause::Settings(
+                            "no commit to record: deploy from a clean git checkout, or pass --rev"
+                                .into(),
+                        ),
                     ));
                 }
                 run.drv = Some(drv.clone());
@@ -745,7 +752,7 @@ impl<'a> Deployer<'a> {
         let committed = |why: String| {
             stop(
                 HostResult::NeedsHuman,
-                format!("{name} runs {closure} (committed), but {why}"),
+                StopCause::State(format!("{name} runs {closure} (committed), but {why}")),
             )
         };
         // The target's mark was made over the confirmation's connection; made here only

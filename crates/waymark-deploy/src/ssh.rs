@@ -179,7 +179,7 @@ impl Ssh {
     /// master sockets in `control_dir` (kept short: socket paths have a length limit).
     pub fn new(nix_sshopts: &str, control_dir: &Path) -> Self {
         Self {
-            user_opts: nix_sshopts.split_whitespace().map(str::to_owned).collect(),
+            user_opts: waymark_store::split_sshopts(nix_sshopts),
             control_dir: control_dir.to_owned(),
             masters: Mutex::new(BTreeMap::new()),
             pending: Mutex::new(BTreeMap::new()),
@@ -380,16 +380,10 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
         self.opts("no").join(" ")
     }
 
-    /// Runs `remote` with `sh -c`: the scripts are POSIX shell whatever the login shell
-    /// of the user is (fish, nushell).
+    /// Runs `remote` with `sh -c` ([`waymark_store::ssh_command`], the store's ssh too):
+    /// the scripts are POSIX shell whatever the login shell of the user is.
     fn command(opts: &[String], host: &Endpoint, remote: &str) -> Command {
-        let mut cmd = Command::new("ssh");
-        cmd.args(opts)
-            .arg(host.destination())
-            .arg("--")
-            .arg(format!("sh -c {}", shell_quote(remote)))
-            .stdin(Stdio::null());
-        cmd
+        waymark_store::ssh_command(opts, &host.destination(), remote, &[])
     }
 
     /// Runs a shell command line on `host` over its master connection.

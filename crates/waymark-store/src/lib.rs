@@ -20,6 +20,7 @@ mod db;
 mod error;
 mod pathinfo;
 mod resolve;
+mod ssh;
 mod store;
 
 use waymark_diff::Closure;
@@ -29,6 +30,7 @@ pub use command::{last_line, nix_command};
 pub use error::{Error, Result};
 pub use pathinfo::{PathInfo, parse_path_info};
 pub use resolve::{resolve, shell_quote};
+pub use ssh::{is_destination, split_sshopts, ssh_command, user_sshopts};
 pub use store::{LocalStore, Store};
 
 /// How a closure was read.

@@ -2,7 +2,6 @@
 //! a generation link, `./result`), a flake output, or a link on a remote machine.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::cli::{nix, run};
 use crate::command::last_line;
@@ -127,7 +126,7 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// Reads a link on the machine behind an `ssh://` or `ssh-ng://` store, with the same
-/// ssh options Nix uses (`NIX_SSHOPTS`).
+/// ssh options Nix uses (`NIX_SSHOPTS`), through [`crate::ssh::ssh_command`].
 fn remote_readlink(url: &str, arg: &str, store_dir: &str) -> Result<String> {
     let host = url
         .strip_prefix("ssh-ng://")
@@ -138,19 +137,20 @@ fn remote_readlink(url: &str, arg: &str, store_dir: &str) -> Result<String> {
             reason: format!("{arg} is not a store path, and links can only be read over ssh"),
         })?;
     // A host that starts with `-` would be read by ssh as an option (`-oProxyCommand=…`).
-    if host.is_empty() || host.starts_with('-') {
+    if !crate::ssh::is_destination(host) {
         return Err(Error::BadUrl {
             url: url.to_owned(),
             reason: "the host name must not be empty or start with '-'".into(),
         });
     }
-    let mut cmd = Command::new("ssh");
-    if let Ok(opts) = std::env::var("NIX_SSHOPTS") {
-        cmd.args(opts.split_whitespace());
-    }
-    // ssh joins its arguments into one remote shell command line: quote the path.
-    cmd.args([host, "--", "readlink", "-e"])
-        .arg(shell_quote(arg));
+    // The same ssh as the deploy's: the user's options, a POSIX shell, the path an
+    // argument of its own.
+    let mut cmd = crate::ssh::ssh_command(
+        &crate::ssh::user_sshopts(),
+        host,
+        r#"readlink -e "$1""#,
+        &[arg],
+    );
     let out = cmd.output().map_err(|source| Error::Spawn {
         program: "ssh".into(),
         source,

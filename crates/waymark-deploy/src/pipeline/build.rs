@@ -385,7 +385,7 @@ impl Deployer<'_> {
             }
             copied = match self.nix_run(run, self.copy_between(from, to, closure, paths)) {
                 Err(e)
-                    if e.contains("cannot open connection to remote store")
+                    if crate::error::nix::cannot_connect_to_store(&e)
                         && self.ssh.forget_daemons(&[from, to]) =>
                 {
                     self.emit_note(
@@ -456,16 +456,16 @@ impl Deployer<'_> {
                 let builder = self.fleet.hosts.get(b).ok_or_else(|| {
                     stop(
                         HostResult::Error,
-                        format!("build host {b} is not a fleet host"),
+                        StopCause::Settings(format!("build host {b} is not a fleet host")),
                     )
                 })?;
                 let key = builder.signing_key_file.clone().ok_or_else(|| {
                     stop(
                         HostResult::Error,
-                        format!(
+                        StopCause::Settings(format!(
                             "build host {b} declares no waymark.deploy.signingKeyFile: {} would refuse its unsigned paths",
                             run.name
-                        ),
+                        )),
                     )
                 })?;
                 Ok(BuildAt::Builder {
@@ -478,10 +478,10 @@ impl Deployer<'_> {
                 Some(key) => Ok(BuildAt::Local { key: key.clone() }),
                 None => Err(stop(
                     HostResult::Error,
-                    format!(
+                    StopCause::Settings(format!(
                         "{} has no build host, so it is built here: give --signing-key (a key {} trusts), declare waymark.deploy.buildHost, or allow building on the target",
                         run.name, run.name
-                    ),
+                    )),
                 )),
             },
         }
@@ -499,7 +499,10 @@ impl Deployer<'_> {
         let failed = |what: &str, why: String| {
             stop(
                 HostResult::Error,
-                format!("{what} failed: {why}; the target was not touched"),
+                StopCause::BuildOrCopy {
+                    what: what.to_owned(),
+                    why,
+                },
             )
         };
         let target_url = self.ssh.destination_store_url(&run.target);
@@ -572,11 +575,7 @@ impl Deployer<'_> {
                     .map_err(|e| failed("sending the derivation to the target", e))?;
                 let target = run.target.clone();
                 let started = Instant::now();
-                let r = self.remote(
-                    run,
-                    &target,
-                    &script(&[protocol::REALISE], &[("drv", drv)]),
-                );
+                let r = self.remote(run, &target, &script(&[protocol::REALISE], &[("drv", drv)]));
                 // Nix's work, not waiting on the host.
                 run.remote_time = run.remote_time.saturating_sub(started.elapsed());
                 run.nix_time += started.elapsed();

@@ -52,7 +52,10 @@ impl Deployer<'_> {
             self.keep_journal(run, evidence);
         }
         let mut params = vec![
-            ("mark", if evidence.is_some() { "yes" } else { "" }.to_owned()),
+            (
+                "mark",
+                if evidence.is_some() { "yes" } else { "" }.to_owned(),
+            ),
             ("expect", expected_running.to_owned()),
             ("closure", closure.to_owned()),
             ("target", run.name.clone()),
@@ -60,7 +63,12 @@ impl Deployer<'_> {
             ("waymark", self.settings.remote_waymark.clone()),
             (
                 "pause",
-                if fault("pause-after-confirm") { "3" } else { "0" }.to_owned(),
+                if fault("pause-after-confirm") {
+                    "3"
+                } else {
+                    "0"
+                }
+                .to_owned(),
             ),
         ];
         params.extend(wait_params(

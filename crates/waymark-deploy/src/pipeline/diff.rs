@@ -82,19 +82,19 @@ impl Deployer<'_> {
             if r.code != 0 {
                 return Err(stop(
                     HostResult::Error,
-                    format!(
+                    StopCause::Store(format!(
                         "reading the closure of {path} on {}: {}",
                         run.name,
                         r.last_error()
-                    ),
+                    )),
                 ));
             }
             closure_from_path_info(r.stdout.as_bytes(), "/nix/store", path, &target.store_url())
-                .map_err(|e| stop(HostResult::Error, e.to_string()))
+                .map_err(|e| stop(HostResult::Error, StopCause::Store(e.to_string())))
         };
         let parse = |json: &str, path: &str| {
             closure_from_path_info(json.as_bytes(), "/nix/store", path, &target.store_url())
-                .map_err(|e| stop(HostResult::Error, e.to_string()))
+                .map_err(|e| stop(HostResult::Error, StopCause::Store(e.to_string())))
         };
         let old = match (built.old, &probe.known_old, &probe.old_closure) {
             (Some(read_for_copy), _, _) => read_for_copy,

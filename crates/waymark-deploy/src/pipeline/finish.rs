@@ -9,14 +9,15 @@
 
 use std::path::PathBuf;
 
-use waymark_evidence::Gate;
-use waymark_known_good::Record;
 use super::{Deployer, Run, Stop, stop};
+use crate::error::StopCause;
 use crate::events::HostResult;
 use crate::protocol::{self, MarkReply, script};
 use crate::ssh::Endpoint;
 use crate::state::write_atomic;
 use crate::unfinished::{Unfinished, journal_dir, read_journals, same_deploy};
+use waymark_evidence::Gate;
+use waymark_known_good::Record;
 
 /// The evidence a target's mark is made with.
 pub(super) enum MarkWith {
@@ -133,7 +134,9 @@ impl Deployer<'_> {
         let needs_human = |why: String| {
             stop(
                 HostResult::NeedsHuman,
-                format!("{name} runs {closure}, committed by an interrupted deploy, but {why}"),
+                StopCause::State(format!(
+                    "{name} runs {closure}, committed by an interrupted deploy, but {why}"
+                )),
             )
         };
         let record = match left {

@@ -39,7 +39,10 @@ impl Deployer<'_> {
         if r.code == 255 && !reply.reached_marks {
             return Err(stop(
                 HostResult::Error,
-                format!("cannot reach {}: {}", target.destination(), r.last_error()),
+                StopCause::Unreachable {
+                    destination: target.destination(),
+                    why: r.last_error(),
+                },
             ));
         }
         if reply.daemon {
@@ -48,29 +51,31 @@ impl Deployer<'_> {
         if reply.marks.is_empty() {
             return Err(stop(
                 HostResult::Error,
-                format!(
+                StopCause::Settings(format!(
                     "`{} known-good` cannot run on {} ({}): install waymark there (waymark.knownGood.package) or pass --remote-waymark",
                     self.settings.remote_waymark,
                     run.name,
                     r.last_error()
-                ),
+                )),
             ));
         }
         let listing: serde_json::Value = serde_json::from_str(&reply.marks).map_err(|e| {
             stop(
                 HostResult::Error,
-                format!(
+                StopCause::Reply(format!(
                     "reading the known-good marks of {} on the target: {e}: {}",
                     run.name,
                     r.last_error()
-                ),
+                )),
             )
         })?;
         let mut marks: Vec<Record> =
             serde_json::from_value(listing["marks"].clone()).map_err(|e| {
                 stop(
                     HostResult::Error,
-                    format!("the target's known-good records are not readable: {e}"),
+                    StopCause::Reply(format!(
+                        "the target's known-good records are not readable: {e}"
+                    )),
                 )
             })?;
         // A mark the target itself reports broken (its root gone or repointed, its

@@ -6,9 +6,7 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-use crate::protocol::{
-    BUILD_SESSION, LOG, PROBE, RUN_NEXT, SERVE, WAIT, script as params,
-};
+use crate::protocol::{BUILD_SESSION, LOG, PROBE, RUN_NEXT, SERVE, WAIT, script as params};
 
 /// The build host's session, the same whatever is built (so it can start before the
 /// flake is evaluated; see `scripts/build_session.sh`), then [`SERVE`].
@@ -197,7 +195,10 @@ mod tests {
     fn the_wait_script_ends_at_its_deadline_with_the_state_it_saw() {
         let dir = agent_dir("awaiting-confirmation");
         let out = Command::new("sh")
-            .args(["-c", &wait_script(dir.path().to_str().unwrap(), Until::Final, 1)])
+            .args([
+                "-c",
+                &wait_script(dir.path().to_str().unwrap(), Until::Final, 1),
+            ])
             .output()
             .unwrap();
         assert!(

@@ -134,7 +134,11 @@ impl LaunchReply {
             dry_rc: t.first("dry-rc").map(str::to_owned),
             dry: t.text("dry"),
             dry_ms: t.first("dry-ms").and_then(|v| v.parse().ok()).unwrap_or(0),
-            busy: t.all("busy").into_iter().find(|v| !v.is_empty()).map(str::to_owned),
+            busy: t
+                .all("busy")
+                .into_iter()
+                .find(|v| !v.is_empty())
+                .map(str::to_owned),
             report: AgentReport::read(&t),
         }
     }
@@ -291,4 +295,3 @@ pub(crate) fn batch_items(text: &str, count: usize) -> Vec<Option<BatchItem>> {
     }
     items
 }
-

@@ -190,7 +190,10 @@ fn a_hostile_line_forges_no_marker_in_the_probe() {
             &[
                 ("waymark", "cat \"$hostile\" #"),
                 ("kept_root", ""),
-                ("hostile", &bin.path().join("hostile.txt").display().to_string()),
+                (
+                    "hostile",
+                    &bin.path().join("hostile.txt").display().to_string(),
+                ),
             ],
         ),
         bin.path(),
@@ -234,7 +237,11 @@ fn a_hostile_line_forges_no_marker_in_the_build() {
     let reply = run(
         &script(
             &[BUILD],
-            &[("drvs", "/nix/store/a.drv"), ("outs", "/nix/store/a"), ("key", "k")],
+            &[
+                ("drvs", "/nix/store/a.drv"),
+                ("outs", "/nix/store/a"),
+                ("key", "k"),
+            ],
         ),
         bin.path(),
         "",
@@ -310,7 +317,10 @@ fn a_hostile_line_forges_no_marker_in_the_marks() {
     assert!(ConfirmReply::parse(&confirm).marked.is_none());
     let builder = run(&script(&[MARK_BUILDER], &params), bin.path(), "");
     assert_unforged("build host's mark", &builder, &[], &[]);
-    assert_eq!(mark_builder_said(&builder).as_deref(), Some("no final newline"));
+    assert_eq!(
+        mark_builder_said(&builder).as_deref(),
+        Some("no final newline")
+    );
 }
 
 #[test]
@@ -324,7 +334,13 @@ fn a_hostile_line_forges_no_marker_in_a_batch_or_the_checks() {
     assert_unforged("batch", &batch, &["item", "item-exit"], &[]);
     let items = batch_items(&batch, 2);
     assert_eq!(items[0].as_ref().unwrap().code, 0);
-    assert!(items[0].as_ref().unwrap().output.contains("@@item-exit 0\n"));
+    assert!(
+        items[0]
+            .as_ref()
+            .unwrap()
+            .output
+            .contains("@@item-exit 0\n")
+    );
     assert_eq!(items[1].as_ref().map(|i| i.code), Some(4));
     let units = run(&script(&[FAILED_UNITS], &[]), bin.path(), "");
     assert_unforged("failed units", &units, &[], &[]);
@@ -344,25 +360,74 @@ fn a_hostile_line_forges_no_marker_in_a_batch_or_the_checks() {
 
 #[test]
 fn the_lab_s_replies_read_as_they_did() {
+    // Replies of the lab's deploys (test_deploy), store hashes redacted.
+    const G1: &str = "/nix/store/[HASH]-nixos-system-web-24.05.1";
+    const G2: &str = "/nix/store/[HASH]-nixos-system-web-24.05.2";
     let probe = ProbeReply::parse(&fixture("probe.txt"));
-    assert!(probe.reached_marks);
-    assert!(probe.daemon);
+    assert!(probe.reached_marks && probe.daemon, "{probe:?}");
     assert_eq!(
-        probe.running.as_deref(),
-        Some("/nix/store/[HASH]-nixos-system-web1-g1")
+        (probe.running.as_deref(), probe.profile.as_deref()),
+        (Some(G1), Some(G1))
     );
-    assert!(probe.marks.contains("\"marks\""));
-    assert!(probe.old_closure.is_none());
+    assert!(probe.marks.starts_with('{') && probe.marks.contains("\"marks\""));
+    assert!(
+        probe
+            .old_closure
+            .as_deref()
+            .is_some_and(|j| j.starts_with("[{"))
+    );
+    assert!(probe.agents.is_empty() && probe.active.is_none());
+
+    let missing = MissingReply::parse(&fixture("missing.txt"));
+    assert_eq!(
+        missing,
+        MissingReply {
+            daemon: true,
+            missing: Vec::new()
+        }
+    );
+
+    let build = BuildReply::parse(&fixture("build.txt"));
+    assert_eq!(build.built, [G2]);
+    assert!(build.unsigned.is_none() && build.rc.is_none());
+    assert!(serde_json::from_str::<serde_json::Value>(&build.closures).is_ok());
 
     let launch = LaunchReply::parse(&fixture("launch.txt"));
     assert_eq!(launch.dry_rc.as_deref(), Some("0"));
+    assert_eq!(launch.dry_ms, 10);
+    assert_eq!(
+        crate::DryRun::parse(&launch.dry).summary(),
+        "would restart sshd.service"
+    );
     assert_eq!(launch.report.state, crate::AgentState::AwaitingConfirmation);
+    assert_eq!(launch.report.running.as_deref(), Some(G2));
 
     let confirm = ConfirmReply::parse(&fixture("confirm.txt"));
     assert_eq!(confirm.report.state, crate::AgentState::Committed);
-    assert_eq!(confirm.marked.map(|r| r.target).as_deref(), Some("web1"));
+    let marked = confirm
+        .marked
+        .expect("marked over the confirmation's connection");
+    assert_eq!(
+        (marked.target.as_str(), marked.closure.as_str()),
+        ("web1", G2)
+    );
 
     let restored = AgentReport::parse(&fixture("wait-restored.txt"));
-    assert!(matches!(restored.state, crate::AgentState::Restored(_)));
-    assert!(!restored.log.is_empty());
+    assert_eq!(restored.state, crate::AgentState::parse("restored:aborted"));
+    assert_eq!(restored.running.as_deref(), Some(G1));
+
+    let boot = BootReply::parse(&fixture("boot.txt"));
+    assert_eq!(
+        boot,
+        BootReply {
+            boot: true,
+            running: Some(G1.into()),
+            profile: Some(G2.into())
+        }
+    );
+
+    assert!(matches!(
+        MarkReply::parse(&fixture("mark.txt")),
+        MarkReply::Found(Ok(r)) if r.target == "web1"
+    ));
 }
