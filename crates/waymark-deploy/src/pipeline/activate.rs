@@ -316,17 +316,14 @@ impl Deployer<'_> {
                 &script(&[protocol::BOUNDED], &[("limit", &limit), ("body", &body)]),
             );
             if r.code != 0 {
-                let reason = protocol::health_failure(&r.stdout).map_or_else(
-                    || {
-                        // `timeout`'s status (GNU's, busybox's).
-                        if matches!(r.code, 124 | 143) {
-                            format!("no answer within {} s", check.timeout + CHECK_MARGIN)
-                        } else {
-                            r.last_error()
-                        }
-                    },
-                    |why| why,
-                );
+                let reason = protocol::health_failure(&r.stdout).unwrap_or_else(|| {
+                    // `timeout`'s status (GNU's, busybox's).
+                    if matches!(r.code, 124 | 143) {
+                        format!("no answer within {} s", check.timeout + CHECK_MARGIN)
+                    } else {
+                        r.last_error()
+                    }
+                });
                 let why = format!(
                     "health check {} failed ({} s allowed): {reason}",
                     check.name, check.timeout
