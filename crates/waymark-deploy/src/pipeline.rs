@@ -8,8 +8,8 @@
 //! target runs), `build` (gate 1: build and copy), `diff` (gate 2), `activate` (gates 3
 //! and 4, and reading back the agent's restore), `confirm` (gate 5's commit), `finish`
 //! (the marks, the record here, and finishing an interrupted deploy), `scripts` (the
-//! shell the hosts run and how their replies are read). The decisions they take are in
-//! [`crate::decide`], pure.
+//! sessions the hosts hold; the scripts and their typed replies are
+//! [`crate::protocol`]'s). The decisions they take are in [`crate::decide`], pure.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
