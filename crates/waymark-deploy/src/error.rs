@@ -3,7 +3,7 @@
 //! (the CLI prints it as it is).
 
 /// Why a host stopped before the end of its gates.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum StopCause {
     /// The fleet or the settings do not allow the deploy (nothing was tried): fixing
     /// them is the user's part.
@@ -21,25 +21,135 @@ pub enum StopCause {
     /// state is unknown to the deploy, so it does not go on.
     #[error("{0}")]
     Reply(String),
-    /// Building or copying the closure failed: the target was not touched.
-    #[error("{what} failed: {why}; the target was not touched")]
-    BuildOrCopy {
-        /// What was done ("building on builder", "copying from builder to web1").
+    /// The build on a build host failed: the target was not touched.
+    #[error("building on {builder} failed: {source}; the target was not touched")]
+    Build {
+        /// The build host's name.
+        builder: String,
+        /// What went wrong there.
+        source: BuildError,
+    },
+    /// A nix command (here or on the target) of gate 1 failed: the target was not
+    /// touched.
+    #[error("{what} failed: {source}; the target was not touched")]
+    Command {
+        /// What was done ("building here", "copying from builder to web1").
         what: String,
-        /// Why, as the program said.
-        why: String,
+        /// How it failed.
+        source: CommandError,
     },
     /// A store could not be read (a closure's path-info).
     #[error("{0}")]
     Store(String),
-    /// The state kept here or on the target (records, marks) could not be written or
-    /// agreed on: a human looks.
-    #[error("{0}")]
-    State(String),
+    /// The target committed, but what follows the commit failed: a human looks.
+    #[error("{host} runs {closure} (committed), but {why}")]
+    Committed {
+        host: String,
+        closure: String,
+        why: StateError,
+    },
+    /// Finishing a deploy interrupted after its commit failed here: a human looks.
+    #[error("{host} runs {closure}, committed by an interrupted deploy, but {why}")]
+    Unfinished {
+        host: String,
+        closure: String,
+        why: StateError,
+    },
+    /// Another deploy's commit could not be marked on the target: nothing changed.
+    #[error(
+        "{host} runs {closure}, committed by another deploy, but {why}: nothing changed; deploy again"
+    )]
+    OthersCommit {
+        host: String,
+        closure: String,
+        why: MarkError,
+    },
     /// A gate's own verdict (drift, a failed activation, a restore): the message says
     /// where the target stands.
     #[error("{0}")]
     Gate(String),
+}
+
+/// Why a build on a build host gave no closure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BuildError {
+    /// Its master connection could not be opened.
+    #[error("cannot reach {builder}: {source}")]
+    Unreachable {
+        builder: String,
+        source: crate::Error,
+    },
+    /// The derivations could not be sent there.
+    #[error("sending the derivations to {builder}: {why}")]
+    Send { builder: String, why: SendError },
+    /// The build's session or script failed there (its last word).
+    #[error("on {builder}: {why}")]
+    Remote { builder: String, why: String },
+    /// What was built could not be signed: the targets would refuse it.
+    #[error("signing on {builder} with {key} failed: {why}")]
+    Signing {
+        builder: String,
+        key: String,
+        why: String,
+    },
+    /// Nix's first error (it names the derivation that failed), or the build's status.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Why the derivations could not be sent to a build host.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// This machine's store could not be read.
+    #[error("{0}")]
+    Store(String),
+    /// The session or a process failed.
+    #[error(transparent)]
+    Transport(#[from] crate::Error),
+    /// `nix-store --export` failed.
+    #[error("nix-store --export: {0}")]
+    Export(String),
+    /// `nix copy --derivation` (when the build host refused the import) failed.
+    #[error(transparent)]
+    Copy(#[from] CommandError),
+}
+
+/// How a command of the deploy (a nix command here, a script on a host) failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommandError {
+    /// It could not be run.
+    #[error(transparent)]
+    Run(#[from] crate::Error),
+    /// It failed; its last word (the last line of its stderr).
+    #[error("{0}")]
+    Said(String),
+    /// It was killed by the fault injection `interrupt-copy` (tests).
+    #[error("interrupted (WAYMARK_FAULT=interrupt-copy)")]
+    Interrupted,
+}
+
+/// Why the target's mark could not be made or read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MarkError {
+    /// The mark script failed there (its last word).
+    #[error("marking it known-good there failed: {0}")]
+    Failed(String),
+    /// Another deploy holds the agent directory's marking lock.
+    #[error("another deploy is marking it there right now")]
+    Busy,
+    /// The record it printed is not a record.
+    #[error("the target's mark record is unreadable: {0}")]
+    Unreadable(String),
+}
+
+/// What failed after a commit: the target's mark, or the record here.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Mark(#[from] MarkError),
+    /// The deploy record could not be written here.
+    #[error("writing the deploy record here failed: {0}")]
+    Record(std::io::Error),
 }
 
 impl From<String> for StopCause {
@@ -89,12 +199,21 @@ mod tests {
             "cannot reach root@web1: Connection refused"
         );
         assert_eq!(
-            StopCause::BuildOrCopy {
-                what: "building on builder".into(),
-                why: "exit 1".into()
+            StopCause::Build {
+                builder: "builder".into(),
+                source: BuildError::Failed("exit 1".into())
             }
             .to_string(),
             "building on builder failed: exit 1; the target was not touched"
+        );
+        assert_eq!(
+            StopCause::Committed {
+                host: "web1".into(),
+                closure: "/nix/store/x".into(),
+                why: MarkError::Busy.into()
+            }
+            .to_string(),
+            "web1 runs /nix/store/x (committed), but another deploy is marking it there right now"
         );
         assert_eq!(StopCause::from("x").to_string(), "x");
     }

@@ -28,7 +28,7 @@ pub use engine::{
     Cancel, Engine, EngineError, Outcome, Request, Selection, Unattended, evaluate_fleet,
     local_flake_dir,
 };
-pub use error::StopCause;
+pub use error::{BuildError, CommandError, MarkError, SendError, StateError, StopCause};
 pub use events::{
     BuildProgress, Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now, own_cpu_ms,
 };
@@ -41,8 +41,9 @@ pub use state::write_atomic;
 /// The target-side activation agent (see its header).
 pub const AGENT: &str = concat!(include_str!("scripts/lib.sh"), include_str!("agent.sh"));
 
-/// What went wrong outside a gate's own verdict.
-#[derive(Debug, thiserror::Error)]
+/// What went wrong with ssh or the run's processes (the transport), outside a gate's
+/// own verdict.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// A program could not be started.
     #[error("running {program}: {message}")]

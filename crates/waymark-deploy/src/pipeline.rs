@@ -29,7 +29,7 @@ use crate::decide::{
     Baseline, EXIT_AGENT_NOT_STARTED, EXIT_BUSY, EXIT_CONFIRM_LATE, already_there, baseline,
     commit_verified, restore_verified, rollback_target,
 };
-use crate::error::StopCause;
+use crate::error::{BuildError, CommandError, SendError, StateError, StopCause};
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
 use crate::progress::NixLog;
 use crate::ssh::{Endpoint, Held, Reply, Ssh, Talk};
@@ -156,7 +156,7 @@ pub struct Deployer<'a> {
 
 /// A build's outcome for one host: how it was built and its closure's path-info, or
 /// why it was not.
-pub(crate) type BuildResult = Result<(String, String), String>;
+pub(crate) type BuildResult = Result<(String, String), BuildError>;
 
 /// Why a host stopped before the end: where it stands, and the cause.
 struct Stop {
@@ -749,10 +749,14 @@ impl<'a> Deployer<'a> {
             std::thread::sleep(Duration::from_secs(3));
         }
         let name = run.name.clone();
-        let committed = |why: String| {
+        let committed = |why: StateError| {
             stop(
                 HostResult::NeedsHuman,
-                StopCause::State(format!("{name} runs {closure} (committed), but {why}")),
+                StopCause::Committed {
+                    host: name.clone(),
+                    closure: closure.to_owned(),
+                    why,
+                },
             )
         };
         // The target's mark was made over the confirmation's connection; made here only
@@ -765,7 +769,7 @@ impl<'a> Deployer<'a> {
             let rev = run.rev.clone().unwrap_or_default();
             match self
                 .mark_on_target(run, dir, &MarkWith::Evidence(evidence), closure, &rev)
-                .map_err(committed)?
+                .map_err(|e| committed(e.into()))?
             {
                 TargetMark::Made(record) | TargetMark::Found(record) => record,
             }
@@ -778,7 +782,7 @@ impl<'a> Deployer<'a> {
             wheres.push(host.name.clone());
         }
         self.record_here(run, &record, build_at.is_some())
-            .map_err(|e| committed(format!("writing the deploy record here failed: {e}")))?;
+            .map_err(|e| committed(StateError::Record(e)))?;
         if new.root == closure {
             self.keep_closure(&run.name, new);
         }

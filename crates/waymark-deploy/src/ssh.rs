@@ -123,7 +123,7 @@ const STOPPED_GRACE: Duration = Duration::from_secs(2);
 pub const DAEMON_SOCKET: &str = "/nix/var/nix/daemon-socket/socket";
 
 /// One master connection: opened once, or why it could not be.
-type MasterSlot = OnceLock<Result<(), String>>;
+type MasterSlot = OnceLock<Result<(), Error>>;
 
 /// A remote command's result.
 #[derive(Debug, Clone)]
@@ -457,21 +457,23 @@ PATH=${{PATH#{bin}:}} exec ssh "$@"
     /// Opens the master connection to `host` once (no session, so no login shell
     /// runs), returning once it is authenticated and in the background; the error when
     /// it could not be opened.
-    pub fn ensure_master(&self, host: &Endpoint) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// The master could not be opened (ssh's last word), or the run is ending.
+    pub fn ensure_master(&self, host: &Endpoint) -> Result<(), Error> {
         let once = {
             let mut masters = self.masters.lock().expect("not poisoned");
             // Checked under the lock `close_all` sets it under: a master is either in
             // the map it ends, or never opened.
             if self.closing() {
-                return Err(Error::Closing.to_string());
+                return Err(Error::Closing);
             }
             // Counted before the lock goes: `close_all` waits for it.
             *self.under_way.lock().expect("not poisoned") += 1;
             Arc::clone(masters.entry(host.destination()).or_default())
         };
         let _done = UnderWay(self);
-        once.get_or_init(|| self.open_master(host).map_err(|e| e.to_string()))
-            .clone()
+        once.get_or_init(|| self.open_master(host)).clone()
     }
 
     /// Whether the master connection to `host` was opened (or tried).

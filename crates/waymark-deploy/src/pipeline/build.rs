@@ -63,7 +63,7 @@ pub(super) fn lacking(built: &Built, closure: &str) -> Option<Vec<String>> {
 
 /// The build on the build host done while the target was probed (its result and its
 /// time): gate 1 takes it instead of building.
-pub(super) type EarlyBuild = (Result<String, String>, Duration);
+pub(super) type EarlyBuild = (Result<String, BuildError>, Duration);
 
 impl Deployer<'_> {
     /// Runs `script` on a build host, together with the scripts other hosts submit for
@@ -119,8 +119,9 @@ impl Deployer<'_> {
         key: &str,
         items: &[(String, String)],
         hosts: &[String],
-    ) -> Vec<Result<String, String>> {
-        let all = |e: String| items.iter().map(|_| Err(e.clone())).collect();
+    ) -> Vec<Result<String, BuildError>> {
+        let all = |e: BuildError| items.iter().map(|_| Err(e.clone())).collect();
+        let builder_name = || builder.name.clone();
         let drvs: Vec<&str> = items.iter().map(|(d, _)| d.as_str()).collect();
         let outs: Vec<&str> = items.iter().map(|(_, o)| o.as_str()).collect();
         // Nix's structured log is relayed line by line as it comes (as `log=`).
@@ -133,7 +134,10 @@ impl Deployer<'_> {
             ],
         );
         if let Err(e) = self.ssh.ensure_master(builder) {
-            return all(format!("cannot reach {}: {e}", builder.name));
+            return all(BuildError::Unreachable {
+                builder: builder_name(),
+                source: e,
+            });
         }
         let mut log = NixLog::default();
         let mut last_sent = Instant::now();
@@ -165,7 +169,7 @@ impl Deployer<'_> {
             }
         };
         let session = self.ssh.hold(builder, &build_session_script());
-        let sent = session.map_err(|e| e.to_string()).and_then(|held| {
+        let sent = session.map_err(SendError::from).and_then(|held| {
             self.send_derivations(builder, held, items, &build_script, &mut relayed)
         });
         let r = match sent {
@@ -175,7 +179,10 @@ impl Deployer<'_> {
                 copy.args(items.iter().map(|(d, _)| d));
                 let mut scratch = Duration::ZERO;
                 if let Err(e) = self.nix_output(&mut scratch, copy) {
-                    return all(format!("sending the derivations to {}: {e}", builder.name));
+                    return all(BuildError::Send {
+                        builder: builder_name(),
+                        why: e.into(),
+                    });
                 }
                 let r = self
                     .ssh
@@ -187,19 +194,28 @@ impl Deployer<'_> {
                 }
                 r
             }
-            Err(e) => return all(format!("sending the derivations to {}: {e}", builder.name)),
+            Err(e) => {
+                return all(BuildError::Send {
+                    builder: builder_name(),
+                    why: e,
+                });
+            }
         };
         if r.code != 0 {
-            return all(format!("on {}: {}", builder.name, r.last_error()));
+            return all(BuildError::Remote {
+                builder: builder_name(),
+                why: r.last_error(),
+            });
         }
         // One path-info of every built closure: each host's diff keeps what its root
         // reaches.
         let reply = BuildReply::parse(&r.stdout);
         if let Some(why) = &reply.unsigned {
-            return all(format!(
-                "signing on {} with {key} failed: {why}",
-                builder.name
-            ));
+            return all(BuildError::Signing {
+                builder: builder_name(),
+                key: key.to_owned(),
+                why: why.clone(),
+            });
         }
         let built = &reply.built;
         // Nix's first error names the builder that failed; the ones after, what depended
@@ -230,7 +246,7 @@ impl Deployer<'_> {
                 if built.contains(o) && !reply.closures.is_empty() {
                     Ok(reply.closures.clone())
                 } else {
-                    Err(error.clone())
+                    Err(BuildError::Failed(error.clone()))
                 }
             })
             .collect()
@@ -246,63 +262,60 @@ impl Deployer<'_> {
         items: &[(String, String)],
         build_script: &str,
         relayed: &mut dyn FnMut(&str),
-    ) -> Result<Option<Reply>, String> {
-        let store = Store::from_url(None).map_err(|e| e.to_string())?;
+    ) -> Result<Option<Reply>, SendError> {
+        let store = Store::from_url(None).map_err(|e| SendError::Store(e.to_string()))?;
         let mut closure = BTreeSet::new();
         for (drv, _) in items {
-            let (c, _) = read_closure(&store, drv).map_err(|e| e.to_string())?;
+            let (c, _) = read_closure(&store, drv).map_err(|e| SendError::Store(e.to_string()))?;
             closure.extend(c.paths.into_iter().map(|p| p.path));
         }
         let mut list = closure.into_iter().collect::<Vec<_>>().join("\n");
         list.push_str("\n\n");
-        let mut talk = held.talk(list.as_bytes()).map_err(|e| e.to_string())?;
+        let mut talk = held.talk(list.as_bytes())?;
         let Some(missing) = talk.lines_until(protocol::MISSING) else {
-            return talk.finish().map(Some).map_err(|e| e.to_string());
+            return Ok(Some(talk.finish()?));
         };
         let MissingReply { daemon, missing } = MissingReply::parse(&missing.join("\n"));
         if daemon {
             self.ssh.use_daemon(builder);
         }
         if missing.is_empty() {
-            talk.send(b"none\n").map_err(|e| e.to_string())?;
+            talk.send(b"none\n")?;
         } else {
-            talk.send(b"export\n").map_err(|e| e.to_string())?;
+            talk.send(b"export\n")?;
             let processes = self.ssh.processes();
-            let mut export = processes
-                .spawn(
-                    Command::new("nix-store")
-                        .arg("--export")
-                        .args(&missing)
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::piped())
-                        .stderr(Stdio::piped()),
-                )
-                .map_err(|e| e.to_string())?;
+            let mut export = processes.spawn(
+                Command::new("nix-store")
+                    .arg("--export")
+                    .args(&missing)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped()),
+            )?;
             let mut stream = export.stdout.take().expect("piped");
             let sent = talk.send_from(&mut stream);
             drop(stream);
             let status = processes
                 .wait_with_output(export)
-                .map_err(|e| format!("nix-store --export: {e}"))?;
+                .map_err(|e| SendError::Export(e.to_string()))?;
             if sent.is_err() || !status.status.success() {
                 // The build host may have stopped reading: it refused the import.
-                let reply = talk.finish().map_err(|e| e.to_string())?;
+                let reply = talk.finish()?;
                 if protocol::import_refused(&reply.stdout) {
                     return Ok(None);
                 }
                 return Err(match sent {
-                    Err(e) => e.to_string(),
-                    Ok(()) => format!(
-                        "nix-store --export: {}",
-                        String::from_utf8_lossy(&status.stderr).trim()
-                    ),
+                    Err(e) => e.into(),
+                    Ok(()) => {
+                        SendError::Export(String::from_utf8_lossy(&status.stderr).trim().to_owned())
+                    }
                 });
             }
         }
         // The build is the session's first request, sent once the import is done
         // (`nix-store --import` reads ahead); the session stays for the marks.
         if talk.lines_until(protocol::IMPORTED).is_none() {
-            let reply = talk.finish().map_err(|e| e.to_string())?;
+            let reply = talk.finish()?;
             return Ok((!protocol::import_refused(&reply.stdout)).then_some(reply));
         }
         let reply = match serve_relaying(&mut talk, build_script, relayed) {
@@ -313,7 +326,7 @@ impl Deployer<'_> {
                 );
                 reply
             }
-            None => talk.finish().map_err(|e| e.to_string())?,
+            None => talk.finish()?,
         };
         Ok((!protocol::import_refused(&reply.stdout)).then_some(reply))
     }
@@ -360,7 +373,7 @@ impl Deployer<'_> {
         to: &Endpoint,
         closure: &str,
         only: Option<&[String]>,
-    ) -> Result<String, String> {
+    ) -> Result<String, CommandError> {
         if fault("interrupt-copy") {
             return self.interrupted(self.copy_between(from, to, closure, only));
         }
@@ -369,7 +382,7 @@ impl Deployer<'_> {
         } else {
             vec![None]
         };
-        let mut copied = Err(String::new());
+        let mut copied = Err(CommandError::Said(String::new()));
         for paths in attempts {
             if let (Err(e), Some(listed)) = (&copied, only)
                 && paths.is_none()
@@ -384,7 +397,7 @@ impl Deployer<'_> {
                 );
             }
             copied = match self.nix_run(run, self.copy_between(from, to, closure, paths)) {
-                Err(e)
+                Err(CommandError::Said(e))
                     if crate::error::nix::cannot_connect_to_store(&e)
                         && self.ssh.forget_daemons(&[from, to]) =>
                 {
@@ -406,21 +419,19 @@ impl Deployer<'_> {
     }
 
     /// Runs a local nix command, timing it as Nix's own work.
-    pub(super) fn nix_run(&self, run: &mut Run, cmd: Command) -> Result<String, String> {
+    pub(super) fn nix_run(&self, run: &mut Run, cmd: Command) -> Result<String, CommandError> {
         self.nix_output(&mut run.nix_time, cmd)
     }
 
     /// Test hook (`WAYMARK_FAULT=interrupt-copy`): the copy is killed a moment after it
     /// started, as a dropped connection or a killed process would end it.
-    pub(super) fn interrupted(&self, mut cmd: Command) -> Result<String, String> {
+    pub(super) fn interrupted(&self, mut cmd: Command) -> Result<String, CommandError> {
         let processes = self.ssh.processes();
-        let mut child = processes
-            .spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null()))
-            .map_err(|e| e.to_string())?;
+        let mut child = processes.spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null()))?;
         std::thread::sleep(Duration::from_millis(150));
         let _ = child.kill();
         let _ = processes.wait(&mut child);
-        Err("interrupted (WAYMARK_FAULT=interrupt-copy)".into())
+        Err(CommandError::Interrupted)
     }
 
     /// Runs a local nix command among the run's processes (none starts once the run
@@ -429,24 +440,20 @@ impl Deployer<'_> {
         &self,
         clock: &mut Duration,
         mut cmd: Command,
-    ) -> Result<String, String> {
+    ) -> Result<String, CommandError> {
         let started = Instant::now();
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let out = self
-            .ssh
-            .processes()
-            .output(&mut cmd, None)
-            .map_err(|e| e.to_string())?;
+        let out = self.ssh.processes().output(&mut cmd, None)?;
         *clock += started.elapsed();
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(waymark_store::last_line(
+            Err(CommandError::Said(waymark_store::last_line(
                 &String::from_utf8_lossy(&out.stderr),
                 || format!("{}, with no error message", out.status),
-            ))
+            )))
         }
     }
 
@@ -496,12 +503,21 @@ impl Deployer<'_> {
         probe: &Probe,
         early: Option<EarlyBuild>,
     ) -> Result<(Built, String), Stop> {
-        let failed = |what: &str, why: String| {
+        let failed = |what: &str, source: CommandError| {
             stop(
                 HostResult::Error,
-                StopCause::BuildOrCopy {
+                StopCause::Command {
                     what: what.to_owned(),
-                    why,
+                    source,
+                },
+            )
+        };
+        let not_built = |builder: &Endpoint, source: BuildError| {
+            stop(
+                HostResult::Error,
+                StopCause::Build {
+                    builder: builder.name.clone(),
+                    source,
                 },
             )
         };
@@ -523,7 +539,7 @@ impl Deployer<'_> {
                         built.new_json = Some(closure_json);
                         how
                     }
-                    Some(Err(e)) => return Err(failed(&format!("building on {}", host.name), e)),
+                    Some(Err(e)) => return Err(not_built(host, e)),
                     None => {
                         let (result, took) = early.unwrap_or_else(|| {
                             let started = Instant::now();
@@ -538,9 +554,7 @@ impl Deployer<'_> {
                             (result, started.elapsed())
                         });
                         run.nix_time += took;
-                        built.new_json = Some(
-                            result.map_err(|e| failed(&format!("building on {}", host.name), e))?,
-                        );
+                        built.new_json = Some(result.map_err(|e| not_built(host, e))?);
                         format!("built on {}", host.name)
                     }
                 };
@@ -580,7 +594,10 @@ impl Deployer<'_> {
                 run.remote_time = run.remote_time.saturating_sub(started.elapsed());
                 run.nix_time += started.elapsed();
                 if r.code != 0 {
-                    return Err(failed("building on the target", r.last_error()));
+                    return Err(failed(
+                        "building on the target",
+                        CommandError::Said(r.last_error()),
+                    ));
                 }
                 Ok((
                     Built::default(),

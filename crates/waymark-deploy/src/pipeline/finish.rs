@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use super::{Deployer, Run, Stop, stop};
-use crate::error::StopCause;
+use crate::error::{MarkError, StateError, StopCause};
 use crate::events::HostResult;
 use crate::protocol::{self, MarkReply, script};
 use crate::ssh::Endpoint;
@@ -50,7 +50,7 @@ impl Deployer<'_> {
         how: &MarkWith,
         closure: &str,
         rev: &str,
-    ) -> Result<TargetMark, String> {
+    ) -> Result<TargetMark, MarkError> {
         let (name, input) = match how {
             MarkWith::Evidence(evidence) => ("stdin", Some(evidence.as_slice())),
             MarkWith::AgentsEvidence => ("file", None),
@@ -70,14 +70,11 @@ impl Deployer<'_> {
         let target = run.target.clone();
         let r = self.remote_with_input(run, &target, &script, input);
         if r.code != 0 {
-            return Err(format!(
-                "marking it known-good there failed: {}",
-                r.last_error()
-            ));
+            return Err(MarkError::Failed(r.last_error()));
         }
-        let unreadable = |e: String| format!("the target's mark record is unreadable: {e}");
+        let unreadable = |e: serde_json::Error| MarkError::Unreadable(e.to_string());
         match MarkReply::parse(&r.stdout) {
-            MarkReply::Busy => Err("another deploy is marking it there right now".into()),
+            MarkReply::Busy => Err(MarkError::Busy),
             MarkReply::Found(record) => record.map(TargetMark::Found).map_err(unreadable),
             MarkReply::Made(record) => record
                 .map(|r| match how {
@@ -131,12 +128,14 @@ impl Deployer<'_> {
     ) -> Result<Record, Stop> {
         let closure = left.closure().to_owned();
         let name = run.name.clone();
-        let needs_human = |why: String| {
+        let needs_human = |why: StateError| {
             stop(
                 HostResult::NeedsHuman,
-                StopCause::State(format!(
-                    "{name} runs {closure}, committed by an interrupted deploy, but {why}"
-                )),
+                StopCause::Unfinished {
+                    host: name.clone(),
+                    closure: closure.clone(),
+                    why,
+                },
             )
         };
         let record = match left {
@@ -156,7 +155,11 @@ impl Deployer<'_> {
                     .map_err(|why| {
                         stop(
                             HostResult::Failed,
-                            format!("{name} runs {closure}, committed by another deploy, but {why}: nothing changed; deploy again"),
+                            StopCause::OthersCommit {
+                                host: name.clone(),
+                                closure: closure.clone(),
+                                why,
+                            },
                         )
                     })? {
                     TargetMark::Made(record) => record,
@@ -183,7 +186,7 @@ impl Deployer<'_> {
         }
         let deployed = record.evidence.gates.iter().any(|g| g.gate == Gate::Build);
         self.record_here(run, &record, deployed)
-            .map_err(|e| needs_human(format!("writing the deploy record here failed: {e}")))?;
+            .map_err(|e| needs_human(StateError::Record(e)))?;
         self.emit_note(
             run,
             format!(

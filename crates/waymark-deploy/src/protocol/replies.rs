@@ -228,17 +228,17 @@ impl ConfirmReply {
 #[derive(Debug)]
 pub(crate) enum MarkReply {
     /// The deploy that committed marked it: its latest mark.
-    Found(Result<Record, String>),
+    Found(Result<Record, serde_json::Error>),
     /// Another marker holds the lock.
     Busy,
     /// Marked now (or, asked for none, the latest mark).
-    Made(Result<Record, String>),
+    Made(Result<Record, serde_json::Error>),
 }
 
 impl MarkReply {
     pub(crate) fn parse(text: &str) -> Self {
         let t = Transcript::parse(text);
-        let read = || record(&t, None).map_err(|e| e.to_string());
+        let read = || record(&t, None);
         if t.has("found") {
             Self::Found(read())
         } else if t.has("busy") {
