@@ -64,10 +64,59 @@ pub enum StopCause {
         closure: String,
         why: MarkError,
     },
-    /// A gate's own verdict (drift, a failed activation, a restore): the message says
-    /// where the target stands.
+    /// A gate refused to go on before anything was activated: the target is as it was.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// A gate's own verdict after activation started (a failed activation, a restore
+    /// and how it was verified): the message says where the target stands.
     #[error("{0}")]
     Gate(String),
+}
+
+/// Why a gate refused to go on, nothing activated: a later deploy may (a queue can
+/// retry `AnotherDeploy` and `Busy`; `Drift` waits for a human).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The target runs no system: nothing to restore if activation failed.
+    #[error(
+        "{host} runs no system (/run/current-system is missing): there would be nothing to restore if activation failed"
+    )]
+    NoSystem { host: String },
+    /// Another deploy's agent is at work there (seen by the probe).
+    #[error(
+        "another deploy is under way on {host} (its agent in {dir}): nothing changed; deploy again once it ends"
+    )]
+    AnotherDeploy { host: String, dir: String },
+    /// The target runs what its latest known-good mark does not say (a hand deploy?).
+    #[error(
+        "{host} runs {running}, not its latest known-good closure {closure} (mark {mark}): deployed by hand? Stopped, nothing changed; --allow-drift deploys anyway"
+    )]
+    Drift {
+        host: String,
+        running: String,
+        closure: String,
+        mark: String,
+    },
+    /// The person at the terminal said no after the diff.
+    #[error("declined after the diff; nothing changed")]
+    Declined,
+    /// dry-activate failed.
+    #[error("dry-activate failed (exit {rc}): {last}; nothing was activated")]
+    DryActivateFailed { rc: String, last: String },
+    /// dry-activate could not run (the connection).
+    #[error("dry-activate could not run on {host}: {why}; nothing was activated")]
+    DryActivateNotRun { host: String, why: String },
+    /// The agent could not be started.
+    #[error("the activation agent could not be started on {host}: {why}; nothing was activated")]
+    AgentNotStarted { host: String, why: String },
+    /// Another deploy holds the target's activation lock.
+    #[error("another deploy is activating on {host} ({holder}); nothing changed")]
+    Busy { host: String, holder: String },
+    /// The running system changed since the deploy read it: the agent activated nothing.
+    #[error(
+        "the agent activated nothing ({why}): {host} switched to another system since the deploy read it"
+    )]
+    RunningChanged { host: String, why: String },
 }
 
 /// Why a build on a build host gave no closure.
@@ -216,5 +265,13 @@ mod tests {
             "web1 runs /nix/store/x (committed), but another deploy is marking it there right now"
         );
         assert_eq!(StopCause::from("x").to_string(), "x");
+        assert_eq!(
+            StopCause::from(Refusal::Busy {
+                host: "web1".into(),
+                holder: "/run/waymark/deploy/r-web1".into()
+            })
+            .to_string(),
+            "another deploy is activating on web1 (/run/waymark/deploy/r-web1); nothing changed"
+        );
     }
 }

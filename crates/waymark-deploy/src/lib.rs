@@ -28,7 +28,7 @@ pub use engine::{
     Cancel, Engine, EngineError, Outcome, Request, Selection, Unattended, evaluate_fleet,
     local_flake_dir,
 };
-pub use error::{BuildError, CommandError, MarkError, SendError, StateError, StopCause};
+pub use error::{BuildError, CommandError, MarkError, Refusal, SendError, StateError, StopCause};
 pub use events::{
     BuildProgress, Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now, own_cpu_ms,
 };

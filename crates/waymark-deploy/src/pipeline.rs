@@ -29,7 +29,7 @@ use crate::decide::{
     Baseline, EXIT_AGENT_NOT_STARTED, EXIT_BUSY, EXIT_CONFIRM_LATE, already_there, baseline,
     commit_verified, restore_verified, rollback_target,
 };
-use crate::error::{BuildError, CommandError, SendError, StateError, StopCause};
+use crate::error::{BuildError, CommandError, Refusal, SendError, StateError, StopCause};
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
 use crate::progress::NixLog;
 use crate::ssh::{Endpoint, Held, Reply, Ssh, Talk};

@@ -79,8 +79,11 @@ pub(crate) const IMPORTED: &str = "@@imported";
 pub(crate) const LOG: &str = "log";
 
 /// The text to send for `parts` (script files, run in order in one shell) with
-/// `params`: `LIB`, then each parameter as a shell variable, its value quoted once, then
-/// the parts. The only place a value meets shell text.
+/// `params`: each parameter as a shell variable, its value quoted once, then `LIB` and
+/// the parts without their comment and blank lines (a held session's shell reads what
+/// it is sent a byte at a time: only what runs is sent; the scripts have no
+/// here-document or quoted string with such a line). The only place a value meets
+/// shell text.
 ///
 /// # Panics
 /// A parameter's name is not a shell name (a bug here, not input).
@@ -98,9 +101,14 @@ pub(crate) fn script(parts: &[&str], params: &[(&str, &str)]) -> String {
         text.push_str(&shell_quote(value));
         text.push('\n');
     }
-    text.push_str(LIB);
-    for part in parts {
-        text.push_str(part);
+    for part in std::iter::once(&LIB).chain(parts) {
+        for line in part.lines() {
+            let code = line.trim_start();
+            if !code.is_empty() && !code.starts_with('#') {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
     }
     text
 }

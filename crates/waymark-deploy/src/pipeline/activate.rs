@@ -69,10 +69,10 @@ impl Deployer<'_> {
             Some(rc) => {
                 return Err(stop(
                     HostResult::Failed,
-                    format!(
-                        "dry-activate failed (exit {rc}): {}; nothing was activated",
-                        reply.dry.lines().last().unwrap_or("no output")
-                    ),
+                    Refusal::DryActivateFailed {
+                        rc: rc.to_owned(),
+                        last: reply.dry.lines().last().unwrap_or("no output").to_owned(),
+                    },
                 ));
             }
             None if launches => {
@@ -82,11 +82,10 @@ impl Deployer<'_> {
             None => {
                 return Err(stop(
                     HostResult::Failed,
-                    format!(
-                        "dry-activate could not run on {}: {}; nothing was activated",
-                        run.name,
-                        r.last_error()
-                    ),
+                    Refusal::DryActivateNotRun {
+                        host: run.name.clone(),
+                        why: r.last_error(),
+                    },
                 ));
             }
         }
@@ -196,21 +195,19 @@ impl Deployer<'_> {
         if r.code == EXIT_AGENT_NOT_STARTED {
             return Err(stop(
                 HostResult::Failed,
-                format!(
-                    "the activation agent could not be started on {}: {}; nothing was activated",
-                    run.name,
-                    r.last_error()
-                ),
+                Refusal::AgentNotStarted {
+                    host: run.name.clone(),
+                    why: r.last_error(),
+                },
             ));
         }
         if r.code == EXIT_BUSY {
             return Err(stop(
                 HostResult::Failed,
-                format!(
-                    "another deploy is activating on {} ({}); nothing changed",
-                    run.name,
-                    reply.busy.as_deref().unwrap_or("?")
-                ),
+                Refusal::Busy {
+                    host: run.name.clone(),
+                    holder: reply.busy.clone().unwrap_or_else(|| "?".into()),
+                },
             ));
         }
         let state = if r.code == 0 {
@@ -261,10 +258,10 @@ impl Deployer<'_> {
             AgentState::Refused(why) => {
                 return Err(stop(
                     HostResult::Failed,
-                    format!(
-                        "the agent activated nothing ({why}): {} switched to another system since the deploy read it",
-                        run.name
-                    ),
+                    Refusal::RunningChanged {
+                        host: run.name.clone(),
+                        why,
+                    },
                 ));
             }
             AgentState::RestoreFailed(why) => {

@@ -27,10 +27,9 @@ impl Deployer<'_> {
         let Some(running) = probe.running.clone() else {
             return Err(stop(
                 HostResult::Failed,
-                format!(
-                    "{} runs no system (/run/current-system is missing): there would be nothing to restore if activation failed",
-                    run.name
-                ),
+                Refusal::NoSystem {
+                    host: run.name.clone(),
+                },
             ));
         };
         match baseline(
@@ -51,23 +50,28 @@ impl Deployer<'_> {
             Baseline::Busy(dir) => {
                 return Err(stop(
                     HostResult::Failed,
-                    format!(
-                        "another deploy is under way on {} (its agent in {dir}): nothing changed; deploy again once it ends",
-                        run.name
-                    ),
+                    Refusal::AnotherDeploy {
+                        host: run.name.clone(),
+                        dir,
+                    },
                 ));
             }
             Baseline::Drift { allowed, latest } => {
-                let what = format!(
-                    "{} runs {running}, not its latest known-good closure {} (mark {}): deployed by hand?",
-                    run.name, latest.closure, latest.mark
-                );
                 if allowed {
+                    let what = format!(
+                        "{} runs {running}, not its latest known-good closure {} (mark {}): deployed by hand?",
+                        run.name, latest.closure, latest.mark
+                    );
                     self.emit_note(run, format!("{what} Going on; a failure restores what runs now."));
                 } else {
                     return Err(stop(
                         HostResult::Failed,
-                        format!("{what} Stopped, nothing changed; --allow-drift deploys anyway"),
+                        Refusal::Drift {
+                            host: run.name.clone(),
+                            running,
+                            closure: latest.closure.clone(),
+                            mark: latest.mark.clone(),
+                        },
                     ));
                 }
             }
@@ -156,10 +160,7 @@ impl Deployer<'_> {
             self.interaction.show_diff(&run.name, &report);
         }
         if self.settings.ask && !self.interaction.confirm(&run.name, &report) {
-            return Err(stop(
-                HostResult::Failed,
-                "declined after the diff; nothing changed",
-            ));
+            return Err(stop(HostResult::Failed, Refusal::Declined));
         }
         Ok((
             Diffed {

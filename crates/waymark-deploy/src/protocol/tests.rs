@@ -112,8 +112,9 @@ fn the_scripts_and_the_agent_share_the_deployers_exit_statuses() {
     assert_eq!(defined("EXIT_BUSY"), EXIT_BUSY);
     assert_eq!(defined("EXIT_AGENT_NOT_STARTED"), EXIT_AGENT_NOT_STARTED);
     assert_eq!(defined("EXIT_CONFIRM_LATE"), EXIT_CONFIRM_LATE);
-    // The agent is sent with lib.sh before it; the scripts name the statuses, never
-    // their numbers.
+    // The agent is sent with lib.sh before it (whole, and the scripts without its
+    // comments); the scripts name the statuses, never their numbers.
+    assert!(script(&[], &[]).contains("EXIT_BUSY=75\n"));
     assert!(crate::AGENT.starts_with(LIB));
     for (name, text) in [
         ("launch.sh", LAUNCH),
