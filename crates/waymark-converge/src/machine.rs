@@ -260,13 +260,14 @@ impl HostMachine {
         self.phase == Phase::Deploying || (self.dirty && self.phase != Phase::Noncompliant)
     }
 
-    /// After a restart: a deploy that was running when the controller died is looked at
-    /// again (what the host runs says whether it landed), never taken as done.
+    /// After a restart: every host is looked at again once its watcher reports (a
+    /// converged one is then found converged, not redeployed); a deploy that was
+    /// running when the controller died is never taken as done.
     pub fn recover(&mut self) {
         if self.phase == Phase::Deploying {
             self.phase = Phase::Pending;
-            self.dirty = true;
         }
+        self.dirty = true;
         self.changed = false;
     }
 }
@@ -367,8 +368,7 @@ mod tests {
         m.touch(Some("r2"), true);
         assert_eq!(m.settle(&DEPLOY, 70_000), Some(false));
         // The memory survives a restart (it is persisted as is).
-        let back: HostMachine =
-            serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        let back: HostMachine = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
         assert!(back.failed.contains("r1"));
     }
 
@@ -389,10 +389,16 @@ mod tests {
         let mut m = HostMachine::default();
         m.touch(Some("r1"), true);
         assert_eq!(m.settle(&Decision::Report(Drift::HandSwitch), 0), None);
-        assert_eq!((m.phase, m.drift), (Phase::Drifted, Some(Drift::HandSwitch)));
+        assert_eq!(
+            (m.phase, m.drift),
+            (Phase::Drifted, Some(Drift::HandSwitch))
+        );
         m.touch(Some("r1"), true);
         assert_eq!(m.settle(&Decision::Converged, 1), None);
-        assert_eq!((m.phase, m.drift, m.pending()), (Phase::Converged, None, false));
+        assert_eq!(
+            (m.phase, m.drift, m.pending()),
+            (Phase::Converged, None, false)
+        );
         m.touch(None, true);
         assert_eq!(m.settle(&Decision::Leave, 2), None);
         assert_eq!(m.phase, Phase::Held);

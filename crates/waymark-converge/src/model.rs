@@ -214,7 +214,10 @@ mod tests {
         // Runs its known-good closure: no drift, whatever it booted.
         assert_eq!(facts(A, A, Some(C), Some(A)).drift(), None);
         // A hand switch: current and profile moved together off the mark.
-        assert_eq!(facts(B, B, Some(A), Some(A)).drift(), Some(Drift::HandSwitch));
+        assert_eq!(
+            facts(B, B, Some(A), Some(A)).drift(),
+            Some(Drift::HandSwitch)
+        );
         // The profile moved, the running system did not.
         assert_eq!(
             facts(A, B, Some(C), Some(A)).drift(),
@@ -248,7 +251,10 @@ mod tests {
     #[test]
     fn decisions_follow_desired_facts_and_policy() {
         let good = facts(A, A, None, Some(A));
-        assert_eq!(decide(&release(A), &good, Policy::Report), Decision::Converged);
+        assert_eq!(
+            decide(&release(A), &good, Policy::Report),
+            Decision::Converged
+        );
         // A new release on an undrifted host is deployed under either policy.
         for p in [Policy::Report, Policy::Restore] {
             assert_eq!(
@@ -267,7 +273,10 @@ mod tests {
             Decision::Deploy { allow_drift: true }
         );
         // Hold and no release: left alone, drift or not.
-        assert_eq!(decide(&Desired::Hold, &hand, Policy::Restore), Decision::Leave);
+        assert_eq!(
+            decide(&Desired::Hold, &hand, Policy::Restore),
+            Decision::Leave
+        );
         assert_eq!(
             decide(&Desired::NoRelease, &hand, Policy::Restore),
             Decision::Leave

@@ -3,12 +3,15 @@
 //! by tabs (store paths hold none), a value empty when absent.
 //!
 //! ```text
-//! hello	1	watch                      (the watcher's first line: version, how it watches)
-//! facts	current=/nix/store/…	profile=/nix/store/…	booted=	known-good=/nix/store/…
-//! error	cannot watch /run: …       (it goes on, or ends: the controller starts the poll)
+//! hello→1→watch                      (the first line: version, how it watches)
+//! facts→current=/nix/store/…→profile=/nix/store/…→booted=→known-good=/nix/store/…
+//! error→watching /run: …             (what it could not do; it goes on)
 //! ```
 //!
-//! A `facts` line comes at the start and after every change of one of the four.
+//! (`→` stands for a tab.)
+//!
+//! A `facts` line comes at the start and after every change of one of the four. An
+//! empty line says nothing (the watcher's check that its reader is still there).
 
 use crate::model::Facts;
 
@@ -30,6 +33,8 @@ pub enum Line {
     Facts(Facts),
     /// Something the watcher could not do.
     Error(String),
+    /// An empty line: nothing new.
+    Nothing,
 }
 
 /// Errors reading a line.
@@ -51,6 +56,7 @@ fn value(v: &str) -> Option<String> {
 pub fn parse(line: &str) -> Result<Line, Error> {
     let mut fields = line.split('\t');
     match fields.next() {
+        Some("") => Ok(Line::Nothing),
         Some("hello") => {
             let version = fields.next().unwrap_or_default().to_owned();
             let how = fields.next().unwrap_or_default().to_owned();

@@ -77,8 +77,8 @@ mod tests {
     fn host(phase: Phase, changed: bool, dirty: bool) -> HostMachine {
         HostMachine {
             phase,
-            changed,
             dirty,
+            changed,
             ..HostMachine::default()
         }
     }
@@ -97,7 +97,10 @@ mod tests {
         assert_eq!(code(&[changed.clone(), failed.clone()]), 3);
         assert_eq!(code(&[failed.clone(), held]), 4);
         assert_eq!(
-            code(&[host(Phase::Noncompliant, false, false), host(Phase::Drifted, false, false)]),
+            code(&[
+                host(Phase::Noncompliant, false, false),
+                host(Phase::Drifted, false, false)
+            ]),
             4
         );
         assert_eq!(code(&[changed, failed, waiting]), 5);

@@ -1,5 +1,6 @@
 //! `waymark`: gated NixOS deploys. The commands: `deploy` (hosts through the gates, and
-//! `deploy rollback`), `diff` (closure diff with root causes), `fleet` (the fleet's
+//! `deploy rollback`), `converge` (keeps hosts on their release branches; its host side
+//! is `host-watch`), `diff` (closure diff with root causes), `fleet` (the fleet's
 //! declarations and deploy order), `known-good` (marks: GC-rooted closures with their
 //! evidence), `release` (tags and fast-forward-only branches), `serve` (the deployment-sync queue
 //! service) and `demo` (a throw-away
@@ -20,19 +21,36 @@ use clap::Parser as _;
 /// refusal (`diff --exit-code` found differences, no previous mark, refusing to unmark
 /// the latest, a tag that exists); 2 an error (bad input, unreadable store, usage);
 /// 3 a release branch update that is not a fast-forward; 4 a deploy that could not
-/// restore or verify a host (needs a human).
+/// restore or verify a host (needs a human). `converge` has its own (docs/converge.md),
+/// and a run ended by signal N exits 128 + N.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
     /// Success.
-    Success = 0,
+    Success,
     /// A valid negative answer or a refusal.
-    Negative = 1,
+    Negative,
     /// An error.
-    Error = 2,
+    Error,
     /// Not a fast-forward.
-    NonFastForward = 3,
+    NonFastForward,
     /// A deploy could not restore a host, or verify it: needs a human.
-    NeedsHuman = 4,
+    NeedsHuman,
+    /// A status of its own: `converge`'s, or 128 + a signal.
+    Code(u8),
+}
+
+impl ExitStatus {
+    /// The process's exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::Negative => 1,
+            Self::Error => 2,
+            Self::NonFastForward => 3,
+            Self::NeedsHuman => 4,
+            Self::Code(c) => c,
+        }
+    }
 }
 
 /// The one place that maps error kinds to exit statuses.
@@ -59,7 +77,7 @@ fn exit_status(err: &anyhow::Error) -> ExitStatus {
 fn main() -> ExitCode {
     let cli = commands::Cli::parse();
     match commands::run(cli) {
-        Ok(status) => ExitCode::from(status as u8),
+        Ok(status) => ExitCode::from(status.code()),
         Err(err) => {
             // One line that names the problem, with its causes after colons.
             let mut msg = format!("error: {err}");
@@ -80,7 +98,7 @@ fn main() -> ExitCode {
             {
                 eprintln!("{msg}");
             }
-            ExitCode::from(exit_status(&err) as u8)
+            ExitCode::from(exit_status(&err).code())
         }
     }
 }

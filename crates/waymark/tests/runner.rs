@@ -1,6 +1,7 @@
 //! CLI tests, one binary (jj style): each `test_<cmd>.rs` is a module here.
 
 mod common;
+mod test_converge;
 mod test_demo;
 mod test_deploy;
 mod test_deploy_fleet;

@@ -1,10 +1,12 @@
 //! The command line: one `*Args` struct and `cmd_*` function per subcommand.
 
+mod converge;
 #[cfg(feature = "demo")]
 mod demo;
 mod deploy;
 mod diff;
 mod fleet;
+mod host_watch;
 mod known_good;
 mod release;
 mod serve;
@@ -35,6 +37,8 @@ pub struct Cli {
 enum Command {
     Diff(diff::DiffArgs),
     Deploy(deploy::DeployArgs),
+    Converge(converge::ConvergeArgs),
+    HostWatch(host_watch::HostWatchArgs),
     Fleet(fleet::FleetArgs),
     KnownGood(known_good::KnownGoodArgs),
     Release(release::ReleaseArgs),
@@ -75,6 +79,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Diff(args) => diff::cmd_diff(global, &args),
         Command::Deploy(args) => deploy::cmd_deploy(global, &args),
+        Command::Converge(args) => converge::cmd_converge(global, &args),
+        Command::HostWatch(args) => host_watch::cmd_host_watch(global, &args),
         Command::Fleet(args) => fleet::cmd_fleet(global, &args),
         Command::KnownGood(args) => known_good::cmd_known_good(global, &args),
         Command::Release(args) => release::cmd_release(global, &args),

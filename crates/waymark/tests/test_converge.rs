@@ -1,0 +1,355 @@
+//! `waymark converge` on simulated hosts (own /nix and /run, real sshd; docs/testbed.md):
+//! release branches of the lab's fleet flake, hand switches on the hosts, a release
+//! that fails its switch test, a host that refuses logins, a controller killed with -9.
+//! Needs root, as CI has. Nothing here asserts a time.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{Run, run};
+use crate::test_deploy::{TestLab, explain};
+
+const WAYMARK: &str = env!("CARGO_BIN_EXE_waymark");
+
+/// Options that keep the tests short: retries and rate limits of a second or less.
+const FAST: &[&str] = &[
+    "--json",
+    "--backoff",
+    "200ms",
+    "--backoff-max",
+    "1s",
+    "--min-interval",
+    "0s",
+    "--refs-interval",
+    "200ms",
+];
+
+fn converge_command(lab: &TestLab, args: &[&str]) -> Command {
+    let mut cmd = lab.fleet.deployer_command(Path::new(WAYMARK)).unwrap();
+    cmd.arg("converge")
+        .args(FAST)
+        .args(args)
+        .arg("--flake")
+        .arg(lab.flake.dir())
+        .env("WAYMARK_REMOTE_COMMAND", lab.remote_waymark())
+        .env("WAYMARK_STATE_DIR", lab.state_dir())
+        .env_remove("WAYMARK_FAULT");
+    cmd
+}
+
+fn converge(lab: &TestLab, args: &[&str]) -> Run {
+    run(converge_command(lab, args))
+}
+
+/// Points `release/<host>` at `rev`, as a release manager (or CI) does.
+fn release(lab: &TestLab, host: &str, rev: &str) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(lab.flake.dir())
+        .args(["branch", "-f", &format!("release/{host}"), rev])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The events of a run, checked against the documented schema.
+fn events(r: &Run) -> Vec<Value> {
+    let schema: Value =
+        serde_json::from_str(include_str!("../../../docs/converge-events-schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    r.stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            if let Err(e) = validator.validate(&v) {
+                panic!("event does not follow the schema: {e}: {l}");
+            }
+            v
+        })
+        .collect()
+}
+
+fn of<'a>(events: &'a [Value], kind: &str, host: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] == kind && e["host"] == host)
+        .collect()
+}
+
+fn summary_state(events: &[Value], host: &str) -> String {
+    let summary = events.iter().rfind(|e| e["type"] == "summary").unwrap();
+    summary["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == host)
+        .and_then(|h| h["state"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A hand switch on `host` to `path` (in its store): profile and running system.
+fn hand_switch(lab: &TestLab, host: &str, path: &str) {
+    lab.exec(
+        host,
+        &format!(
+            "nix-env -p /nix/var/nix/profiles/system --set {path} && {path}/bin/switch-to-configuration switch"
+        ),
+    );
+}
+
+/// A controller running in the background, its events read as they come.
+struct Daemon {
+    child: Child,
+    events: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Daemon {
+    fn start(lab: &TestLab, args: &[&str]) -> Self {
+        let mut child = converge_command(lab, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line)
+                    && tx.send(v).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (at most two minutes: a hang, not a timing) for an event `pred` accepts.
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            match self.events.recv_timeout(Duration::from_mins(2)) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(e) => panic!("no {what} ({e}); events: {:#?}", self.seen),
+            }
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn is(e: &Value, kind: &str, host: &str) -> bool {
+    e["type"] == kind && e["host"] == host
+}
+
+#[test]
+fn a_new_release_reaches_its_host_alone_and_a_second_pass_changes_nothing() {
+    let mut lab = TestLab::new(&["web1", "web2"]);
+    let (g0, g1) = (lab.g(0).clone(), lab.g(1).clone());
+    let rev = lab.flake.set_generation("web1", "g1").unwrap();
+    release(&lab, "web1", &rev);
+
+    let r = converge(&lab, &["--once"]);
+    assert_eq!(r.code, 2, "changed something: {}", explain(&r));
+    let ev = events(&r);
+    assert_eq!(of(&ev, "deploy", "web1").len(), 1);
+    assert!(of(&ev, "deploy", "web2").is_empty(), "web2 has no release");
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+    assert_eq!(lab.marks("web1", "web1"), std::slice::from_ref(&g1));
+    assert_eq!(lab.system("web2").0, g0);
+    assert!(lab.marks("web2", "web2").is_empty());
+    assert_eq!(summary_state(&ev, "web1"), "converged");
+    assert_eq!(summary_state(&ev, "web2"), "held");
+
+    // Converged: nothing deployed again, exit 0; the status table says so.
+    let r = converge(&lab, &["--once"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    assert!(of(&events(&r), "deploy", "web1").is_empty(), "{}", r.stdout);
+    assert_eq!(lab.marks("web1", "web1").len(), 1);
+    let mut status = lab.fleet.deployer_command(Path::new(WAYMARK)).unwrap();
+    status
+        .args(["converge", "--status", "--flake"])
+        .arg(lab.flake.dir())
+        .env("WAYMARK_STATE_DIR", lab.state_dir());
+    let s = run(status);
+    assert_eq!(s.code, 0, "{}", explain(&s));
+    let row = s.stdout.lines().find(|l| l.starts_with("web1")).unwrap();
+    assert!(
+        row.contains("converged") && row.contains(&rev[..7]),
+        "{}\n{}",
+        s.stdout,
+        std::fs::read_to_string(lab.state_dir().join("converge/state.json")).unwrap()
+    );
+}
+
+#[test]
+fn a_hand_switch_is_reported_or_restored() {
+    let mut lab = TestLab::new(&["web1"]);
+    let (g0, g1) = (lab.g(0).clone(), lab.g(1).clone());
+    let rev = lab.flake.set_generation("web1", "g1").unwrap();
+    release(&lab, "web1", &rev);
+    assert_eq!(converge(&lab, &["--once"]).code, 2);
+
+    // Policy report (the default): named, left as it is, the run failed.
+    hand_switch(&lab, "web1", &g0);
+    let r = converge(&lab, &["--once"]);
+    assert_eq!(r.code, 4, "{}", explain(&r));
+    let ev = events(&r);
+    assert!(of(&ev, "deploy", "web1").is_empty());
+    let facts = of(&ev, "facts", "web1");
+    assert_eq!(facts[0]["drift"], "hand-switch", "{facts:?}");
+    assert_eq!(summary_state(&ev, "web1"), "drifted");
+    assert_eq!(lab.system("web1").0, g0);
+
+    // The daemon with policy restore: a hand switch is seen as it happens and undone
+    // through the gates.
+    let mut d = Daemon::start(&lab, &["--restore", "web1"]);
+    d.wait_for("the restore of the first drift", |e| {
+        is(e, "deployed", "web1") && e["result"] == "deployed"
+    });
+    d.wait_for("converged", |e| {
+        is(e, "state", "web1") && e["state"] == "converged"
+    });
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+    hand_switch(&lab, "web1", &g0);
+    let seen = d.wait_for("the hand switch", |e| {
+        is(e, "facts", "web1") && e["drift"] == "hand-switch"
+    });
+    assert_eq!(seen["current"], g0.as_str());
+    assert_eq!(seen["how"], "watch", "host-watch runs on the lab's hosts");
+    d.wait_for("the restore", |e| {
+        is(e, "deployed", "web1") && e["result"] == "deployed"
+    });
+    d.kill9();
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+}
+
+#[test]
+fn the_poll_fallback_sees_a_hand_switch_too() {
+    let mut lab = TestLab::new(&["web1"]);
+    let g0 = lab.g(0).clone();
+    let rev = lab.flake.set_generation("web1", "g1").unwrap();
+    release(&lab, "web1", &rev);
+    let mut d = Daemon::start(&lab, &["--watch", "poll"]);
+    d.wait_for("converged", |e| {
+        is(e, "state", "web1") && e["state"] == "converged"
+    });
+    hand_switch(&lab, "web1", &g0);
+    let seen = d.wait_for("the hand switch", |e| {
+        is(e, "facts", "web1") && e["drift"] == "hand-switch"
+    });
+    assert_eq!(seen["how"], "poll");
+    d.wait_for("the drift reported", |e| {
+        is(e, "state", "web1") && e["state"] == "drifted"
+    });
+    d.kill9();
+}
+
+#[test]
+fn a_release_failing_its_switch_test_is_not_retried_until_a_newer_commit() {
+    let mut lab = TestLab::new(&["web1"]);
+    let g1 = lab.g(1).clone();
+    let rev = lab.flake.set_generation("web1", "g1").unwrap();
+    release(&lab, "web1", &rev);
+    assert_eq!(converge(&lab, &["--once"]).code, 2);
+
+    // g2 fails its switch test: the host stays on its known-good closure.
+    let bad = lab.flake.set_generation("web1", "g2").unwrap();
+    release(&lab, "web1", &bad);
+    let r = converge(&lab, &["--once"]);
+    assert_eq!(r.code, 4, "{}", explain(&r));
+    let ev = events(&r);
+    assert_eq!(of(&ev, "deployed", "web1")[0]["result"], "failed");
+    assert_eq!(summary_state(&ev, "web1"), "failed");
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+
+    // Not retried on the next pass (remembered in the state directory).
+    let r = converge(&lab, &["--once"]);
+    assert_eq!(r.code, 4, "{}", explain(&r));
+    assert!(of(&events(&r), "deploy", "web1").is_empty(), "{}", r.stdout);
+
+    // A newer commit (the good generation, as a new closure) is tried, and lands.
+    lab.flake.set_salt(&["web1"], "fixed").unwrap();
+    let newer = lab.flake.set_generation("web1", "g1").unwrap();
+    release(&lab, "web1", &newer);
+    let r = converge(&lab, &["--once"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    let (current, profile, _) = lab.system("web1");
+    assert_ne!(current, g1, "the new closure runs");
+    assert_eq!(profile, current);
+    assert_eq!(lab.marks("web1", "web1").last(), Some(&current));
+}
+
+#[test]
+fn a_host_refusing_logins_is_retried_with_backoff_while_the_others_converge() {
+    let mut lab = TestLab::new(&["web1", "web2"]);
+    let g1 = lab.g(1).clone();
+    let rev = lab.flake.set_generations(&["web1", "web2"], "g1").unwrap();
+    release(&lab, "web1", &rev);
+    release(&lab, "web2", &rev);
+    lab.fleet.add_sshd_option("web2", "DenyUsers *").unwrap();
+
+    let r = converge(&lab, &["--once", "--max-attempts", "3"]);
+    assert_eq!(r.code, 3, "partial: {}", explain(&r));
+    let ev = events(&r);
+    assert_eq!(lab.system("web1").0, g1, "web1 converged");
+    assert_eq!(of(&ev, "deploy", "web2").len(), 3, "{}", r.stdout);
+    // The retries' waits double (200 ms, then 400 ms), as their events announce.
+    let waits: Vec<i64> = of(&ev, "state", "web2")
+        .iter()
+        .filter(|e| e["state"] == "backoff")
+        .map(|e| e["next_try_ms"].as_i64().unwrap() - e["at_ms"].as_i64().unwrap())
+        .collect();
+    assert_eq!(waits.len(), 2, "{waits:?}");
+    assert!(waits[1] > waits[0], "{waits:?}");
+    let last = of(&ev, "state", "web2").last().copied().unwrap().clone();
+    assert_eq!(last["state"], "noncompliant", "{last}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("3 failed attempts")
+    );
+}
+
+#[test]
+fn a_controller_killed_with_9_loses_no_pending_work_and_redeploys_nothing_converged() {
+    let mut lab = TestLab::new(&["web1", "web2"]);
+    let g1 = lab.g(1).clone();
+    let rev = lab.flake.set_generation("web1", "g1").unwrap();
+    release(&lab, "web1", &rev);
+    assert_eq!(converge(&lab, &["--once"]).code, 2);
+
+    // web2's release lands; the controller is killed as it deploys it.
+    let rev2 = lab.flake.set_generation("web2", "g1").unwrap();
+    release(&lab, "web2", &rev2);
+    let mut d = Daemon::start(&lab, &[]);
+    d.wait_for("web2's deploy", |e| is(e, "deploy", "web2"));
+    d.kill9();
+
+    let r = converge(&lab, &["--once"]);
+    assert!(r.code == 2 || r.code == 0, "{}", explain(&r));
+    let ev = events(&r);
+    assert!(of(&ev, "deploy", "web1").is_empty(), "web1 was converged");
+    assert_eq!(lab.system("web2").0, g1, "{}", explain(&r));
+    assert_eq!(summary_state(&ev, "web2"), "converged");
+    assert_eq!(lab.marks("web1", "web1").len(), 1);
+}
