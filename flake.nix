@@ -38,6 +38,7 @@
         known-good = ./modules/known-good.nix;
         deploy = ./modules/deploy.nix;
         serve = ./modules/serve.nix;
+        converge = ./modules/converge.nix;
         default = ./modules/default.nix;
       };
 

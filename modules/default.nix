@@ -9,5 +9,6 @@
     ./known-good.nix
     ./deploy.nix
     ./serve.nix
+    ./converge.nix
   ];
 }

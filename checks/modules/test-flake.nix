@@ -33,6 +33,7 @@ let
 in
 t.all [
   (t.eq "the exported modules" [
+    "converge"
     "default"
     "deploy"
     "harness"
@@ -79,6 +80,18 @@ t.all [
   ))
   (t.clean "known-good alone (it brings deploy)" (alone m.known-good { waymark.knownGood.enable = true; }))
   (t.clean "deploy alone" (alone m.deploy { waymark.deploy.enable = true; }))
+  (t.clean "converge alone" (
+    alone m.converge (
+      { pkgs, ... }:
+      {
+        services.waymark-converge = {
+          enable = true;
+          package = pkgs.runCommand "waymark" { } "";
+          flake = "/srv/fleet";
+        };
+      }
+    )
+  ))
   (t.eq "the example hosts" [ "builder" "ci" ] (lib.attrNames outputs.nixosConfigurations))
   (t.ok "every example host evaluates clean and is deployable" (
     lib.all (c: t.clean "host ${c.config.networking.hostName}" c.config && c.config.waymark.deploy.enable) (
