@@ -23,7 +23,7 @@ mod deploy;
 mod hosts;
 mod output;
 
-use deploy::{Deploys, Job, Subprocess};
+use deploy::{Common, Deploys, InProcess, Job};
 use hosts::{Children, HostWatch, Msg, WatchMode};
 use output::{HostView, Output, StateFile, now_ms};
 
@@ -661,19 +661,15 @@ pub fn cmd_converge(global: Global, args: &ConvergeArgs) -> anyhow::Result<ExitS
         std::thread::spawn(move || hosts::watch_releases(&tx, &repo, &names, interval));
     }
 
-    let mut options = vec![
-        "--state-dir".to_owned(),
-        state_dir.display().to_string(),
-        "--remote-waymark".to_owned(),
-        args.remote_waymark.clone(),
-    ];
-    if let Some(key) = &args.signing_key {
-        options.push("--signing-key".into());
-        options.push(key.display().to_string());
-    }
-    let deployer: Arc<dyn Deploys> = Arc::new(Subprocess {
-        program: std::env::current_exe().context("finding this program, to deploy with it")?,
-        options,
+    let deployer: Arc<dyn Deploys> = Arc::new(InProcess {
+        engine: waymark_deploy::Engine::for_this_program()
+            .context("finding this program, to relay nix-daemon connections")?,
+        common: Common {
+            remote_waymark: args.remote_waymark.clone(),
+            signing_key: args.signing_key.clone(),
+            state_dir: state_dir.clone(),
+            nix_sshopts: std::env::var("NIX_SSHOPTS").unwrap_or_default(),
+        },
         running: Mutex::default(),
     });
 

@@ -1,18 +1,14 @@
 //! How the loop deploys a host: behind [`Deploys`], so the loop does not depend on how
-//! a deploy is carried out.
-//!
-//! [`Subprocess`] runs this program's own `waymark deploy --json` per host: the same
-//! gates, the same records and marks as a person's deploy, with its report read from
-//! its `host` event. (The deploy library's in-process engine, issue 17, takes its place
-//! once it is on main.)
+//! a deploy is carried out. [`InProcess`] is the deploy library's engine
+//! (`waymark_deploy::Engine`), one run per host: the same gates, records, marks and
+//! release tags as a person's `waymark deploy`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use waymark_converge::Attempt;
+use waymark_deploy::{Cancel, Discard, Engine, HostResult, Request, Selection, Unattended};
 
 /// One host's deploy, as the loop asks for it.
 #[derive(Debug, Clone)]
@@ -49,127 +45,96 @@ pub trait Deploys: Send + Sync {
     fn stop_all(&self);
 }
 
-/// `waymark deploy` as a child process of this one.
-pub struct Subprocess {
-    /// This program.
-    pub program: PathBuf,
-    /// Options passed on to every deploy (`--state-dir`, `--remote-waymark`, …).
-    pub options: Vec<String>,
-    /// Deploys under way, by host: their process ids.
-    pub running: Mutex<BTreeMap<String, u32>>,
+/// What every deploy of the loop shares.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// The waymark command on the hosts.
+    pub remote_waymark: String,
+    /// Key signing closures built on this machine.
+    pub signing_key: Option<PathBuf>,
+    /// This machine's records.
+    pub state_dir: PathBuf,
+    /// Extra ssh options (`NIX_SSHOPTS` form).
+    pub nix_sshopts: String,
 }
 
-/// A program found on `PATH`.
-fn in_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+/// The deploy library's engine, in this process.
+pub struct InProcess {
+    /// The engine.
+    pub engine: Engine,
+    /// Settings of every run.
+    pub common: Common,
+    /// Runs under way, by host.
+    pub running: Mutex<BTreeMap<String, Cancel>>,
 }
 
 /// Maps a deploy's result to the state machine's view: a gate that failed or refused
 /// is the closure's failure (remembered); anything that kept the deploy from starting or
-/// finishing is retried with backoff.
-pub fn attempt_of(result: &str, message: &str) -> Attempt {
+/// finishing (unreachable, evaluation, build, cancelled) is retried with backoff.
+pub fn attempt_of(result: HostResult, message: &str) -> Attempt {
     match result {
-        "deployed" => Attempt::Good { changed: true },
-        "unchanged" => Attempt::Good { changed: false },
-        "failed" | "needs-human" => Attempt::GateFailed(message.to_owned()),
-        _ => Attempt::Error(message.to_owned()),
+        HostResult::Deployed => Attempt::Good { changed: true },
+        HostResult::Unchanged => Attempt::Good { changed: false },
+        HostResult::Failed | HostResult::NeedsHuman => Attempt::GateFailed(message.to_owned()),
+        HostResult::Skipped | HostResult::Error | HostResult::Cancelled => {
+            Attempt::Error(message.to_owned())
+        }
     }
 }
 
-impl Deploys for Subprocess {
+impl Deploys for InProcess {
     fn deploy(&self, job: &Job) -> Ended {
-        let mut cmd = match in_path("setpriv") {
-            // The deploy ends with the controller, also a killed one (-9): its host's
-            // agent then restores by itself, and a restarted controller does not meet
-            // an orphaned deploy holding the host's activation lock.
-            Some(setpriv) => {
-                let mut c = Command::new(setpriv);
-                c.args(["--pdeathsig", "TERM", "--"]).arg(&self.program);
-                c
-            }
-            None => Command::new(&self.program),
+        let selection = match &job.mark {
+            Some(mark) => Selection::Rollback {
+                host: job.host.clone(),
+                to: Some(mark.clone()),
+            },
+            None => Selection::Items(vec![job.host.clone()]),
         };
-        cmd.arg("deploy").arg("--json").args(&self.options);
-        cmd.arg("--flake").arg(&job.flake);
-        if let Some(rev) = &job.rev {
-            cmd.arg("--rev").arg(rev);
-        }
-        if job.allow_drift {
-            cmd.arg("--allow-drift");
-        }
-        match &job.mark {
-            Some(mark) => cmd.args(["rollback", &job.host, "--to", mark]),
-            None => cmd.arg(&job.host),
-        };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let error = |message: String| Ended {
-            attempt: Attempt::Error(message.clone()),
-            result: "error".into(),
-            message,
-        };
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => return error(format!("starting waymark deploy: {e}")),
-        };
+        let mut request = Request::new(job.flake.clone(), selection, job.rev.clone());
+        request.allow_drift = job.allow_drift;
+        request
+            .remote_waymark
+            .clone_from(&self.common.remote_waymark);
+        request.signing_key.clone_from(&self.common.signing_key);
+        request.state_dir.clone_from(&self.common.state_dir);
+        request.nix_sshopts.clone_from(&self.common.nix_sshopts);
+        request.fleet.parallel = 1;
+        let cancel = Cancel::new();
         self.running
             .lock()
             .expect("not poisoned")
-            .insert(job.host.clone(), child.id());
-        let stderr = child.stderr.take();
-        let last_err = std::thread::spawn(move || {
-            stderr
-                .map(|s| {
-                    BufReader::new(s)
-                        .lines()
-                        .map_while(Result::ok)
-                        .filter(|l| !l.trim().is_empty())
-                        .last()
-                        .unwrap_or_default()
-                })
-                .unwrap_or_default()
-        });
-        let mut report = None;
-        if let Some(out) = child.stdout.take() {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["event"] == "host"
-                    && v["host"] == job.host.as_str()
-                {
-                    report = Some(v);
-                }
-            }
-        }
-        let status = child.wait();
+            .insert(job.host.clone(), cancel.clone());
+        let outcome = self.engine.deploy(&request, &Discard, &Unattended, &cancel);
         self.running.lock().expect("not poisoned").remove(&job.host);
-        let last_err = last_err.join().unwrap_or_default();
-        match report {
-            Some(r) => {
-                let result = r["result"].as_str().unwrap_or("error").to_owned();
-                let message = r["message"].as_str().unwrap_or_default().to_owned();
-                Ended {
-                    attempt: attempt_of(&result, &message),
-                    result,
-                    message,
-                }
-            }
-            None => error(match status {
-                Ok(s) if !last_err.is_empty() => format!("{last_err} ({s})"),
-                Ok(s) => format!("waymark deploy ended without a report ({s})"),
-                Err(e) => format!("waiting for waymark deploy: {e}"),
-            }),
+        match outcome {
+            Ok(o) => match o.reports.into_iter().find(|r| r.host == job.host) {
+                Some(r) => Ended {
+                    attempt: attempt_of(r.result, &r.message),
+                    result: serde_json::to_value(r.result)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    message: r.message,
+                },
+                None => error(format!("the deploy did not report on {}", job.host)),
+            },
+            Err(e) => error(format!("{e:#}")),
         }
     }
 
     fn stop_all(&self) {
-        for pid in self.running.lock().expect("not poisoned").values() {
-            if let Some(pid) = rustix::process::Pid::from_raw(*pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
+        for cancel in self.running.lock().expect("not poisoned").values() {
+            cancel.cancel("the convergence controller is ending");
         }
+    }
+}
+
+fn error(message: String) -> Ended {
+    Ended {
+        attempt: Attempt::Error(message.clone()),
+        result: "error".into(),
+        message,
     }
 }
 
@@ -179,13 +144,19 @@ mod tests {
 
     #[test]
     fn results_map_to_the_machines_view() {
-        assert_eq!(attempt_of("deployed", ""), Attempt::Good { changed: true });
+        use HostResult as R;
+        assert_eq!(attempt_of(R::Deployed, ""), Attempt::Good { changed: true });
         assert_eq!(
-            attempt_of("unchanged", ""),
+            attempt_of(R::Unchanged, ""),
             Attempt::Good { changed: false }
         );
-        assert!(matches!(attempt_of("failed", "test"), Attempt::GateFailed(m) if m == "test"));
-        assert!(matches!(attempt_of("error", "ssh"), Attempt::Error(_)));
-        assert!(matches!(attempt_of("skipped", ""), Attempt::Error(_)));
+        assert!(matches!(attempt_of(R::Failed, "test"), Attempt::GateFailed(m) if m == "test"));
+        assert!(matches!(
+            attempt_of(R::NeedsHuman, ""),
+            Attempt::GateFailed(_)
+        ));
+        for r in [R::Error, R::Skipped, R::Cancelled] {
+            assert!(matches!(attempt_of(r, "ssh"), Attempt::Error(_)));
+        }
     }
 }
