@@ -32,7 +32,7 @@ mod model;
 pub mod protocol;
 mod summary;
 
-pub use machine::{Attempt, HostMachine, Phase, Timing};
+pub use machine::{Attempt, HostMachine, Phase, Timing, blocked_by};
 pub use model::{Decision, Desired, Drift, Facts, Policy, decide};
 pub use summary::{ExitCode, Summary};
 

@@ -272,6 +272,20 @@ impl HostMachine {
     }
 }
 
+/// The first host among `waits_for` (a host's `dependsOn` and build host) that still
+/// has work of its own: the host is not started before it is done. A host that
+/// failed or is noncompliant does not hold the others back (the deploy skips what
+/// depends on a failed host by itself).
+pub fn blocked_by<'a>(
+    waits_for: &'a [String],
+    machine: impl Fn(&str) -> Option<&'a HostMachine>,
+) -> Option<&'a str> {
+    waits_for
+        .iter()
+        .find(|d| machine(d).is_some_and(HostMachine::pending))
+        .map(String::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +301,28 @@ mod tests {
     }
 
     const DEPLOY: Decision = Decision::Deploy { allow_drift: false };
+
+    #[test]
+    fn a_host_waits_for_the_hosts_it_depends_on() {
+        let mut hosts = std::collections::BTreeMap::new();
+        let mut db = HostMachine::default();
+        db.touch(Some("r1"), true);
+        hosts.insert("db".to_owned(), db);
+        hosts.insert("builder".to_owned(), HostMachine::default());
+        let deps = vec!["builder".to_owned(), "db".to_owned()];
+        assert_eq!(blocked_by(&deps, |h| hosts.get(h)), Some("db"));
+        // Deploying still blocks; converged, failed or noncompliant does not.
+        let db = hosts.get_mut("db").unwrap();
+        db.settle(&DEPLOY, 0);
+        assert_eq!(blocked_by(&deps, |h| hosts.get(h)), Some("db"));
+        hosts
+            .get_mut("db")
+            .unwrap()
+            .finish(Attempt::GateFailed("x".into()), 0, &timing());
+        assert_eq!(blocked_by(&deps, |h| hosts.get(h)), None);
+        // Unknown names (not converged here) do not block.
+        assert_eq!(blocked_by(&["mail".to_owned()], |h| hosts.get(h)), None);
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

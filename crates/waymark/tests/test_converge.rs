@@ -242,16 +242,42 @@ fn a_hand_switch_is_reported_or_restored() {
     assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
 }
 
+/// Fetches the metrics page with curl (a real HTTP client).
+fn scrape(addr: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            "--max-time",
+            "10",
+            &format!("http://{addr}/metrics"),
+        ])
+        .output()
+        .expect("running curl");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
-fn the_poll_fallback_sees_a_hand_switch_too() {
+fn the_poll_fallback_sees_a_hand_switch_too_and_metrics_say_so() {
     let mut lab = TestLab::new(&["web1"]);
     let g0 = lab.g(0).clone();
     let rev = lab.flake.set_generation("web1", "g1").unwrap();
     release(&lab, "web1", &rev);
-    let mut d = Daemon::start(&lab, &["--watch", "poll"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut d = Daemon::start(&lab, &["--watch", "poll", "--metrics", &addr]);
     d.wait_for("converged", |e| {
         is(e, "state", "web1") && e["state"] == "converged"
     });
+    let page = scrape(&addr);
+    assert!(
+        page.contains("waymark_converge_host_state{host=\"web1\",state=\"converged\"} 1"),
+        "{page}"
+    );
     hand_switch(&lab, "web1", &g0);
     let seen = d.wait_for("the hand switch", |e| {
         is(e, "facts", "web1") && e["drift"] == "hand-switch"
@@ -260,6 +286,11 @@ fn the_poll_fallback_sees_a_hand_switch_too() {
     d.wait_for("the drift reported", |e| {
         is(e, "state", "web1") && e["state"] == "drifted"
     });
+    let page = scrape(&addr);
+    assert!(
+        page.contains("waymark_converge_host_drift{host=\"web1\",kind=\"hand-switch\"} 1"),
+        "{page}"
+    );
     d.kill9();
 }
 

@@ -303,7 +303,10 @@ impl Controller {
     /// Whether a host can be looked at: its desired state and its facts are known (or
     /// its watcher cannot reach it: a deploy attempt then says why, with backoff).
     fn ready(v: &HostView) -> bool {
-        v.desired.is_some() && (v.facts.is_some() || v.unreachable.is_some())
+        v.desired_fresh
+            && v.facts_fresh
+            && v.desired.is_some()
+            && (v.facts.is_some() || v.unreachable.is_some())
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -314,6 +317,7 @@ impl Controller {
                 };
                 let new = v.facts.as_ref() != Some(&facts) || v.unreachable.is_some();
                 v.unreachable = None;
+                v.facts_fresh = true;
                 let fields = json!({
                     "host": host, "current": facts.current, "profile": facts.profile,
                     "booted": facts.booted, "known_good": facts.known_good, "how": how,
@@ -332,8 +336,9 @@ impl Controller {
                 let Some(v) = self.hosts.get_mut(&host) else {
                     return;
                 };
-                let new = v.unreachable.is_none();
+                let new = v.unreachable.is_none() || !v.facts_fresh;
                 v.unreachable = Some(reason.clone());
+                v.facts_fresh = true;
                 if new {
                     // What it runs is no longer known: a deploy attempt finds out.
                     v.facts = None;
@@ -363,6 +368,7 @@ impl Controller {
                 {
                     return;
                 }
+                v.desired_fresh = true;
                 let changed = v.desired.as_ref() != Some(&desired);
                 v.desired = Some(desired.clone());
                 v.desired_reason.clone_from(&reason);
@@ -421,10 +427,12 @@ impl Controller {
                 continue;
             }
             // Dependency order: not while a host it waits for has work of its own.
-            let blocked = self.waits_for[&host]
-                .iter()
-                .any(|d| self.hosts.get(d).is_some_and(|w| w.machine.pending()));
-            if blocked {
+            let hosts = &self.hosts;
+            if waymark_converge::blocked_by(&self.waits_for[&host], |d| {
+                hosts.get(d).map(|w| &w.machine)
+            })
+            .is_some()
+            {
                 continue;
             }
             let facts = v.facts.clone().unwrap_or_default();
@@ -550,17 +558,23 @@ pub fn cmd_converge(global: Global, args: &ConvergeArgs) -> anyhow::Result<ExitS
     let mut views = BTreeMap::new();
     for name in &names {
         let (policy, pinned) = settings[name].clone();
-        let mut machine = previous
-            .hosts
-            .remove(name)
-            .map(|v| v.machine)
-            .unwrap_or_default();
+        let last = previous.hosts.remove(name).unwrap_or_default();
+        let mut machine = last.machine;
         machine.recover();
+        // What was last known is kept, so a restart is no news: a report or a release
+        // equal to it does not reset a backoff or a noncompliant host. A hold or a pin
+        // comes from the configuration only.
+        let desired = pinned.or(match last.desired {
+            Some(d @ (Desired::Release { .. } | Desired::NoRelease)) => Some(d),
+            _ => None,
+        });
         views.insert(
             name.clone(),
             HostView {
                 machine,
-                desired: pinned,
+                desired_fresh: matches!(desired, Some(Desired::Hold)),
+                desired,
+                facts: last.facts,
                 policy,
                 ..HostView::default()
             },

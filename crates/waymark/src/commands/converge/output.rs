@@ -41,6 +41,13 @@ pub struct HostView {
     /// Why its watcher cannot reach it, while it cannot.
     #[serde(default)]
     pub unreachable: Option<String>,
+    /// Whether this run heard from its watcher (facts kept from the last run are only
+    /// compared with, never acted on).
+    #[serde(skip)]
+    pub facts_fresh: bool,
+    /// Whether this run read its desired state.
+    #[serde(skip)]
+    pub desired_fresh: bool,
 }
 
 /// The controller's state file.
