@@ -375,6 +375,13 @@ fn a_controller_killed_with_9_loses_no_pending_work_and_redeploys_nothing_conver
     let mut d = Daemon::start(&lab, &[]);
     d.wait_for("web2's deploy", |e| is(e, "deploy", "web2"));
     d.kill9();
+    // The kill came with web2's deploy under way, as the state file says.
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.state_dir().join("converge/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["hosts"]["web2"]["machine"]["phase"], "deploying");
+    assert_eq!(state["hosts"]["web1"]["machine"]["phase"], "converged");
 
     let r = converge(&lab, &["--once"]);
     assert!(r.code == 2 || r.code == 0, "{}", explain(&r));

@@ -413,7 +413,11 @@ impl Controller {
 
     /// Starts the deploys that are due, in the fleet's order, up to --parallel; returns
     /// the earliest time a waiting host becomes due.
-    fn pass(&mut self, tx: &Sender<Msg>, deployer: &Arc<dyn Deploys>) -> Option<u64> {
+    fn pass(
+        &mut self,
+        tx: &Sender<Msg>,
+        deployer: &Arc<dyn Deploys>,
+    ) -> anyhow::Result<Option<u64>> {
         let now = now_ms();
         let mut wake: Option<u64> = None;
         for host in self.order.clone() {
@@ -446,6 +450,8 @@ impl Controller {
             let start = v.machine.settle(&decision, now);
             self.state_event(&host, &before);
             if let Some(allow_drift) = start {
+                // Written down before it starts: a restart knows a deploy was under way.
+                self.persist()?;
                 let job = Job {
                     host: host.clone(),
                     flake: match &desired {
@@ -488,7 +494,7 @@ impl Controller {
                 });
             }
         }
-        wake
+        Ok(wake)
     }
 
     fn summary(&self) -> Summary {
@@ -699,7 +705,7 @@ pub fn cmd_converge(global: Global, args: &ConvergeArgs) -> anyhow::Result<ExitS
     let mut converged_since: Option<u64> = None;
     let mut signal = None;
     loop {
-        let wake = ctl.pass(&tx, &deployer);
+        let wake = ctl.pass(&tx, &deployer)?;
         ctl.persist()?;
         let now = now_ms();
         let summary = ctl.summary();
