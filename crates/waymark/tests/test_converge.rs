@@ -391,3 +391,25 @@ fn a_controller_killed_with_9_loses_no_pending_work_and_redeploys_nothing_conver
     assert_eq!(summary_state(&ev, "web2"), "converged");
     assert_eq!(lab.marks("web1", "web1").len(), 1);
 }
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let plain = |args: &[&str]| {
+        let mut cmd = Command::new(WAYMARK);
+        cmd.args(args)
+            .env("WAYMARK_STATE_DIR", "/nonexistent/state");
+        run(cmd)
+    };
+    let r = plain(&["converge", "--once", "--flake", "github:o/fleet"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    assert!(r.stderr.contains("not a local checkout"), "{}", r.stderr);
+    let r = plain(&["converge", "--once", "--flake", "/nonexistent/fleet"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    assert!(r.stderr.contains("/nonexistent/fleet"), "{}", r.stderr);
+    let r = plain(&["converge", "--timeout", "soon"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    let r = plain(&["host-watch", "../etc"]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    assert!(r.stderr.contains("invalid target name"), "{}", r.stderr);
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+}
