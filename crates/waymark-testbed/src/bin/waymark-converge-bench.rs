@@ -207,8 +207,17 @@ fn main() -> anyhow::Result<()> {
     for mode in ["auto", "poll"] {
         eprintln!("watch mode {mode}: waiting for every host's first report...");
         let ctl = Controller::start(&lab, &args.waymark, mode)?;
-        for n in &names {
-            ctl.facts(n, |_| true)?;
+        let mut unheard: std::collections::BTreeSet<&String> = names.iter().collect();
+        let deadline = Instant::now() + Duration::from_mins(2);
+        while !unheard.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = ctl
+                .events
+                .recv_timeout(left)
+                .with_context(|| format!("no report from {unheard:?}"))?;
+            if v["type"] == "facts" {
+                unheard.retain(|n| v["host"] != n.as_str());
+            }
         }
         if mode == "auto" {
             // Idle: every host watched, nothing changes, no release to converge to.
