@@ -162,28 +162,47 @@ fn is(e: &Value, kind: &str, host: &str) -> bool {
 
 #[test]
 fn a_new_release_reaches_its_host_alone_and_a_second_pass_changes_nothing() {
-    let mut lab = TestLab::new(&["web1", "web2"]);
+    let mut lab = TestLab::new(&["web1", "web2", "web3"]);
     let (g0, g1) = (lab.g(0).clone(), lab.g(1).clone());
+    // web2 is released at the fleet's first commit (what it runs: adopted, marked);
+    // web3 has no release branch.
+    let first = lab.flake.commit("nothing").unwrap();
+    release(&lab, "web2", &first);
+    let rev0 = lab.flake.set_generation("web1", "g1").unwrap();
+    release(&lab, "web1", &rev0);
+    let r = converge(&lab, &["--once"]);
+    assert_eq!(r.code, 2, "changed something: {}", explain(&r));
+    assert_eq!(lab.marks("web2", "web2"), std::slice::from_ref(&g0));
+
+    // A new commit on release/web1 reaches web1 alone.
+    lab.flake.set_salt(&["web1"], "one").unwrap();
     let rev = lab.flake.set_generation("web1", "g1").unwrap();
     release(&lab, "web1", &rev);
-
     let r = converge(&lab, &["--once"]);
     assert_eq!(r.code, 2, "changed something: {}", explain(&r));
     let ev = events(&r);
     assert_eq!(of(&ev, "deploy", "web1").len(), 1);
-    assert!(of(&ev, "deploy", "web2").is_empty(), "web2 has no release");
-    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
-    assert_eq!(lab.marks("web1", "web1"), std::slice::from_ref(&g1));
-    assert_eq!(lab.system("web2").0, g0);
-    assert!(lab.marks("web2", "web2").is_empty());
+    assert!(of(&ev, "deploy", "web2").is_empty(), "web2 is converged");
+    assert!(of(&ev, "deploy", "web3").is_empty(), "web3 has no release");
+    let (current, profile, _) = lab.system("web1");
+    assert!(current != g1 && profile == current, "the salted g1 runs");
+    assert_eq!(lab.marks("web1", "web1").last(), Some(&current));
+    assert_eq!(
+        lab.marks("web2", "web2").len(),
+        1,
+        "web2 not deployed again"
+    );
+    assert_eq!(lab.system("web3").0, g0);
+    assert!(lab.marks("web3", "web3").is_empty());
     assert_eq!(summary_state(&ev, "web1"), "converged");
-    assert_eq!(summary_state(&ev, "web2"), "held");
+    assert_eq!(summary_state(&ev, "web2"), "converged");
+    assert_eq!(summary_state(&ev, "web3"), "held");
 
     // Converged: nothing deployed again, exit 0; the status table says so.
     let r = converge(&lab, &["--once"]);
     assert_eq!(r.code, 0, "{}", explain(&r));
     assert!(of(&events(&r), "deploy", "web1").is_empty(), "{}", r.stdout);
-    assert_eq!(lab.marks("web1", "web1").len(), 1);
+    assert_eq!(lab.marks("web1", "web1").len(), 2);
     let mut status = lab.fleet.deployer_command(Path::new(WAYMARK)).unwrap();
     status
         .args(["converge", "--status", "--flake"])
@@ -238,8 +257,55 @@ fn a_hand_switch_is_reported_or_restored() {
     d.wait_for("the restore", |e| {
         is(e, "deployed", "web1") && e["result"] == "deployed"
     });
-    d.kill9();
+    d.wait_for("converged again", |e| {
+        is(e, "state", "web1") && e["state"] == "converged"
+    });
     assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+    // The release branch moves while it runs: the new commit is deployed.
+    lab.flake.set_salt(&["web1"], "two").unwrap();
+    let newer = lab.flake.set_generation("web1", "g1").unwrap();
+    release(&lab, "web1", &newer);
+    let seen = d.wait_for("the new release", |e| is(e, "desired", "web1"));
+    assert_eq!(seen["desired"]["rev"], newer.as_str());
+    d.wait_for("its deploy", |e| {
+        is(e, "deployed", "web1") && e["result"] == "deployed"
+    });
+    d.kill9();
+    let (current, profile, _) = lab.system("web1");
+    assert!(current != g1 && profile == current, "the new closure runs");
+}
+
+#[test]
+fn a_pinned_mark_is_what_the_host_is_kept_on() {
+    let mut lab = TestLab::new(&["web1"]);
+    let g1 = lab.g(1).clone();
+    let rev = lab.flake.set_generation("web1", "g1").unwrap();
+    release(&lab, "web1", &rev);
+    assert_eq!(converge(&lab, &["--once"]).code, 2);
+    let list: Value = serde_json::from_str(&lab.exec(
+        "web1",
+        &format!("{} known-good list web1 --json", lab.remote_waymark()),
+    ))
+    .unwrap();
+    let first = list["marks"][0]["mark"].as_str().unwrap().to_owned();
+    lab.flake.set_salt(&["web1"], "later").unwrap();
+    let later = lab.flake.set_generation("web1", "g1").unwrap();
+    release(&lab, "web1", &later);
+    assert_eq!(converge(&lab, &["--once"]).code, 2);
+    assert_ne!(lab.system("web1").0, g1);
+
+    // Pinned to the first mark: redeployed there, whatever the branch says.
+    let pin = format!("web1={first}");
+    let r = converge(&lab, &["--once", "--pin", &pin]);
+    assert_eq!(r.code, 2, "{}", explain(&r));
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+    let r = converge(&lab, &["--once", "--pin", &pin]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    // A hold leaves it alone.
+    let r = converge(&lab, &["--once", "--hold", "web1"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    assert_eq!(summary_state(&events(&r), "web1"), "held");
+    assert_eq!(lab.system("web1").0, g1);
 }
 
 /// Fetches the metrics page with curl (a real HTTP client).
