@@ -31,8 +31,15 @@ const FAST: &[&str] = &[
 
 fn converge_command(lab: &TestLab, args: &[&str]) -> Command {
     let mut cmd = lab.fleet.deployer_command(Path::new(WAYMARK)).unwrap();
+    // FAST's options, less those `args` set themselves.
+    let mut fast = vec![FAST[0]];
+    for pair in FAST[1..].chunks(2) {
+        if !args.contains(&pair[0]) {
+            fast.extend_from_slice(pair);
+        }
+    }
     cmd.arg("converge")
-        .args(FAST)
+        .args(fast)
         .args(args)
         .arg("--flake")
         .arg(lab.flake.dir())
@@ -211,6 +218,10 @@ fn a_new_release_reaches_its_host_alone_and_a_second_pass_changes_nothing() {
     let s = run(status);
     assert_eq!(s.code, 0, "{}", explain(&s));
     let row = s.stdout.lines().find(|l| l.starts_with("web1")).unwrap();
+    // The daemon with --timeout: exits once the fleet stayed converged that long.
+    let r = converge(&lab, &["--timeout", "1s"]);
+    assert_eq!(r.code, 0, "{}", explain(&r));
+    assert!(of(&events(&r), "deploy", "web1").is_empty());
     assert!(
         row.contains("converged") && row.contains(&rev[..7]),
         "{}\n{}",
@@ -425,6 +436,31 @@ fn a_host_refusing_logins_is_retried_with_backoff_while_the_others_converge() {
             .unwrap()
             .contains("3 failed attempts")
     );
+}
+
+#[test]
+fn work_still_pending_at_the_timeout_exits_5() {
+    let mut lab = TestLab::new(&["web1"]);
+    let rev = lab.flake.set_generation("web1", "g1").unwrap();
+    release(&lab, "web1", &rev);
+    lab.fleet.add_sshd_option("web1", "DenyUsers *").unwrap();
+    // One attempt fails, the retry is a minute away: still pending at the deadline.
+    let r = converge(
+        &lab,
+        &[
+            "--once",
+            "--timeout",
+            "3s",
+            "--backoff",
+            "1m",
+            "--backoff-max",
+            "1m",
+        ],
+    );
+    assert_eq!(r.code, 5, "{}", explain(&r));
+    let ev = events(&r);
+    assert_eq!(summary_state(&ev, "web1"), "backoff");
+    assert_eq!(ev.last().unwrap()["exit_code"], 5);
 }
 
 #[test]
