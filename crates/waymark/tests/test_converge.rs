@@ -158,8 +158,16 @@ impl Daemon {
     }
 
     fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Also when a test fails: no controller outlives its test.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -319,19 +327,31 @@ fn a_pinned_mark_is_what_the_host_is_kept_on() {
     assert_eq!(lab.system("web1").0, g1);
 }
 
-/// Fetches the metrics page with curl (a real HTTP client).
-fn scrape(addr: &str) -> String {
-    let out = Command::new("curl")
-        .args([
-            "-fsS",
-            "--max-time",
-            "10",
-            &format!("http://{addr}/metrics"),
-        ])
-        .output()
-        .expect("running curl");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap()
+/// Fetches the metrics page with curl (a real HTTP client) until it has `line` (the
+/// page follows the events shortly); two minutes at most.
+fn scrape_until(addr: &str, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_mins(2);
+    loop {
+        let out = Command::new("curl")
+            .args([
+                "-fsS",
+                "--max-time",
+                "10",
+                &format!("http://{addr}/metrics"),
+            ])
+            .output()
+            .expect("running curl");
+        assert!(out.status.success(), "{out:?}");
+        let page = String::from_utf8(out.stdout).unwrap();
+        if page.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line:?} in:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -350,10 +370,9 @@ fn the_poll_fallback_sees_a_hand_switch_too_and_metrics_say_so() {
     d.wait_for("converged", |e| {
         is(e, "state", "web1") && e["state"] == "converged"
     });
-    let page = scrape(&addr);
-    assert!(
-        page.contains("waymark_converge_host_state{host=\"web1\",state=\"converged\"} 1"),
-        "{page}"
+    scrape_until(
+        &addr,
+        "waymark_converge_host_state{host=\"web1\",state=\"converged\"} 1",
     );
     hand_switch(&lab, "web1", &g0);
     let seen = d.wait_for("the hand switch", |e| {
@@ -363,10 +382,13 @@ fn the_poll_fallback_sees_a_hand_switch_too_and_metrics_say_so() {
     d.wait_for("the drift reported", |e| {
         is(e, "state", "web1") && e["state"] == "drifted"
     });
-    let page = scrape(&addr);
-    assert!(
-        page.contains("waymark_converge_host_drift{host=\"web1\",kind=\"hand-switch\"} 1"),
-        "{page}"
+    scrape_until(
+        &addr,
+        "waymark_converge_host_drift{host=\"web1\",kind=\"hand-switch\"} 1",
+    );
+    scrape_until(
+        &addr,
+        "waymark_converge_host_state{host=\"web1\",state=\"drifted\"} 1",
     );
     d.kill9();
 }

@@ -128,6 +128,14 @@ impl Controller {
     }
 }
 
+impl Drop for Controller {
+    fn drop(&mut self) {
+        // Also when the benchmark fails half-way: no controller outlives it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

@@ -218,6 +218,9 @@ impl Controller {
                     "booted": facts.booted, "known_good": facts.known_good, "how": how,
                     "drift": v.desired.as_ref().and_then(|d| facts.drift_from(d)).map(waymark_converge::Drift::name),
                 });
+                if new {
+                    v.deployed_from = None;
+                }
                 v.facts = Some(facts);
                 let key = v.desired.as_ref().and_then(Desired::key);
                 if Self::ready(v) {
@@ -292,6 +295,9 @@ impl Controller {
                     return;
                 };
                 let before = v.machine.clone();
+                if !matches!(ended.attempt, waymark_converge::Attempt::Good { .. }) {
+                    v.deployed_from = None;
+                }
                 v.machine
                     .finish(ended.attempt.clone(), now_ms(), &self.timing);
                 let text = format!("{host}: deploy {}: {}", ended.result, ended.message);
@@ -336,13 +342,21 @@ impl Controller {
             }
             let facts = v.facts.clone().unwrap_or_default();
             let desired = v.desired.clone().expect("ready");
-            let decision = decide(&desired, &facts, v.policy);
+            let mut decision = decide(&desired, &facts, v.policy);
+            if matches!(decision, Decision::Deploy { .. })
+                && v.deployed_from.as_ref() == Some(&facts)
+            {
+                decision = Decision::Converged;
+            }
             if matches!(decision, Decision::Deploy { .. }) && self.running >= self.parallel {
                 continue;
             }
             let v = self.hosts.get_mut(&host).expect("listed");
             let before = v.machine.clone();
             let start = v.machine.settle(&decision, now);
+            if start.is_some() {
+                v.deployed_from = Some(v.facts.clone().unwrap_or_default());
+            }
             self.state_event(&host, &before);
             if let Some(allow_drift) = start {
                 // Written down before it starts: a restart knows a deploy was under way.

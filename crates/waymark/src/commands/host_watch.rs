@@ -6,7 +6,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -38,6 +38,32 @@ pub struct HostWatchArgs {
 
 const RUN: &str = "/run";
 const PROFILES: &str = "/nix/var/nix/profiles";
+
+/// Watches the records directory (recursively: it is small), or, before the first mark,
+/// its nearest existing ancestor alone (never a large tree such as `/nix/var`, whose
+/// store database would flood the watcher); returns what is watched.
+fn arm(
+    watcher: &mut notify::RecommendedWatcher,
+    records: &Path,
+    say: &mut impl FnMut(&str) -> bool,
+) -> PathBuf {
+    let (dir, mode) = if records.is_dir() {
+        (records.to_owned(), RecursiveMode::Recursive)
+    } else {
+        let mut nearest = records.to_owned();
+        while !nearest.is_dir() {
+            match nearest.parent() {
+                Some(p) => nearest = p.to_owned(),
+                None => break,
+            }
+        }
+        (nearest, RecursiveMode::NonRecursive)
+    };
+    if let Err(e) = watcher.watch(&dir, mode) {
+        say(&format!("error\twatching {}: {e}", dir.display()));
+    }
+    dir
+}
 
 /// A link's canonical target; `None` when it is missing or dangling.
 fn resolved(path: &str) -> Option<String> {
@@ -102,42 +128,46 @@ pub fn cmd_host_watch(_global: Global, args: &HostWatchArgs) -> anyhow::Result<E
             say(&format!("error\twatching {dir}: {e}"));
         }
     }
-    // The records directory may not exist before the first mark: its nearest existing
-    // ancestor is watched (recursively, it is small) so its creation is seen.
-    let mut nearest = records.clone();
-    while !nearest.exists() {
-        match nearest.parent() {
-            Some(p) => nearest = p.to_owned(),
-            None => break,
-        }
-    }
-    if let Err(e) = watcher.watch(&nearest, RecursiveMode::Recursive) {
-        say(&format!("error\twatching {}: {e}", nearest.display()));
-    }
+    let mut armed = arm(&mut watcher, &records, &mut say);
     let mut last = read_facts(&args.dirs, &args.target);
     if !say(&facts_line(&last)) {
         return Ok(ExitStatus::Success);
     }
     let recheck = Duration::from_secs(args.recheck);
+    // The safety net's clock runs from the last look, whatever else happens: a stream of
+    // unrelated events (a store at work) must not put it off.
+    let mut next_check = Instant::now() + recheck;
     loop {
-        match rx.recv_timeout(recheck) {
+        let wait = next_check.saturating_duration_since(Instant::now());
+        let look = match rx.recv_timeout(wait) {
             Ok(Ok(event)) => {
-                if matches!(event.kind, EventKind::Access(_))
-                    || !event.paths.iter().any(|p| relevant(p, &records))
-                {
-                    continue;
+                if event.need_rescan() {
+                    // The kernel's queue overflowed: events were lost, look again.
+                    true
+                } else if armed != records && event.paths.iter().any(|p| records.starts_with(p)) {
+                    // A directory on the way to the records appeared: watch further down.
+                    armed = arm(&mut watcher, &records, &mut say);
+                    true
+                } else {
+                    !matches!(event.kind, EventKind::Access(_))
+                        && event.paths.iter().any(|p| relevant(p, &records))
                 }
-                // A burst (a switch moves several links) is read once.
-                while rx.try_recv().is_ok() {}
             }
             Ok(Err(e)) => {
                 if !say(&format!("error\tinotify: {e}")) {
                     break;
                 }
+                true
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => true,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if !look {
+            continue;
         }
+        // A burst (a switch moves several links) is read once.
+        while rx.try_recv().is_ok() {}
+        next_check = Instant::now() + recheck;
         let now = read_facts(&args.dirs, &args.target);
         if now != last {
             if !say(&facts_line(&now)) {

@@ -48,6 +48,11 @@ pub struct HostView {
     /// Whether this run read its desired state.
     #[serde(skip)]
     pub desired_fresh: bool,
+    /// The facts a deploy started from (empty: none known); after it ended good, while the watcher has
+    /// reported nothing newer, the deploy's own check (it read the host running the
+    /// closure, marked) stands: no second deploy on an old report.
+    #[serde(skip)]
+    pub deployed_from: Option<Facts>,
 }
 
 /// The controller's state file.
