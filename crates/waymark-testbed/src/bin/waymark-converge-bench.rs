@@ -122,8 +122,13 @@ impl Controller {
         total
     }
 
+    /// Ends it with SIGTERM, as a service manager does: it ends its watchers' ssh
+    /// clients too (a SIGKILL would leave them behind).
     fn stop(mut self) {
-        let _ = self.child.kill();
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
