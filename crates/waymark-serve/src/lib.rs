@@ -24,9 +24,9 @@ mod error;
 pub mod executor;
 pub mod logs;
 pub mod model;
+pub mod postgres;
 pub mod problem;
 pub mod runner;
-pub mod postgres;
 mod sqlite;
 pub mod store;
 
@@ -189,9 +189,7 @@ pub async fn open(config: &Config) -> Result<Arc<api::App>> {
             let db_path = database_path(&config.state_dir);
             let store = tokio::task::spawn_blocking(move || Sqlite::open(&db_path))
                 .await
-                .map_err(|e| {
-                    Error::io("opening", &config.state_dir)(std::io::Error::other(e))
-                })??;
+                .map_err(|e| Error::io("opening", &config.state_dir)(std::io::Error::other(e)))??;
             let logs = FileLogs::new(config.state_dir.join("logs"))?;
             (Arc::new(store), Arc::new(logs), None)
         }

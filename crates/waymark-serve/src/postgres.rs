@@ -264,7 +264,10 @@ fn existing(job: &Job) -> Existing {
     }
 }
 
-fn live_jobs(tx: &mut impl GenericClient, deployment_id: i64) -> Result<(Option<Job>, Option<Job>)> {
+fn live_jobs(
+    tx: &mut impl GenericClient,
+    deployment_id: i64,
+) -> Result<(Option<Job>, Option<Job>)> {
     let sql = format!(
         "SELECT {JOB_COLS} FROM jobs j JOIN deployments d ON d.id = j.deployment_id \
          WHERE j.deployment_id = $1 AND j.state IN ('queued', 'running')"

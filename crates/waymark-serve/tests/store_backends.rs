@@ -90,9 +90,16 @@ fn invariants_hold(open: &Open, _pg: bool) {
     deployment(&*store, "acme", "shop", &["web1"]);
     deployment(&*store, "acme", "blog", &["web1", "web2"]);
     deployment(&*store, "globex", "shop", &["db1"]);
-    let first = created(store.submit(&new_job("acme", "shop", "aaaaaaa", Mode::Replace)).unwrap());
-    let second =
-        created(store.submit(&new_job("acme", "shop", "bbbbbbb", Mode::Replace)).unwrap());
+    let first = created(
+        store
+            .submit(&new_job("acme", "shop", "aaaaaaa", Mode::Replace))
+            .unwrap(),
+    );
+    let second = created(
+        store
+            .submit(&new_job("acme", "shop", "bbbbbbb", Mode::Replace))
+            .unwrap(),
+    );
     // One queued job per deployment: the first is superseded by the second.
     let old = store.job("acme", first).unwrap().unwrap();
     assert_eq!(old.state, JobState::Superseded);
@@ -104,19 +111,41 @@ fn invariants_hold(open: &Open, _pg: bool) {
         Cancelled::NotFound
     );
     // One running job per host: shop (web1) runs, blog (web1, web2) waits for web1.
-    let blog = created(store.submit(&new_job("acme", "blog", "ccccccc", Mode::Replace)).unwrap());
+    let blog = created(
+        store
+            .submit(&new_job("acme", "blog", "ccccccc", Mode::Replace))
+            .unwrap(),
+    );
     let claimed = store.claim("w1").unwrap().unwrap();
     assert_eq!(claimed.id, second);
-    assert_eq!(store.claim("w1").unwrap(), None, "blog shares web1 with shop");
+    assert_eq!(
+        store.claim("w1").unwrap(),
+        None,
+        "blog shares web1 with shop"
+    );
     // reject names the running job.
-    match store.submit(&new_job("acme", "shop", "ddddddd", Mode::Reject)).unwrap() {
+    match store
+        .submit(&new_job("acme", "shop", "ddddddd", Mode::Reject))
+        .unwrap()
+    {
         Submitted::Conflict(j) => assert_eq!(j.id, second),
         other => panic!("{other:?}"),
     }
     // A queued job behind the running one, superseded by a newer one (queue mode).
-    let q1 = created(store.submit(&new_job("acme", "shop", "eeeeeee", Mode::Queue)).unwrap());
-    let q2 = created(store.submit(&new_job("acme", "shop", "fffffff", Mode::Queue)).unwrap());
-    assert_eq!(store.job("acme", q1).unwrap().unwrap().state, JobState::Superseded);
+    let q1 = created(
+        store
+            .submit(&new_job("acme", "shop", "eeeeeee", Mode::Queue))
+            .unwrap(),
+    );
+    let q2 = created(
+        store
+            .submit(&new_job("acme", "shop", "fffffff", Mode::Queue))
+            .unwrap(),
+    );
+    assert_eq!(
+        store.job("acme", q1).unwrap().unwrap().state,
+        JobState::Superseded
+    );
     store
         .finish(second, JobState::Succeeded, Some("deployed"), None)
         .unwrap();
@@ -212,7 +241,11 @@ fn concurrent_claims_run_each_job_once(open: &Open, pg: bool) {
 fn events_are_numbered_without_gaps(open: &Open, pg: bool) {
     let store = open();
     deployment(&*store, "acme", "shop", &["web1"]);
-    let job = created(store.submit(&new_job("acme", "shop", "aaaaaaa", Mode::Replace)).unwrap());
+    let job = created(
+        store
+            .submit(&new_job("acme", "shop", "aaaaaaa", Mode::Replace))
+            .unwrap(),
+    );
     // Writers on several handles while a reader follows: it sees every event once, in
     // order, and never a later one before an earlier one (its cursor would skip it).
     let writers: Vec<_> = (0..4)
@@ -298,7 +331,10 @@ fn postgres_expired_leases_are_taken_over() {
         b.job("acme", activating.id).unwrap().unwrap().state,
         JobState::NeedsReconcile
     );
-    assert_eq!(b.job("acme", live.id).unwrap().unwrap().state, JobState::Running);
+    assert_eq!(
+        b.job("acme", live.id).unwrap().unwrap().state,
+        JobState::Running
+    );
     // The re-queued job runs again, on the live replica; the reconciled one never.
     let again = b.claim("alive").unwrap().unwrap();
     assert_eq!(again.id, building.id);
@@ -314,7 +350,11 @@ fn postgres_the_database_enforces_the_invariants() {
     };
     let store = Postgres::open(&url).unwrap();
     deployment(&store, "acme", "shop", &["web1"]);
-    let id = created(store.submit(&new_job("acme", "shop", "aaaaaaa", Mode::Replace)).unwrap());
+    let id = created(
+        store
+            .submit(&new_job("acme", "shop", "aaaaaaa", Mode::Replace))
+            .unwrap(),
+    );
     let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let dup = c.execute(
         "INSERT INTO jobs (tenant, deployment_id, kind, state, phase, priority, priority_rank, \
@@ -324,14 +364,20 @@ fn postgres_the_database_enforces_the_invariants() {
         &[&id],
     );
     let err = dup.unwrap_err();
-    assert_eq!(err.as_db_error().and_then(|e| e.constraint()), Some("jobs_one_queued"));
+    assert_eq!(
+        err.as_db_error().and_then(|e| e.constraint()),
+        Some("jobs_one_queued")
+    );
     store.claim("w").unwrap().unwrap();
     let lock = c.execute(
         "INSERT INTO host_locks (host, job_id) VALUES ('web1', $1)",
         &[&id],
     );
     let err = lock.unwrap_err();
-    assert_eq!(err.as_db_error().and_then(|e| e.constraint()), Some("host_locks_pkey"));
+    assert_eq!(
+        err.as_db_error().and_then(|e| e.constraint()),
+        Some("host_locks_pkey")
+    );
     // Migrations are recorded, and applied once however many replicas open the database.
     let _again = Postgres::open(&url).unwrap();
     let n: i64 = c
@@ -360,10 +406,7 @@ fn logs_are_numbered_lines_on_both_backends() {
         assert_eq!(writer.append(7, "two\nthree <b>&").unwrap(), 3);
         let (lines, total) = reader.read(7, 1, 10).unwrap();
         assert_eq!(total, 3);
-        assert_eq!(
-            lines,
-            vec![(2, "two".into()), (3, "three <b>&".into())]
-        );
+        assert_eq!(lines, vec![(2, "two".into()), (3, "three <b>&".into())]);
         assert_eq!(reader.read(7, 0, 1).unwrap().0, vec![(1, "one".into())]);
         assert_eq!(reader.read(8, 0, 10).unwrap(), (vec![], 0));
     }

@@ -89,7 +89,9 @@ pub fn cmd_serve(global: Global, args: &ServeArgs) -> anyhow::Result<ExitStatus>
     config.identities = identities(args)?;
     if let Some(url) = &args.database {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            bail!("--database {url:?}: expected a postgres:// URL (leave it out for SQLite in the state directory)");
+            bail!(
+                "--database {url:?}: expected a postgres:// URL (leave it out for SQLite in the state directory)"
+            );
         }
         config.database = Some(url.clone());
     }
