@@ -18,10 +18,14 @@
 //! - migrations are versioned (`schema_migrations`) and applied under an advisory lock:
 //!   replicas starting together apply them once.
 //!
-//! Logs live in the database too (`log_lines`): replicas on different machines share no
+//! Logs live in the database too (`log_lines`, logs.rs): replicas on different machines share no
 //! directory, and a table gives the same append-only, numbered lines transactionally.
 
-use std::collections::{HashMap, HashSet};
+mod logs;
+mod queue;
+mod schema;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,99 +34,10 @@ use postgres::{Client, GenericClient, NoTls, Row, Transaction};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::logs::Logs;
-use crate::model::{
-    self, Candidate, Cause, Existing, JobKind, JobState, Phase, Priority, Recovery, Submit,
-};
+use crate::model::{self, Cause, Existing, JobKind, JobState, Phase, Priority, Recovery};
 use crate::store::{
     Cancelled, Deployment, Depth, EventRow, Job, JobFilter, NewJob, Store, Submitted,
 };
-
-/// The schema, one entry per version.
-const MIGRATIONS: &[&str] = &[r"
-CREATE TABLE deployments (
-  id BIGSERIAL PRIMARY KEY,
-  tenant TEXT NOT NULL,
-  name TEXT NOT NULL,
-  flake TEXT NOT NULL,
-  hosts TEXT NOT NULL,
-  goal TEXT NOT NULL,
-  config_input TEXT NOT NULL,
-  desired_rev TEXT,
-  applied_rev TEXT,
-  created_at TEXT NOT NULL,
-  deleted_at TEXT,
-  UNIQUE (tenant, name)
-);
-CREATE TABLE jobs (
-  id BIGSERIAL PRIMARY KEY,
-  tenant TEXT NOT NULL,
-  deployment_id BIGINT NOT NULL REFERENCES deployments (id),
-  kind TEXT NOT NULL CHECK (kind IN ('deploy', 'teardown')),
-  state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed',
-    'cancelled', 'superseded', 'needs-reconcile')),
-  phase TEXT NOT NULL CHECK (phase IN ('evaluating', 'building', 'activating')),
-  priority TEXT NOT NULL,
-  priority_rank BIGINT NOT NULL,
-  mode TEXT NOT NULL,
-  rev TEXT NOT NULL,
-  config TEXT,
-  source TEXT NOT NULL,
-  idempotency_key TEXT,
-  request_hash TEXT NOT NULL,
-  reason TEXT,
-  result TEXT,
-  counters TEXT NOT NULL DEFAULT '{}',
-  hosts TEXT NOT NULL DEFAULT '{}',
-  superseded_by BIGINT,
-  cancel_requested TEXT,
-  cancel_cause TEXT,
-  claimed_by TEXT,
-  created_at TEXT NOT NULL,
-  started_at TEXT,
-  finished_at TEXT
-);
-CREATE UNIQUE INDEX jobs_one_queued ON jobs (deployment_id) WHERE state = 'queued';
-CREATE UNIQUE INDEX jobs_one_running ON jobs (deployment_id) WHERE state = 'running';
-CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant, idempotency_key)
-  WHERE idempotency_key IS NOT NULL;
-CREATE INDEX jobs_queue ON jobs (priority_rank, id) WHERE state = 'queued';
-CREATE INDEX jobs_running ON jobs (claimed_by) WHERE state = 'running';
-CREATE INDEX jobs_tenant ON jobs (tenant, id);
-CREATE INDEX jobs_deployment ON jobs (deployment_id, id);
-CREATE TABLE host_locks (
-  host TEXT PRIMARY KEY,
-  job_id BIGINT NOT NULL REFERENCES jobs (id)
-);
-CREATE TABLE event_seq (
-  one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
-  seq BIGINT NOT NULL
-);
-INSERT INTO event_seq VALUES (true, 0);
-CREATE TABLE events (
-  seq BIGINT PRIMARY KEY,
-  tenant TEXT NOT NULL,
-  job_id BIGINT NOT NULL,
-  deployment TEXT NOT NULL,
-  data TEXT NOT NULL
-);
-CREATE INDEX events_tenant ON events (tenant, seq);
-CREATE INDEX events_job ON events (job_id, seq);
-CREATE TABLE workers (
-  id TEXT PRIMARY KEY,
-  lease_until TIMESTAMPTZ NOT NULL
-);
-CREATE TABLE log_heads (
-  job_id BIGINT PRIMARY KEY,
-  lines BIGINT NOT NULL
-);
-CREATE TABLE log_lines (
-  job_id BIGINT NOT NULL,
-  line BIGINT NOT NULL,
-  text TEXT NOT NULL,
-  PRIMARY KEY (job_id, line)
-);
-"];
 
 /// The advisory lock migrations are applied under (any constant the service owns).
 const MIGRATION_LOCK: i64 = 0x7761_796d_6172_6b01;
@@ -320,7 +235,7 @@ impl Postgres {
         };
         let mut client = this.connect()?;
         client.query_one("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
-        let migrated = migrate(&mut client);
+        let migrated = schema::migrate(&mut client);
         let unlocked = client.query_one("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
         migrated?;
         unlocked?;
@@ -495,38 +410,6 @@ impl Postgres {
     }
 }
 
-fn migrate(client: &mut Client) -> Result<()> {
-    client.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-           version INTEGER PRIMARY KEY,
-           applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-         )",
-    )?;
-    let version: i64 = client
-        .query_one(
-            "SELECT coalesce(max(version), 0)::BIGINT FROM schema_migrations",
-            &[],
-        )?
-        .try_get(0)?;
-    let known = MIGRATIONS.len() as i64;
-    if version > known {
-        return Err(Error::Schema {
-            found: version,
-            known,
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let mut tx = client.transaction()?;
-        tx.batch_execute(sql)?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version) VALUES ($1)",
-            &[&(i as i32 + 1)],
-        )?;
-        tx.commit()?;
-    }
-    Ok(())
-}
-
 impl Store for Postgres {
     fn put_deployment(&self, d: &Deployment) -> Result<Deployment> {
         let hosts = serde_json::to_string(&d.hosts).unwrap_or_default();
@@ -629,7 +512,7 @@ impl Store for Postgres {
     }
 
     fn submit(&self, new: &NewJob) -> Result<Submitted> {
-        self.tx(|tx| submit(tx, new))
+        self.tx(|tx| queue::submit(tx, new))
     }
 
     fn job(&self, tenant: &str, id: i64) -> Result<Option<Job>> {
@@ -705,7 +588,7 @@ impl Store for Postgres {
     }
 
     fn claim(&self, worker: &str) -> Result<Option<Job>> {
-        self.tx(|tx| claim(tx, worker))
+        self.tx(|tx| queue::claim(tx, worker))
     }
 
     fn progress(&self, id: i64, phase: Phase, counters: &Value, hosts: &Value) -> Result<()> {
@@ -875,221 +758,6 @@ impl Store for Postgres {
                 .into_iter()
                 .map(|s| (s, found.get(s.as_str()).copied().unwrap_or(0)))
                 .collect())
-        })
-    }
-}
-
-fn submit(tx: &mut Transaction<'_>, new: &NewJob) -> Result<Submitted> {
-    if let Some(key) = &new.idempotency_key {
-        let found = tx.query_opt(
-            "SELECT id, request_hash FROM jobs WHERE tenant = $1 AND idempotency_key = $2",
-            &[&new.tenant, key],
-        )?;
-        if let Some(row) = found {
-            let (id, hash): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
-            return Ok(if hash == new.request_hash {
-                Submitted::Existing(job_by_id(tx, id)?)
-            } else {
-                Submitted::KeyReused
-            });
-        }
-    }
-    // The deployment's row is the submission's lock: two submissions to one deployment
-    // (from any replicas) decide one after the other.
-    let Some(row) = tx.query_opt(
-        "SELECT id FROM deployments WHERE tenant = $1 AND name = $2 AND deleted_at IS NULL \
-         FOR UPDATE",
-        &[&new.tenant, &new.deployment],
-    )?
-    else {
-        return Ok(Submitted::NoDeployment);
-    };
-    let deployment_id: i64 = row.try_get(0)?;
-    let (queued, running) = live_jobs(tx, deployment_id)?;
-    let decision = model::decide_submit(
-        new.mode,
-        new.kind,
-        &new.source,
-        queued.as_ref().map(existing).as_ref(),
-        running.as_ref().map(existing).as_ref(),
-    );
-    let (supersede, cancel_running) = match decision {
-        Submit::Conflict { id } => return Ok(Submitted::Conflict(job_by_id(tx, id)?)),
-        Submit::Attach { id } => return Ok(Submitted::Existing(job_by_id(tx, id)?)),
-        Submit::Enqueue {
-            supersede,
-            cancel_running,
-        } => (supersede, cancel_running),
-    };
-    let at = now();
-    if let Some(old) = supersede {
-        tx.execute(
-            "UPDATE jobs SET state = 'superseded', finished_at = $2 WHERE id = $1",
-            &[&old, &at],
-        )?;
-    }
-    let mode = serde_json::to_value(new.mode)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned));
-    let id: i64 = tx
-        .query_one(
-            "INSERT INTO jobs (tenant, deployment_id, kind, state, phase, priority, priority_rank, \
-             mode, rev, config, source, idempotency_key, request_hash, created_at) \
-             VALUES ($1, $2, $3, 'queued', 'evaluating', $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             RETURNING id",
-            &[
-                &new.tenant,
-                &deployment_id,
-                &new.kind.as_str(),
-                &new.priority.as_str(),
-                &new.priority.rank(),
-                &mode,
-                &new.rev,
-                &new.config.as_ref().map(Value::to_string),
-                &new.source,
-                &new.idempotency_key,
-                &new.request_hash,
-                &at,
-            ],
-        )?
-        .try_get(0)?;
-    let reason = format!("superseded by job {id}");
-    if let Some(run) = cancel_running {
-        tx.execute(
-            "UPDATE jobs SET cancel_requested = $2, cancel_cause = 'superseded' WHERE id = $1",
-            &[&run, &reason],
-        )?;
-    }
-    if new.kind == JobKind::Deploy {
-        tx.execute(
-            "UPDATE deployments SET desired_rev = $2 WHERE id = $1",
-            &[&deployment_id, &new.rev],
-        )?;
-    }
-    // Events last: the event counter is the transaction's last lock.
-    if let Some(old) = supersede {
-        tx.execute(
-            "UPDATE jobs SET superseded_by = $2, reason = $3 WHERE id = $1",
-            &[&old, &id, &reason],
-        )?;
-        let old = job_by_id(tx, old)?;
-        state_event(tx, &old)?;
-    }
-    let job = job_by_id(tx, id)?;
-    state_event(tx, &job)?;
-    Ok(Submitted::Created(job))
-}
-
-fn claim(tx: &mut Transaction<'_>, worker: &str) -> Result<Option<Job>> {
-    // Candidates: the oldest queued jobs of each class whose deployment runs nothing,
-    // locked so that another replica's claim skips them.
-    let rows = tx.query(
-        "SELECT j.id, j.tenant, j.priority, d.hosts, j.deployment_id FROM jobs j \
-         JOIN deployments d ON d.id = j.deployment_id \
-         WHERE j.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs r \
-           WHERE r.deployment_id = j.deployment_id AND r.state = 'running') \
-         ORDER BY j.priority_rank, j.id LIMIT 200 FOR UPDATE OF j SKIP LOCKED",
-        &[],
-    )?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let locked: HashSet<String> = tx
-        .query("SELECT host FROM host_locks", &[])?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<std::result::Result<_, _>>()?;
-    let mut running: HashMap<String, usize> = HashMap::new();
-    for r in tx.query(
-        "SELECT tenant, count(*) FROM jobs WHERE state = 'running' GROUP BY tenant",
-        &[],
-    )? {
-        running.insert(r.try_get(0)?, r.try_get::<_, i64>(1)? as usize);
-    }
-    let mut candidates = Vec::new();
-    let mut hosts_of: HashMap<i64, (Vec<String>, i64)> = HashMap::new();
-    for r in &rows {
-        let hosts: String = r.try_get(3)?;
-        let hosts: Vec<String> =
-            serde_json::from_str(&hosts).map_err(|_| corrupt("hosts", &hosts))?;
-        if hosts.iter().any(|h| locked.contains(h)) {
-            continue;
-        }
-        let priority: String = r.try_get(2)?;
-        let id: i64 = r.try_get(0)?;
-        candidates.push(Candidate {
-            id,
-            tenant: r.try_get(1)?,
-            priority: Priority::parse(&priority).ok_or_else(|| corrupt("priority", &priority))?,
-        });
-        hosts_of.insert(id, (hosts, r.try_get(4)?));
-    }
-    let count = |t: &str| running.get(t).copied().unwrap_or(0);
-    let Some(pick) = model::pick_next(&candidates, &count) else {
-        return Ok(None);
-    };
-    let id = pick.id;
-    let (hosts, _deployment) = hosts_of.remove(&id).unwrap_or_default();
-    // A concurrent claim of the same deployment or host fails these statements on the
-    // unique indexes: the transaction rolls back and is tried again.
-    tx.execute(
-        "UPDATE jobs SET state = 'running', phase = 'evaluating', started_at = $2, \
-         claimed_by = $3 WHERE id = $1",
-        &[&id, &now(), &worker],
-    )?;
-    for host in &hosts {
-        tx.execute(
-            "INSERT INTO host_locks (host, job_id) VALUES ($1, $2)",
-            &[host, &id],
-        )?;
-    }
-    let job = job_by_id(tx, id)?;
-    state_event(tx, &job)?;
-    Ok(Some(job))
-}
-
-impl Logs for Postgres {
-    fn append(&self, job: i64, text: &str) -> Result<u64> {
-        let lines: Vec<&str> = text.lines().collect();
-        let n = lines.len() as i64;
-        self.tx(|tx| {
-            // The head row numbers the lines and serialises appends of one job.
-            let last: i64 = tx
-                .query_one(
-                    "INSERT INTO log_heads (job_id, lines) VALUES ($1, $2) \
-                     ON CONFLICT (job_id) DO UPDATE SET lines = log_heads.lines + $2 \
-                     RETURNING lines",
-                    &[&job, &n],
-                )?
-                .try_get(0)?;
-            let first = last - n + 1;
-            let numbers: Vec<i64> = (first..=last).collect();
-            tx.execute(
-                "INSERT INTO log_lines (job_id, line, text) \
-                 SELECT $1, * FROM unnest($2::BIGINT[], $3::TEXT[])",
-                &[&job, &numbers, &lines],
-            )?;
-            Ok(last as u64)
-        })
-    }
-
-    fn read(&self, job: i64, after: u64, limit: usize) -> Result<(Vec<(u64, String)>, u64)> {
-        self.with(|c| {
-            let total: i64 = c
-                .query_opt("SELECT lines FROM log_heads WHERE job_id = $1", &[&job])?
-                .map(|r| r.try_get(0))
-                .transpose()?
-                .unwrap_or(0);
-            let rows = c.query(
-                "SELECT line, text FROM log_lines WHERE job_id = $1 AND line > $2 \
-                 ORDER BY line LIMIT $3",
-                &[&job, &(after as i64), &(limit as i64)],
-            )?;
-            let lines = rows
-                .iter()
-                .map(|r| Ok((r.try_get::<_, i64>(0)? as u64, r.try_get(1)?)))
-                .collect::<Result<_>>()?;
-            Ok((lines, total as u64))
         })
     }
 }
