@@ -24,6 +24,7 @@ mod error;
 pub mod executor;
 pub mod logs;
 pub mod model;
+pub mod page;
 pub mod postgres;
 pub mod problem;
 pub mod runner;

@@ -322,7 +322,7 @@ impl Progress for JobProgress {
                 "host" => {
                     let entry = st.hosts.entry(host.clone()).or_insert_with(|| json!({}));
                     for k in [
-                        "result", "reached", "change", "message", "closure", "running",
+                        "result", "reached", "change", "message", "closure", "running", "mark",
                     ] {
                         entry[k] = ev[k].clone();
                     }
