@@ -178,23 +178,21 @@ pub async fn serve(
 pub async fn open(config: &Config) -> Result<Arc<api::App>> {
     create_private_dir(&config.state_dir)?;
     let tokens = load_tokens(config)?;
-    let (store, logs, pg): (Arc<dyn Store>, Arc<dyn Logs>, _) = match &config.database {
-        Some(url) => {
-            let url = url.clone();
-            let pg = tokio::task::spawn_blocking(move || Postgres::open(&url).map(Arc::new))
-                .await
-                .map_err(|e| Error::io("opening", &config.state_dir)(std::io::Error::other(e)))??;
-            (pg.clone(), pg.clone(), Some(pg))
-        }
-        None => {
-            let db_path = database_path(&config.state_dir);
-            let store = tokio::task::spawn_blocking(move || Sqlite::open(&db_path))
-                .await
-                .map_err(|e| Error::io("opening", &config.state_dir)(std::io::Error::other(e)))??;
-            let logs = FileLogs::new(config.state_dir.join("logs"))?;
-            (Arc::new(store), Arc::new(logs), None)
-        }
+    let opened: (Arc<dyn Store>, Arc<dyn Logs>, _) = if let Some(url) = &config.database {
+        let url = url.clone();
+        let pg = tokio::task::spawn_blocking(move || Postgres::open(&url).map(Arc::new))
+            .await
+            .map_err(|e| Error::io("opening", &config.state_dir)(std::io::Error::other(e)))??;
+        (pg.clone(), pg.clone(), Some(pg))
+    } else {
+        let db_path = database_path(&config.state_dir);
+        let store = tokio::task::spawn_blocking(move || Sqlite::open(&db_path))
+            .await
+            .map_err(|e| Error::io("opening", &config.state_dir)(std::io::Error::other(e)))??;
+        let logs = FileLogs::new(config.state_dir.join("logs"))?;
+        (Arc::new(store), Arc::new(logs), None)
     };
+    let (store, logs, pg) = opened;
     let s2 = store.clone();
     tokio::task::spawn_blocking(move || s2.recover())
         .await

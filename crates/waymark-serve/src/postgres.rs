@@ -320,11 +320,10 @@ impl Postgres {
                     on_event(0);
                     let mut notes = client.notifications();
                     let mut it = notes.blocking_iter();
-                    loop {
-                        match postgres::fallible_iterator::FallibleIterator::next(&mut it) {
-                            Ok(Some(n)) => on_event(n.payload().parse().unwrap_or(0)),
-                            Ok(None) | Err(_) => break,
-                        }
+                    while let Ok(Some(n)) =
+                        postgres::fallible_iterator::FallibleIterator::next(&mut it)
+                    {
+                        on_event(n.payload().parse().unwrap_or(0));
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }

@@ -1,9 +1,9 @@
-//! The fleet page in a real headless Chromium, driven over WebDriver (fantoccini, the
-//! chromedriver of WAYMARK_TEST_WEBDRIVER: .ci/services.sh starts it): jobs submitted
+//! The fleet page in a real headless Chromium, driven over `WebDriver` (fantoccini, the
+//! chromedriver of `WAYMARK_TEST_WEBDRIVER`: .ci/services.sh starts it): jobs submitted
 //! through the API appear live, a cancel from the page ends the job with its reason
 //! (shown as text, however it is written), a failed switch test shows the host restored,
 //! a reload mid-job resumes the stream with every event once, and another tenant sees
-//! none of it. Screenshots go to WAYMARK_TEST_ARTIFACTS (else the target's tmp/page).
+//! none of it. Screenshots go to `WAYMARK_TEST_ARTIFACTS` (else the target's tmp/page).
 //!
 //! The service runs in this process with a scripted executor (the deploy's events as
 //! the engine sends them), so the page is tested against the real API, SSE and storage.
@@ -31,8 +31,10 @@ struct Staged {
 fn ev(kind: &str, host: &str, extra: Value) -> Value {
     let mut v = json!({"event": kind, "host": host, "schema": "waymark.deploy-event/v1",
         "at": "2026-01-01T00:00:00Z"});
-    for (k, x) in extra.as_object().unwrap() {
-        v[k] = x.clone();
+    if let Value::Object(fields) = extra {
+        for (k, x) in fields {
+            v[k] = x;
+        }
     }
     v
 }
@@ -137,6 +139,7 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
+#[allow(clippy::print_stderr)] // says why it passes without running
 fn webdriver() -> Option<String> {
     match std::env::var("WAYMARK_TEST_WEBDRIVER") {
         Ok(url) if !url.is_empty() => Some(url),

@@ -4,7 +4,7 @@
 //! activating, never replayed), and events and logs read from any replica.
 //!
 //! A replica is this test program run again (`replica_process`, which does nothing
-//! unless WAYMARK_REPLICA_DIR is set) serving with an executor scripted through files:
+//! unless `WAYMARK_REPLICA_DIR` is set) serving with an executor scripted through files:
 //! a job of revision `b…` builds until `DIR/release-REV` exists, `a…` reaches
 //! activation and waits the same way; every run is appended to `DIR/ran` as `JOB
 //! REPLICA`.
@@ -17,6 +17,7 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use waymark_serve::{CancelFlag, Executor, Progress, RunOutcome, RunSpec};
 
@@ -166,7 +167,7 @@ impl Cluster {
             .spawn()
             .unwrap();
         let port_file = self.dir.path().join(format!("port-{name}"));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         while !port_file.exists() {
             assert!(Instant::now() < deadline, "replica {name} did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -309,11 +310,11 @@ async fn replicas_share_the_queue_and_run_each_job_once() {
     let runners: std::collections::HashSet<&str> = ran.iter().map(|(_, r)| r.as_str()).collect();
     assert_eq!(runners.len(), 3, "every replica runs jobs: {ran:?}");
     // Logs and events of a job, read from a replica that does not run it.
-    let (job0, runner0) = ran[0].clone();
+    let (first_job, first_runner) = ran[0].clone();
     let other = c
         .replicas
         .iter()
-        .find(|r| r.name != runner0)
+        .find(|r| r.name != first_runner)
         .unwrap()
         .base
         .clone();
@@ -321,7 +322,7 @@ async fn replicas_share_the_queue_and_run_each_job_once() {
         .call(
             &other,
             reqwest::Method::GET,
-            &format!("/v1/jobs/{job0}/logs"),
+            &format!("/v1/jobs/{first_job}/logs"),
             None,
         )
         .await;
@@ -329,13 +330,13 @@ async fn replicas_share_the_queue_and_run_each_job_once() {
         logs["lines"][0]["text"]
             .as_str()
             .unwrap()
-            .ends_with(&format!("on {runner0}")),
+            .ends_with(&format!("on {first_runner}")),
         "{logs}"
     );
     // A live SSE stream on that other replica sees the end the runner writes.
     let sse = c
         .client
-        .get(format!("{other}/v1/jobs/{job0}/events"))
+        .get(format!("{other}/v1/jobs/{first_job}/events"))
         .bearer_auth(TOKEN)
         .header("accept", "text/event-stream")
         .send()
@@ -347,7 +348,6 @@ async fn replicas_share_the_queue_and_run_each_job_once() {
     let mut body = String::new();
     let mut stream = sse.bytes_stream();
     let deadline = Instant::now() + Duration::from_secs(30);
-    use futures_util::StreamExt as _;
     while !body.contains("\"succeeded\"") {
         let left = deadline.saturating_duration_since(Instant::now());
         let chunk = tokio::time::timeout(left, stream.next())

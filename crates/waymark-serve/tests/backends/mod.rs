@@ -1,5 +1,5 @@
 //! The stores under test: SQLite in a temporary directory, and PostgreSQL in a fresh
-//! database of the server WAYMARK_TEST_POSTGRES names (.ci/services.sh starts one).
+//! database of the server `WAYMARK_TEST_POSTGRES` names (.ci/services.sh starts one).
 //! Under CI a missing server is a failure; elsewhere the PostgreSQL runs say NOT RUN and
 //! pass (`source .ci/services.sh` first to run them).
 
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use postgres::{Client, NoTls};
 
 /// The admin URL of the test server, if there is one.
+#[allow(clippy::print_stderr)] // says why it passes without running
 pub fn server() -> Option<String> {
     match std::env::var("WAYMARK_TEST_POSTGRES") {
         Ok(url) if !url.is_empty() => Some(url),

@@ -51,9 +51,9 @@ pub struct ServeArgs {
     /// TENANT=FILE (can be repeated)
     #[arg(long = "identity", value_name = "TENANT=FILE")]
     pub identities: Vec<String>,
-    /// Keep jobs, events and logs in this PostgreSQL database (postgres://USER@HOST/DB,
-    /// or ?host=/socket/dir for a unix socket) instead of SQLite in the state
-    /// directory: several replicas may share it
+    /// Keep jobs, events and logs in this PostgreSQL database (a postgres:// URL, with
+    /// ?host=/socket/dir for a unix socket) instead of SQLite in the state directory:
+    /// several replicas may share it
     #[arg(long, env = "WAYMARK_SERVE_DATABASE", value_name = "URL")]
     pub database: Option<String>,
 }
