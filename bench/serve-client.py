@@ -7,6 +7,8 @@ sse BASE TOKEN RECONNECTS
                         events and resumes with Last-Event-ID, RECONNECTS times, while a
                         second thread submits jobs; then compares every id it saw with the
                         JSON polling list: prints how many were lost and duplicated.
+                        BASE may name several replicas (comma-separated): each
+                        reconnection goes to the next one.
 """
 import http.client
 import json
@@ -47,7 +49,9 @@ def fill(base, token, n):
         t.join()
 
 
-def sse(base, token, reconnects):
+def sse(bases, token, reconnects):
+    bases = bases.split(",")
+    base = bases[0]
     stop = threading.Event()
 
     def submitter():
@@ -64,8 +68,8 @@ def sse(base, token, reconnects):
     seen = []
     last = None
     rnd = random.Random(7)
-    for _ in range(reconnects):
-        c = conn(base)
+    for k in range(reconnects):
+        c = conn(bases[k % len(bases)])
         h = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
         if last is not None:
             h["Last-Event-ID"] = str(last)
@@ -99,7 +103,7 @@ def sse(base, token, reconnects):
         after = b["next_after"]
     lost = len(set(expected) - set(seen))
     dup = len(seen) - len(set(seen))
-    print(f"SSE: {reconnects} reconnects, {len(seen)} events, lost {lost}, duplicated {dup}, "
+    print(f"SSE: {reconnects} reconnects over {len(bases)} replica(s), {len(seen)} events, lost {lost}, duplicated {dup}, "
           f"in order: {seen == sorted(seen)}")
 
 

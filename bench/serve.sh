@@ -15,6 +15,9 @@
 # not a deploy's. Raw output stays in $BENCH_DIR (default target/bench-serve).
 #
 # Usage: bench/serve.sh   (DURATION=SECONDS, RATE=REQUESTS_PER_SECOND to change them)
+# DATABASE=postgres://… runs it on that (empty) PostgreSQL database instead of SQLite, and
+# REPLICAS=N with N replicas sharing it: submissions spread over their ports, the first
+# is the one killed. bench/serve-backends.sh runs SQLite, one and three replicas.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,8 +37,13 @@ fi
 
 state=$(mktemp -d)
 pid=
+extra_pids=()
+db_args=()
+[[ -n ${DATABASE:-} ]] && db_args=(--database "$DATABASE")
+replicas=${REPLICAS:-1}
 cleanup() {
   [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null || true
+  for p in "${extra_pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   rm -rf "$state"
 }
 trap cleanup EXIT
@@ -43,11 +51,24 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 base=http://127.0.0.1:$port
 # --rand-regex-url reads the URL as a regular expression: its dots as [.].
 rbase=${base//./[.]}
+ports=("$port")
+for ((i = 1; i < replicas; i++)); do
+  ports+=("$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')")
+done
+if ((replicas > 1)); then
+  rbase="http://127[.]0[.]0[.]1:($(IFS='|'; echo "${ports[*]}"))"
+fi
 
 start() {
   "$waymark" serve --quiet --listen "127.0.0.1:$port" --state-dir "$state/s" --workers 0 \
-    2>>"$out/serve.log" &
+    "${db_args[@]}" 2>>"$out/serve.log" &
   pid=$!
+  # The other replicas share the state directory (its token) and the database.
+  for p in "${ports[@]:1}"; do
+    "$waymark" serve --quiet --listen "127.0.0.1:$p" --state-dir "$state/s" --workers 0 \
+      "${db_args[@]}" 2>>"$out/serve.log" &
+    extra_pids+=($!)
+  done
 }
 wait_up() {
   for _ in $(seq 1 500); do
@@ -60,6 +81,9 @@ wait_up() {
 
 start
 wait_up
+for p in "${ports[@]:1}"; do
+  until curl -fsS "http://127.0.0.1:$p/healthz" >/dev/null 2>&1; do sleep 0.02; done
+done
 token=$(cat "$state/s/token")
 echo "filling: 10,000 deployments with a queued job each" >&2
 bench/serve-client.py fill "$base" "$token" 10000
@@ -88,12 +112,12 @@ sleep 1.5
 kill -9 "$pid"
 wait "$pid" 2>/dev/null || true
 wait "$load" 2>/dev/null || true
-python3 - "$waymark" "$port" "$state/s" "$token" "$out/serve.log" <<'PY'
+python3 - "$waymark" "$port" "$state/s" "$token" "$out/serve.log" "${db_args[@]}" <<'PY'
 import http.client, json, subprocess, sys, time
 waymark, port, state, token, log = sys.argv[1:6]
 t0 = time.monotonic()
 p = subprocess.Popen([waymark, "serve", "--quiet", "--listen", f"127.0.0.1:{port}",
-                      "--state-dir", state, "--workers", "0"], stderr=open(log, "a"))
+                      "--state-dir", state, "--workers", "0"] + sys.argv[6:], stderr=open(log, "a"))
 while True:
     try:
         c = http.client.HTTPConnection("127.0.0.1", int(port), timeout=5)
@@ -113,4 +137,5 @@ PY
 pid=$(cat "$state/pid")
 
 # 3. SSE resume.
-bench/serve-client.py sse "$base" "$token" 100
+sse_bases=$(printf 'http://127.0.0.1:%s,' "${ports[@]}")
+bench/serve-client.py sse "${sse_bases%,}" "$token" 100

@@ -46,6 +46,10 @@ let
       "--authorize-url"
       cfg.authorizeUrl
     ]
+    ++ lib.optionals (cfg.database != null) [
+      "--database"
+      cfg.database
+    ]
     ++ cfg.extraArgs;
   inStore = p: lib.hasPrefix builtins.storeDir (toString p);
 in
@@ -112,6 +116,18 @@ in
         The panel's authorisation callback: each request is POSTed as
         `{"tenant","action","deployment"}`; a 2xx allows it, anything else
         (or no answer) denies it. Answers are kept for 10 s.
+      '';
+    };
+
+    database = lib.mkOption {
+      type = lib.types.nullOr (lib.types.strMatching "postgres(ql)?://.+");
+      default = null;
+      example = "postgres://waymark-serve@localhost/waymark?host=/run/postgresql";
+      description = ''
+        A PostgreSQL database for jobs, events and logs instead of SQLite in
+        the state directory; several replicas may share it. The URL lands in
+        the Nix store and the unit: authenticate over the unix socket (peer)
+        rather than with a password in it.
       '';
     };
 

@@ -36,6 +36,7 @@ let
       ];
       identityFiles.acme = "/run/secrets/acme-key";
       authorizeUrl = "https://panel.example.org/authorize";
+      database = "postgres://waymark-serve@localhost/waymark?host=/run/postgresql";
       workers = 2;
       extraArgs = [
         "--authorize-ttl"
@@ -96,6 +97,8 @@ t.all [
     "acme=%d/identity-acme"
     "--authorize-url"
     "https://panel.example.org/authorize"
+    "--database"
+    "postgres://waymark-serve@localhost/waymark?host=/run/postgresql"
     "--authorize-ttl"
     "30"
   ] (words full))

@@ -62,6 +62,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/jobs/{id}/logs", get(logs))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/events", get(tenant_events))
+        .merge(crate::page::routes())
         .fallback(|| async { Problem::not_found("route") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -81,7 +82,7 @@ async fn count(State(app): AppState, req: Request, next: axum::middleware::Next)
 }
 
 /// Runs a storage call on a blocking thread; a failure is a 503.
-async fn db<T: Send + 'static>(
+pub(crate) async fn db<T: Send + 'static>(
     app: &App,
     f: impl FnOnce(&dyn crate::store::Store) -> crate::error::Result<T> + Send + 'static,
 ) -> Result<T, Problem> {
@@ -94,7 +95,7 @@ async fn db<T: Send + 'static>(
 }
 
 /// The tenant of the request's bearer token, if the panel allows `action`.
-async fn tenant(
+pub(crate) async fn tenant(
     app: &App,
     headers: &HeaderMap,
     action: &str,
@@ -122,7 +123,7 @@ async fn tenant(
     Ok(tenant)
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
     (status, axum::Json(v)).into_response()
 }
 

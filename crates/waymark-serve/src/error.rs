@@ -9,6 +9,9 @@ pub enum Error {
     /// guess).
     #[error("database")]
     Db(#[from] rusqlite::Error),
+    /// The PostgreSQL server refused or failed (a 503 as well).
+    #[error("database")]
+    Postgres(#[from] postgres::Error),
     /// A stored value is not what this version wrote: the database is newer or damaged.
     #[error("stored {what} is not valid: {value}")]
     Corrupt { what: &'static str, value: String },

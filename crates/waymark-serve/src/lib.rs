@@ -24,6 +24,8 @@ mod error;
 pub mod executor;
 pub mod logs;
 pub mod model;
+pub mod page;
+pub mod postgres;
 pub mod problem;
 pub mod runner;
 mod sqlite;
@@ -39,6 +41,7 @@ use std::time::Duration;
 pub use error::{Error, Result};
 pub use executor::{CancelFlag, EngineExecutor, Executor, Progress, RunOutcome, RunSpec};
 pub use logs::{FileLogs, Logs};
+pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 pub use store::Store;
 
@@ -58,6 +61,9 @@ pub struct Config {
     pub workers: usize,
     /// Each tenant's ssh identity file.
     pub identities: HashMap<String, PathBuf>,
+    /// A PostgreSQL URL (`postgres://…`): jobs, events and logs in that database, which
+    /// several replicas may share. None: SQLite and log files in the state directory.
+    pub database: Option<String>,
 }
 
 impl Config {
@@ -70,6 +76,7 @@ impl Config {
             authorize_ttl: Duration::from_secs(10),
             workers: 4,
             identities: HashMap::new(),
+            database: None,
         }
     }
 }
@@ -140,7 +147,7 @@ pub async fn serve(
         shared: app.shared.clone(),
         executor,
         workers: config.workers,
-        worker_id: format!("pid-{}", std::process::id()),
+        worker_id: worker_id(),
         config_dir: config.state_dir.join("configs"),
         identities: config.identities.clone(),
     };
@@ -171,16 +178,25 @@ pub async fn serve(
 pub async fn open(config: &Config) -> Result<Arc<api::App>> {
     create_private_dir(&config.state_dir)?;
     let tokens = load_tokens(config)?;
-    let db_path = database_path(&config.state_dir);
-    let store: Arc<dyn Store> =
-        tokio::task::spawn_blocking(move || Sqlite::open(&db_path).map(|s| Arc::new(s) as _))
+    let opened: (Arc<dyn Store>, Arc<dyn Logs>, _) = if let Some(url) = &config.database {
+        let url = url.clone();
+        let pg = tokio::task::spawn_blocking(move || Postgres::open(&url).map(Arc::new))
             .await
             .map_err(|e| Error::io("opening", &config.state_dir)(std::io::Error::other(e)))??;
+        (pg.clone(), pg.clone(), Some(pg))
+    } else {
+        let db_path = database_path(&config.state_dir);
+        let store = tokio::task::spawn_blocking(move || Sqlite::open(&db_path))
+            .await
+            .map_err(|e| Error::io("opening", &config.state_dir)(std::io::Error::other(e)))??;
+        let logs = FileLogs::new(config.state_dir.join("logs"))?;
+        (Arc::new(store), Arc::new(logs), None)
+    };
+    let (store, logs, pg) = opened;
     let s2 = store.clone();
     tokio::task::spawn_blocking(move || s2.recover())
         .await
         .map_err(|e| Error::io("recovering", &config.state_dir)(std::io::Error::other(e)))??;
-    let logs: Arc<dyn Logs> = Arc::new(FileLogs::new(config.state_dir.join("logs"))?);
     let (events, _) = tokio::sync::watch::channel(0);
     let shared = Arc::new(runner::Shared {
         store,
@@ -188,12 +204,35 @@ pub async fn open(config: &Config) -> Result<Arc<api::App>> {
         wake: tokio::sync::Notify::new(),
         events,
     });
+    if let Some(pg) = pg {
+        // Another replica's events and submissions wake this one's streams and workers.
+        let weak = Arc::downgrade(&shared);
+        pg.listen(move |seq| {
+            if let Some(shared) = weak.upgrade() {
+                shared.events.send_modify(|s| *s = (*s + 1).max(seq));
+                shared.wake.notify_one();
+            }
+        });
+    }
     Ok(Arc::new(api::App {
         shared,
         tokens,
         authorizer: auth::Authorizer::new(config.authorize_url.clone(), config.authorize_ttl),
         requests: AtomicU64::new(0),
     }))
+}
+
+/// This process's worker name: unique among replicas (the host, the process and its
+/// start), since several share one database's leases.
+fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{host}-pid{}-{started:x}", std::process::id())
 }
 
 async fn shutdown() {

@@ -39,6 +39,10 @@ pub struct Runner {
     pub identities: HashMap<String, PathBuf>,
 }
 
+/// How often a worker renews its lease (a fifth of the PostgreSQL backend's lease: a
+/// few missed beats do not lose it).
+const HEARTBEAT: Duration = Duration::from_secs(3);
+
 type Running = Arc<Mutex<HashMap<i64, (CancelFlag, Arc<Mutex<Phase>>)>>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -50,6 +54,18 @@ impl Runner {
     pub async fn run(self) {
         let this = Arc::new(self);
         let running: Running = Arc::default();
+        // The lease comes before the first claim: a claimed job of a worker without one
+        // is another replica's to take over.
+        while this.heartbeat().await.is_err() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let beat = this.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                let _ = beat.heartbeat().await;
+            }
+        });
         loop {
             while lock(&running).len() < this.workers {
                 let store = this.shared.store.clone();
@@ -75,6 +91,22 @@ impl Runner {
                 () = this.shared.wake.notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+        }
+    }
+
+    /// Renews this worker's lease; wakes everyone when it took over a dead worker's jobs.
+    async fn heartbeat(&self) -> Result<(), ()> {
+        let store = self.shared.store.clone();
+        let worker = self.worker_id.clone();
+        match tokio::task::spawn_blocking(move || store.heartbeat(&worker)).await {
+            Ok(Ok(recovered)) => {
+                if !recovered.is_empty() {
+                    self.shared.events.send_modify(|s| *s += 1);
+                    self.shared.wake.notify_one();
+                }
+                Ok(())
+            }
+            _ => Err(()),
         }
     }
 
@@ -290,7 +322,7 @@ impl Progress for JobProgress {
                 "host" => {
                     let entry = st.hosts.entry(host.clone()).or_insert_with(|| json!({}));
                     for k in [
-                        "result", "reached", "change", "message", "closure", "running",
+                        "result", "reached", "change", "message", "closure", "running", "mark",
                     ] {
                         entry[k] = ev[k].clone();
                     }

@@ -197,6 +197,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<EventRow>>;
     /// At start: every job left running by a dead worker, decided by `model::recover`.
     fn recover(&self) -> Result<Vec<(i64, Recovery)>>;
+    /// Renews `worker`'s lease and decides the jobs of workers whose lease ran out (as
+    /// `recover`): how replicas sharing one database take over a dead one's jobs. A
+    /// single-process store has no other workers: nothing to do.
+    fn heartbeat(&self, worker: &str) -> Result<Vec<(i64, Recovery)>> {
+        let _ = worker;
+        Ok(Vec::new())
+    }
     /// Queue depth per class.
     fn depth(&self) -> Result<Vec<Depth>>;
     /// Number of jobs per state.

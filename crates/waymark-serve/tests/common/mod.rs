@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
+#[path = "../backends/mod.rs"]
+mod backends;
+
 use waymark_serve::{CancelFlag, Executor, Progress, RunOutcome, RunSpec};
 
 pub const TOKEN_A: &str = "token-of-acme";
@@ -195,6 +198,15 @@ impl Server {
         config.token_files = vec![tokens];
         config.workers = workers;
         config.authorize_url = authorize;
+        // WAYMARK_TEST_BACKEND=postgres: the same tests on a fresh PostgreSQL database
+        // (.ci/run runs them both ways).
+        if std::env::var("WAYMARK_TEST_BACKEND").is_ok_and(|b| b == "postgres") {
+            let url = tokio::task::spawn_blocking(backends::fresh_database)
+                .await
+                .unwrap();
+            config.database =
+                Some(url.expect("WAYMARK_TEST_BACKEND=postgres needs WAYMARK_TEST_POSTGRES"));
+        }
         let exec = Arc::new(Scripted::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

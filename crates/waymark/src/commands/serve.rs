@@ -51,6 +51,11 @@ pub struct ServeArgs {
     /// TENANT=FILE (can be repeated)
     #[arg(long = "identity", value_name = "TENANT=FILE")]
     pub identities: Vec<String>,
+    /// Keep jobs, events and logs in this PostgreSQL database (a postgres:// URL, with
+    /// ?host=/socket/dir for a unix socket) instead of SQLite in the state directory:
+    /// several replicas may share it
+    #[arg(long, env = "WAYMARK_SERVE_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
 }
 
 fn identities(args: &ServeArgs) -> anyhow::Result<HashMap<String, PathBuf>> {
@@ -82,6 +87,14 @@ pub fn cmd_serve(global: Global, args: &ServeArgs) -> anyhow::Result<ExitStatus>
     config.authorize_ttl = Duration::from_secs(args.authorize_ttl);
     config.workers = args.workers;
     config.identities = identities(args)?;
+    if let Some(url) = &args.database {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!(
+                "--database {url:?}: expected a postgres:// URL (leave it out for SQLite in the state directory)"
+            );
+        }
+        config.database = Some(url.clone());
+    }
     if let Some(url) = &args.authorize_url
         && !(url.starts_with("http://") || url.starts_with("https://"))
     {

@@ -1,0 +1,762 @@
+//! The PostgreSQL backend: the store several replicas share (`--database postgres://…`).
+//!
+//! The invariants are the database's, as in SQLite: one queued and one running job per
+//! deployment (partial unique indexes), one job per idempotency key and tenant, one
+//! running job per host (`host_locks`' primary key). Beyond one process:
+//! - claims lock their candidates with `FOR UPDATE SKIP LOCKED`, so replicas claim
+//!   disjoint jobs; a host lock or running-job index a concurrent claim took first makes
+//!   the claim roll back and try again;
+//! - events get their sequence number from one counter row, taken last in the
+//!   transaction and held until it commits: sequence numbers become visible in order,
+//!   so a reader resuming after N never skips an event committed late;
+//! - every transaction that writes an event also `NOTIFY`s it (delivered at commit);
+//!   [`Postgres::listen`] turns that into the process's wake-ups, so SSE streams and
+//!   workers of every replica see every replica's events;
+//! - each worker holds a lease (`workers`), renewed by [`Store::heartbeat`]; the jobs
+//!   of a worker whose lease ran out are decided by `model::recover` by whichever
+//!   replica notices first (re-queued before activation, needs-reconcile after);
+//! - migrations are versioned (`schema_migrations`) and applied under an advisory lock:
+//!   replicas starting together apply them once.
+//!
+//! Logs live in the database too (`log_lines`, logs.rs): replicas on different machines share no
+//! directory, and a table gives the same append-only, numbered lines transactionally.
+
+mod logs;
+mod queue;
+mod schema;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::{Client, GenericClient, NoTls, Row, Transaction};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::model::{self, Cause, Existing, JobKind, JobState, Phase, Priority, Recovery};
+use crate::store::{
+    Cancelled, Deployment, Depth, EventRow, Job, JobFilter, NewJob, Store, Submitted,
+};
+
+/// The advisory lock migrations are applied under (any constant the service owns).
+const MIGRATION_LOCK: i64 = 0x7761_796d_6172_6b01;
+/// The channel events are announced on (payload: the sequence number).
+const CHANNEL: &str = "waymark_events";
+/// How long a worker's lease lasts without a heartbeat.
+pub const LEASE: Duration = Duration::from_secs(15);
+/// Idle connections kept.
+const POOL: usize = 16;
+
+/// The PostgreSQL store (and logs).
+pub struct Postgres {
+    url: String,
+    idle: Mutex<Vec<Client>>,
+}
+
+const JOB_COLS: &str = "j.id, j.tenant, d.name, j.kind, j.state, j.phase, j.priority, j.mode, \
+    j.rev, j.config, j.source, j.idempotency_key, j.reason, j.result, j.counters, j.hosts, \
+    j.superseded_by, j.cancel_requested, j.created_at, j.started_at, j.finished_at";
+
+const DEPLOYMENT_COLS: &str =
+    "tenant, name, flake, hosts, goal, config_input, desired_rev, applied_rev, created_at";
+
+fn corrupt(what: &'static str, value: &str) -> Error {
+    Error::Corrupt {
+        what,
+        value: value.to_owned(),
+    }
+}
+
+fn json_col(what: &'static str, s: &str) -> Result<Value> {
+    serde_json::from_str(s).map_err(|_| corrupt(what, s))
+}
+
+fn job_row(row: &Row) -> Result<Job> {
+    let s = |i: usize| row.try_get::<_, String>(i);
+    let kind = s(3)?;
+    let state = s(4)?;
+    let phase = s(5)?;
+    let priority = s(6)?;
+    let mode = s(7)?;
+    Ok(Job {
+        id: row.try_get(0)?,
+        tenant: s(1)?,
+        deployment: s(2)?,
+        kind: JobKind::parse(&kind).ok_or_else(|| corrupt("job kind", &kind))?,
+        state: JobState::parse(&state).ok_or_else(|| corrupt("job state", &state))?,
+        phase: Phase::parse(&phase).ok_or_else(|| corrupt("job phase", &phase))?,
+        priority: Priority::parse(&priority).ok_or_else(|| corrupt("priority", &priority))?,
+        mode: serde_json::from_value(Value::String(mode.clone()))
+            .map_err(|_| corrupt("mode", &mode))?,
+        rev: s(8)?,
+        config: row
+            .try_get::<_, Option<String>>(9)?
+            .map(|c| json_col("configuration", &c))
+            .transpose()?,
+        source: s(10)?,
+        idempotency_key: row.try_get(11)?,
+        reason: row.try_get(12)?,
+        result: row.try_get(13)?,
+        counters: json_col("counters", &s(14)?)?,
+        hosts: json_col("hosts", &s(15)?)?,
+        superseded_by: row.try_get(16)?,
+        cancel_requested: row.try_get(17)?,
+        created_at: s(18)?,
+        started_at: row.try_get(19)?,
+        finished_at: row.try_get(20)?,
+    })
+}
+
+fn deployment_row(row: &Row) -> Result<Deployment> {
+    let hosts: String = row.try_get(3)?;
+    Ok(Deployment {
+        tenant: row.try_get(0)?,
+        name: row.try_get(1)?,
+        flake: row.try_get(2)?,
+        hosts: serde_json::from_str(&hosts).map_err(|_| corrupt("hosts", &hosts))?,
+        goal: row.try_get(4)?,
+        config_input: row.try_get(5)?,
+        desired_rev: row.try_get(6)?,
+        applied_rev: row.try_get(7)?,
+        created_at: row.try_get(8)?,
+    })
+}
+
+fn now() -> String {
+    waymark_deploy::now()
+}
+
+fn job_by_id(tx: &mut impl GenericClient, id: i64) -> Result<Job> {
+    let sql = format!(
+        "SELECT {JOB_COLS} FROM jobs j JOIN deployments d ON d.id = j.deployment_id WHERE j.id = $1"
+    );
+    match tx.query_opt(&sql, &[&id])? {
+        Some(row) => job_row(&row),
+        None => Err(corrupt("job reference", &id.to_string())),
+    }
+}
+
+/// Appends an event; its sequence number. The counter row stays locked until the
+/// transaction ends, so events commit in sequence order.
+fn insert_event(
+    tx: &mut impl GenericClient,
+    tenant: &str,
+    job: i64,
+    deployment: &str,
+    data: &Value,
+) -> Result<i64> {
+    let seq: i64 = tx
+        .query_one("UPDATE event_seq SET seq = seq + 1 RETURNING seq", &[])?
+        .try_get(0)?;
+    tx.execute(
+        "INSERT INTO events (seq, tenant, job_id, deployment, data) VALUES ($1, $2, $3, $4, $5)",
+        &[&seq, &tenant, &job, &deployment, &data.to_string()],
+    )?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])?;
+    Ok(seq)
+}
+
+fn state_event(tx: &mut impl GenericClient, job: &Job) -> Result<i64> {
+    let data = json!({
+        "type": "state",
+        "job": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "phase": job.phase,
+        "reason": job.reason,
+        "result": job.result,
+    });
+    insert_event(tx, &job.tenant, job.id, &job.deployment, &data)
+}
+
+fn existing(job: &Job) -> Existing {
+    Existing {
+        id: job.id,
+        kind: job.kind,
+        source: job.source.clone(),
+        phase: job.phase,
+    }
+}
+
+fn live_jobs(
+    tx: &mut impl GenericClient,
+    deployment_id: i64,
+) -> Result<(Option<Job>, Option<Job>)> {
+    let sql = format!(
+        "SELECT {JOB_COLS} FROM jobs j JOIN deployments d ON d.id = j.deployment_id \
+         WHERE j.deployment_id = $1 AND j.state IN ('queued', 'running')"
+    );
+    let (mut queued, mut running) = (None, None);
+    for row in tx.query(&sql, &[&deployment_id])? {
+        let job = job_row(&row)?;
+        match job.state {
+            JobState::Queued => queued = Some(job),
+            _ => running = Some(job),
+        }
+    }
+    Ok((queued, running))
+}
+
+/// Locks the deployment of job `id` (every writer of a job locks its deployment first:
+/// one lock order, no deadlock between a submission and a worker).
+fn lock_deployment_of(tx: &mut Transaction<'_>, id: i64) -> Result<Option<i64>> {
+    Ok(tx
+        .query_opt(
+            "SELECT d.id FROM deployments d JOIN jobs j ON j.deployment_id = d.id \
+             WHERE j.id = $1 FOR UPDATE OF d",
+            &[&id],
+        )?
+        .map(|r| r.try_get(0))
+        .transpose()?)
+}
+
+/// Whether a failed transaction may simply be run again: another transaction won a
+/// race (a serialization failure, a deadlock, a unique index a concurrent claim took).
+fn retryable(e: &Error) -> bool {
+    match e {
+        Error::Postgres(e) => matches!(
+            e.code(),
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::UNIQUE_VIOLATION
+        ),
+        _ => false,
+    }
+}
+
+impl Postgres {
+    /// Connects to `url` and brings the schema up to date (under an advisory lock, so
+    /// replicas starting together apply each migration once).
+    pub fn open(url: &str) -> Result<Self> {
+        let this = Self {
+            url: url.to_owned(),
+            idle: Mutex::new(Vec::new()),
+        };
+        let mut client = this.connect()?;
+        client.query_one("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+        let migrated = schema::migrate(&mut client);
+        let unlocked = client.query_one("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+        migrated?;
+        unlocked?;
+        this.put(client);
+        Ok(this)
+    }
+
+    fn connect(&self) -> Result<Client> {
+        Ok(Client::connect(&self.url, NoTls)?)
+    }
+
+    fn get(&self) -> Result<Client> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(c) if !c.is_closed() => Ok(c),
+            _ => self.connect(),
+        }
+    }
+
+    fn put(&self, client: Client) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < POOL && !client.is_closed() {
+            idle.push(client);
+        }
+    }
+
+    /// Runs `f` with a pooled connection (a connection whose call failed is dropped:
+    /// it may be broken).
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        let mut client = self.get()?;
+        let out = f(&mut client);
+        if out.is_ok() {
+            self.put(client);
+        }
+        out
+    }
+
+    /// Runs `f` in one transaction, again when it lost a race to another one.
+    fn tx<T>(&self, mut f: impl FnMut(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let out = self.with(|c| {
+                let mut tx = c.transaction()?;
+                let v = f(&mut tx)?;
+                tx.commit()?;
+                Ok(v)
+            });
+            match out {
+                Err(e) if tries < 20 && retryable(&e) => {
+                    std::thread::sleep(Duration::from_millis(tries * 2));
+                }
+                out => return out,
+            }
+        }
+    }
+
+    /// Listens for events on a connection of its own, on a thread of its own, calling
+    /// `on_event` with each event's sequence number (and with 0 after a reconnect:
+    /// whatever was missed meanwhile is read from the table by whoever is woken).
+    pub fn listen(self: &Arc<Self>, on_event: impl Fn(i64) + Send + 'static) {
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("waymark-listen".into())
+            .spawn(move || {
+                loop {
+                    let Ok(mut client) = this.connect() else {
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    };
+                    if client.batch_execute(&format!("LISTEN {CHANNEL}")).is_err() {
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                    on_event(0);
+                    let mut notes = client.notifications();
+                    let mut it = notes.blocking_iter();
+                    while let Ok(Some(n)) =
+                        postgres::fallible_iterator::FallibleIterator::next(&mut it)
+                    {
+                        on_event(n.payload().parse().unwrap_or(0));
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+            .ok();
+    }
+
+    /// Decides every running job whose worker holds no lease (all of them when `only`
+    /// is None at a single-process start is NOT what replicas want: see `recover`).
+    fn recover_orphans(&self) -> Result<Vec<(i64, Recovery)>> {
+        self.tx(|tx| {
+            let orphans: Vec<(i64, i64)> = tx
+                .query(
+                    "SELECT j.id, j.deployment_id FROM jobs j WHERE j.state = 'running' \
+                     AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = j.claimed_by \
+                       AND w.lease_until > now()) \
+                     ORDER BY j.id FOR UPDATE OF j SKIP LOCKED",
+                    &[],
+                )?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_>>()?;
+            let mut out = Vec::new();
+            let at = now();
+            for (id, deployment_id) in orphans {
+                tx.execute(
+                    "SELECT 1 FROM deployments WHERE id = $1 FOR UPDATE",
+                    &[&deployment_id],
+                )?;
+                let row = tx.query_one(
+                    "SELECT phase, cancel_requested, state FROM jobs WHERE id = $1",
+                    &[&id],
+                )?;
+                let phase: String = row.try_get(0)?;
+                let cancel: Option<String> = row.try_get(1)?;
+                let state: String = row.try_get(2)?;
+                if state != "running" {
+                    continue;
+                }
+                let phase = Phase::parse(&phase).ok_or_else(|| corrupt("job phase", &phase))?;
+                let newer: Option<i64> = tx
+                    .query_opt(
+                        "SELECT id FROM jobs WHERE deployment_id = $1 AND state = 'queued'",
+                        &[&deployment_id],
+                    )?
+                    .map(|r| r.try_get(0))
+                    .transpose()?;
+                let decision = model::recover(phase, cancel.is_some(), newer.is_some());
+                match decision {
+                    Recovery::Requeue => tx.execute(
+                        "UPDATE jobs SET state = 'queued', phase = 'evaluating', started_at = NULL, \
+                         claimed_by = NULL, counters = '{}', hosts = '{}' WHERE id = $1",
+                        &[&id],
+                    )?,
+                    Recovery::Supersede => tx.execute(
+                        "UPDATE jobs SET state = 'superseded', superseded_by = $2, \
+                         reason = 'superseded by job ' || $2::BIGINT, finished_at = $3 WHERE id = $1",
+                        &[&id, &newer, &at],
+                    )?,
+                    Recovery::Cancel => tx.execute(
+                        "UPDATE jobs SET state = 'cancelled', reason = cancel_requested, \
+                         cancel_requested = NULL, finished_at = $2 WHERE id = $1",
+                        &[&id, &at],
+                    )?,
+                    Recovery::Reconcile => tx.execute(
+                        "UPDATE jobs SET state = 'needs-reconcile', finished_at = $2, reason = \
+                         'the service stopped while activating: not replayed; the next deploy of \
+                         these hosts finishes or refuses what it left' WHERE id = $1",
+                        &[&id, &at],
+                    )?,
+                };
+                tx.execute("DELETE FROM host_locks WHERE job_id = $1", &[&id])?;
+                let job = job_by_id(tx, id)?;
+                state_event(tx, &job)?;
+                out.push((id, decision));
+            }
+            tx.execute(
+                "DELETE FROM workers WHERE lease_until < now() - interval '1 hour'",
+                &[],
+            )?;
+            Ok(out)
+        })
+    }
+}
+
+impl Store for Postgres {
+    fn put_deployment(&self, d: &Deployment) -> Result<Deployment> {
+        let hosts = serde_json::to_string(&d.hosts).unwrap_or_default();
+        self.tx(|tx| {
+            let sql = format!(
+                "INSERT INTO deployments (tenant, name, flake, hosts, goal, config_input, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (tenant, name) DO UPDATE SET flake = excluded.flake, \
+                   hosts = excluded.hosts, goal = excluded.goal, \
+                   config_input = excluded.config_input, deleted_at = NULL \
+                 RETURNING {DEPLOYMENT_COLS}"
+            );
+            let row = tx.query_one(
+                &sql,
+                &[
+                    &d.tenant,
+                    &d.name,
+                    &d.flake,
+                    &hosts,
+                    &d.goal,
+                    &d.config_input,
+                    &now(),
+                ],
+            )?;
+            deployment_row(&row)
+        })
+    }
+
+    fn deployment(&self, tenant: &str, name: &str) -> Result<Option<Deployment>> {
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE tenant = $1 AND name = $2 \
+                 AND deleted_at IS NULL"
+            );
+            c.query_opt(&sql, &[&tenant, &name])?
+                .map(|r| deployment_row(&r))
+                .transpose()
+        })
+    }
+
+    fn deployments(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Deployment>> {
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE tenant = $1 AND name > $2 \
+                 AND deleted_at IS NULL ORDER BY name COLLATE \"C\" LIMIT $3"
+            );
+            c.query(&sql, &[&tenant, &after.unwrap_or(""), &(limit as i64)])?
+                .iter()
+                .map(deployment_row)
+                .collect()
+        })
+    }
+
+    fn forget(&self, tenant: &str, name: &str) -> Result<bool> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE deployments SET deleted_at = $3 WHERE tenant = $1 AND name = $2 \
+                 AND deleted_at IS NULL AND applied_rev IS NULL AND NOT EXISTS (SELECT 1 FROM jobs \
+                 WHERE deployment_id = deployments.id AND state IN ('queued', 'running'))",
+                &[&tenant, &name, &now()],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn deployment_jobs(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<(Option<(JobKind, Phase)>, bool, Option<JobState>)> {
+        self.with(|c| {
+            let Some(row) = c.query_opt(
+                "SELECT id FROM deployments WHERE tenant = $1 AND name = $2",
+                &[&tenant, &name],
+            )?
+            else {
+                return Ok((None, false, None));
+            };
+            let id: i64 = row.try_get(0)?;
+            let (queued, running) = live_jobs(c, id)?;
+            let last: Option<String> = c
+                .query_opt(
+                    "SELECT state FROM jobs WHERE deployment_id = $1 \
+                     AND state IN ('succeeded', 'failed', 'needs-reconcile') ORDER BY id DESC LIMIT 1",
+                    &[&id],
+                )?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            Ok((
+                running.map(|r| (r.kind, r.phase)),
+                queued.is_some(),
+                last.as_deref().and_then(JobState::parse),
+            ))
+        })
+    }
+
+    fn submit(&self, new: &NewJob) -> Result<Submitted> {
+        self.tx(|tx| queue::submit(tx, new))
+    }
+
+    fn job(&self, tenant: &str, id: i64) -> Result<Option<Job>> {
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {JOB_COLS} FROM jobs j JOIN deployments d ON d.id = j.deployment_id \
+                 WHERE j.id = $1 AND j.tenant = $2"
+            );
+            c.query_opt(&sql, &[&id, &tenant])?
+                .map(|r| job_row(&r))
+                .transpose()
+        })
+    }
+
+    fn jobs(&self, tenant: &str, f: &JobFilter) -> Result<Vec<Job>> {
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {JOB_COLS} FROM jobs j JOIN deployments d ON d.id = j.deployment_id \
+                 WHERE j.tenant = $1 AND j.id < $2 AND ($3::TEXT IS NULL OR d.name = $3) \
+                 AND ($4::TEXT IS NULL OR j.state = $4) ORDER BY j.id DESC LIMIT $5"
+            );
+            c.query(
+                &sql,
+                &[
+                    &tenant,
+                    &f.before.unwrap_or(i64::MAX),
+                    &f.deployment,
+                    &f.state.map(JobState::as_str),
+                    &(f.limit as i64),
+                ],
+            )?
+            .iter()
+            .map(job_row)
+            .collect()
+        })
+    }
+
+    fn cancel(&self, tenant: &str, id: i64, reason: &str) -> Result<Cancelled> {
+        self.tx(|tx| {
+            let owned = tx.query_opt(
+                "SELECT 1 FROM jobs WHERE id = $1 AND tenant = $2",
+                &[&id, &tenant],
+            )?;
+            if owned.is_none() {
+                return Ok(Cancelled::NotFound);
+            }
+            lock_deployment_of(tx, id)?;
+            let state: String = tx
+                .query_one("SELECT state FROM jobs WHERE id = $1", &[&id])?
+                .try_get(0)?;
+            Ok(match state.as_str() {
+                "queued" => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'cancelled', reason = $2, finished_at = $3 WHERE id = $1",
+                        &[&id, &reason, &now()],
+                    )?;
+                    let job = job_by_id(tx, id)?;
+                    state_event(tx, &job)?;
+                    Cancelled::Now(job)
+                }
+                "running" => {
+                    tx.execute(
+                        "UPDATE jobs SET cancel_requested = $2, cancel_cause = 'requested' WHERE id = $1",
+                        &[&id, &reason],
+                    )?;
+                    // The running worker may be another replica's: it is woken by this.
+                    tx.execute("SELECT pg_notify($1, '0')", &[&CHANNEL])?;
+                    Cancelled::Pending(job_by_id(tx, id)?)
+                }
+                _ => Cancelled::AlreadyFinal(job_by_id(tx, id)?),
+            })
+        })
+    }
+
+    fn claim(&self, worker: &str) -> Result<Option<Job>> {
+        self.tx(|tx| queue::claim(tx, worker))
+    }
+
+    fn progress(&self, id: i64, phase: Phase, counters: &Value, hosts: &Value) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE jobs SET phase = $2, counters = $3, hosts = $4 WHERE id = $1 AND state = 'running'",
+                &[&id, &phase.as_str(), &counters.to_string(), &hosts.to_string()],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn finish(
+        &self,
+        id: i64,
+        state: JobState,
+        result: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        self.tx(|tx| {
+            lock_deployment_of(tx, id)?;
+            let at = now();
+            let changed = tx.execute(
+                "UPDATE jobs SET state = $2, result = $3, reason = coalesce($4, reason), \
+                 finished_at = $5, cancel_requested = NULL WHERE id = $1 AND state = 'running'",
+                &[&id, &state.as_str(), &result, &reason, &at],
+            )?;
+            tx.execute("DELETE FROM host_locks WHERE job_id = $1", &[&id])?;
+            if changed == 1 {
+                let job = job_by_id(tx, id)?;
+                if state == JobState::Succeeded {
+                    match job.kind {
+                        JobKind::Deploy => tx.execute(
+                            "UPDATE deployments SET applied_rev = $2 \
+                             WHERE id = (SELECT deployment_id FROM jobs WHERE id = $1)",
+                            &[&id, &job.rev],
+                        )?,
+                        JobKind::Teardown => tx.execute(
+                            "UPDATE deployments SET deleted_at = $2, applied_rev = NULL, desired_rev = NULL \
+                             WHERE id = (SELECT deployment_id FROM jobs WHERE id = $1)",
+                            &[&id, &at],
+                        )?,
+                    };
+                }
+                state_event(tx, &job)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn cancel_requests(&self, ids: &[i64]) -> Result<Vec<(i64, String, Cause)>> {
+        self.with(|c| {
+            let rows = c.query(
+                "SELECT id, cancel_requested, cancel_cause FROM jobs WHERE id = ANY($1) \
+                 AND state = 'running' AND cancel_requested IS NOT NULL",
+                &[&ids],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    let cause: Option<String> = r.try_get(2)?;
+                    let cause = if cause.as_deref() == Some("superseded") {
+                        Cause::Superseded
+                    } else {
+                        Cause::Requested
+                    };
+                    Ok((r.try_get(0)?, r.try_get(1)?, cause))
+                })
+                .collect()
+        })
+    }
+
+    fn append_event(&self, job: i64, data: &Value) -> Result<i64> {
+        self.tx(|tx| {
+            let row = tx.query_one(
+                "SELECT j.tenant, d.name FROM jobs j JOIN deployments d ON d.id = j.deployment_id \
+                 WHERE j.id = $1",
+                &[&job],
+            )?;
+            let (tenant, deployment): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            insert_event(tx, &tenant, job, &deployment, data)
+        })
+    }
+
+    fn events(
+        &self,
+        tenant: &str,
+        job: Option<i64>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRow>> {
+        self.with(|c| {
+            c.query(
+                "SELECT seq, job_id, deployment, data FROM events WHERE tenant = $1 AND seq > $2 \
+                 AND ($3::BIGINT IS NULL OR job_id = $3) ORDER BY seq LIMIT $4",
+                &[&tenant, &after, &job, &(limit as i64)],
+            )?
+            .iter()
+            .map(|r| {
+                let data: String = r.try_get(3)?;
+                Ok(EventRow {
+                    seq: r.try_get(0)?,
+                    job: r.try_get(1)?,
+                    deployment: r.try_get(2)?,
+                    data: json_col("event", &data)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// At start: only the jobs of workers whose lease ran out (another replica's live
+    /// jobs are its own).
+    fn recover(&self) -> Result<Vec<(i64, Recovery)>> {
+        self.recover_orphans()
+    }
+
+    fn heartbeat(&self, worker: &str) -> Result<Vec<(i64, Recovery)>> {
+        let lease = format!("{} seconds", LEASE.as_secs());
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO workers (id, lease_until) VALUES ($1, now() + $2::TEXT::INTERVAL) \
+                 ON CONFLICT (id) DO UPDATE SET lease_until = excluded.lease_until",
+                &[&worker, &lease],
+            )?;
+            Ok(())
+        })?;
+        self.recover_orphans()
+    }
+
+    fn depth(&self) -> Result<Vec<Depth>> {
+        self.with(|c| {
+            let mut out: Vec<Depth> = Priority::ALL
+                .into_iter()
+                .map(|priority| Depth {
+                    priority,
+                    queued: 0,
+                    running: 0,
+                })
+                .collect();
+            for r in c.query(
+                "SELECT priority, state, count(*) FROM jobs WHERE state IN ('queued', 'running') \
+                 GROUP BY priority, state",
+                &[],
+            )? {
+                let p: String = r.try_get(0)?;
+                let state: String = r.try_get(1)?;
+                let n: i64 = r.try_get(2)?;
+                if let Some(d) = out.iter_mut().find(|d| d.priority.as_str() == p) {
+                    if state == "queued" {
+                        d.queued = n;
+                    } else {
+                        d.running = n;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn counts(&self) -> Result<Vec<(JobState, i64)>> {
+        self.with(|c| {
+            let mut found = HashMap::new();
+            for r in c.query("SELECT state, count(*) FROM jobs GROUP BY state", &[])? {
+                found.insert(r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?);
+            }
+            Ok(JobState::ALL
+                .into_iter()
+                .map(|s| (s, found.get(s.as_str()).copied().unwrap_or(0)))
+                .collect())
+        })
+    }
+}

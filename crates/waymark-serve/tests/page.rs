@@ -1,0 +1,493 @@
+//! The fleet page in a real headless Chromium, driven over `WebDriver` (fantoccini, the
+//! chromedriver of `WAYMARK_TEST_WEBDRIVER`: .ci/services.sh starts it): jobs submitted
+//! through the API appear live, a cancel from the page ends the job with its reason
+//! (shown as text, however it is written), a failed switch test shows the host restored,
+//! a reload mid-job resumes the stream with every event once, and another tenant sees
+//! none of it. Screenshots go to `WAYMARK_TEST_ARTIFACTS` (else the target's tmp/page).
+//!
+//! The service runs in this process with a scripted executor (the deploy's events as
+//! the engine sends them), so the page is tested against the real API, SSE and storage.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use waymark_serve::{CancelFlag, Executor, Progress, RunOutcome, RunSpec};
+
+const TOKEN_A: &str = "token-of-acme";
+const TOKEN_B: &str = "token-of-globex";
+
+/// `b…` builds (counters move) until `released` holds its revision or it is cancelled;
+/// `f…` fails its switch test and is restored; anything else deploys at once.
+#[derive(Default)]
+struct Staged {
+    released: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// What each host runs.
+    running: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+fn ev(kind: &str, host: &str, extra: Value) -> Value {
+    let mut v = json!({"event": kind, "host": host, "schema": "waymark.deploy-event/v1",
+        "at": "2026-01-01T00:00:00Z"});
+    if let Value::Object(fields) = extra {
+        for (k, x) in fields {
+            v[k] = x;
+        }
+    }
+    v
+}
+
+impl Executor for Staged {
+    fn run(&self, spec: &RunSpec, progress: &dyn Progress, cancel: &CancelFlag) -> RunOutcome {
+        let host = spec.hosts[0].clone();
+        let old = self
+            .running
+            .lock()
+            .unwrap()
+            .get(&host)
+            .cloned()
+            .unwrap_or_else(|| {
+                "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-first".to_owned()
+            });
+        let new = format!(
+            "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system-{}",
+            &spec.rev[..7]
+        );
+        progress.event(ev("start", &host, json!({"gate": "build"})));
+        progress.log("building <b>the closure</b> & friends");
+        let done = |result: &str, message: Option<&str>| RunOutcome {
+            result: result.into(),
+            message: message.map(str::to_owned),
+        };
+        if spec.rev.starts_with('b') {
+            let mut built = 0;
+            let mut rounds = 0;
+            loop {
+                if cancel.reason().is_some() {
+                    progress.event(ev(
+                        "host",
+                        &host,
+                        json!({"result": "cancelled", "reached": "build",
+                        "message": "cancelled before activation: untouched", "closure": null,
+                        "running": old}),
+                    ));
+                    return done("cancelled", Some("cancelled"));
+                }
+                if self.released.lock().unwrap().contains(&spec.rev) {
+                    break;
+                }
+                built = (built + 1).min(9);
+                rounds += 1;
+                // A test that failed never releases it: end anyway, so that its
+                // runtime can stop.
+                if rounds > 200 {
+                    return done("failed", Some("never released"));
+                }
+                progress.event(ev(
+                    "build",
+                    &host,
+                    json!({"total": 10, "built": built,
+                    "substituted": 1, "running": 1, "failed": 0, "waiting": 9 - built,
+                    "builder": "builder"}),
+                ));
+                progress.log(&format!("built {built} of 10"));
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        progress.event(ev(
+            "end",
+            &host,
+            json!({"gate": "build", "result": "passed", "duration_ms": 1}),
+        ));
+        progress.event(ev("start", &host, json!({"gate": "test"})));
+        if spec.rev.starts_with('f') {
+            progress.event(ev(
+                "end",
+                &host,
+                json!({"gate": "test", "result": "failed", "duration_ms": 1,
+                "message": "nginx.service failed"}),
+            ));
+            progress.event(ev(
+                "host",
+                &host,
+                json!({"result": "failed", "reached": "test",
+                "message": "the switch test failed: restored the previous system",
+                "closure": new, "running": old, "change": "nginx 1.24 → 1.25"}),
+            ));
+            return done("failed", Some("web: the switch test failed; restored"));
+        }
+        self.running
+            .lock()
+            .unwrap()
+            .insert(host.clone(), new.clone());
+        progress.event(ev(
+            "host",
+            &host,
+            json!({"result": "deployed", "reached": "mark",
+            "message": "deployed", "closure": new, "running": new, "change": "hello 2.10 → 2.12"}),
+        ));
+        done("deployed", None)
+    }
+}
+
+struct Setup {
+    base: String,
+    http: reqwest::Client,
+    exec: Arc<Staged>,
+    _dir: tempfile::TempDir,
+}
+
+#[allow(clippy::print_stderr)] // says why it passes without running
+fn webdriver() -> Option<String> {
+    match std::env::var("WAYMARK_TEST_WEBDRIVER") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!(
+                "WAYMARK_TEST_WEBDRIVER is not set: .ci/run starts chromedriver (.ci/services.sh)"
+            )
+        }
+        _ => {
+            eprintln!("NOT RUN: WAYMARK_TEST_WEBDRIVER is not set (source .ci/services.sh)");
+            None
+        }
+    }
+}
+
+fn artifacts() -> PathBuf {
+    let dir = std::env::var_os("WAYMARK_TEST_ARTIFACTS").map_or_else(
+        || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("page"),
+        PathBuf::from,
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn setup() -> Option<(Setup, Client)> {
+    let driver = webdriver()?;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!(
+            "acme {}\nglobex {}\n",
+            waymark_serve::auth::hash_token(TOKEN_A),
+            waymark_serve::auth::hash_token(TOKEN_B)
+        ),
+    )
+    .unwrap();
+    let mut config = waymark_serve::Config::new(dir.path().join("state"));
+    config.token_files = vec![tokens];
+    config.workers = 4;
+    let exec = Arc::new(Staged::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let e: Arc<dyn Executor> = exec.clone();
+    tokio::spawn(async move { waymark_serve::serve(config, e, listener).await.unwrap() });
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+            "--disable-gpu", "--window-size=1200,900"]}),
+    );
+    // Two TLS back ends are linked (the WebDriver client's and reqwest's): pick one.
+    // It is never used (chromedriver is plain HTTP on loopback), so ring will do.
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let browser = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(caps)
+        .connect(&driver)
+        .await
+        .unwrap_or_else(|e| panic!("starting Chromium through {driver}: {e}"));
+    let s = Setup {
+        base,
+        http: reqwest::Client::new(),
+        exec,
+        _dir: dir,
+    };
+    Some((s, browser))
+}
+
+impl Setup {
+    async fn call(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    async fn deployment(&self, token: &str, name: &str, host: &str) {
+        self.call(
+            token,
+            reqwest::Method::PUT,
+            &format!("/v1/deployments/{name}"),
+            Some(json!({"flake": "/srv/fleet", "hosts": [host]})),
+        )
+        .await;
+    }
+
+    async fn submit(&self, token: &str, name: &str, rev: &str) -> i64 {
+        self.call(
+            token,
+            reqwest::Method::POST,
+            &format!("/v1/deployments/{name}/jobs"),
+            Some(json!({"rev": rev})),
+        )
+        .await["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    async fn job(&self, id: i64) -> Value {
+        self.call(
+            TOKEN_A,
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{id}"),
+            None,
+        )
+        .await
+    }
+
+    async fn sign_in(&self, b: &Client, token: &str, hash: &str) {
+        b.goto(&format!("{}/{hash}", self.base)).await.unwrap();
+        let input = b.wait().for_element(Locator::Id("token")).await.unwrap();
+        // Shown by the script once it found no token in this tab.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !input.is_displayed().await.unwrap() {
+            if Instant::now() > deadline {
+                let state = b
+                    .execute(
+                        "let err = null; try { route(); } catch (e) { err = String(e) } return [err, token, document.getElementById('login').hidden, document.readyState, \
+                         typeof route, document.documentElement.outerHTML.slice(0, 300)]",
+                        vec![],
+                    )
+                    .await;
+                panic!("the sign-in form never showed: {state:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        input.send_keys(token).await.unwrap();
+        b.find(Locator::Id("login-submit"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until the text of the first element at `css` satisfies `ok`; that text.
+async fn wait_text(b: &Client, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    loop {
+        if let Ok(e) = b.find(Locator::Css(css)).await
+            && let Ok(t) = e.text().await
+        {
+            if ok(&t) {
+                return t;
+            }
+            last = t;
+        }
+        if Instant::now() > deadline {
+            let page = b
+                .execute(
+                    "return [location.href, document.getElementById('status').textContent, \
+                     document.getElementById('view').innerHTML.slice(0, 400)]",
+                    vec![],
+                )
+                .await;
+            panic!("{css}: never {what} (last: {last:?}; page: {page:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn screenshot(b: &Client, name: &str) {
+    let png = b.screenshot().await.unwrap();
+    std::fs::write(artifacts().join(format!("{name}.png")), png).unwrap();
+}
+
+fn rev(c: char, n: u32) -> String {
+    format!("{c}{n:039}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_updates_live_and_a_cancel_from_the_page_ends_the_job_with_its_reason() {
+    let Some((s, b)) = setup().await else {
+        return;
+    };
+    s.deployment(TOKEN_A, "shop", "web1").await;
+    s.sign_in(&b, TOKEN_A, "#/queue").await;
+    wait_text(&b, "#view h2", "the queue", |t| t == "Queue").await;
+    // Submitted through the API: the page shows it running without a reload.
+    let id = s.submit(TOKEN_A, "shop", &rev('b', 1)).await;
+    let row = format!("tr[data-job='{id}']");
+    wait_text(&b, &format!("{row} .state"), "running", |t| t == "running").await;
+    // Cancel from the page, with a reason that looks like markup: it is kept as text.
+    let reason = "<img src=x onerror=alert(1)> rollback & retry";
+    b.find(Locator::Css(&format!("{row} button.cancel")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let input = b
+        .wait()
+        .for_element(Locator::Id("cancel-reason"))
+        .await
+        .unwrap();
+    input.send_keys(reason).await.unwrap();
+    b.find(Locator::Id("cancel-confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&b, &format!("{row} .state"), "cancelled", |t| {
+        t == "cancelled"
+    })
+    .await;
+    let shown = wait_text(&b, &format!("{row} td.reason"), "the reason", |t| {
+        !t.is_empty()
+    })
+    .await;
+    assert_eq!(shown, reason);
+    assert_eq!(s.job(id).await["reason"], reason);
+    let injected = b.find_all(Locator::Css("main img")).await.unwrap();
+    assert!(injected.is_empty(), "the reason became markup");
+    screenshot(&b, "queue-cancelled").await;
+    // Narrow: the same rows, one block each, no horizontal scrolling.
+    b.set_window_size(380, 800).await.unwrap();
+    let overflow = b
+        .execute(
+            "return document.documentElement.scrollWidth > document.documentElement.clientWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        overflow,
+        json!(false),
+        "the page scrolls sideways at 380 px"
+    );
+    screenshot(&b, "queue-narrow").await;
+    // Another tenant's token shows none of it.
+    b.execute("sessionStorage.clear()", vec![]).await.unwrap();
+    b.goto("about:blank").await.unwrap();
+    s.sign_in(&b, TOKEN_B, "#/queue").await;
+    wait_text(&b, "#view h2", "the queue", |t| t == "Queue").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        b.find_all(Locator::Css("tr[data-job]"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let body = b
+        .find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!body.contains("shop"), "{body}");
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_shows_a_failed_switch_test_restored_and_a_reload_resumes_a_job() {
+    let Some((s, b)) = setup().await else {
+        return;
+    };
+    s.deployment(TOKEN_A, "shop", "web1").await;
+    let good = s.submit(TOKEN_A, "shop", &rev('d', 1)).await;
+    s.sign_in(&b, TOKEN_A, "#/").await;
+    wait_text(&b, "tr[data-host='web1'] .last-deploy", "deployed", |t| {
+        t.contains(&format!("job {good}")) && t.contains("succeeded")
+    })
+    .await;
+    // A deploy whose switch test fails: the host shows restored, still on its
+    // known-good closure, no drift.
+    let bad = s.submit(TOKEN_A, "shop", &rev('f', 2)).await;
+    let t = wait_text(&b, "tr[data-host='web1'] .last-deploy", "restored", |t| {
+        t.contains(&format!("job {bad}")) && t.contains("restored")
+    })
+    .await;
+    assert!(t.contains("failed"), "{t}");
+    assert!(t.contains("nginx 1.24 → 1.25"), "{t}");
+    let row = b
+        .find(Locator::Css("tr[data-host='web1']"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(row.contains("no drift"), "{row}");
+    screenshot(&b, "fleet-restored").await;
+
+    // A job followed live, the page reloaded halfway: every event once, in order.
+    let id = s.submit(TOKEN_A, "shop", &rev('b', 3)).await;
+    b.goto(&format!("{}/#/job/{id}", s.base)).await.unwrap();
+    wait_text(&b, "#job-state-word", "running", |t| t == "running").await;
+
+    wait_text(&b, "dd[data-counter='built']", "building", |t| {
+        t.parse::<u32>().unwrap_or(0) >= 2
+    })
+    .await;
+    b.refresh().await.unwrap();
+    wait_text(&b, "dd[data-counter='built']", "building again", |t| {
+        t.parse::<u32>().unwrap_or(0) >= 3
+    })
+    .await;
+    s.exec.released.lock().unwrap().insert(rev('b', 3));
+    wait_text(&b, "#job-state-word", "succeeded", |t| t == "succeeded").await;
+    let log = wait_text(&b, "#log", "the log", |t| t.contains("built 3 of 10")).await;
+    assert!(
+        log.contains("building <b>the closure</b> & friends"),
+        "{log}"
+    );
+    // The stream's events as the page kept them, against the API's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shown: Vec<i64> = {
+        let mut out = Vec::new();
+        for e in b.find_all(Locator::Css("#events li")).await.unwrap() {
+            out.push(e.attr("data-seq").await.unwrap().unwrap().parse().unwrap());
+        }
+        out
+    };
+    let stored = s
+        .call(
+            TOKEN_A,
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{id}/events?limit=1000"),
+            None,
+        )
+        .await;
+    let stored: Vec<i64> = stored["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        shown, stored,
+        "the page's events are the stored ones, once each"
+    );
+    screenshot(&b, "job-live").await;
+    b.close().await.unwrap();
+}
