@@ -67,10 +67,118 @@ pub enum StopCause {
     /// A gate refused to go on before anything was activated: the target is as it was.
     #[error(transparent)]
     Refused(#[from] Refusal),
-    /// A gate's own verdict after activation started (a failed activation, a restore
-    /// and how it was verified): the message says where the target stands.
+    /// A gate's verdict after activation started: where the target stands.
+    #[error(transparent)]
+    Verdict(#[from] Verdict),
+    /// The run was cancelled before this gate.
+    #[error("cancelled ({reason}) before {gate}")]
+    Cancelled { reason: String, gate: &'static str },
+    /// A rollback has nothing to go back to.
+    #[error(
+        "{host} has no known-good mark {which}: nothing to roll back to (see waymark known-good list on the target)"
+    )]
+    NoMark { host: String, which: String },
+    /// A rollback's closure is gone from the target and cannot be copied back.
+    #[error(
+        "{closure} is no longer in {host}'s store and {why}: redeploy it with waymark deploy from its commit {rev}"
+    )]
+    ClosureGone {
+        closure: String,
+        host: String,
+        why: String,
+        rev: String,
+    },
+}
+
+/// Where a target stands after a gate failed once its activation had started (or may
+/// have): restored (and how that was verified), committed anyway, or unknown. `why` is
+/// the gate's own reason (a failed health check, a lost connection, a timeout).
+#[derive(Debug, thiserror::Error)]
+pub enum Verdict {
+    /// The agent restored the previous system, and the target was seen running it.
     #[error("{0}")]
-    Gate(String),
+    Restored(String),
+    /// The agent says it restored, but the target runs something else.
+    #[error("{restored}, but the target runs {running} (profile {profile}): check it")]
+    RestoreUnverified {
+        restored: String,
+        running: String,
+        profile: String,
+    },
+    /// Restoring failed there (its log is in the agent's directory).
+    #[error("{why}, and re-activating {rollback_to} failed: see {dir}/restore.log on {host}")]
+    RestoreFailed {
+        why: String,
+        rollback_to: String,
+        dir: String,
+        host: String,
+    },
+    /// Restoring failed there, read while waiting for the agent's end.
+    #[error("{why}, and re-activating {rollback_to} failed on the target: see {dir}/restore.log")]
+    RestoreFailedThere {
+        why: String,
+        rollback_to: String,
+        dir: String,
+    },
+    /// Restoring failed there after the confirmation.
+    #[error("{why}, and restoring failed on the target: see {dir}/restore.log on {host}")]
+    RestoreFailedAfterConfirm {
+        why: String,
+        dir: String,
+        host: String,
+    },
+    /// Whether the agent restored could not be learnt.
+    #[error("{why}; could not learn whether {host} restored {rollback_to}: check it")]
+    RestoreUnknown {
+        why: String,
+        host: String,
+        rollback_to: String,
+    },
+    /// The connection was lost while launching, and the agent never started.
+    #[error("{why}; the agent never started: nothing was activated")]
+    AgentNeverStarted { why: String },
+    /// The connection was lost while launching, and the target cannot be asked.
+    #[error(
+        "{why}, and {host} cannot be reached to see whether activation started: check it ({detail})"
+    )]
+    LaunchUnknown {
+        why: String,
+        host: String,
+        detail: String,
+    },
+    /// The agent refused to activate (the running system changed under it).
+    #[error("{why}; the agent activated nothing ({how})")]
+    ActivatedNothing { why: String, how: String },
+    /// A gate failed, yet the agent committed the new closure (it is not marked).
+    #[error(
+        "{why}, but the target's agent committed {closure}: it runs a closure that is not marked known-good"
+    )]
+    CommittedUnmarked { why: String, closure: String },
+    /// The agent committed, but the target does not run or boot what it should.
+    #[error("the agent committed, but the target runs {running} with profile {profile}: check it")]
+    CommitUnverified { running: String, profile: String },
+    /// After the confirmation, the agent is in a state it should not be in.
+    #[error("after the confirmation the target's agent is {state}: check {dir} on {host}")]
+    AgentUnexpected {
+        state: String,
+        dir: String,
+        host: String,
+    },
+    /// The switch was inhibited: the new closure is only the boot default.
+    #[error(
+        "{why}: {closure} is the boot default from the next reboot (bootOnInhibitedSwitch); the running system is unchanged; not marked known-good until a deploy sees it run"
+    )]
+    BootDefaultOnly { why: String, closure: String },
+    /// The switch was inhibited, and making the closure the boot default failed.
+    #[error(
+        "{why}, and making it the boot default failed ({detail}): the target runs {running} with profile {profile}"
+    )]
+    BootDefaultFailed {
+        why: String,
+        detail: String,
+        running: String,
+        profile: String,
+    },
 }
 
 /// Why a gate refused to go on, nothing activated: a later deploy may (a queue can
@@ -201,18 +309,6 @@ pub enum StateError {
     Record(std::io::Error),
 }
 
-impl From<String> for StopCause {
-    fn from(message: String) -> Self {
-        Self::Gate(message)
-    }
-}
-
-impl From<&str> for StopCause {
-    fn from(message: &str) -> Self {
-        Self::Gate(message.to_owned())
-    }
-}
-
 /// What Nix says, matched here and nowhere else.
 pub(crate) mod nix {
     /// Nix could not open its connection to a store it reaches over ssh or a socket (the
@@ -264,7 +360,25 @@ mod tests {
             .to_string(),
             "web1 runs /nix/store/x (committed), but another deploy is marking it there right now"
         );
-        assert_eq!(StopCause::from("x").to_string(), "x");
+        // The verdicts after activation read as they always did (the CLI's snapshots).
+        assert_eq!(
+            StopCause::from(Verdict::RestoreUnknown {
+                why: "health check web failed".into(),
+                host: "web1".into(),
+                rollback_to: "/nix/store/old".into(),
+            })
+            .to_string(),
+            "health check web failed; could not learn whether web1 restored /nix/store/old: check it"
+        );
+        assert_eq!(
+            StopCause::from(Verdict::RestoreUnverified {
+                restored: "switch test failed; restored /nix/store/old".into(),
+                running: "/nix/store/new".into(),
+                profile: "missing".into(),
+            })
+            .to_string(),
+            "switch test failed; restored /nix/store/old, but the target runs /nix/store/new (profile missing): check it"
+        );
         assert_eq!(
             StopCause::from(Refusal::Busy {
                 host: "web1".into(),

@@ -28,7 +28,9 @@ pub use engine::{
     Cancel, Engine, EngineError, Outcome, Request, Selection, Unattended, evaluate_fleet,
     local_flake_dir,
 };
-pub use error::{BuildError, CommandError, MarkError, Refusal, SendError, StateError, StopCause};
+pub use error::{
+    BuildError, CommandError, MarkError, Refusal, SendError, StateError, StopCause, Verdict,
+};
 pub use events::{
     BuildProgress, Discard, Event, HostReport, HostResult, SCHEMA, Sink, ms, now, own_cpu_ms,
 };

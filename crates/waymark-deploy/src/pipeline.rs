@@ -29,7 +29,7 @@ use crate::decide::{
     Baseline, EXIT_AGENT_NOT_STARTED, EXIT_BUSY, EXIT_CONFIRM_LATE, already_there, baseline,
     commit_verified, restore_verified, rollback_target,
 };
-use crate::error::{BuildError, CommandError, Refusal, SendError, StateError, StopCause};
+use crate::error::{BuildError, CommandError, Refusal, SendError, StateError, StopCause, Verdict};
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
 use crate::progress::NixLog;
 use crate::ssh::{Endpoint, Held, Reply, Ssh, Talk};
@@ -353,7 +353,10 @@ impl<'a> Deployer<'a> {
         if let Some(reason) = self.cancelled() {
             return Err(stop(
                 HostResult::Cancelled,
-                format!("cancelled ({reason}) before {}", gate.name()),
+                StopCause::Cancelled {
+                    reason,
+                    gate: gate.name(),
+                },
             ));
         }
         let started_at = now();
@@ -595,17 +598,16 @@ impl<'a> Deployer<'a> {
             Wanted::Build { closure, .. } => closure.clone(),
             Wanted::Rollback { to } => {
                 let record = rollback_target(&probe.marks, to.as_deref())
-                .cloned()
-                .ok_or_else(|| {
-                stop(
-                    HostResult::Failed,
-                    format!(
-                        "{} has no known-good mark {}: nothing to roll back to (see waymark known-good list on the target)",
-                        run.name,
-                        to.as_deref().unwrap_or("at all")
-                    ),
-                )
-            })?;
+                    .cloned()
+                    .ok_or_else(|| {
+                        stop(
+                            HostResult::Failed,
+                            StopCause::NoMark {
+                                host: run.name.clone(),
+                                which: to.as_deref().unwrap_or("at all").to_owned(),
+                            },
+                        )
+                    })?;
                 run.closure = Some(record.closure.clone());
                 run.drv.clone_from(&record.drv);
                 run.rev = Some(record.rev.clone());

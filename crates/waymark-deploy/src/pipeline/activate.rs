@@ -121,18 +121,17 @@ impl Deployer<'_> {
             Duration::from_secs(10),
         );
         match look.as_ref().map(|r| Looked::parse(&r.stdout)) {
-            Ok(Looked::Started(false)) => stop(
-                HostResult::Failed,
-                format!("{why}; the agent never started: nothing was activated"),
-            ),
+            Ok(Looked::Started(false)) => {
+                stop(HostResult::Failed, Verdict::AgentNeverStarted { why })
+            }
             Ok(Looked::Started(true)) => self.await_restore(run, dir, closure, rollback_to, &why),
             _ => stop(
                 HostResult::NeedsHuman,
-                format!(
-                    "{why}, and {} cannot be reached to see whether activation started: check it ({})",
-                    run.name,
-                    look.map_or_else(|e| e.to_string(), |r| r.last_error())
-                ),
+                Verdict::LaunchUnknown {
+                    why,
+                    host: run.name.clone(),
+                    detail: look.map_or_else(|e| e.to_string(), |r| r.last_error()),
+                },
             ),
         }
     }
@@ -267,11 +266,12 @@ impl Deployer<'_> {
             AgentState::RestoreFailed(why) => {
                 return Err(stop(
                     HostResult::NeedsHuman,
-                    format!(
-                        "{}, and re-activating {rollback_to} failed: see {dir}/restore.log on {}",
-                        AgentState::reason(&why),
-                        run.name
-                    ),
+                    Verdict::RestoreFailed {
+                        why: AgentState::reason(&why).to_string(),
+                        rollback_to: rollback_to.to_owned(),
+                        dir: dir.to_owned(),
+                        host: run.name.clone(),
+                    },
                 ));
             }
             other => {
@@ -376,19 +376,20 @@ impl Deployer<'_> {
         {
             stop(
                 HostResult::Failed,
-                format!(
-                    "{why}: {closure} is the boot default from the next reboot (bootOnInhibitedSwitch); the running system is unchanged; not marked known-good until a deploy sees it run"
-                ),
+                Verdict::BootDefaultOnly {
+                    why: why.to_owned(),
+                    closure: closure.to_owned(),
+                },
             )
         } else {
             stop(
                 HostResult::NeedsHuman,
-                format!(
-                    "{why}, and making it the boot default failed ({}): the target runs {} with profile {}",
-                    r.last_error(),
-                    run.running.as_deref().unwrap_or("nothing"),
-                    reply.profile.as_deref().unwrap_or("missing")
-                ),
+                Verdict::BootDefaultFailed {
+                    why: why.to_owned(),
+                    detail: r.last_error(),
+                    running: run.running.as_deref().unwrap_or("nothing").to_owned(),
+                    profile: reply.profile.as_deref().unwrap_or("missing").to_owned(),
+                },
             )
         }
     }
@@ -420,9 +421,10 @@ impl Deployer<'_> {
         match self.await_agent(run, dir, rollback_to, why) {
             Ok(_) => stop(
                 HostResult::NeedsHuman,
-                format!(
-                    "{why}, but the target's agent committed {closure}: it runs a closure that is not marked known-good"
-                ),
+                Verdict::CommittedUnmarked {
+                    why: why.to_owned(),
+                    closure: closure.to_owned(),
+                },
             ),
             Err(stop) => stop,
         }
@@ -470,15 +472,20 @@ impl Deployer<'_> {
                     AgentState::Refused(how) => {
                         return Err(stop(
                             HostResult::Failed,
-                            format!("{why}; the agent activated nothing ({how})"),
+                            Verdict::ActivatedNothing {
+                                why: why.to_owned(),
+                                how: how.clone(),
+                            },
                         ));
                     }
                     AgentState::RestoreFailed(_) => {
                         return Err(stop(
                             HostResult::NeedsHuman,
-                            format!(
-                                "{why}, and re-activating {rollback_to} failed on the target: see {dir}/restore.log"
-                            ),
+                            Verdict::RestoreFailedThere {
+                                why: why.to_owned(),
+                                rollback_to: rollback_to.to_owned(),
+                                dir: dir.to_owned(),
+                            },
                         ));
                     }
                     _ => {}
@@ -487,10 +494,11 @@ impl Deployer<'_> {
             if Instant::now() > deadline {
                 return Err(stop(
                     HostResult::NeedsHuman,
-                    format!(
-                        "{why}; could not learn whether {} restored {rollback_to}: check it",
-                        run.name
-                    ),
+                    Verdict::RestoreUnknown {
+                        why: why.to_owned(),
+                        host: run.name.clone(),
+                        rollback_to: rollback_to.to_owned(),
+                    },
                 ));
             }
             std::thread::sleep(Duration::from_secs(1));
@@ -512,15 +520,15 @@ impl Deployer<'_> {
             rollback_to,
             run.closure.as_deref(),
         ) {
-            stop(HostResult::Failed, message)
+            stop(HostResult::Failed, Verdict::Restored(message))
         } else {
             stop(
                 HostResult::NeedsHuman,
-                format!(
-                    "{message}, but the target runs {} (profile {}): check it",
-                    report.running.as_deref().unwrap_or("nothing"),
-                    report.profile.as_deref().unwrap_or("missing")
-                ),
+                Verdict::RestoreUnverified {
+                    restored: message,
+                    running: report.running.as_deref().unwrap_or("nothing").to_owned(),
+                    profile: report.profile.as_deref().unwrap_or("missing").to_owned(),
+                },
             )
         }
     }

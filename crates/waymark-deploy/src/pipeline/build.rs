@@ -619,9 +619,12 @@ impl Deployer<'_> {
         let gone = |why: String| {
             stop(
                 HostResult::Error,
-                format!(
-                    "{closure} is no longer in {name}'s store and {why}: redeploy it with waymark deploy from its commit {rev}"
-                ),
+                StopCause::ClosureGone {
+                    closure: closure.to_owned(),
+                    host: name.clone(),
+                    why,
+                    rev: rev.clone(),
+                },
             )
         };
         let Some(builder) = run

@@ -153,21 +153,20 @@ impl Deployer<'_> {
                 } else {
                     Err(stop(
                         HostResult::NeedsHuman,
-                        format!(
-                            "the agent committed, but the target runs {} with profile {}: check it",
-                            running.as_deref().unwrap_or("nothing"),
-                            profile.unwrap_or("missing")
-                        ),
+                        Verdict::CommitUnverified {
+                            running: running.as_deref().unwrap_or("nothing").to_owned(),
+                            profile: profile.unwrap_or("missing").to_owned(),
+                        },
                     ))
                 }
             }
             AgentState::RestoreFailed(why) => Err(stop(
                 HostResult::NeedsHuman,
-                format!(
-                    "{}, and restoring failed on the target: see {dir}/restore.log on {}",
-                    AgentState::reason(&why),
-                    run.name
-                ),
+                Verdict::RestoreFailedAfterConfirm {
+                    why: AgentState::reason(&why).to_string(),
+                    dir: dir.to_owned(),
+                    host: run.name.clone(),
+                },
             )),
             AgentState::Restored(how) => Err(Self::verified_restore(
                 run,
@@ -177,10 +176,11 @@ impl Deployer<'_> {
             )),
             other => Err(stop(
                 HostResult::NeedsHuman,
-                format!(
-                    "after the confirmation the target's agent is {other:?}: check {dir} on {}",
-                    run.name
-                ),
+                Verdict::AgentUnexpected {
+                    state: format!("{other:?}"),
+                    dir: dir.to_owned(),
+                    host: run.name.clone(),
+                },
             )),
         }
     }
