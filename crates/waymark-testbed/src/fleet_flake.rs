@@ -35,6 +35,14 @@ pub struct FleetFlake {
 /// Waymark's `lib.fleet`, as the flake exports it.
 const FLEET_NIX: &str = include_str!("../../../nix/lib/fleet.nix");
 
+/// The default configuration document of [`FleetFlake::add_config_input`].
+const DEFAULT_CONFIG: &str = "null\n";
+
+/// The NAR hash of a directory holding only `config.json` = [`DEFAULT_CONFIG`]
+/// (`nix hash path DIR`), as `flake.lock` pins it: written here, not by `nix flake
+/// lock`, so the flake needs no store to be created.
+const DEFAULT_CONFIG_NAR_HASH: &str = "sha256-5L6Lb3hfq+Or5F9lfh2LdJOFdRTy1RjxY42gM6avTto=";
+
 /// `waymark.deploy` defaults of every host, as the module would fill them in.
 const DEFAULTS: &str = r#"{ enable = true; sshUser = "root"; buildHost = null;
       allowBuildOnTarget = false; tags = [ ]; healthChecks = [ ]; activationTimeout = 30;
@@ -68,21 +76,26 @@ fn write(path: &Path, text: &str) -> Result<()> {
     })
 }
 
-impl FleetFlake {
-    /// Writes the flake in `dir` (created) with `generations` (named `g0`, `g1`, ...)
-    /// and `hosts`, and commits it. Its `waymark` output is Waymark's nix/lib/fleet.nix.
-    pub fn create(dir: &Path, generations: &[&Generation], hosts: Vec<FlakeHost>) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
-            path: dir.to_owned(),
-            source,
-        })?;
-        crate::write_generations(dir, generations)?;
-        write(&dir.join("fleet.nix"), FLEET_NIX)?;
-        write(
-            &dir.join("flake.nix"),
-            &format!(
-                r#"{{
-  outputs = {{ self }}:
+/// The flake's `flake.nix`; with `config_input`, it declares that input (a directory
+/// holding `config.json`, as `waymark serve` gives a job's configuration document) and
+/// lets the document's `hosts.<name>` attributes (`generation`, `salt`) override
+/// `hosts.nix`; a `null` document (the default, and a teardown's) overrides nothing.
+fn flake_nix(config_input: Option<&str>) -> String {
+    let (inputs, args, hosts) = match config_input {
+        None => (String::new(), String::new(), "import ./hosts.nix".to_owned()),
+        Some(i) => (
+            format!("  inputs.{i} = {{ url = \"path:./{i}-default\"; flake = false; }};\n"),
+            format!(", {i}"),
+            format!(
+                "let\n        doc = builtins.fromJSON (builtins.readFile \"${{{i}}}/config.json\");\n        \
+                 over = if doc == null then {{ }} else doc.hosts or {{ }};\n      \
+                 in builtins.mapAttrs (n: h: h // (over.${{n}} or {{ }})) (import ./hosts.nix)"
+            ),
+        ),
+    };
+    format!(
+        r#"{{
+{inputs}  outputs = {{ self{args} }}:
     let
       bb = builtins.path {{ path = ./busybox; name = "busybox-static"; }};
       # `broken`: a system whose build fails.
@@ -94,7 +107,7 @@ impl FleetFlake {
           args = [ "sh" "-c" "echo planted build failure >&2; exit 1" ];
         }};
       }};
-      hosts = import ./hosts.nix;
+      hosts = {hosts};
       defaults = {DEFAULTS};
       # A copy of a system with a salt file: a new closure on every change of salt, as
       # a real system gets one on every commit.
@@ -119,9 +132,21 @@ impl FleetFlake {
     }};
 }}
 "#,
-                system = crate::model::this_system()
-            ),
-        )?;
+        system = crate::model::this_system()
+    )
+}
+
+impl FleetFlake {
+    /// Writes the flake in `dir` (created) with `generations` (named `g0`, `g1`, ...)
+    /// and `hosts`, and commits it. Its `waymark` output is Waymark's nix/lib/fleet.nix.
+    pub fn create(dir: &Path, generations: &[&Generation], hosts: Vec<FlakeHost>) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        crate::write_generations(dir, generations)?;
+        write(&dir.join("fleet.nix"), FLEET_NIX)?;
+        write(&dir.join("flake.nix"), &flake_nix(None))?;
         let flake = Self {
             dir: dir.to_owned(),
             hosts: hosts.into_iter().map(|h| (h.name.clone(), h)).collect(),
@@ -138,6 +163,40 @@ impl FleetFlake {
     /// The flake's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Declares the flake input `input` (`path:./INPUT-default`, not a flake) holding a
+    /// configuration document, `config.json`, whose `hosts.<name>` attributes override
+    /// `hosts.nix`: what `waymark serve` passes with `--override-input`. The default
+    /// document is `null` and locked in `flake.lock`, so an evaluation without the
+    /// override works at a pinned revision too. Commits; returns the commit.
+    pub fn add_config_input(&self, input: &str) -> Result<String> {
+        let default = self.dir.join(format!("{input}-default"));
+        std::fs::create_dir_all(&default).map_err(|source| Error::Write {
+            path: default.clone(),
+            source,
+        })?;
+        write(&default.join("config.json"), DEFAULT_CONFIG)?;
+        write(&self.dir.join("flake.nix"), &flake_nix(Some(input)))?;
+        let lock = serde_json::json!({
+            "nodes": {
+                (input): {
+                    "flake": false,
+                    "locked": {
+                        "lastModified": 1,
+                        "narHash": DEFAULT_CONFIG_NAR_HASH,
+                        "path": format!("./{input}-default"),
+                        "type": "path",
+                    },
+                    "original": { "path": format!("./{input}-default"), "type": "path" },
+                },
+                "root": { "inputs": { (input): input } },
+            },
+            "root": "root",
+            "version": 7,
+        });
+        write(&self.dir.join("flake.lock"), &format!("{lock:#}\n"))?;
+        self.commit(&format!("configuration input {input}"))
     }
 
     fn write_hosts(&self) -> Result<()> {
