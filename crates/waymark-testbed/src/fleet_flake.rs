@@ -38,11 +38,6 @@ const FLEET_NIX: &str = include_str!("../../../nix/lib/fleet.nix");
 /// The default configuration document of [`FleetFlake::add_config_input`].
 const DEFAULT_CONFIG: &str = "null\n";
 
-/// The NAR hash of a directory holding only `config.json` = [`DEFAULT_CONFIG`]
-/// (`nix hash path DIR`), as `flake.lock` pins it: written here, not by `nix flake
-/// lock`, so the flake needs no store to be created.
-const DEFAULT_CONFIG_NAR_HASH: &str = "sha256-5L6Lb3hfq+Or5F9lfh2LdJOFdRTy1RjxY42gM6avTto=";
-
 /// `waymark.deploy` defaults of every host, as the module would fill them in.
 const DEFAULTS: &str = r#"{ enable = true; sshUser = "root"; buildHost = null;
       allowBuildOnTarget = false; tags = [ ]; healthChecks = [ ]; activationTimeout = 30;
@@ -82,7 +77,11 @@ fn write(path: &Path, text: &str) -> Result<()> {
 /// `hosts.nix`; a `null` document (the default, and a teardown's) overrides nothing.
 fn flake_nix(config_input: Option<&str>) -> String {
     let (inputs, args, hosts) = match config_input {
-        None => (String::new(), String::new(), "import ./hosts.nix".to_owned()),
+        None => (
+            String::new(),
+            String::new(),
+            "import ./hosts.nix".to_owned(),
+        ),
         Some(i) => (
             format!("  inputs.{i} = {{ url = \"path:./{i}-default\"; flake = false; }};\n"),
             format!(", {i}"),
@@ -168,8 +167,9 @@ impl FleetFlake {
     /// Declares the flake input `input` (`path:./INPUT-default`, not a flake) holding a
     /// configuration document, `config.json`, whose `hosts.<name>` attributes override
     /// `hosts.nix`: what `waymark serve` passes with `--override-input`. The default
-    /// document is `null` and locked in `flake.lock`, so an evaluation without the
-    /// override works at a pinned revision too. Commits; returns the commit.
+    /// document (`null`) is not locked: Nix 2.8 cannot fetch a relative `path:` input
+    /// at a pinned revision anyway, so the service gives the override on every job.
+    /// Commits; returns the commit.
     pub fn add_config_input(&self, input: &str) -> Result<String> {
         let default = self.dir.join(format!("{input}-default"));
         std::fs::create_dir_all(&default).map_err(|source| Error::Write {
@@ -178,24 +178,6 @@ impl FleetFlake {
         })?;
         write(&default.join("config.json"), DEFAULT_CONFIG)?;
         write(&self.dir.join("flake.nix"), &flake_nix(Some(input)))?;
-        let lock = serde_json::json!({
-            "nodes": {
-                (input): {
-                    "flake": false,
-                    "locked": {
-                        "lastModified": 1,
-                        "narHash": DEFAULT_CONFIG_NAR_HASH,
-                        "path": format!("./{input}-default"),
-                        "type": "path",
-                    },
-                    "original": { "path": format!("./{input}-default"), "type": "path" },
-                },
-                "root": { "inputs": { (input): input } },
-            },
-            "root": "root",
-            "version": 7,
-        });
-        write(&self.dir.join("flake.lock"), &format!("{lock:#}\n"))?;
         self.commit(&format!("configuration input {input}"))
     }
 

@@ -418,6 +418,23 @@ fn configuration_documents_decide_and_teardown_forgets_only_after_success() {
     };
     let explain = |j: &Value| format!("{j}\n{}", serve.stderr.lock().unwrap());
 
+    // No document: the service gives `null` (the flake's own default is never fetched)
+    // and the flake's own hosts.nix decides (g0).
+    let (status, job) = serve
+        .call(
+            reqwest::Method::POST,
+            "/v1/deployments/site/jobs",
+            Some(json!({"rev": rev_a})),
+            None,
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{job}");
+    let j = serve.wait_job(job["id"].as_i64().unwrap(), "finished", |j| {
+        j["finished_at"].is_string()
+    });
+    assert_eq!(j["state"], "succeeded", "{}", explain(&j));
+    assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
+
     // One revision, two documents, two systems.
     let j = submit(&rev_a, "g1");
     assert_eq!(j["result"], "deployed", "{}", explain(&j));
@@ -475,8 +492,5 @@ fn configuration_documents_decide_and_teardown_forgets_only_after_success() {
         .unwrap();
     assert_eq!(status, 404, "{d}");
     let list = serve.get("/v1/deployments");
-    assert!(
-        list["items"].as_array().unwrap().is_empty(),
-        "{list}"
-    );
+    assert!(list["items"].as_array().unwrap().is_empty(), "{list}");
 }
