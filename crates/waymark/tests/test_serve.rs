@@ -1,7 +1,9 @@
 //! `waymark serve` as a process: `kill -9` under load loses no accepted job and
 //! duplicates none; a job deploys for real on simulated hosts (docs/testbed.md), a
 //! second one of the same revision is skipped as unchanged, and a kill in the middle of
-//! a deploy is recovered without a torn or replayed activation.
+//! a deploy is recovered without a torn or replayed activation; a job's configuration
+//! document decides what the flake deploys, and a teardown forgets its deployment only
+//! once it succeeded.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
