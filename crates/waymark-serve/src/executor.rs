@@ -20,7 +20,7 @@ pub struct RunSpec {
     pub hosts: Vec<String>,
     pub goal: String,
     /// The flake input the configuration is given as, and the directory holding it
-    /// (`config.json`), when the job has a configuration document.
+    /// (`config.json`; the runner gives every job one, `null` when it has no document).
     pub config: Option<(String, PathBuf)>,
     /// The tenant's ssh identity file, if it has one.
     pub identity: Option<PathBuf>,

@@ -149,7 +149,7 @@ impl Runner {
             return;
         };
         let config = match self.write_config(&job) {
-            Ok(c) => c.map(|dir| (deployment.config_input.clone(), dir)),
+            Ok(dir) => Some((deployment.config_input.clone(), dir)),
             Err(e) => {
                 self.finish(job.id, JobState::Failed, None, Some(&e)).await;
                 return;
@@ -202,18 +202,20 @@ impl Runner {
     }
 
     /// The job's configuration as `config.json` in a directory of its own (a `path:`
-    /// flake input); a teardown's is `null`.
-    fn write_config(&self, job: &Job) -> Result<Option<PathBuf>, String> {
+    /// flake input); a teardown's, and a job's without one, is `null`. Every job gets
+    /// it: the flake's own default for that input is then never fetched, which Nix 2.8
+    /// cannot do at a pinned revision for a relative `path:` input (a flake without
+    /// the input only gets a warning).
+    fn write_config(&self, job: &Job) -> Result<PathBuf, String> {
         let doc = match (job.kind, &job.config) {
-            (model::JobKind::Teardown, _) => Value::Null,
             (model::JobKind::Deploy, Some(c)) => c.clone(),
-            (model::JobKind::Deploy, None) => return Ok(None),
+            (model::JobKind::Teardown | model::JobKind::Deploy, _) => Value::Null,
         };
         let dir = self.config_dir.join(job.id.to_string());
         std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::write(dir.join("config.json"), doc.to_string()))
             .map_err(|e| format!("writing the configuration of job {}: {e}", job.id))?;
-        Ok(Some(dir))
+        Ok(dir)
     }
 
     async fn finish(&self, id: i64, state: JobState, result: Option<&str>, reason: Option<&str>) {

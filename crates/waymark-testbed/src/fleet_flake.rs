@@ -35,6 +35,9 @@ pub struct FleetFlake {
 /// Waymark's `lib.fleet`, as the flake exports it.
 const FLEET_NIX: &str = include_str!("../../../nix/lib/fleet.nix");
 
+/// The default configuration document of [`FleetFlake::add_config_input`].
+const DEFAULT_CONFIG: &str = "null\n";
+
 /// `waymark.deploy` defaults of every host, as the module would fill them in.
 const DEFAULTS: &str = r#"{ enable = true; sshUser = "root"; buildHost = null;
       allowBuildOnTarget = false; tags = [ ]; healthChecks = [ ]; activationTimeout = 30;
@@ -68,21 +71,30 @@ fn write(path: &Path, text: &str) -> Result<()> {
     })
 }
 
-impl FleetFlake {
-    /// Writes the flake in `dir` (created) with `generations` (named `g0`, `g1`, ...)
-    /// and `hosts`, and commits it. Its `waymark` output is Waymark's nix/lib/fleet.nix.
-    pub fn create(dir: &Path, generations: &[&Generation], hosts: Vec<FlakeHost>) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
-            path: dir.to_owned(),
-            source,
-        })?;
-        crate::write_generations(dir, generations)?;
-        write(&dir.join("fleet.nix"), FLEET_NIX)?;
-        write(
-            &dir.join("flake.nix"),
-            &format!(
-                r#"{{
-  outputs = {{ self }}:
+/// The flake's `flake.nix`; with `config_input`, it declares that input (a directory
+/// holding `config.json`, as `waymark serve` gives a job's configuration document) and
+/// lets the document's `hosts.<name>` attributes (`generation`, `salt`) override
+/// `hosts.nix`; a `null` document (the default, and a teardown's) overrides nothing.
+fn flake_nix(config_input: Option<&str>) -> String {
+    let (inputs, args, hosts) = match config_input {
+        None => (
+            String::new(),
+            String::new(),
+            "import ./hosts.nix".to_owned(),
+        ),
+        Some(i) => (
+            format!("  inputs.{i} = {{ url = \"path:./{i}-default\"; flake = false; }};\n"),
+            format!(", {i}"),
+            format!(
+                "let\n        doc = builtins.fromJSON (builtins.readFile \"${{{i}}}/config.json\");\n        \
+                 over = if doc == null then {{ }} else doc.hosts or {{ }};\n      \
+                 in builtins.mapAttrs (n: h: h // (over.${{n}} or {{ }})) (import ./hosts.nix)"
+            ),
+        ),
+    };
+    format!(
+        r#"{{
+{inputs}  outputs = {{ self{args} }}:
     let
       bb = builtins.path {{ path = ./busybox; name = "busybox-static"; }};
       # `broken`: a system whose build fails.
@@ -94,7 +106,7 @@ impl FleetFlake {
           args = [ "sh" "-c" "echo planted build failure >&2; exit 1" ];
         }};
       }};
-      hosts = import ./hosts.nix;
+      hosts = {hosts};
       defaults = {DEFAULTS};
       # A copy of a system with a salt file: a new closure on every change of salt, as
       # a real system gets one on every commit.
@@ -119,9 +131,21 @@ impl FleetFlake {
     }};
 }}
 "#,
-                system = crate::model::this_system()
-            ),
-        )?;
+        system = crate::model::this_system()
+    )
+}
+
+impl FleetFlake {
+    /// Writes the flake in `dir` (created) with `generations` (named `g0`, `g1`, ...)
+    /// and `hosts`, and commits it. Its `waymark` output is Waymark's nix/lib/fleet.nix.
+    pub fn create(dir: &Path, generations: &[&Generation], hosts: Vec<FlakeHost>) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        crate::write_generations(dir, generations)?;
+        write(&dir.join("fleet.nix"), FLEET_NIX)?;
+        write(&dir.join("flake.nix"), &flake_nix(None))?;
         let flake = Self {
             dir: dir.to_owned(),
             hosts: hosts.into_iter().map(|h| (h.name.clone(), h)).collect(),
@@ -138,6 +162,23 @@ impl FleetFlake {
     /// The flake's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Declares the flake input `input` (`path:./INPUT-default`, not a flake) holding a
+    /// configuration document, `config.json`, whose `hosts.<name>` attributes override
+    /// `hosts.nix`: what `waymark serve` passes with `--override-input`. The default
+    /// document (`null`) is not locked: Nix 2.8 cannot fetch a relative `path:` input
+    /// at a pinned revision anyway, so the service gives the override on every job.
+    /// Commits; returns the commit.
+    pub fn add_config_input(&self, input: &str) -> Result<String> {
+        let default = self.dir.join(format!("{input}-default"));
+        std::fs::create_dir_all(&default).map_err(|source| Error::Write {
+            path: default.clone(),
+            source,
+        })?;
+        write(&default.join("config.json"), DEFAULT_CONFIG)?;
+        write(&self.dir.join("flake.nix"), &flake_nix(Some(input)))?;
+        self.commit(&format!("configuration input {input}"))
     }
 
     fn write_hosts(&self) -> Result<()> {

@@ -1,7 +1,9 @@
 //! `waymark serve` as a process: `kill -9` under load loses no accepted job and
 //! duplicates none; a job deploys for real on simulated hosts (docs/testbed.md), a
 //! second one of the same revision is skipped as unchanged, and a kill in the middle of
-//! a deploy is recovered without a torn or replayed activation.
+//! a deploy is recovered without a torn or replayed activation; a job's configuration
+//! document decides what the flake deploys, and a teardown forgets its deployment only
+//! once it succeeded.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -372,4 +374,125 @@ fn jobs_deploy_for_real_skip_when_unchanged_and_survive_kill_9() {
     assert_eq!(j["state"], "succeeded", "{j}");
     assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0));
     assert_eq!(serve.get("/v1/deployments/site")["state"], "idle");
+}
+
+/// What a panel's configuration document decides reaches the hosts: the fleet flake
+/// reads the `panel` input, and the same revision deploys what each document says. A
+/// teardown deploys with the document `null` (the flake's own `hosts.nix`): a failed one
+/// leaves the deployment `failed` and known, a succeeded one forgets it.
+#[test]
+fn configuration_documents_decide_and_teardown_forgets_only_after_success() {
+    let mut lab = TestLab::new(&["web1"]);
+    let (g0, g1) = (lab.g(0).clone(), lab.g(1).clone());
+    let state = lab.lab.state_dir().with_file_name("serve-state");
+    let rev_a = lab.flake.add_config_input("panel").unwrap();
+    let mut cmd = lab.fleet.deployer_command(Path::new(WAYMARK)).unwrap();
+    cmd.env("WAYMARK_REMOTE_COMMAND", lab.remote_waymark())
+        .env("WAYMARK_STATE_DIR", lab.state_dir())
+        .env_remove("WAYMARK_FAULT");
+    let serve = Serve::start(cmd, &state, 2);
+    let flake = lab.flake.dir().display().to_string();
+    let (status, d) = serve
+        .call(
+            reqwest::Method::PUT,
+            "/v1/deployments/site",
+            Some(json!({"flake": flake, "hosts": ["web1"], "config_input": "panel"})),
+            None,
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{d}");
+    let submit = |rev: &str, generation: &str| {
+        let (status, job) = serve
+            .call(
+                reqwest::Method::POST,
+                "/v1/deployments/site/jobs",
+                Some(json!({
+                    "rev": rev,
+                    "config": {"hosts": {"web1": {"generation": generation}}},
+                })),
+                None,
+            )
+            .unwrap();
+        assert_eq!(status, 201, "{job}");
+        serve.wait_job(job["id"].as_i64().unwrap(), "finished", |j| {
+            j["finished_at"].is_string()
+        })
+    };
+    let explain = |j: &Value| format!("{j}\n{}", serve.stderr.lock().unwrap());
+
+    // No document: the service gives `null` (the flake's own default is never fetched)
+    // and the flake's own hosts.nix decides (g0).
+    let (status, job) = serve
+        .call(
+            reqwest::Method::POST,
+            "/v1/deployments/site/jobs",
+            Some(json!({"rev": rev_a})),
+            None,
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{job}");
+    let j = serve.wait_job(job["id"].as_i64().unwrap(), "finished", |j| {
+        j["finished_at"].is_string()
+    });
+    assert_eq!(j["state"], "succeeded", "{}", explain(&j));
+    assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
+
+    // One revision, two documents, two systems.
+    let j = submit(&rev_a, "g1");
+    assert_eq!(j["result"], "deployed", "{}", explain(&j));
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+    let j = submit(&rev_a, "g0");
+    assert_eq!(j["result"], "deployed", "{}", explain(&j));
+    assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0.clone()));
+
+    // The flake's own choice is a system that does not build: the document still
+    // decides (g1), but a teardown (document `null`) fails at the build.
+    let rev_b = lab.flake.set_generation("web1", "broken").unwrap();
+    let j = submit(&rev_b, "g1");
+    assert_eq!(j["result"], "deployed", "{}", explain(&j));
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+    let (status, teardown) = serve
+        .call(reqwest::Method::DELETE, "/v1/deployments/site", None, None)
+        .unwrap();
+    assert_eq!(status, 201, "{teardown}");
+    assert_eq!(teardown["kind"], "teardown", "{teardown}");
+    assert_eq!(teardown["rev"], json!(rev_b), "{teardown}");
+    let j = serve.wait_job(teardown["id"].as_i64().unwrap(), "finished", |j| {
+        j["finished_at"].is_string()
+    });
+    assert_eq!(j["state"], "failed", "{}", explain(&j));
+    // Still known, failed, on the revision it applied; the host keeps its system.
+    let (status, d) = serve
+        .call(reqwest::Method::GET, "/v1/deployments/site", None, None)
+        .unwrap();
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["state"], "failed", "{d}");
+    assert_eq!(d["applied_rev"], json!(rev_b), "{d}");
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+
+    // Back on a revision whose own choice builds (g0): the teardown deploys it and the
+    // deployment is forgotten.
+    let j = submit(&rev_a, "g1");
+    assert_eq!(j["result"], "unchanged", "{}", explain(&j));
+    let (status, teardown) = serve
+        .call(reqwest::Method::DELETE, "/v1/deployments/site", None, None)
+        .unwrap();
+    assert_eq!(status, 201, "{teardown}");
+    assert_eq!(teardown["rev"], json!(rev_a), "{teardown}");
+    let j = serve.wait_job(teardown["id"].as_i64().unwrap(), "finished", |j| {
+        j["finished_at"].is_string()
+    });
+    assert_eq!(
+        (j["state"].as_str(), j["result"].as_str()),
+        (Some("succeeded"), Some("deployed")),
+        "{}",
+        explain(&j)
+    );
+    assert_eq!(lab.system("web1"), (g0.clone(), g0.clone(), g0));
+    let (status, d) = serve
+        .call(reqwest::Method::GET, "/v1/deployments/site", None, None)
+        .unwrap();
+    assert_eq!(status, 404, "{d}");
+    let list = serve.get("/v1/deployments");
+    assert!(list["items"].as_array().unwrap().is_empty(), "{list}");
 }
