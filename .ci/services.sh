@@ -28,15 +28,34 @@ waymark_as_postgres "$waymark_pg_bin/pg_ctl" -D "$waymark_services_dir/pg" -w \
   start >/dev/null
 export WAYMARK_TEST_POSTGRES="postgres://waymark@localhost/postgres?host=$waymark_services_dir&port=$waymark_pg_port"
 
-waymark_driver_port=${WAYMARK_DRIVER_PORT:-9515}
+# A port nothing listens on (another chromedriver on the machine must not stand in for
+# this run's: it may go away mid-run).
+waymark_free_port() {
+  local port
+  for port in $(seq "$1" $(($1 + 500))); do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return 0
+    fi
+  done
+  return 1
+}
+waymark_driver_port=${WAYMARK_DRIVER_PORT:-$(waymark_free_port 9515)}
 if command -v chromedriver >/dev/null; then
   chromedriver --port="$waymark_driver_port" --allowed-ips=127.0.0.1 \
     >"$waymark_services_dir/chromedriver.log" 2>&1 &
   waymark_driver_pid=$!
-  for _ in $(seq 50); do
+  for _ in $(seq 100); do
     curl -fsS "http://127.0.0.1:$waymark_driver_port/status" >/dev/null 2>&1 && break
     sleep 0.1
   done
+  # Ours answers, or the run stops here with its log rather than in a test.
+  if ! kill -0 "$waymark_driver_pid" 2>/dev/null ||
+    ! curl -fsS "http://127.0.0.1:$waymark_driver_port/status" >/dev/null 2>&1; then
+    echo "chromedriver did not start on port $waymark_driver_port:" >&2
+    cat "$waymark_services_dir/chromedriver.log" >&2
+    return 1 2>/dev/null || exit 1
+  fi
   export WAYMARK_TEST_WEBDRIVER="http://127.0.0.1:$waymark_driver_port"
 fi
 
