@@ -147,13 +147,13 @@ fn insert_event(
     deployment: &str,
     data: &Value,
 ) -> Result<i64> {
-    first_seq(insert_events(
+    first_seq(&insert_events(
         tx,
         &[(tenant, job, deployment, data.to_string())],
     )?)
 }
 
-fn first_seq(seqs: Vec<i64>) -> Result<i64> {
+fn first_seq(seqs: &[i64]) -> Result<i64> {
     seqs.first()
         .copied()
         .ok_or_else(|| corrupt("event sequence", "none returned"))
@@ -203,7 +203,7 @@ fn state_data(job: &Job) -> (&str, i64, &str, String) {
 }
 
 fn state_event(tx: &mut impl GenericClient, job: &Job) -> Result<i64> {
-    first_seq(insert_events(tx, &[state_data(job)])?)
+    first_seq(&insert_events(tx, &[state_data(job)])?)
 }
 
 fn existing(job: &Job) -> Existing {
