@@ -45,8 +45,10 @@ const MIGRATION_LOCK: i64 = 0x7761_796d_6172_6b01;
 const CHANNEL: &str = "waymark_events";
 /// How long a worker's lease lasts without a heartbeat.
 pub const LEASE: Duration = Duration::from_secs(15);
-/// Idle connections kept.
-const POOL: usize = 16;
+/// Idle connections kept: above the number of requests in flight at once, since a
+/// connection past it is closed after its call and the next call pays a new backend
+/// (PostgreSQL forks one per connection, some milliseconds of CPU).
+const POOL: usize = 64;
 
 /// The PostgreSQL store (and logs).
 pub struct Postgres {
@@ -137,8 +139,7 @@ fn job_by_id(tx: &mut impl GenericClient, id: i64) -> Result<Job> {
     }
 }
 
-/// Appends an event; its sequence number. The counter row stays locked until the
-/// transaction ends, so events commit in sequence order.
+/// Appends an event; its sequence number.
 fn insert_event(
     tx: &mut impl GenericClient,
     tenant: &str,
@@ -146,18 +147,49 @@ fn insert_event(
     deployment: &str,
     data: &Value,
 ) -> Result<i64> {
-    let seq: i64 = tx
-        .query_one("UPDATE event_seq SET seq = seq + 1 RETURNING seq", &[])?
-        .try_get(0)?;
-    tx.execute(
-        "INSERT INTO events (seq, tenant, job_id, deployment, data) VALUES ($1, $2, $3, $4, $5)",
-        &[&seq, &tenant, &job, &deployment, &data.to_string()],
-    )?;
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])?;
-    Ok(seq)
+    first_seq(&insert_events(
+        tx,
+        &[(tenant, job, deployment, data.to_string())],
+    )?)
 }
 
-fn state_event(tx: &mut impl GenericClient, job: &Job) -> Result<i64> {
+fn first_seq(seqs: &[i64]) -> Result<i64> {
+    seqs.first()
+        .copied()
+        .ok_or_else(|| corrupt("event sequence", "none returned"))
+}
+
+/// Appends events (tenant, job, deployment, data) with consecutive sequence numbers, in
+/// one statement: the counter row, the rows, one `NOTIFY` each. The counter row stays
+/// locked until the transaction ends, so events commit in sequence order; every event
+/// writer waits for it, so a transaction takes it once, last, and holds it for this
+/// statement and the commit only.
+fn insert_events(
+    tx: &mut impl GenericClient,
+    events: &[(&str, i64, &str, String)],
+) -> Result<Vec<i64>> {
+    let n = events.len() as i64;
+    let tenants: Vec<&str> = events.iter().map(|e| e.0).collect();
+    let jobs: Vec<i64> = events.iter().map(|e| e.1).collect();
+    let deployments: Vec<&str> = events.iter().map(|e| e.2).collect();
+    let data: Vec<&str> = events.iter().map(|e| e.3.as_str()).collect();
+    tx.query(
+        "WITH s AS (UPDATE event_seq SET seq = seq + $1 RETURNING seq), \
+           e AS (SELECT s.seq - $1 + u.ord AS seq, u.t, u.j, u.d, u.x FROM s, \
+             unnest($2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[]) \
+               WITH ORDINALITY AS u(t, j, d, x, ord)), \
+           i AS (INSERT INTO events (seq, tenant, job_id, deployment, data) \
+             SELECT seq, t, j, d, x FROM e) \
+         SELECT seq, pg_notify($6, seq::TEXT)::TEXT FROM e ORDER BY seq",
+        &[&n, &tenants, &jobs, &deployments, &data, &CHANNEL],
+    )?
+    .iter()
+    .map(|r| Ok(r.try_get(0)?))
+    .collect()
+}
+
+/// A job's state event (tenant, job, deployment, data), for [`insert_events`].
+fn state_data(job: &Job) -> (&str, i64, &str, String) {
     let data = json!({
         "type": "state",
         "job": job.id,
@@ -167,7 +199,11 @@ fn state_event(tx: &mut impl GenericClient, job: &Job) -> Result<i64> {
         "reason": job.reason,
         "result": job.result,
     });
-    insert_event(tx, &job.tenant, job.id, &job.deployment, &data)
+    (&job.tenant, job.id, &job.deployment, data.to_string())
+}
+
+fn state_event(tx: &mut impl GenericClient, job: &Job) -> Result<i64> {
+    first_seq(&insert_events(tx, &[state_data(job)])?)
 }
 
 fn existing(job: &Job) -> Existing {

@@ -2,7 +2,8 @@
 //! chromedriver of `WAYMARK_TEST_WEBDRIVER`: .ci/services.sh starts it): jobs submitted
 //! through the API appear live, a cancel from the page ends the job with its reason
 //! (shown as text, however it is written), a failed switch test shows the host restored,
-//! a reload mid-job resumes the stream with every event once, and another tenant sees
+//! a reload mid-job resumes the stream with every event once, so does a stream whose
+//! connection is cut under the page (it resumes with Last-Event-ID), and another tenant sees
 //! none of it. Screenshots go to `WAYMARK_TEST_ARTIFACTS` (else the target's tmp/page).
 //!
 //! The service runs in this process with a scripted executor (the deploy's events as
@@ -263,31 +264,36 @@ impl Setup {
     }
 
     async fn sign_in(&self, b: &Client, token: &str, hash: &str) {
-        b.goto(&format!("{}/{hash}", self.base)).await.unwrap();
-        let input = b.wait().for_element(Locator::Id("token")).await.unwrap();
-        // Shown by the script once it found no token in this tab.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !input.is_displayed().await.unwrap() {
-            if Instant::now() > deadline {
-                let state = b
-                    .execute(
-                        "let err = null; try { route(); } catch (e) { err = String(e) } return [err, token, document.getElementById('login').hidden, document.readyState, \
-                         typeof route, document.documentElement.outerHTML.slice(0, 300)]",
-                        vec![],
-                    )
-                    .await;
-                panic!("the sign-in form never showed: {state:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        input.send_keys(token).await.unwrap();
-        b.find(Locator::Id("login-submit"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        sign_in_at(b, &self.base, token, hash).await;
     }
+}
+
+/// Signs in at `base` (the service, or a proxy in front of it).
+async fn sign_in_at(b: &Client, base: &str, token: &str, hash: &str) {
+    b.goto(&format!("{base}/{hash}")).await.unwrap();
+    let input = b.wait().for_element(Locator::Id("token")).await.unwrap();
+    // Shown by the script once it found no token in this tab.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !input.is_displayed().await.unwrap() {
+        if Instant::now() > deadline {
+            let state = b
+                .execute(
+                    "let err = null; try { route(); } catch (e) { err = String(e) } return [err, token, document.getElementById('login').hidden, document.readyState, \
+                     typeof route, document.documentElement.outerHTML.slice(0, 300)]",
+                    vec![],
+                )
+                .await;
+            panic!("the sign-in form never showed: {state:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    input.send_keys(token).await.unwrap();
+    b.find(Locator::Id("login-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 /// Waits until the text of the first element at `css` satisfies `ok`; that text.
@@ -489,5 +495,169 @@ async fn the_fleet_shows_a_failed_switch_test_restored_and_a_reload_resumes_a_jo
         "the page's events are the stored ones, once each"
     );
     screenshot(&b, "job-live").await;
+    b.close().await.unwrap();
+}
+
+/// A TCP proxy in front of the service that records what the browser sends and cuts
+/// every open connection on demand (a load balancer restarting, a network blip).
+struct Cutter {
+    base: String,
+    sent: Arc<std::sync::Mutex<Vec<u8>>>,
+    cut: tokio::sync::watch::Sender<u32>,
+}
+
+impl Cutter {
+    async fn start(upstream: &str) -> Self {
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cut, _) = tokio::sync::watch::channel(0u32);
+        let (sent2, cut2) = (sent.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let mut cut = cut2.subscribe();
+                let sent = sent2.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 16384];
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            sent.lock().unwrap().extend_from_slice(&buf[..n]);
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 16384];
+                        while let Ok(n) = sr.read(&mut buf).await {
+                            if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    // Both halves dropped at the cut: the browser sees the connection end.
+                    tokio::select! {
+                        () = async { tokio::join!(up, down); } => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { base, sent, cut }
+    }
+
+    fn cut_all(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// The Last-Event-ID of each request for `path` so far (None: sent without one).
+    fn resumes(&self, path: &str) -> Vec<Option<i64>> {
+        let sent = String::from_utf8_lossy(&self.sent.lock().unwrap()).into_owned();
+        let line = format!("GET {path} ");
+        sent.split(&line)
+            .skip(1)
+            .map(|req| {
+                let head = req.split("\r\n\r\n").next().unwrap_or("");
+                head.lines().find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.trim()
+                        .eq_ignore_ascii_case("last-event-id")
+                        .then(|| value.trim().parse().unwrap())
+                })
+            })
+            .collect()
+    }
+}
+
+async fn shown_events(b: &Client) -> Vec<i64> {
+    let mut out = Vec::new();
+    for e in b.find_all(Locator::Css("#events li")).await.unwrap() {
+        out.push(e.attr("data-seq").await.unwrap().unwrap().parse().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_under_the_page_resumes_with_last_event_id_without_gap_or_duplicate() {
+    let Some((s, b)) = setup().await else {
+        return;
+    };
+    let proxy = Cutter::start(&s.base).await;
+    s.deployment(TOKEN_A, "shop", "web1").await;
+    let id = s.submit(TOKEN_A, "shop", &rev('b', 1)).await;
+    sign_in_at(&b, &proxy.base, TOKEN_A, &format!("#/job/{id}")).await;
+    wait_text(&b, "#job-state-word", "running", |t| t == "running").await;
+    wait_text(&b, "dd[data-counter='built']", "building", |t| {
+        t.parse::<u32>().unwrap_or(0) >= 2
+    })
+    .await;
+    // Cut the page's stream (and every other connection) mid-job, in the same tab.
+    let before = shown_events(&b).await;
+    let last = *before.last().unwrap();
+    proxy.cut_all();
+    let path = format!("/v1/jobs/{id}/events");
+    // The page reconnects by itself; events written meanwhile must come after it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.resumes(&path).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the page never reconnected its stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resumes = proxy.resumes(&path);
+    assert_eq!(
+        resumes[0], None,
+        "the first connection starts at the beginning"
+    );
+    let resumed_at = resumes[1].expect("the reconnect carries Last-Event-ID");
+    assert!(
+        resumed_at >= last,
+        "resumed at {resumed_at}, before the last event shown ({last})"
+    );
+    wait_text(
+        &b,
+        "dd[data-counter='built']",
+        "building after the cut",
+        |t| t.parse::<u32>().unwrap_or(0) >= 5,
+    )
+    .await;
+    s.exec.released.lock().unwrap().insert(rev('b', 1));
+    wait_text(&b, "#job-state-word", "succeeded", |t| t == "succeeded").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shown = shown_events(&b).await;
+    let stored = s
+        .call(
+            TOKEN_A,
+            reqwest::Method::GET,
+            &format!("{path}?limit=1000"),
+            None,
+        )
+        .await;
+    let stored: Vec<i64> = stored["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert!(
+        stored.iter().any(|&q| q > last + 2),
+        "events were written after the cut: {stored:?}"
+    );
+    assert_eq!(
+        shown, stored,
+        "every event once across the cut, none lost, none twice"
+    );
+    screenshot(&b, "job-stream-cut").await;
     b.close().await.unwrap();
 }

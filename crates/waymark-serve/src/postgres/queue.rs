@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use postgres::Transaction;
 use serde_json::Value;
 
-use super::{corrupt, existing, job_by_id, live_jobs, now, state_event};
+use super::{corrupt, existing, insert_events, job_by_id, live_jobs, now, state_data, state_event};
 use crate::error::Result;
 use crate::model::{self, Candidate, JobKind, Priority, Submit};
 use crate::store::{Job, NewJob, Submitted};
@@ -97,17 +97,22 @@ pub(super) fn submit(tx: &mut Transaction<'_>, new: &NewJob) -> Result<Submitted
             &[&deployment_id, &new.rev],
         )?;
     }
-    // Events last: the event counter is the transaction's last lock.
-    if let Some(old) = supersede {
-        tx.execute(
-            "UPDATE jobs SET superseded_by = $2, reason = $3 WHERE id = $1",
-            &[&old, &id, &reason],
-        )?;
-        let old = job_by_id(tx, old)?;
-        state_event(tx, &old)?;
-    }
+    let old = match supersede {
+        Some(old) => {
+            tx.execute(
+                "UPDATE jobs SET superseded_by = $2, reason = $3 WHERE id = $1",
+                &[&old, &id, &reason],
+            )?;
+            Some(job_by_id(tx, old)?)
+        }
+        None => None,
+    };
     let job = job_by_id(tx, id)?;
-    state_event(tx, &job)?;
+    // Events last, with nothing between them and the commit: the event counter is the
+    // transaction's last lock, and every event writer waits for it.
+    let mut events: Vec<_> = old.iter().map(state_data).collect();
+    events.push(state_data(&job));
+    insert_events(tx, &events)?;
     Ok(Submitted::Created(job))
 }
 
