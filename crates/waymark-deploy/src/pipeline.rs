@@ -29,11 +29,10 @@ use crate::decide::{
     Baseline, EXIT_AGENT_NOT_STARTED, EXIT_BUSY, EXIT_CONFIRM_LATE, already_there, baseline,
     commit_verified, restore_verified, rollback_target,
 };
-use crate::error::{BuildError, CommandError, Refusal, SendError, StateError, StopCause, Verdict};
+use crate::error::{BuildError, CommandError, Refusal, SendError, StopCause, Verdict};
 use crate::events::{Event, HostReport, HostResult, SCHEMA, Sink, ms, now};
 use crate::progress::NixLog;
 use crate::ssh::{Endpoint, Held, Reply, Ssh, Talk};
-use crate::state::write_atomic;
 use crate::unfinished::{AgentSeen, TargetNow, read_journals, unfinished};
 use waymark_fault::at as fault;
 
@@ -52,7 +51,6 @@ use crate::protocol::{
 use activate::checks_budget;
 use build::Built;
 use diff::Diffed;
-use finish::{MarkWith, TargetMark};
 use scripts::{Until, borrowed, serve, serve_relaying, wait_params, wait_script};
 pub use scripts::{build_session_script, probe_script};
 
@@ -736,71 +734,5 @@ impl<'a> Deployer<'a> {
                 run.mark.as_deref().unwrap_or("?")
             ),
         ))
-    }
-
-    fn mark(
-        &self,
-        run: &mut Run,
-        dir: &str,
-        closure: &str,
-        build_at: Option<&BuildAt>,
-        marked_there: Option<Record>,
-        new: &waymark_diff::Closure,
-    ) -> Result<((), String), Stop> {
-        if fault("pause-before-record") {
-            std::thread::sleep(Duration::from_secs(3));
-        }
-        let name = run.name.clone();
-        let committed = |why: StateError| {
-            stop(
-                HostResult::NeedsHuman,
-                StopCause::Committed {
-                    host: name.clone(),
-                    closure: closure.to_owned(),
-                    why,
-                },
-            )
-        };
-        // The target's mark was made over the confirmation's connection; made here only
-        // if that did not happen (then under the agent directory's marking lock: the
-        // confirmation's shell may still be at work if only its connection was lost).
-        let record = if let Some(record) = marked_there {
-            record
-        } else {
-            let evidence = Self::evidence(run, closure, None);
-            let rev = run.rev.clone().unwrap_or_default();
-            match self
-                .mark_on_target(run, dir, &MarkWith::Evidence(evidence), closure, &rev)
-                .map_err(|e| committed(e.into()))?
-            {
-                TargetMark::Made(record) | TargetMark::Found(record) => record,
-            }
-        };
-        run.mark = Some(record.mark.clone());
-        let mut wheres = vec![run.name.clone()];
-        if let Some(BuildAt::Builder { host, .. }) = build_at
-            && self.mark_on_builder(run, host, &record)
-        {
-            wheres.push(host.name.clone());
-        }
-        self.record_here(run, &record, build_at.is_some())
-            .map_err(|e| committed(StateError::Record(e)))?;
-        if new.root == closure {
-            self.keep_closure(&run.name, new);
-        }
-        Ok((
-            (),
-            format!("marked {} on {}", record.mark, wheres.join(" and ")),
-        ))
-    }
-
-    /// Keeps the closure `host` now runs, committed, for its next deploy's diff: replaced
-    /// whole (a rename), or not at all.
-    fn keep_closure(&self, host: &str, closure: &waymark_diff::Closure) {
-        // It only saves reading the closure on the target: a failure costs nothing else.
-        let _ = write_atomic(
-            &self.settings.closures_dir.join(format!("{host}.json")),
-            &serde_json::to_vec(closure).expect("serializable"),
-        );
     }
 }

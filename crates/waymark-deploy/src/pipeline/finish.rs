@@ -274,3 +274,72 @@ impl Deployer<'_> {
         let _ = std::fs::remove_file(self.journal_path(host));
     }
 }
+
+/// Gate 5's end (the mark gate): the marks and the record of a deploy that committed.
+impl Deployer<'_> {
+    pub(super) fn mark(
+        &self,
+        run: &mut Run,
+        dir: &str,
+        closure: &str,
+        build_at: Option<&super::BuildAt>,
+        marked_there: Option<Record>,
+        new: &waymark_diff::Closure,
+    ) -> Result<((), String), Stop> {
+        if waymark_fault::at("pause-before-record") {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+        }
+        let name = run.name.clone();
+        let committed = |why: StateError| {
+            stop(
+                HostResult::NeedsHuman,
+                StopCause::Committed {
+                    host: name.clone(),
+                    closure: closure.to_owned(),
+                    why,
+                },
+            )
+        };
+        // The target's mark was made over the confirmation's connection; made here only
+        // if that did not happen (then under the agent directory's marking lock: the
+        // confirmation's shell may still be at work if only its connection was lost).
+        let record = if let Some(record) = marked_there {
+            record
+        } else {
+            let evidence = Self::evidence(run, closure, None);
+            let rev = run.rev.clone().unwrap_or_default();
+            match self
+                .mark_on_target(run, dir, &MarkWith::Evidence(evidence), closure, &rev)
+                .map_err(|e| committed(e.into()))?
+            {
+                TargetMark::Made(record) | TargetMark::Found(record) => record,
+            }
+        };
+        run.mark = Some(record.mark.clone());
+        let mut wheres = vec![run.name.clone()];
+        if let Some(super::BuildAt::Builder { host, .. }) = build_at
+            && self.mark_on_builder(run, host, &record)
+        {
+            wheres.push(host.name.clone());
+        }
+        self.record_here(run, &record, build_at.is_some())
+            .map_err(|e| committed(StateError::Record(e)))?;
+        if new.root == closure {
+            self.keep_closure(&run.name, new);
+        }
+        Ok((
+            (),
+            format!("marked {} on {}", record.mark, wheres.join(" and ")),
+        ))
+    }
+
+    /// Keeps the closure `host` now runs, committed, for its next deploy's diff: replaced
+    /// whole (a rename), or not at all.
+    fn keep_closure(&self, host: &str, closure: &waymark_diff::Closure) {
+        // It only saves reading the closure on the target: a failure costs nothing else.
+        let _ = write_atomic(
+            &self.settings.closures_dir.join(format!("{host}.json")),
+            &serde_json::to_vec(closure).expect("serializable"),
+        );
+    }
+}
