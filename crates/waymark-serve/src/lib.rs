@@ -27,6 +27,7 @@ pub mod model;
 pub mod page;
 pub mod postgres;
 pub mod problem;
+mod rows;
 pub mod runner;
 mod sqlite;
 pub mod store;
@@ -143,14 +144,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
 ) -> Result<()> {
     let app = open(&config).await?;
-    let runner = runner::Runner {
-        shared: app.shared.clone(),
+    let runner = runner::Runner::new(
+        app.shared.clone(),
         executor,
-        workers: config.workers,
-        worker_id: worker_id(),
-        config_dir: config.state_dir.join("configs"),
-        identities: config.identities.clone(),
-    };
+        config.workers,
+        config.state_dir.join("configs"),
+        config.identities.clone(),
+    );
     if config.workers > 0 {
         tokio::spawn(runner.run());
     }
@@ -220,19 +220,6 @@ pub async fn open(config: &Config) -> Result<Arc<api::App>> {
         authorizer: auth::Authorizer::new(config.authorize_url.clone(), config.authorize_ttl),
         requests: AtomicU64::new(0),
     }))
-}
-
-/// This process's worker name: unique among replicas (the host, the process and its
-/// start), since several share one database's leases.
-fn worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{host}-pid{}-{started:x}", std::process::id())
 }
 
 async fn shutdown() {

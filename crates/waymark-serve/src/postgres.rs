@@ -21,6 +21,7 @@
 //! Logs live in the database too (`log_lines`, logs.rs): replicas on different machines share no
 //! directory, and a table gives the same append-only, numbered lines transactionally.
 
+mod db;
 mod logs;
 mod queue;
 mod schema;
@@ -30,11 +31,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postgres::error::SqlState;
-use postgres::{Client, GenericClient, NoTls, Row, Transaction};
+use postgres::{Client, GenericClient, NoTls};
+
+use db::{Conn, Db, Tx};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::model::{self, Cause, Existing, JobKind, JobState, Phase, Priority, Recovery};
+use crate::rows::{self, DEPLOYMENT_COLS, JOB_COLS, corrupt, json_col};
 use crate::store::{
     Cancelled, Deployment, Depth, EventRow, Job, JobFilter, NewJob, Store, Submitted,
 };
@@ -53,95 +57,26 @@ const POOL: usize = 64;
 /// The PostgreSQL store (and logs).
 pub struct Postgres {
     url: String,
-    idle: Mutex<Vec<Client>>,
-}
-
-const JOB_COLS: &str = "j.id, j.tenant, d.name, j.kind, j.state, j.phase, j.priority, j.mode, \
-    j.rev, j.config, j.source, j.idempotency_key, j.reason, j.result, j.counters, j.hosts, \
-    j.superseded_by, j.cancel_requested, j.created_at, j.started_at, j.finished_at";
-
-const DEPLOYMENT_COLS: &str =
-    "tenant, name, flake, hosts, goal, config_input, desired_rev, applied_rev, created_at";
-
-fn corrupt(what: &'static str, value: &str) -> Error {
-    Error::Corrupt {
-        what,
-        value: value.to_owned(),
-    }
-}
-
-fn json_col(what: &'static str, s: &str) -> Result<Value> {
-    serde_json::from_str(s).map_err(|_| corrupt(what, s))
-}
-
-fn job_row(row: &Row) -> Result<Job> {
-    let s = |i: usize| row.try_get::<_, String>(i);
-    let kind = s(3)?;
-    let state = s(4)?;
-    let phase = s(5)?;
-    let priority = s(6)?;
-    let mode = s(7)?;
-    Ok(Job {
-        id: row.try_get(0)?,
-        tenant: s(1)?,
-        deployment: s(2)?,
-        kind: JobKind::parse(&kind).ok_or_else(|| corrupt("job kind", &kind))?,
-        state: JobState::parse(&state).ok_or_else(|| corrupt("job state", &state))?,
-        phase: Phase::parse(&phase).ok_or_else(|| corrupt("job phase", &phase))?,
-        priority: Priority::parse(&priority).ok_or_else(|| corrupt("priority", &priority))?,
-        mode: serde_json::from_value(Value::String(mode.clone()))
-            .map_err(|_| corrupt("mode", &mode))?,
-        rev: s(8)?,
-        config: row
-            .try_get::<_, Option<String>>(9)?
-            .map(|c| json_col("configuration", &c))
-            .transpose()?,
-        source: s(10)?,
-        idempotency_key: row.try_get(11)?,
-        reason: row.try_get(12)?,
-        result: row.try_get(13)?,
-        counters: json_col("counters", &s(14)?)?,
-        hosts: json_col("hosts", &s(15)?)?,
-        superseded_by: row.try_get(16)?,
-        cancel_requested: row.try_get(17)?,
-        created_at: s(18)?,
-        started_at: row.try_get(19)?,
-        finished_at: row.try_get(20)?,
-    })
-}
-
-fn deployment_row(row: &Row) -> Result<Deployment> {
-    let hosts: String = row.try_get(3)?;
-    Ok(Deployment {
-        tenant: row.try_get(0)?,
-        name: row.try_get(1)?,
-        flake: row.try_get(2)?,
-        hosts: serde_json::from_str(&hosts).map_err(|_| corrupt("hosts", &hosts))?,
-        goal: row.try_get(4)?,
-        config_input: row.try_get(5)?,
-        desired_rev: row.try_get(6)?,
-        applied_rev: row.try_get(7)?,
-        created_at: row.try_get(8)?,
-    })
+    idle: Mutex<Vec<Conn>>,
 }
 
 fn now() -> String {
     waymark_deploy::now()
 }
 
-fn job_by_id(tx: &mut impl GenericClient, id: i64) -> Result<Job> {
+fn job_by_id(tx: &mut Db<'_, impl GenericClient>, id: i64) -> Result<Job> {
     let sql = format!(
         "SELECT {JOB_COLS} FROM jobs j JOIN deployments d ON d.id = j.deployment_id WHERE j.id = $1"
     );
     match tx.query_opt(&sql, &[&id])? {
-        Some(row) => job_row(&row),
+        Some(row) => rows::job(&row),
         None => Err(corrupt("job reference", &id.to_string())),
     }
 }
 
 /// Appends an event; its sequence number.
 fn insert_event(
-    tx: &mut impl GenericClient,
+    tx: &mut Db<'_, impl GenericClient>,
     tenant: &str,
     job: i64,
     deployment: &str,
@@ -165,7 +100,7 @@ fn first_seq(seqs: &[i64]) -> Result<i64> {
 /// writer waits for it, so a transaction takes it once, last, and holds it for this
 /// statement and the commit only.
 fn insert_events(
-    tx: &mut impl GenericClient,
+    tx: &mut Db<'_, impl GenericClient>,
     events: &[(&str, i64, &str, String)],
 ) -> Result<Vec<i64>> {
     let n = events.len() as i64;
@@ -202,7 +137,7 @@ fn state_data(job: &Job) -> (&str, i64, &str, String) {
     (&job.tenant, job.id, &job.deployment, data.to_string())
 }
 
-fn state_event(tx: &mut impl GenericClient, job: &Job) -> Result<i64> {
+fn state_event(tx: &mut Db<'_, impl GenericClient>, job: &Job) -> Result<i64> {
     first_seq(&insert_events(tx, &[state_data(job)])?)
 }
 
@@ -216,7 +151,7 @@ fn existing(job: &Job) -> Existing {
 }
 
 fn live_jobs(
-    tx: &mut impl GenericClient,
+    tx: &mut Db<'_, impl GenericClient>,
     deployment_id: i64,
 ) -> Result<(Option<Job>, Option<Job>)> {
     let sql = format!(
@@ -225,7 +160,7 @@ fn live_jobs(
     );
     let (mut queued, mut running) = (None, None);
     for row in tx.query(&sql, &[&deployment_id])? {
-        let job = job_row(&row)?;
+        let job = rows::job(&row)?;
         match job.state {
             JobState::Queued => queued = Some(job),
             _ => running = Some(job),
@@ -236,7 +171,7 @@ fn live_jobs(
 
 /// Locks the deployment of job `id` (every writer of a job locks its deployment first:
 /// one lock order, no deadlock between a submission and a worker).
-fn lock_deployment_of(tx: &mut Transaction<'_>, id: i64) -> Result<Option<i64>> {
+fn lock_deployment_of(tx: &mut Tx<'_, '_>, id: i64) -> Result<Option<i64>> {
     Ok(tx
         .query_opt(
             "SELECT d.id FROM deployments d JOIN jobs j ON j.deployment_id = d.id \
@@ -269,21 +204,22 @@ impl Postgres {
             url: url.to_owned(),
             idle: Mutex::new(Vec::new()),
         };
-        let mut client = this.connect()?;
+        let mut conn = this.connect()?;
+        let client = &mut conn.client;
         client.query_one("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
-        let migrated = schema::migrate(&mut client);
+        let migrated = schema::migrate(client);
         let unlocked = client.query_one("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
         migrated?;
         unlocked?;
-        this.put(client);
+        this.put(conn);
         Ok(this)
     }
 
-    fn connect(&self) -> Result<Client> {
-        Ok(Client::connect(&self.url, NoTls)?)
+    fn connect(&self) -> Result<Conn> {
+        Ok(Conn::new(Client::connect(&self.url, NoTls)?))
     }
 
-    fn get(&self) -> Result<Client> {
+    fn get(&self) -> Result<Conn> {
         let idle = self
             .idle
             .lock()
@@ -295,7 +231,7 @@ impl Postgres {
         }
     }
 
-    fn put(&self, client: Client) {
+    fn put(&self, client: Conn) {
         let mut idle = self
             .idle
             .lock()
@@ -305,28 +241,23 @@ impl Postgres {
         }
     }
 
-    /// Runs `f` with a pooled connection (a connection whose call failed is dropped:
-    /// it may be broken).
-    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
-        let mut client = self.get()?;
-        let out = f(&mut client);
-        if out.is_ok() {
-            self.put(client);
-        }
+    /// Runs `f` with a pooled connection (kept after a failed call unless it closed: a
+    /// failed transaction was rolled back, and a new connection costs a new backend).
+    fn with<T>(&self, f: impl FnOnce(&mut Db<'_, Client>) -> Result<T>) -> Result<T> {
+        let mut conn = self.get()?;
+        let out = f(&mut conn.db());
+        self.put(conn);
         out
     }
 
     /// Runs `f` in one transaction, again when it lost a race to another one.
-    fn tx<T>(&self, mut f: impl FnMut(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+    fn tx<T>(&self, mut f: impl FnMut(&mut Tx<'_, '_>) -> Result<T>) -> Result<T> {
         let mut tries = 0;
         loop {
             tries += 1;
-            let out = self.with(|c| {
-                let mut tx = c.transaction()?;
-                let v = f(&mut tx)?;
-                tx.commit()?;
-                Ok(v)
-            });
+            let mut conn = self.get()?;
+            let out = conn.transaction(&mut f);
+            self.put(conn);
             match out {
                 Err(e) if tries < 20 && retryable(&e) => {
                     std::thread::sleep(Duration::from_millis(tries * 2));
@@ -345,7 +276,7 @@ impl Postgres {
             .name("waymark-listen".into())
             .spawn(move || {
                 loop {
-                    let Ok(mut client) = this.connect() else {
+                    let Ok(Conn { mut client, .. }) = this.connect() else {
                         std::thread::sleep(Duration::from_secs(1));
                         continue;
                     };
@@ -469,7 +400,7 @@ impl Store for Postgres {
                     &now(),
                 ],
             )?;
-            deployment_row(&row)
+            rows::deployment(&row)
         })
     }
 
@@ -480,7 +411,7 @@ impl Store for Postgres {
                  AND deleted_at IS NULL"
             );
             c.query_opt(&sql, &[&tenant, &name])?
-                .map(|r| deployment_row(&r))
+                .map(|r| rows::deployment(&r))
                 .transpose()
         })
     }
@@ -498,7 +429,7 @@ impl Store for Postgres {
             );
             c.query(&sql, &[&tenant, &after.unwrap_or(""), &(limit as i64)])?
                 .iter()
-                .map(deployment_row)
+                .map(rows::deployment)
                 .collect()
         })
     }
@@ -557,7 +488,7 @@ impl Store for Postgres {
                  WHERE j.id = $1 AND j.tenant = $2"
             );
             c.query_opt(&sql, &[&id, &tenant])?
-                .map(|r| job_row(&r))
+                .map(|r| rows::job(&r))
                 .transpose()
         })
     }
@@ -580,7 +511,7 @@ impl Store for Postgres {
                 ],
             )?
             .iter()
-            .map(job_row)
+            .map(rows::job)
             .collect()
         })
     }
@@ -626,11 +557,25 @@ impl Store for Postgres {
         self.tx(|tx| queue::claim(tx, worker))
     }
 
-    fn progress(&self, id: i64, phase: Phase, counters: &Value, hosts: &Value) -> Result<()> {
+    fn progress(
+        &self,
+        worker: &str,
+        id: i64,
+        phase: Phase,
+        counters: &Value,
+        hosts: &Value,
+    ) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "UPDATE jobs SET phase = $2, counters = $3, hosts = $4 WHERE id = $1 AND state = 'running'",
-                &[&id, &phase.as_str(), &counters.to_string(), &hosts.to_string()],
+                "UPDATE jobs SET phase = $2, counters = $3, hosts = $4 WHERE id = $1 \
+                 AND state = 'running' AND claimed_by = $5",
+                &[
+                    &id,
+                    &phase.as_str(),
+                    &counters.to_string(),
+                    &hosts.to_string(),
+                    &worker,
+                ],
             )?;
             Ok(())
         })
@@ -638,6 +583,7 @@ impl Store for Postgres {
 
     fn finish(
         &self,
+        worker: &str,
         id: i64,
         state: JobState,
         result: Option<&str>,
@@ -648,11 +594,12 @@ impl Store for Postgres {
             let at = now();
             let changed = tx.execute(
                 "UPDATE jobs SET state = $2, result = $3, reason = coalesce($4, reason), \
-                 finished_at = $5, cancel_requested = NULL WHERE id = $1 AND state = 'running'",
-                &[&id, &state.as_str(), &result, &reason, &at],
+                 finished_at = $5, cancel_requested = NULL WHERE id = $1 AND state = 'running' \
+                 AND claimed_by = $6",
+                &[&id, &state.as_str(), &result, &reason, &at, &worker],
             )?;
-            tx.execute("DELETE FROM host_locks WHERE job_id = $1", &[&id])?;
             if changed == 1 {
+                tx.execute("DELETE FROM host_locks WHERE job_id = $1", &[&id])?;
                 let job = job_by_id(tx, id)?;
                 if state == JobState::Succeeded {
                     match job.kind {
@@ -751,6 +698,10 @@ impl Store for Postgres {
             Ok(())
         })?;
         self.recover_orphans()
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(LEASE)
     }
 
     fn depth(&self) -> Result<Vec<Depth>> {

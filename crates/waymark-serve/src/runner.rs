@@ -2,10 +2,10 @@
 //! its events, logs and progress, pass cancels on when `model::cancel_action` says so,
 //! and finish it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
@@ -27,21 +27,58 @@ pub struct Shared {
 
 /// The worker pool.
 pub struct Runner {
-    pub shared: Arc<Shared>,
-    pub executor: Arc<dyn Executor>,
+    shared: Arc<Shared>,
+    executor: Arc<dyn Executor>,
     /// Jobs run at the same time.
-    pub workers: usize,
-    /// This process's name in `claimed_by`.
-    pub worker_id: String,
+    workers: usize,
     /// Where configuration documents are written for the flake to read.
-    pub config_dir: PathBuf,
+    config_dir: PathBuf,
     /// Each tenant's ssh identity file.
-    pub identities: HashMap<String, PathBuf>,
+    identities: HashMap<String, PathBuf>,
+    lease: Mutex<Lease>,
+    /// Jobs stopped because the lease was lost: left for the takeover to decide.
+    fenced: Mutex<HashSet<i64>>,
+}
+
+/// This process's standing as a worker of a shared store.
+struct Lease {
+    /// This process's name (host, process, start).
+    base: String,
+    /// Leases lost so far: the name jobs are claimed under (`claimed_by`) is new after
+    /// each, so that the jobs claimed under the old one are left to the takeover
+    /// (`Store::heartbeat`), whoever runs it.
+    lost_count: u32,
+    /// When the last renewal that succeeded was sent.
+    renewed: Instant,
+    /// No renewal for too long: stop running, claim nothing.
+    lost: bool,
+}
+
+impl Lease {
+    fn worker(&self) -> String {
+        match self.lost_count {
+            0 => self.base.clone(),
+            n => format!("{}~{n}", self.base),
+        }
+    }
 }
 
 /// How often a worker renews its lease (a fifth of the PostgreSQL backend's lease: a
 /// few missed beats do not lose it).
 const HEARTBEAT: Duration = Duration::from_secs(3);
+/// How often a worker checks that its lease still holds.
+const FENCE_CHECK: Duration = Duration::from_secs(1);
+
+/// What a worker that could not renew its lease in time tells its jobs.
+pub const LEASE_LOST: &str = "this replica could not renew its lease on the database: \
+    stopped, for another replica to take the job over";
+
+/// Whether a lease last renewed `since` ago is to be given up: a third of the lease
+/// before another replica may take the jobs over (the time is counted from when the
+/// renewal was sent, before it committed, so this errs early).
+pub fn lease_lost(since: Duration, lease: Duration) -> bool {
+    since > lease * 2 / 3
+}
 
 type Running = Arc<Mutex<HashMap<i64, (CancelFlag, Arc<Mutex<Phase>>)>>>;
 
@@ -50,6 +87,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Runner {
+    /// A pool of `workers` over `shared`'s store, running jobs with `executor`.
+    pub fn new(
+        shared: Arc<Shared>,
+        executor: Arc<dyn Executor>,
+        workers: usize,
+        config_dir: PathBuf,
+        identities: HashMap<String, PathBuf>,
+    ) -> Self {
+        Self {
+            shared,
+            executor,
+            workers,
+            config_dir,
+            identities,
+            lease: Mutex::new(Lease {
+                base: worker_id(),
+                lost_count: 0,
+                renewed: Instant::now(),
+                lost: false,
+            }),
+            fenced: Mutex::default(),
+        }
+    }
+
     /// Runs the workers until the process ends.
     pub async fn run(self) {
         let this = Arc::new(self);
@@ -66,11 +127,28 @@ impl Runner {
                 let _ = beat.heartbeat().await;
             }
         });
+        // Apart from the renewals, which may hang on an unreachable database.
+        if let Some(lease) = this.shared.store.lease() {
+            let (fence, running) = (this.clone(), running.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(FENCE_CHECK).await;
+                    fence.fence(&running, lease);
+                }
+            });
+        }
         loop {
             while lock(&running).len() < this.workers {
+                let worker = {
+                    let l = lock(&this.lease);
+                    if l.lost {
+                        break;
+                    }
+                    l.worker()
+                };
                 let store = this.shared.store.clone();
-                let worker = this.worker_id.clone();
-                let claimed = tokio::task::spawn_blocking(move || store.claim(&worker)).await;
+                let name = worker.clone();
+                let claimed = tokio::task::spawn_blocking(move || store.claim(&name)).await;
                 let Ok(Ok(Some(job))) = claimed else {
                     break;
                 };
@@ -81,7 +159,7 @@ impl Runner {
                 let (this2, running2) = (this.clone(), running.clone());
                 tokio::spawn(async move {
                     let id = job.id;
-                    this2.run_job(job, flag, phase).await;
+                    this2.run_job(job, &worker, flag, phase).await;
                     lock(&running2).remove(&id);
                     this2.shared.wake.notify_one();
                 });
@@ -94,12 +172,21 @@ impl Runner {
         }
     }
 
-    /// Renews this worker's lease; wakes everyone when it took over a dead worker's jobs.
+    /// Renews this worker's lease (under its new name after a lost one); wakes everyone
+    /// when it took over a dead worker's jobs.
     async fn heartbeat(&self) -> Result<(), ()> {
         let store = self.shared.store.clone();
-        let worker = self.worker_id.clone();
-        match tokio::task::spawn_blocking(move || store.heartbeat(&worker)).await {
+        let sent = Instant::now();
+        let worker = lock(&self.lease).worker();
+        let renewing = worker.clone();
+        match tokio::task::spawn_blocking(move || store.heartbeat(&renewing)).await {
             Ok(Ok(recovered)) => {
+                let mut l = lock(&self.lease);
+                if l.worker() == worker {
+                    l.renewed = sent;
+                    l.lost = false;
+                }
+                drop(l);
                 if !recovered.is_empty() {
                     self.shared.events.send_modify(|s| *s += 1);
                     self.shared.wake.notify_one();
@@ -107,6 +194,26 @@ impl Runner {
                 Ok(())
             }
             _ => Err(()),
+        }
+    }
+
+    /// Gives the lease up when it was not renewed in time: every running job is
+    /// cancelled (no gate starts after it; a switch test under way restores) and left
+    /// unfinished, for a takeover to decide (re-queued before activation,
+    /// needs-reconcile after), and nothing is claimed until a renewal under a new name
+    /// succeeds.
+    fn fence(&self, running: &Running, lease: Duration) {
+        {
+            let mut l = lock(&self.lease);
+            if l.lost || !lease_lost(l.renewed.elapsed(), lease) {
+                return;
+            }
+            l.lost = true;
+            l.lost_count += 1;
+        }
+        for (id, (flag, _)) in lock(running).iter() {
+            lock(&self.fenced).insert(*id);
+            flag.cancel(LEASE_LOST);
         }
     }
 
@@ -131,7 +238,7 @@ impl Runner {
         }
     }
 
-    async fn run_job(&self, job: Job, flag: CancelFlag, phase: Arc<Mutex<Phase>>) {
+    async fn run_job(&self, job: Job, worker: &str, flag: CancelFlag, phase: Arc<Mutex<Phase>>) {
         let store = self.shared.store.clone();
         let deployment = {
             let (t, n) = (job.tenant.clone(), job.deployment.clone());
@@ -140,6 +247,7 @@ impl Runner {
         };
         let Ok(Ok(Some(deployment))) = deployment else {
             self.finish(
+                worker,
                 job.id,
                 JobState::Failed,
                 None,
@@ -151,7 +259,8 @@ impl Runner {
         let config = match self.write_config(&job) {
             Ok(dir) => Some((deployment.config_input.clone(), dir)),
             Err(e) => {
-                self.finish(job.id, JobState::Failed, None, Some(&e)).await;
+                self.finish(worker, job.id, JobState::Failed, None, Some(&e))
+                    .await;
                 return;
             }
         };
@@ -167,6 +276,7 @@ impl Runner {
         };
         let progress = JobProgress {
             shared: self.shared.clone(),
+            worker: worker.to_owned(),
             job: job.id,
             phase,
             redact: spec
@@ -197,7 +307,10 @@ impl Runner {
                 Some("the executor stopped unexpectedly".into()),
             ),
         };
-        self.finish(job.id, state, result.as_deref(), reason.as_deref())
+        if lock(&self.fenced).remove(&job.id) {
+            return; // its end is the takeover's to decide
+        }
+        self.finish(worker, job.id, state, result.as_deref(), reason.as_deref())
             .await;
     }
 
@@ -218,15 +331,36 @@ impl Runner {
         Ok(dir)
     }
 
-    async fn finish(&self, id: i64, state: JobState, result: Option<&str>, reason: Option<&str>) {
+    async fn finish(
+        &self,
+        worker: &str,
+        id: i64,
+        state: JobState,
+        result: Option<&str>,
+        reason: Option<&str>,
+    ) {
         let store = self.shared.store.clone();
         let (result, reason) = (result.map(str::to_owned), reason.map(str::to_owned));
+        let worker = worker.to_owned();
         let _ = tokio::task::spawn_blocking(move || {
-            store.finish(id, state, result.as_deref(), reason.as_deref())
+            store.finish(&worker, id, state, result.as_deref(), reason.as_deref())
         })
         .await;
         self.shared.events.send_modify(|s| *s += 1);
     }
+}
+
+/// This process's worker name: unique among replicas (the host, the process and its
+/// start), since several share one database's leases.
+fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{host}-pid{}-{started:x}", std::process::id())
 }
 
 #[derive(Default)]
@@ -238,6 +372,9 @@ struct ProgressState {
 /// A running job's events, logs and progress, recorded as they come.
 struct JobProgress {
     shared: Arc<Shared>,
+    /// The name the job was claimed under: progress from a run that lost the job
+    /// changes nothing.
+    worker: String,
     job: i64,
     phase: Arc<Mutex<Phase>>,
     /// The identity file's path: never shown in a log line.
@@ -344,7 +481,7 @@ impl Progress for JobProgress {
             (Value::Object(sum), Value::Object(st.hosts.clone()))
         };
         let store = &self.shared.store;
-        let _ = store.progress(self.job, phase, &counters, &hosts);
+        let _ = store.progress(&self.worker, self.job, phase, &counters, &hosts);
         let data = json!({"type": "deploy", "job": self.job, "phase": phase, "deploy": ev});
         if let Ok(seq) = store.append_event(self.job, &data) {
             self.shared.events.send_replace(seq);

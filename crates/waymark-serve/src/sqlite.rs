@@ -11,13 +11,14 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rusqlite::{Connection, OptionalExtension as _, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::model::{
     self, Candidate, Cause, Existing, JobKind, JobState, Phase, Priority, Recovery, Submit,
 };
+use crate::rows::{self, DEPLOYMENT_COLS, JOB_COLS, corrupt, json_col};
 use crate::store::{
     Cancelled, Deployment, Depth, EventRow, Job, JobFilter, NewJob, Store, Submitted,
 };
@@ -39,75 +40,6 @@ impl Drop for Sqlite {
     }
 }
 
-const JOB_COLS: &str = "j.id, j.tenant, d.name, j.kind, j.state, j.phase, j.priority, j.mode, \
-    j.rev, j.config, j.source, j.idempotency_key, j.reason, j.result, j.counters, j.hosts, \
-    j.superseded_by, j.cancel_requested, j.created_at, j.started_at, j.finished_at";
-
-fn corrupt(what: &'static str, value: &str) -> Error {
-    Error::Corrupt {
-        what,
-        value: value.to_owned(),
-    }
-}
-
-fn json_col(what: &'static str, s: &str) -> Result<Value> {
-    serde_json::from_str(s).map_err(|_| corrupt(what, s))
-}
-
-fn job_row(row: &Row<'_>) -> Result<Job> {
-    let s = |i: usize| row.get::<_, String>(i);
-    let kind = s(3)?;
-    let state = s(4)?;
-    let phase = s(5)?;
-    let priority = s(6)?;
-    let mode = s(7)?;
-    Ok(Job {
-        id: row.get(0)?,
-        tenant: s(1)?,
-        deployment: s(2)?,
-        kind: JobKind::parse(&kind).ok_or_else(|| corrupt("job kind", &kind))?,
-        state: JobState::parse(&state).ok_or_else(|| corrupt("job state", &state))?,
-        phase: Phase::parse(&phase).ok_or_else(|| corrupt("job phase", &phase))?,
-        priority: Priority::parse(&priority).ok_or_else(|| corrupt("priority", &priority))?,
-        mode: serde_json::from_value(Value::String(mode.clone()))
-            .map_err(|_| corrupt("mode", &mode))?,
-        rev: s(8)?,
-        config: row
-            .get::<_, Option<String>>(9)?
-            .map(|c| json_col("configuration", &c))
-            .transpose()?,
-        source: s(10)?,
-        idempotency_key: row.get(11)?,
-        reason: row.get(12)?,
-        result: row.get(13)?,
-        counters: json_col("counters", &s(14)?)?,
-        hosts: json_col("hosts", &s(15)?)?,
-        superseded_by: row.get(16)?,
-        cancel_requested: row.get(17)?,
-        created_at: s(18)?,
-        started_at: row.get(19)?,
-        finished_at: row.get(20)?,
-    })
-}
-
-fn deployment_row(row: &Row<'_>) -> Result<Deployment> {
-    let hosts: String = row.get(3)?;
-    Ok(Deployment {
-        tenant: row.get(0)?,
-        name: row.get(1)?,
-        flake: row.get(2)?,
-        hosts: serde_json::from_str(&hosts).map_err(|_| corrupt("hosts", &hosts))?,
-        goal: row.get(4)?,
-        config_input: row.get(5)?,
-        desired_rev: row.get(6)?,
-        applied_rev: row.get(7)?,
-        created_at: row.get(8)?,
-    })
-}
-
-const DEPLOYMENT_COLS: &str =
-    "tenant, name, flake, hosts, goal, config_input, desired_rev, applied_rev, created_at";
-
 fn now() -> String {
     waymark_deploy::now()
 }
@@ -119,7 +51,7 @@ fn job_by_id(tx: &Connection, id: i64) -> Result<Job> {
     let mut stmt = tx.prepare_cached(&sql)?;
     let mut rows = stmt.query([id])?;
     match rows.next()? {
-        Some(row) => job_row(row),
+        Some(row) => rows::job(row),
         None => Err(corrupt("job reference", &id.to_string())),
     }
 }
@@ -233,7 +165,7 @@ fn live_jobs(tx: &Connection, deployment_id: i64) -> Result<(Option<Job>, Option
     let mut rows = stmt.query([deployment_id])?;
     let (mut queued, mut running) = (None, None);
     while let Some(row) = rows.next()? {
-        let job = job_row(row)?;
+        let job = rows::job(row)?;
         match job.state {
             JobState::Queued => queued = Some(job),
             _ => running = Some(job),
@@ -264,7 +196,8 @@ impl Store for Sqlite {
         )?;
         let sql =
             format!("SELECT {DEPLOYMENT_COLS} FROM deployments WHERE tenant = ?1 AND name = ?2");
-        let stored = tx.query_row(&sql, params![d.tenant, d.name], |r| Ok(deployment_row(r)))??;
+        let stored =
+            tx.query_row(&sql, params![d.tenant, d.name], |r| Ok(rows::deployment(r)))??;
         tx.commit()?;
         Ok(stored)
     }
@@ -274,7 +207,7 @@ impl Store for Sqlite {
         let sql = format!(
             "SELECT {DEPLOYMENT_COLS} FROM deployments WHERE tenant = ?1 AND name = ?2 AND deleted_at IS NULL"
         );
-        conn.query_row(&sql, params![tenant, name], |r| Ok(deployment_row(r)))
+        conn.query_row(&sql, params![tenant, name], |r| Ok(rows::deployment(r)))
             .optional()?
             .transpose()
     }
@@ -294,7 +227,7 @@ impl Store for Sqlite {
         let mut rows = stmt.query(params![tenant, after.unwrap_or(""), limit as i64])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            out.push(deployment_row(row)?);
+            out.push(rows::deployment(row)?);
         }
         Ok(out)
     }
@@ -445,7 +378,7 @@ impl Store for Sqlite {
             "SELECT {JOB_COLS} FROM jobs j JOIN deployments d ON d.id = j.deployment_id \
              WHERE j.id = ?1 AND j.tenant = ?2"
         );
-        conn.query_row(&sql, params![id, tenant], |r| Ok(job_row(r)))
+        conn.query_row(&sql, params![id, tenant], |r| Ok(rows::job(r)))
             .optional()?
             .transpose()
     }
@@ -467,7 +400,7 @@ impl Store for Sqlite {
         ])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            out.push(job_row(row)?);
+            out.push(rows::job(row)?);
         }
         Ok(out)
     }
@@ -577,17 +510,26 @@ impl Store for Sqlite {
         Ok(Some(job))
     }
 
-    fn progress(&self, id: i64, phase: Phase, counters: &Value, hosts: &Value) -> Result<()> {
+    fn progress(
+        &self,
+        worker: &str,
+        id: i64,
+        phase: Phase,
+        counters: &Value,
+        hosts: &Value,
+    ) -> Result<()> {
         let conn = self.conn();
         conn.prepare_cached(
-            "UPDATE jobs SET phase = ?2, counters = ?3, hosts = ?4 WHERE id = ?1 AND state = 'running'",
+            "UPDATE jobs SET phase = ?2, counters = ?3, hosts = ?4 WHERE id = ?1 AND state = 'running' \
+             AND claimed_by = ?5",
         )?
-        .execute(params![id, phase.as_str(), counters.to_string(), hosts.to_string()])?;
+        .execute(params![id, phase.as_str(), counters.to_string(), hosts.to_string(), worker])?;
         Ok(())
     }
 
     fn finish(
         &self,
+        worker: &str,
         id: i64,
         state: JobState,
         result: Option<&str>,
@@ -598,11 +540,12 @@ impl Store for Sqlite {
         let at = now();
         let changed = tx.execute(
             "UPDATE jobs SET state = ?2, result = ?3, reason = coalesce(?4, reason), \
-             finished_at = ?5, cancel_requested = NULL WHERE id = ?1 AND state = 'running'",
-            params![id, state.as_str(), result, reason, at],
+             finished_at = ?5, cancel_requested = NULL WHERE id = ?1 AND state = 'running' \
+             AND claimed_by = ?6",
+            params![id, state.as_str(), result, reason, at, worker],
         )?;
-        tx.execute("DELETE FROM host_locks WHERE job_id = ?1", [id])?;
         if changed == 1 {
+            tx.execute("DELETE FROM host_locks WHERE job_id = ?1", [id])?;
             let job = job_by_id(&tx, id)?;
             if state == JobState::Succeeded {
                 match job.kind {

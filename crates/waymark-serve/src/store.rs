@@ -173,11 +173,21 @@ pub trait Store: Send + Sync + 'static {
     fn cancel(&self, tenant: &str, id: i64, reason: &str) -> Result<Cancelled>;
     /// Claims the next job for `worker` (fair share, host locks), if any can run.
     fn claim(&self, worker: &str) -> Result<Option<Job>>;
-    /// Records a running job's progress.
-    fn progress(&self, id: i64, phase: Phase, counters: &Value, hosts: &Value) -> Result<()>;
-    /// Ends a running job; releases its hosts. A succeeded teardown forgets its deployment.
+    /// Records a running job's progress, if `worker` still holds it.
+    fn progress(
+        &self,
+        worker: &str,
+        id: i64,
+        phase: Phase,
+        counters: &Value,
+        hosts: &Value,
+    ) -> Result<()>;
+    /// Ends a running job that `worker` still holds; releases its hosts. A succeeded
+    /// teardown forgets its deployment. A job taken over by another worker (its lease
+    /// ran out) is left as the takeover decided.
     fn finish(
         &self,
+        worker: &str,
         id: i64,
         state: JobState,
         result: Option<&str>,
@@ -203,6 +213,11 @@ pub trait Store: Send + Sync + 'static {
     fn heartbeat(&self, worker: &str) -> Result<Vec<(i64, Recovery)>> {
         let _ = worker;
         Ok(Vec::new())
+    }
+    /// How long a worker's lease lasts without a renewal, where other processes may take
+    /// over its jobs once it ran out (a shared database); `None` for a store of one process.
+    fn lease(&self) -> Option<std::time::Duration> {
+        None
     }
     /// Queue depth per class.
     fn depth(&self) -> Result<Vec<Depth>>;

@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use waymark_serve::{CancelFlag, Executor, Progress, RunOutcome, RunSpec};
+use waymark_testbed::browser::{self, Client, Locator, sign_in_at, wait_text};
 
 const TOKEN_A: &str = "token-of-acme";
 const TOKEN_B: &str = "token-of-globex";
@@ -140,33 +140,12 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-#[allow(clippy::print_stderr)] // says why it passes without running
-fn webdriver() -> Option<String> {
-    match std::env::var("WAYMARK_TEST_WEBDRIVER") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "WAYMARK_TEST_WEBDRIVER is not set: .ci/run starts chromedriver (.ci/services.sh)"
-            )
-        }
-        _ => {
-            eprintln!("NOT RUN: WAYMARK_TEST_WEBDRIVER is not set (source .ci/services.sh)");
-            None
-        }
-    }
-}
-
 fn artifacts() -> PathBuf {
-    let dir = std::env::var_os("WAYMARK_TEST_ARTIFACTS").map_or_else(
-        || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("page"),
-        PathBuf::from,
-    );
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    browser::artifacts(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("page"))
 }
 
 async fn setup() -> Option<(Setup, Client)> {
-    let driver = webdriver()?;
+    let driver = browser::webdriver()?;
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     std::fs::write(
@@ -186,22 +165,7 @@ async fn setup() -> Option<(Setup, Client)> {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let e: Arc<dyn Executor> = exec.clone();
     tokio::spawn(async move { waymark_serve::serve(config, e, listener).await.unwrap() });
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-            "--disable-gpu", "--window-size=1200,900"]}),
-    );
-    // Two TLS back ends are linked (the WebDriver client's and reqwest's): pick one.
-    // It is never used (chromedriver is plain HTTP on loopback), so ring will do.
-    #[allow(deprecated)]
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let browser = ClientBuilder::rustls()
-        .unwrap()
-        .capabilities(caps)
-        .connect(&driver)
-        .await
-        .unwrap_or_else(|e| panic!("starting Chromium through {driver}: {e}"));
+    let browser = browser::connect(&driver).await;
     let s = Setup {
         base,
         http: reqwest::Client::new(),
@@ -268,64 +232,8 @@ impl Setup {
     }
 }
 
-/// Signs in at `base` (the service, or a proxy in front of it).
-async fn sign_in_at(b: &Client, base: &str, token: &str, hash: &str) {
-    b.goto(&format!("{base}/{hash}")).await.unwrap();
-    let input = b.wait().for_element(Locator::Id("token")).await.unwrap();
-    // Shown by the script once it found no token in this tab.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !input.is_displayed().await.unwrap() {
-        if Instant::now() > deadline {
-            let state = b
-                .execute(
-                    "let err = null; try { route(); } catch (e) { err = String(e) } return [err, token, document.getElementById('login').hidden, document.readyState, \
-                     typeof route, document.documentElement.outerHTML.slice(0, 300)]",
-                    vec![],
-                )
-                .await;
-            panic!("the sign-in form never showed: {state:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    input.send_keys(token).await.unwrap();
-    b.find(Locator::Id("login-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-}
-
-/// Waits until the text of the first element at `css` satisfies `ok`; that text.
-async fn wait_text(b: &Client, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = String::new();
-    loop {
-        if let Ok(e) = b.find(Locator::Css(css)).await
-            && let Ok(t) = e.text().await
-        {
-            if ok(&t) {
-                return t;
-            }
-            last = t;
-        }
-        if Instant::now() > deadline {
-            let page = b
-                .execute(
-                    "return [location.href, document.getElementById('status').textContent, \
-                     document.getElementById('view').innerHTML.slice(0, 400)]",
-                    vec![],
-                )
-                .await;
-            panic!("{css}: never {what} (last: {last:?}; page: {page:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn screenshot(b: &Client, name: &str) {
-    let png = b.screenshot().await.unwrap();
-    std::fs::write(artifacts().join(format!("{name}.png")), png).unwrap();
+    browser::screenshot(b, &artifacts(), name).await;
 }
 
 fn rev(c: char, n: u32) -> String {

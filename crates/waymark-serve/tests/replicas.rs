@@ -7,7 +7,11 @@
 //! unless `WAYMARK_REPLICA_DIR` is set) serving with an executor scripted through files:
 //! a job of revision `b…` builds until `DIR/release-REV` exists, `a…` reaches
 //! activation and waits the same way; every run is appended to `DIR/ran` as `JOB
-//! REPLICA`.
+//! REPLICA start` when it starts and `JOB REPLICA end` when it returns.
+//!
+//! A replica cut off from the database (its role refused logins, its connections ended)
+//! stops its job before its lease runs out, so the replica that takes the job over never
+//! runs it at the same time; back, it claims under a new name.
 
 mod backends;
 
@@ -44,7 +48,8 @@ impl Executor for FileScripted {
             .append(true)
             .open(self.dir.join("ran"))
             .unwrap();
-        writeln!(ran, "{} {}", spec.job, self.name).unwrap();
+        writeln!(ran, "{} {} start", spec.job, self.name).unwrap();
+        let end = || writeln!(&ran, "{} {} end", spec.job, self.name).unwrap();
         let host = spec.hosts[0].clone();
         progress.log(&format!(
             "job {} for {} on {}",
@@ -57,6 +62,7 @@ impl Executor for FileScripted {
         let release = self.dir.join(format!("release-{}", spec.rev));
         while !release.exists() {
             if cancel.reason().is_some() {
+                end();
                 return RunOutcome {
                     result: "failed".into(),
                     message: Some("cancelled".into()),
@@ -64,6 +70,7 @@ impl Executor for FileScripted {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        end();
         RunOutcome {
             result: "deployed".into(),
             message: None,
@@ -153,6 +160,11 @@ impl Cluster {
     }
 
     async fn add(&mut self, name: &str) {
+        let url = self.url.clone();
+        self.add_as(name, &url).await;
+    }
+
+    async fn add_as(&mut self, name: &str, url: &str) {
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -162,7 +174,7 @@ impl Cluster {
             ])
             .env("WAYMARK_REPLICA_DIR", self.dir.path())
             .env("WAYMARK_REPLICA_NAME", name)
-            .env("WAYMARK_REPLICA_DATABASE", &self.url)
+            .env("WAYMARK_REPLICA_DATABASE", url)
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -266,12 +278,21 @@ impl Cluster {
 
     /// Every run so far: (job, replica).
     fn ran(&self) -> Vec<(i64, String)> {
+        self.runs()
+            .into_iter()
+            .filter(|(_, _, what)| what == "start")
+            .map(|(j, r, _)| (j, r))
+            .collect()
+    }
+
+    /// Every start and end of a run so far, in order: (job, replica, "start" | "end").
+    fn runs(&self) -> Vec<(i64, String, String)> {
         std::fs::read_to_string(self.dir.path().join("ran"))
             .unwrap_or_default()
             .lines()
             .map(|l| {
-                let (j, r) = l.split_once(' ').unwrap();
-                (j.parse().unwrap(), r.to_owned())
+                let f: Vec<&str> = l.split(' ').collect();
+                (f[0].parse().unwrap(), f[1].to_owned(), f[2].to_owned())
             })
             .collect()
     }
@@ -440,5 +461,105 @@ async fn a_killed_replica_is_taken_over() {
     c.wait_job(&survivor, building, "succeeded", |j| {
         j["state"] == "succeeded"
     })
+    .await;
+}
+
+/// Runs `sql` on the test server as its admin.
+async fn admin(sql: String) {
+    tokio::task::spawn_blocking(move || {
+        let url = backends::server().unwrap();
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.batch_execute(&sql).unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_the_database_stops_its_job_before_another_takes_it_over() {
+    let Some(mut c) = Cluster::start(0).await else {
+        return;
+    };
+    // The replica to cut off logs in as a role of its own.
+    let role = format!(
+        "cut_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let db = c
+        .url
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    admin(format!("CREATE ROLE {role} LOGIN SUPERUSER")).await;
+    let cut_url = c.url.replacen("://waymark@", &format!("://{role}@"), 1);
+    assert_ne!(
+        cut_url, c.url,
+        "the test server's user is not waymark: {}",
+        c.url
+    );
+    c.add_as("cut", &cut_url).await;
+    let cut = c.base("cut").to_owned();
+    c.deployment(&cut, "build").await;
+    let id = c.submit(&cut, "build", &rev('b', 1)).await;
+    c.wait_job(&cut, id, "running", |j| j["state"] == "running")
+        .await;
+    c.add("other").await;
+    let other = c.base("other").to_owned();
+
+    // Cut off: no new connection, and the open ones ended.
+    let cut_at = Instant::now();
+    admin(format!(
+        "ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE usename = '{role}' AND datname = '{db}'"
+    ))
+    .await;
+    // The other replica takes the job over once the lease ran out, and runs it.
+    c.wait_job(&other, id, "run again", |_| {
+        c.ran().iter().filter(|(j, _)| *j == id).count() == 2
+    })
+    .await;
+    let runs = c.runs();
+    let pos = |r: &str, what: &str| {
+        runs.iter()
+            .position(|(j, name, w)| *j == id && name == r && w == what)
+            .unwrap_or_else(|| panic!("no {what} of job {id} on {r}: {runs:?}"))
+    };
+    assert!(
+        pos("cut", "end") < pos("other", "start"),
+        "the job ran on both replicas at once: {runs:?}"
+    );
+    assert!(
+        cut_at.elapsed() >= Duration::from_secs(5),
+        "taken over before the lease could run out"
+    );
+
+    // Back: the job stays the other replica's, and ends there.
+    admin(format!("ALTER ROLE {role} LOGIN")).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    c.release(&rev('b', 1));
+    let j = c
+        .wait_job(&other, id, "succeeded", |j| j["state"] == "succeeded")
+        .await;
+    assert_eq!(j["result"], "deployed", "{j}");
+    assert_eq!(c.ran().iter().filter(|(j, _)| *j == id).count(), 2);
+    // It claims again: a job for it alone (the other one gone).
+    c.kill("other");
+    c.deployment(&cut, "later").await;
+    let later = c.submit(&cut, "later", &rev('c', 2)).await;
+    c.release(&rev('c', 2));
+    c.wait_job(
+        &cut,
+        later,
+        "succeeded on the replica that was cut off",
+        |j| j["state"] == "succeeded",
+    )
     .await;
 }

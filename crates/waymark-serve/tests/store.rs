@@ -99,7 +99,7 @@ fn claims_take_the_highest_class_then_share_between_tenants_and_respect_hosts() 
     assert_eq!(claim(), Some(a3));
     assert_eq!(claim(), Some(c1)); // the low class comes last
     assert_eq!(claim(), None);
-    s.finish(a1, JobState::Succeeded, Some("deployed"), None)
+    s.finish("w", a1, JobState::Succeeded, Some("deployed"), None)
         .unwrap();
     assert_eq!(claim(), Some(b2)); // h1 free again
     let high = {
@@ -122,9 +122,9 @@ fn a_restart_requeues_before_activation_and_reconciles_after() {
     for _ in 0..4 {
         s.claim("w").unwrap().unwrap();
     }
-    s.progress(early, Phase::Building, &json!({}), &json!({}))
+    s.progress("w", early, Phase::Building, &json!({}), &json!({}))
         .unwrap();
-    s.progress(late, Phase::Activating, &json!({}), &json!({}))
+    s.progress("w", late, Phase::Activating, &json!({}), &json!({}))
         .unwrap();
     let newest = submit(&s, "t", "newer", "aaaaaa5", Priority::Normal);
     s.cancel("t", asked, "stop").unwrap();

@@ -116,6 +116,7 @@ fn invariants_hold(open: &Open, _pg: bool) {
             .submit(&new_job("acme", "blog", "ccccccc", Mode::Replace))
             .unwrap(),
     );
+    store.heartbeat("w1").unwrap();
     let claimed = store.claim("w1").unwrap().unwrap();
     assert_eq!(claimed.id, second);
     assert_eq!(
@@ -147,7 +148,7 @@ fn invariants_hold(open: &Open, _pg: bool) {
         JobState::Superseded
     );
     store
-        .finish(second, JobState::Succeeded, Some("deployed"), None)
+        .finish("w1", second, JobState::Succeeded, Some("deployed"), None)
         .unwrap();
     let d = store.deployment("acme", "shop").unwrap().unwrap();
     assert_eq!(d.applied_rev.as_deref(), Some("bbbbbbb"));
@@ -200,6 +201,7 @@ fn concurrent_claims_run_each_job_once(open: &Open, pg: bool) {
             std::thread::spawn(move || {
                 let mut mine = Vec::new();
                 let mut idle = 0;
+                store.heartbeat(&format!("w{w}")).unwrap();
                 while idle < 50 {
                     let Some(job) = store.claim(&format!("w{w}")).unwrap() else {
                         idle += 1;
@@ -217,7 +219,13 @@ fn concurrent_claims_run_each_job_once(open: &Open, pg: bool) {
                         running_hosts.lock().unwrap().remove(h);
                     }
                     store
-                        .finish(job.id, JobState::Succeeded, Some("deployed"), None)
+                        .finish(
+                            &format!("w{w}"),
+                            job.id,
+                            JobState::Succeeded,
+                            Some("deployed"),
+                            None,
+                        )
                         .unwrap();
                     mine.push(job.id);
                 }
@@ -297,10 +305,16 @@ fn postgres_expired_leases_are_taken_over() {
     let building = a.claim("dead").unwrap().unwrap();
     let activating = a.claim("dead").unwrap().unwrap();
     let live = b.claim("alive").unwrap().unwrap();
-    a.progress(building.id, Phase::Building, &json!({}), &json!({}))
+    a.progress("dead", building.id, Phase::Building, &json!({}), &json!({}))
         .unwrap();
-    a.progress(activating.id, Phase::Activating, &json!({}), &json!({}))
-        .unwrap();
+    a.progress(
+        "dead",
+        activating.id,
+        Phase::Activating,
+        &json!({}),
+        &json!({}),
+    )
+    .unwrap();
     // A restarting replica's recover takes nothing while the leases hold.
     assert!(b.recover().unwrap().is_empty());
     // The dead worker's lease runs out (moved back rather than waited for).
@@ -336,6 +350,63 @@ fn postgres_expired_leases_are_taken_over() {
     let again = b.claim("alive").unwrap().unwrap();
     assert_eq!(again.id, building.id);
     assert_eq!(b.claim("alive").unwrap(), None);
+    // The worker that lost its lease, back: its late progress and ends change nothing
+    // (not the run that took its job over, not the reconciled job, not their host locks).
+    a.progress(
+        "dead",
+        building.id,
+        Phase::Activating,
+        &json!({"stale": 1}),
+        &json!({}),
+    )
+    .unwrap();
+    a.finish(
+        "dead",
+        building.id,
+        JobState::Failed,
+        Some("failed"),
+        Some("stale"),
+    )
+    .unwrap();
+    a.finish(
+        "dead",
+        activating.id,
+        JobState::Succeeded,
+        Some("deployed"),
+        None,
+    )
+    .unwrap();
+    let j = b.job("acme", building.id).unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.phase, j.counters),
+        (JobState::Running, Phase::Evaluating, json!({}))
+    );
+    assert_eq!(
+        b.job("acme", activating.id).unwrap().unwrap().state,
+        JobState::NeedsReconcile
+    );
+    deployment(&a, "acme", "other", &["h1"]);
+    a.submit(&new_job("acme", "other", "bbbbbbb", Mode::Replace))
+        .unwrap();
+    b.heartbeat("alive").unwrap();
+    assert_eq!(
+        b.claim("alive").unwrap(),
+        None,
+        "h1 is still the takeover's"
+    );
+    // And it claims nothing until its lease is renewed.
+    assert_eq!(a.claim("dead").unwrap(), None);
+    b.finish(
+        "alive",
+        building.id,
+        JobState::Succeeded,
+        Some("deployed"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(a.claim("dead").unwrap(), None, "no lease");
+    a.heartbeat("dead").unwrap();
+    assert!(a.claim("dead").unwrap().is_some());
 }
 
 /// PostgreSQL only: a second queued job for one deployment is refused by the database
@@ -365,6 +436,7 @@ fn postgres_the_database_enforces_the_invariants() {
         err.as_db_error().and_then(|e| e.constraint()),
         Some("jobs_one_queued")
     );
+    store.heartbeat("w").unwrap();
     store.claim("w").unwrap().unwrap();
     let lock = c.execute(
         "INSERT INTO host_locks (host, job_id) VALUES ('web1', $1)",

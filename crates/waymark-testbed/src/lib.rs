@@ -18,6 +18,8 @@
 //! # Ok::<(), waymark_testbed::Error>(())
 //! ```
 
+#[cfg(feature = "browser")]
+pub mod browser;
 mod cmd;
 mod error;
 pub mod fixtures;

@@ -13,6 +13,7 @@ mod test_engine;
 mod test_fleet;
 mod test_hostile;
 mod test_known_good;
+mod test_page;
 mod test_release;
 mod test_serve;
 mod test_sim_fleet;

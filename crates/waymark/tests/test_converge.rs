@@ -537,3 +537,57 @@ fn bad_input_is_one_line_and_exit_2() {
     assert!(r.stderr.contains("invalid target name"), "{}", r.stderr);
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
 }
+
+/// A release commit is evaluated once: the watcher's evaluation (which finds the
+/// closure the host should run) is the one its deploy uses.
+#[test]
+fn a_release_commit_is_evaluated_once_for_its_watch_and_its_deploy() {
+    let mut lab = TestLab::new(&["web1"]);
+    let g1 = lab.g(1).clone();
+    let rev = lab.flake.set_generation("web1", "g1").unwrap();
+    release(&lab, "web1", &rev);
+    // A `nix` first on PATH that notes every evaluation, then runs the real one.
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("evaluations");
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v nix"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let wrapper = bin.path().join("nix");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" eval \"*) echo \"$*\" >>'{}' ;; esac\nexec '{}' \"$@\"\n",
+            log.display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut cmd = converge_command(&lab, &["--once"]);
+    cmd.env(
+        "PATH",
+        format!(
+            "{}:{}",
+            bin.path().display(),
+            std::env::var("PATH").unwrap()
+        ),
+    );
+    let r = run(cmd);
+    assert_eq!(r.code, 2, "changed something: {}", explain(&r));
+    assert_eq!(lab.system("web1").0, g1);
+    let evaluations = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        evaluations.lines().filter(|l| l.contains(&rev)).count(),
+        1,
+        "{evaluations}"
+    );
+}

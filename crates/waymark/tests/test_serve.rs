@@ -16,19 +16,19 @@ use serde_json::{Value, json};
 
 use crate::test_deploy::TestLab;
 
-const WAYMARK: &str = env!("CARGO_BIN_EXE_waymark");
-const TOKEN: &str = "test-token";
+pub const WAYMARK: &str = env!("CARGO_BIN_EXE_waymark");
+pub const TOKEN: &str = "test-token";
 
-struct Serve {
+pub struct Serve {
     child: Child,
-    base: String,
-    stderr: Arc<Mutex<String>>,
+    pub base: String,
+    pub stderr: Arc<Mutex<String>>,
     client: reqwest::blocking::Client,
 }
 
 impl Serve {
     /// Starts `cmd serve …` on a free port of loopback; waits for its address.
-    fn start(mut cmd: Command, state: &Path, workers: u32) -> Self {
+    pub fn start(mut cmd: Command, state: &Path, workers: u32) -> Self {
         let tokens = state.with_extension("tokens");
         std::fs::write(
             &tokens,
@@ -79,7 +79,7 @@ impl Serve {
         self.child.wait().unwrap();
     }
 
-    fn call(
+    pub fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -102,11 +102,11 @@ impl Serve {
         Ok((status, body))
     }
 
-    fn get(&self, path: &str) -> Value {
+    pub fn get(&self, path: &str) -> Value {
         self.call(reqwest::Method::GET, path, None, None).unwrap().1
     }
 
-    fn wait_job(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_job(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_mins(5);
         loop {
             let j = self.get(&format!("/v1/jobs/{id}"));

@@ -2,15 +2,16 @@
 
 use std::collections::{HashMap, HashSet};
 
-use postgres::Transaction;
 use serde_json::Value;
 
-use super::{corrupt, existing, insert_events, job_by_id, live_jobs, now, state_data, state_event};
+use super::db::Tx;
+use super::{existing, insert_events, job_by_id, live_jobs, now, state_data, state_event};
 use crate::error::Result;
 use crate::model::{self, Candidate, JobKind, Priority, Submit};
+use crate::rows::corrupt;
 use crate::store::{Job, NewJob, Submitted};
 
-pub(super) fn submit(tx: &mut Transaction<'_>, new: &NewJob) -> Result<Submitted> {
+pub(super) fn submit(tx: &mut Tx<'_, '_>, new: &NewJob) -> Result<Submitted> {
     if let Some(key) = &new.idempotency_key {
         let found = tx.query_opt(
             "SELECT id, request_hash FROM jobs WHERE tenant = $1 AND idempotency_key = $2",
@@ -116,7 +117,16 @@ pub(super) fn submit(tx: &mut Transaction<'_>, new: &NewJob) -> Result<Submitted
     Ok(Submitted::Created(job))
 }
 
-pub(super) fn claim(tx: &mut Transaction<'_>, worker: &str) -> Result<Option<Job>> {
+pub(super) fn claim(tx: &mut Tx<'_, '_>, worker: &str) -> Result<Option<Job>> {
+    // Only under a lease with time left (healthy renewals keep 12 s of its 15): a job
+    // claimed without one would be any replica's to take over while it runs.
+    let leased = tx.query_opt(
+        "SELECT 1 FROM workers WHERE id = $1 AND lease_until > now() + interval '5 seconds'",
+        &[&worker],
+    )?;
+    if leased.is_none() {
+        return Ok(None);
+    }
     // Candidates: the oldest queued jobs of each class whose deployment runs nothing,
     // locked so that another replica's claim skips them.
     let rows = tx.query(

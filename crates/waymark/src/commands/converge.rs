@@ -23,7 +23,7 @@ mod hosts;
 mod output;
 mod settings;
 
-use deploy::{Common, Deploys, InProcess, Job};
+use deploy::{Common, Deploys, Evaluated, InProcess, Job};
 use hosts::{Children, HostWatch, Msg, WatchMode};
 use output::{HostView, Output, StateFile, now_ms};
 use settings::host_settings;
@@ -584,13 +584,18 @@ pub fn cmd_converge(global: Global, args: &ConvergeArgs) -> anyhow::Result<ExitS
         let (tx, children) = (tx.clone(), children.clone());
         std::thread::spawn(move || watch.run(&tx, &children));
     }
+    let evaluated = Evaluated::default();
     {
         let (tx, repo, names) = (tx.clone(), repo.clone(), names.clone());
         let interval = args.refs_interval;
-        std::thread::spawn(move || hosts::watch_releases(&tx, &repo, &names, interval));
+        let evaluated = evaluated.clone();
+        std::thread::spawn(move || {
+            hosts::watch_releases(&tx, &repo, &names, interval, &evaluated);
+        });
     }
 
     let deployer: Arc<dyn Deploys> = Arc::new(InProcess {
+        evaluated,
         engine: waymark_deploy::Engine::for_this_program()
             .context("finding this program, to relay nix-daemon connections")?,
         common: Common {

@@ -272,6 +272,7 @@ pub fn cmd_deploy(global: Global, args: &DeployArgs) -> anyhow::Result<ExitStatu
             canary: args.canary.map(usize::from),
         },
         nix_sshopts: std::env::var("NIX_SSHOPTS").unwrap_or_default(),
+        evaluated: None,
     };
     let engine = Engine::for_this_program()
         .context("finding this program, to relay nix-daemon connections")?;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use waymark_converge::Attempt;
 use waymark_deploy::{Cancel, Discard, Engine, HostResult, Request, Selection, Unattended};
@@ -58,10 +58,16 @@ pub struct Common {
     pub nix_sshopts: String,
 }
 
+/// The fleets of the release commits the controller evaluated, by commit: a deploy of
+/// one of them does not evaluate it again.
+pub type Evaluated = Arc<Mutex<BTreeMap<String, Arc<waymark_fleet::Fleet>>>>;
+
 /// The deploy library's engine, in this process.
 pub struct InProcess {
     /// The engine.
     pub engine: Engine,
+    /// What the release watcher evaluated.
+    pub evaluated: Evaluated,
     /// Settings of every run.
     pub common: Common,
     /// Runs under way, by host.
@@ -100,6 +106,16 @@ impl Deploys for InProcess {
         request.state_dir.clone_from(&self.common.state_dir);
         request.nix_sshopts.clone_from(&self.common.nix_sshopts);
         request.fleet.parallel = 1;
+        if job.mark.is_none()
+            && let Some(rev) = &job.rev
+        {
+            request.evaluated = self
+                .evaluated
+                .lock()
+                .expect("not poisoned")
+                .get(rev)
+                .cloned();
+        }
         let cancel = Cancel::new();
         self.running
             .lock()

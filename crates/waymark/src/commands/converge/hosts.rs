@@ -14,7 +14,7 @@ use waymark_converge::protocol::{Line, parse};
 use waymark_converge::{Desired, Facts, POLL_SCRIPT};
 use waymark_deploy::Processes;
 
-use super::deploy::Ended;
+use super::deploy::{Ended, Evaluated};
 
 /// What the loop hears.
 #[derive(Debug)]
@@ -226,15 +226,17 @@ pub fn flake_at(repo: &std::path::Path, rev: &str) -> String {
 
 /// Watches `release/<host>` of every host in `hosts` in the repository at `repo`, every
 /// `interval`; sends each host's desired state when its branch appears, moves or goes.
-/// A commit is evaluated once for every host it concerns.
+/// A commit is evaluated once for every host it concerns, and for its deploys
+/// (`evaluated`).
 pub fn watch_releases(
     tx: &Sender<Msg>,
     repo: &std::path::Path,
     hosts: &[String],
     interval: Duration,
+    evaluated: &Evaluated,
 ) {
     let mut last: BTreeMap<String, Option<String>> = BTreeMap::new();
-    let mut fleets: BTreeMap<String, Result<waymark_fleet::Fleet, String>> = BTreeMap::new();
+    let mut fleets: BTreeMap<String, Result<Arc<waymark_fleet::Fleet>, String>> = BTreeMap::new();
     loop {
         let releases = match waymark_release::Releases::open(repo) {
             Ok(r) => Some(r),
@@ -265,8 +267,20 @@ pub fn watch_releases(
                 None => (Desired::NoRelease, None),
                 Some(rev) => {
                     let fleet = fleets.entry(rev.clone()).or_insert_with(|| {
-                        super::super::fleet::read_fleet(&flake_at(repo, rev), &Processes::default())
-                            .map_err(|e| format!("{e:#}"))
+                        let fleet = super::super::fleet::read_fleet(
+                            &flake_at(repo, rev),
+                            &Processes::default(),
+                        )
+                        .map(Arc::new)
+                        .map_err(|e| format!("{e:#}"));
+                        // Before the desired state is sent: its deploy finds it.
+                        if let Ok(f) = &fleet {
+                            evaluated
+                                .lock()
+                                .expect("not poisoned")
+                                .insert(rev.clone(), f.clone());
+                        }
+                        fleet
                     });
                     match fleet {
                         Ok(f) => match f.hosts.get(host).and_then(|h| h.closure.clone()) {
@@ -302,6 +316,10 @@ pub fn watch_releases(
         }
         // Evaluations are kept for the commits still named.
         fleets.retain(|rev, _| last.values().any(|r| r.as_deref() == Some(rev.as_str())));
+        evaluated
+            .lock()
+            .expect("not poisoned")
+            .retain(|rev, _| fleets.contains_key(rev));
         std::thread::sleep(interval);
     }
 }

@@ -1,0 +1,150 @@
+//! The fleet page on a real deploy: `waymark serve` runs jobs on a simulated host
+//! (docs/testbed.md) and a real headless Chromium follows them (the chromedriver of
+//! `WAYMARK_TEST_WEBDRIVER`, started by .ci/services.sh). A deploy whose switch test fails
+//! on the target is followed live to its end, and the fleet then shows the host restored:
+//! running its known-good closure, as verified on it, with no drift. Screenshots go to
+//! `WAYMARK_TEST_ARTIFACTS` (else the target's tmp/page).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use waymark_testbed::browser::{self, Locator, attr, sign_in_at, wait_text, wait_text_for};
+
+use crate::test_deploy::TestLab;
+use crate::test_serve::{Serve, TOKEN, WAYMARK};
+
+fn submit(serve: &Serve, rev: &str) -> i64 {
+    let (status, job) = serve
+        .call(
+            reqwest::Method::POST,
+            "/v1/deployments/site/jobs",
+            Some(json!({ "rev": rev })),
+            None,
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{job}");
+    job["id"].as_i64().unwrap()
+}
+
+fn finished(serve: &Serve, id: i64) -> Value {
+    serve.wait_job(id, "finished", |j| j["finished_at"].is_string())
+}
+
+#[test]
+fn a_real_deploy_failing_its_switch_test_shows_the_host_restored_on_the_page() {
+    let Some(driver) = browser::webdriver() else {
+        return;
+    };
+    let mut lab = TestLab::new(&["web1"]);
+    let g1 = lab.g(1).clone();
+    let state = lab.lab.state_dir().with_file_name("serve-state");
+    let mut cmd = lab.fleet.deployer_command(Path::new(WAYMARK)).unwrap();
+    cmd.env("WAYMARK_REMOTE_COMMAND", lab.remote_waymark())
+        .env("WAYMARK_STATE_DIR", lab.state_dir())
+        .env_remove("WAYMARK_FAULT");
+    let serve = Serve::start(cmd, &state, 2);
+    let flake = lab.flake.dir().display().to_string();
+    let (status, d) = serve
+        .call(
+            reqwest::Method::PUT,
+            "/v1/deployments/site",
+            Some(json!({"flake": flake, "hosts": ["web1"]})),
+            None,
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{d}");
+    let explain = |j: &Value| format!("{j}\n{}", serve.stderr.lock().unwrap());
+
+    // g1 deploys and is marked known-good.
+    let good = submit(&serve, &lab.flake.set_generation("web1", "g1").unwrap());
+    let j = finished(&serve, good);
+    assert_eq!(j["result"], "deployed", "{}", explain(&j));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let shots = browser::artifacts(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("page"));
+    let b = rt.block_on(browser::connect(&driver));
+    rt.block_on(async {
+        sign_in_at(&b, &serve.base, TOKEN, "#/").await;
+        wait_text(&b, "tr[data-host='web1'] .last-deploy", "deployed", |t| {
+            t.contains(&format!("job {good}")) && t.contains("succeeded")
+        })
+        .await;
+    });
+
+    // g2's switch test fails on the target (planted in its closure). The job's page,
+    // open while it runs, follows it to its end.
+    let bad = submit(&serve, &lab.flake.set_generation("web1", "g2").unwrap());
+    rt.block_on(async {
+        b.goto(&format!("{}/#/job/{bad}", serve.base))
+            .await
+            .unwrap();
+        let limit = Duration::from_mins(3);
+        wait_text_for(&b, "#job-state-word", "failed", limit, |t| t == "failed").await;
+        let result = wait_text(
+            &b,
+            "#job-hosts tr[data-host='web1'] .host-result",
+            "restored",
+            |t| !t.is_empty(),
+        )
+        .await;
+        assert_eq!(result, "failed at test, restored");
+        let row = b
+            .find(Locator::Css("#job-hosts tr[data-host='web1']"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(row.contains("switch-to-configuration test failed"), "{row}");
+        browser::screenshot(&b, &shots, "lab-job-switch-test-failed").await;
+    });
+    let j = finished(&serve, bad);
+    assert_eq!(
+        (j["state"].as_str(), j["hosts"]["web1"]["reached"].as_str()),
+        (Some("failed"), Some("test")),
+        "{}",
+        explain(&j)
+    );
+    // What the page is about to say, checked on the host itself.
+    assert_eq!(lab.system("web1"), (g1.clone(), g1.clone(), g1.clone()));
+
+    // The fleet: the last deploy failed and restored, the host runs g1 (as verified on
+    // it after the restore), g1 is its known-good closure, no drift.
+    rt.block_on(async {
+        b.goto(&format!("{}/#/", serve.base)).await.unwrap();
+        let cell = "tr[data-host='web1'] .last-deploy";
+        let t = wait_text(&b, cell, "restored", |t| t.contains(&format!("job {bad}"))).await;
+        assert!(
+            t.contains("failed — restored (runs what it ran before)"),
+            "{t}"
+        );
+        let running = attr(
+            &b,
+            "tr[data-host='web1'] td[data-label='Running'] code",
+            "title",
+        )
+        .await;
+        let known = attr(
+            &b,
+            "tr[data-host='web1'] td[data-label='Known-good'] code",
+            "title",
+        )
+        .await;
+        assert_eq!(running.as_deref(), Some(g1.as_str()));
+        assert_eq!(known.as_deref(), Some(g1.as_str()));
+        let row = b
+            .find(Locator::Css("tr[data-host='web1']"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(row.contains("no drift"), "{row}");
+        browser::screenshot(&b, &shots, "lab-fleet-restored").await;
+        b.close().await.unwrap();
+    });
+}
