@@ -344,13 +344,7 @@ async fn the_fleet_shows_a_failed_switch_test_restored_and_a_reload_resumes_a_jo
     .await;
     assert!(t.contains("failed"), "{t}");
     assert!(t.contains("nginx 1.24 → 1.25"), "{t}");
-    let row = b
-        .find(Locator::Css("tr[data-host='web1']"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let row = browser::text(&b, "tr[data-host='web1']").await;
     assert!(row.contains("no drift"), "{row}");
     screenshot(&b, "fleet-restored").await;
 

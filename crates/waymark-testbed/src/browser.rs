@@ -123,6 +123,16 @@ pub async fn wait_text(b: &Client, css: &str, what: &str, ok: impl Fn(&str) -> b
     wait_text_for(b, css, what, Duration::from_secs(30), ok).await
 }
 
+/// The text of the first element at `css` (which must be there).
+pub async fn text(b: &Client, css: &str) -> String {
+    b.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The value of `attr` on the first element at `css`.
 pub async fn attr(b: &Client, css: &str, attr: &str) -> Option<String> {
     b.find(Locator::Css(css))

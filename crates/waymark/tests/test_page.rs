@@ -5,14 +5,14 @@
 //! running its known-good closure, as verified on it, with no drift. Screenshots go to
 //! `WAYMARK_TEST_ARTIFACTS` (else the target's tmp/page).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use waymark_testbed::browser::{self, Locator, attr, sign_in_at, wait_text, wait_text_for};
+use waymark_testbed::browser::{self, attr, sign_in_at, wait_text, wait_text_for};
 
 use crate::test_deploy::TestLab;
-use crate::test_serve::{Serve, TOKEN, WAYMARK};
+use crate::test_serve::{Serve, TOKEN, lab_serve_command};
 
 fn submit(serve: &Serve, rev: &str) -> i64 {
     let (status, job) = serve
@@ -39,11 +39,7 @@ fn a_real_deploy_failing_its_switch_test_shows_the_host_restored_on_the_page() {
     let mut lab = TestLab::new(&["web1"]);
     let g1 = lab.g(1).clone();
     let state = lab.lab.state_dir().with_file_name("serve-state");
-    let mut cmd = lab.fleet.deployer_command(Path::new(WAYMARK)).unwrap();
-    cmd.env("WAYMARK_REMOTE_COMMAND", lab.remote_waymark())
-        .env("WAYMARK_STATE_DIR", lab.state_dir())
-        .env_remove("WAYMARK_FAULT");
-    let serve = Serve::start(cmd, &state, 2);
+    let serve = Serve::start(lab_serve_command(&lab, None), &state, 2);
     let flake = lab.flake.dir().display().to_string();
     let (status, d) = serve
         .call(
@@ -92,13 +88,7 @@ fn a_real_deploy_failing_its_switch_test_shows_the_host_restored_on_the_page() {
         )
         .await;
         assert_eq!(result, "failed at test, restored");
-        let row = b
-            .find(Locator::Css("#job-hosts tr[data-host='web1']"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let row = browser::text(&b, "#job-hosts tr[data-host='web1']").await;
         assert!(row.contains("switch-to-configuration test failed"), "{row}");
         browser::screenshot(&b, &shots, "lab-job-switch-test-failed").await;
     });
@@ -136,13 +126,7 @@ fn a_real_deploy_failing_its_switch_test_shows_the_host_restored_on_the_page() {
         .await;
         assert_eq!(running.as_deref(), Some(g1.as_str()));
         assert_eq!(known.as_deref(), Some(g1.as_str()));
-        let row = b
-            .find(Locator::Css("tr[data-host='web1']"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let row = browser::text(&b, "tr[data-host='web1']").await;
         assert!(row.contains("no drift"), "{row}");
         browser::screenshot(&b, &shots, "lab-fleet-restored").await;
         b.close().await.unwrap();

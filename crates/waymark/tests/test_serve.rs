@@ -130,6 +130,19 @@ impl Drop for Serve {
     }
 }
 
+/// `waymark serve` (arguments to follow) in the lab's deployer, deploying to its hosts;
+/// with the fault `fault` injected, if any.
+pub fn lab_serve_command(lab: &TestLab, fault: Option<&str>) -> Command {
+    let mut cmd = lab.fleet.deployer_command(Path::new(WAYMARK)).unwrap();
+    cmd.env("WAYMARK_REMOTE_COMMAND", lab.remote_waymark())
+        .env("WAYMARK_STATE_DIR", lab.state_dir())
+        .env_remove("WAYMARK_FAULT");
+    if let Some(f) = fault {
+        cmd.env("WAYMARK_FAULT", f);
+    }
+    cmd
+}
+
 fn rev(n: usize) -> String {
     format!("{n:040x}")
 }
@@ -245,18 +258,12 @@ fn jobs_deploy_for_real_skip_when_unchanged_and_survive_kill_9() {
     let mut lab = TestLab::new(&["web1"]);
     let (g0, g1) = (lab.g(0).clone(), lab.g(1).clone());
     let state = lab.lab.state_dir().with_file_name("serve-state");
-    let serve_cmd = |lab: &TestLab, fault: Option<&str>| {
-        let mut cmd = lab.fleet.deployer_command(Path::new(WAYMARK)).unwrap();
-        cmd.env("WAYMARK_REMOTE_COMMAND", lab.remote_waymark())
-            .env("WAYMARK_STATE_DIR", lab.state_dir())
-            .env_remove("WAYMARK_FAULT");
-        if let Some(f) = fault {
-            cmd.env("WAYMARK_FAULT", f);
-        }
-        cmd
-    };
     // Every confirmation waits a few seconds: a window to kill the service in.
-    let mut serve = Serve::start(serve_cmd(&lab, Some("pause-before-confirm")), &state, 2);
+    let mut serve = Serve::start(
+        lab_serve_command(&lab, Some("pause-before-confirm")),
+        &state,
+        2,
+    );
     let flake = lab.flake.dir().display().to_string();
     let (status, d) = serve
         .call(
@@ -340,7 +347,7 @@ fn jobs_deploy_for_real_skip_when_unchanged_and_survive_kill_9() {
     });
     assert_eq!(serve.get(&format!("/v1/jobs/{id}"))["phase"], "activating");
     serve.kill9();
-    let serve = Serve::start(serve_cmd(&lab, None), &state, 2);
+    let serve = Serve::start(lab_serve_command(&lab, None), &state, 2);
     let j = serve.get(&format!("/v1/jobs/{id}"));
     assert_eq!(j["state"], "needs-reconcile", "{j}");
     assert!(
@@ -386,11 +393,7 @@ fn configuration_documents_decide_and_teardown_forgets_only_after_success() {
     let (g0, g1) = (lab.g(0).clone(), lab.g(1).clone());
     let state = lab.lab.state_dir().with_file_name("serve-state");
     let rev_a = lab.flake.add_config_input("panel").unwrap();
-    let mut cmd = lab.fleet.deployer_command(Path::new(WAYMARK)).unwrap();
-    cmd.env("WAYMARK_REMOTE_COMMAND", lab.remote_waymark())
-        .env("WAYMARK_STATE_DIR", lab.state_dir())
-        .env_remove("WAYMARK_FAULT");
-    let serve = Serve::start(cmd, &state, 2);
+    let serve = Serve::start(lab_serve_command(&lab, None), &state, 2);
     let flake = lab.flake.dir().display().to_string();
     let (status, d) = serve
         .call(
