@@ -14,23 +14,6 @@ use waymark_testbed::browser::{self, attr, sign_in_at, wait_text, wait_text_for}
 use crate::test_deploy::TestLab;
 use crate::test_serve::{Serve, TOKEN, lab_serve_command};
 
-fn submit(serve: &Serve, rev: &str) -> i64 {
-    let (status, job) = serve
-        .call(
-            reqwest::Method::POST,
-            "/v1/deployments/site/jobs",
-            Some(json!({ "rev": rev })),
-            None,
-        )
-        .unwrap();
-    assert_eq!(status, 201, "{job}");
-    job["id"].as_i64().unwrap()
-}
-
-fn finished(serve: &Serve, id: i64) -> Value {
-    serve.wait_job(id, "finished", |j| j["finished_at"].is_string())
-}
-
 #[test]
 fn a_real_deploy_failing_its_switch_test_shows_the_host_restored_on_the_page() {
     let Some(driver) = browser::webdriver() else {
@@ -40,21 +23,12 @@ fn a_real_deploy_failing_its_switch_test_shows_the_host_restored_on_the_page() {
     let g1 = lab.g(1).clone();
     let state = lab.lab.state_dir().with_file_name("serve-state");
     let serve = Serve::start(lab_serve_command(&lab, None), &state, 2);
-    let flake = lab.flake.dir().display().to_string();
-    let (status, d) = serve
-        .call(
-            reqwest::Method::PUT,
-            "/v1/deployments/site",
-            Some(json!({"flake": flake, "hosts": ["web1"]})),
-            None,
-        )
-        .unwrap();
-    assert_eq!(status, 200, "{d}");
+    serve.site(&lab, json!({"hosts": ["web1"]}));
     let explain = |j: &Value| format!("{j}\n{}", serve.stderr.lock().unwrap());
 
     // g1 deploys and is marked known-good.
-    let good = submit(&serve, &lab.flake.set_generation("web1", "g1").unwrap());
-    let j = finished(&serve, good);
+    let good = serve.submit(&lab.flake.set_generation("web1", "g1").unwrap());
+    let j = serve.finished(good);
     assert_eq!(j["result"], "deployed", "{}", explain(&j));
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -73,7 +47,7 @@ fn a_real_deploy_failing_its_switch_test_shows_the_host_restored_on_the_page() {
 
     // g2's switch test fails on the target (planted in its closure). The job's page,
     // open while it runs, follows it to its end.
-    let bad = submit(&serve, &lab.flake.set_generation("web1", "g2").unwrap());
+    let bad = serve.submit(&lab.flake.set_generation("web1", "g2").unwrap());
     rt.block_on(async {
         b.goto(&format!("{}/#/job/{bad}", serve.base))
             .await
@@ -92,7 +66,7 @@ fn a_real_deploy_failing_its_switch_test_shows_the_host_restored_on_the_page() {
         assert!(row.contains("switch-to-configuration test failed"), "{row}");
         browser::screenshot(&b, &shots, "lab-job-switch-test-failed").await;
     });
-    let j = finished(&serve, bad);
+    let j = serve.finished(bad);
     assert_eq!(
         (j["state"].as_str(), j["hosts"]["web1"]["reached"].as_str()),
         (Some("failed"), Some("test")),

@@ -106,6 +106,39 @@ impl Serve {
         self.call(reqwest::Method::GET, path, None, None).unwrap().1
     }
 
+    /// Creates the deployment `site` of the lab's flake with `settings` (the flake added).
+    pub fn site(&self, lab: &TestLab, mut settings: Value) {
+        settings["flake"] = json!(lab.flake.dir().display().to_string());
+        let (status, d) = self
+            .call(
+                reqwest::Method::PUT,
+                "/v1/deployments/site",
+                Some(settings),
+                None,
+            )
+            .unwrap();
+        assert_eq!(status, 200, "{d}");
+    }
+
+    /// Submits a job of `site` at `rev`; its id.
+    pub fn submit(&self, rev: &str) -> i64 {
+        let (status, job) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/deployments/site/jobs",
+                Some(json!({ "rev": rev })),
+                None,
+            )
+            .unwrap();
+        assert_eq!(status, 201, "{job}");
+        job["id"].as_i64().unwrap()
+    }
+
+    /// The job once it finished.
+    pub fn finished(&self, id: i64) -> Value {
+        self.wait_job(id, "finished", |j| j["finished_at"].is_string())
+    }
+
     pub fn wait_job(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_mins(5);
         loop {
@@ -264,16 +297,7 @@ fn jobs_deploy_for_real_skip_when_unchanged_and_survive_kill_9() {
         &state,
         2,
     );
-    let flake = lab.flake.dir().display().to_string();
-    let (status, d) = serve
-        .call(
-            reqwest::Method::PUT,
-            "/v1/deployments/site",
-            Some(json!({"flake": flake, "hosts": ["web1"]})),
-            None,
-        )
-        .unwrap();
-    assert_eq!(status, 200, "{d}");
+    serve.site(&lab, json!({"hosts": ["web1"]}));
     let rev1 = lab.flake.set_generation("web1", "g1").unwrap();
     let (status, job) = serve
         .call(
@@ -394,16 +418,7 @@ fn configuration_documents_decide_and_teardown_forgets_only_after_success() {
     let state = lab.lab.state_dir().with_file_name("serve-state");
     let rev_a = lab.flake.add_config_input("panel").unwrap();
     let serve = Serve::start(lab_serve_command(&lab, None), &state, 2);
-    let flake = lab.flake.dir().display().to_string();
-    let (status, d) = serve
-        .call(
-            reqwest::Method::PUT,
-            "/v1/deployments/site",
-            Some(json!({"flake": flake, "hosts": ["web1"], "config_input": "panel"})),
-            None,
-        )
-        .unwrap();
-    assert_eq!(status, 200, "{d}");
+    serve.site(&lab, json!({"hosts": ["web1"], "config_input": "panel"}));
     let submit = |rev: &str, generation: &str| {
         let (status, job) = serve
             .call(
