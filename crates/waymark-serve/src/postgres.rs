@@ -26,7 +26,6 @@ mod logs;
 mod queue;
 mod schema;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,7 +36,7 @@ use db::{Conn, Db, Tx};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::model::{self, Cause, Existing, JobKind, JobState, Phase, Priority, Recovery};
+use crate::model::{self, Cause, Existing, JobKind, JobState, Phase, Recovery};
 use crate::rows::{self, DEPLOYMENT_COLS, JOB_COLS, corrupt, json_col};
 use crate::store::{
     Cancelled, Deployment, Depth, EventRow, Job, JobFilter, NewJob, Store, Submitted,
@@ -706,44 +705,23 @@ impl Store for Postgres {
 
     fn depth(&self) -> Result<Vec<Depth>> {
         self.with(|c| {
-            let mut out: Vec<Depth> = Priority::ALL
-                .into_iter()
-                .map(|priority| Depth {
-                    priority,
-                    queued: 0,
-                    running: 0,
-                })
-                .collect();
-            for r in c.query(
-                "SELECT priority, state, count(*) FROM jobs WHERE state IN ('queued', 'running') \
-                 GROUP BY priority, state",
-                &[],
-            )? {
-                let p: String = r.try_get(0)?;
-                let state: String = r.try_get(1)?;
-                let n: i64 = r.try_get(2)?;
-                if let Some(d) = out.iter_mut().find(|d| d.priority.as_str() == p) {
-                    if state == "queued" {
-                        d.queued = n;
-                    } else {
-                        d.running = n;
-                    }
-                }
-            }
-            Ok(out)
+            let counted = c
+                .query(rows::DEPTH_QUERY, &[])?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(rows::depth(counted))
         })
     }
 
     fn counts(&self) -> Result<Vec<(JobState, i64)>> {
         self.with(|c| {
-            let mut found = HashMap::new();
-            for r in c.query("SELECT state, count(*) FROM jobs GROUP BY state", &[])? {
-                found.insert(r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?);
-            }
-            Ok(JobState::ALL
-                .into_iter()
-                .map(|s| (s, found.get(s.as_str()).copied().unwrap_or(0)))
-                .collect())
+            let counted = c
+                .query(rows::COUNTS_QUERY, &[])?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(rows::counts(counted))
         })
     }
 }

@@ -5,12 +5,19 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::{JobKind, JobState, Phase, Priority};
-use crate::store::{Deployment, Job};
+use crate::store::{Deployment, Depth, Job};
 
 /// A job's columns (`j` the job, `d` its deployment), in the order [`job`] reads them.
 pub const JOB_COLS: &str = "j.id, j.tenant, d.name, j.kind, j.state, j.phase, j.priority, j.mode, \
     j.rev, j.config, j.source, j.idempotency_key, j.reason, j.result, j.counters, j.hosts, \
     j.superseded_by, j.cancel_requested, j.created_at, j.started_at, j.finished_at";
+
+/// Counts of live jobs by class and state, in the order [`depth`] reads them.
+pub const DEPTH_QUERY: &str = "SELECT priority, state, count(*) FROM jobs \
+    WHERE state IN ('queued', 'running') GROUP BY priority, state";
+
+/// Counts of jobs by state, as [`counts`] reads them.
+pub const COUNTS_QUERY: &str = "SELECT state, count(*) FROM jobs GROUP BY state";
 
 /// A deployment's columns, in the order [`deployment`] reads them.
 pub const DEPLOYMENT_COLS: &str =
@@ -117,4 +124,36 @@ pub fn deployment(row: &impl Columns) -> Result<Deployment> {
         applied_rev: row.opt_text(7)?,
         created_at: row.text(8)?,
     })
+}
+
+/// Queue depth per class, every class listed, from the (priority, state, count) rows of
+/// [`DEPTH_QUERY`].
+pub fn depth(rows: impl IntoIterator<Item = (String, String, i64)>) -> Vec<Depth> {
+    let mut out: Vec<Depth> = Priority::ALL
+        .into_iter()
+        .map(|priority| Depth {
+            priority,
+            queued: 0,
+            running: 0,
+        })
+        .collect();
+    for (priority, state, n) in rows {
+        if let Some(d) = out.iter_mut().find(|d| d.priority.as_str() == priority) {
+            if state == "queued" {
+                d.queued = n;
+            } else {
+                d.running = n;
+            }
+        }
+    }
+    out
+}
+
+/// Jobs per state, every state listed, from the (state, count) rows of [`COUNTS_QUERY`].
+pub fn counts(rows: impl IntoIterator<Item = (String, i64)>) -> Vec<(JobState, i64)> {
+    let found: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+    JobState::ALL
+        .into_iter()
+        .map(|s| (s, found.get(s.as_str()).copied().unwrap_or(0)))
+        .collect()
 }

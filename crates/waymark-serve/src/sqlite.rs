@@ -682,45 +682,19 @@ impl Store for Sqlite {
 
     fn depth(&self) -> Result<Vec<Depth>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT priority, state, count(*) FROM jobs WHERE state IN ('queued', 'running') \
-             GROUP BY priority, state",
-        )?;
-        let mut out: Vec<Depth> = Priority::ALL
-            .into_iter()
-            .map(|priority| Depth {
-                priority,
-                queued: 0,
-                running: 0,
-            })
-            .collect();
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let p: String = r.get(0)?;
-            let state: String = r.get(1)?;
-            let n: i64 = r.get(2)?;
-            if let Some(d) = out.iter_mut().find(|d| d.priority.as_str() == p) {
-                if state == "queued" {
-                    d.queued = n;
-                } else {
-                    d.running = n;
-                }
-            }
-        }
-        Ok(out)
+        let mut stmt = conn.prepare_cached(rows::DEPTH_QUERY)?;
+        let counted = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows::depth(counted))
     }
 
     fn counts(&self) -> Result<Vec<(JobState, i64)>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")?;
-        let mut rows = stmt.query([])?;
-        let mut found = HashMap::new();
-        while let Some(r) = rows.next()? {
-            found.insert(r.get::<_, String>(0)?, r.get::<_, i64>(1)?);
-        }
-        Ok(JobState::ALL
-            .into_iter()
-            .map(|s| (s, found.get(s.as_str()).copied().unwrap_or(0)))
-            .collect())
+        let mut stmt = conn.prepare_cached(rows::COUNTS_QUERY)?;
+        let counted = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows::counts(counted))
     }
 }

@@ -430,7 +430,7 @@ pub fn cmd_converge(global: Global, args: &ConvergeArgs) -> anyhow::Result<ExitS
         write_stdout(&output::table(&file.hosts, &timing, now_ms()))?;
         return Ok(ExitStatus::Success);
     }
-    let Some(repo) = hosts::repo_dir(&args.flake) else {
+    let Some(repo) = waymark_deploy::local_flake_dir(&args.flake) else {
         bail!(
             "--flake {}: not a local checkout; converge reads the release branches of the fleet's git repository (clone it, pass its directory)",
             args.flake

@@ -58,9 +58,9 @@ pub struct Common {
     pub nix_sshopts: String,
 }
 
-/// The fleets of the release commits the controller evaluated, by commit: a deploy of
-/// one of them does not evaluate it again.
-pub type Evaluated = Arc<Mutex<BTreeMap<String, Arc<waymark_fleet::Fleet>>>>;
+/// The release commits the controller evaluated, by commit: the fleet, or why it could
+/// not be read. A deploy of one of them does not evaluate it again.
+pub type Evaluated = Arc<Mutex<BTreeMap<String, Result<Arc<waymark_fleet::Fleet>, String>>>>;
 
 /// The deploy library's engine, in this process.
 pub struct InProcess {
@@ -114,7 +114,7 @@ impl Deploys for InProcess {
                 .lock()
                 .expect("not poisoned")
                 .get(rev)
-                .cloned();
+                .and_then(|f| f.as_ref().ok().cloned());
         }
         let cancel = Cancel::new();
         self.running

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -236,7 +235,6 @@ pub fn watch_releases(
     evaluated: &Evaluated,
 ) {
     let mut last: BTreeMap<String, Option<String>> = BTreeMap::new();
-    let mut fleets: BTreeMap<String, Result<Arc<waymark_fleet::Fleet>, String>> = BTreeMap::new();
     loop {
         let releases = match waymark_release::Releases::open(repo) {
             Ok(r) => Some(r),
@@ -266,23 +264,23 @@ pub fn watch_releases(
             let (desired, reason) = match &rev {
                 None => (Desired::NoRelease, None),
                 Some(rev) => {
-                    let fleet = fleets.entry(rev.clone()).or_insert_with(|| {
+                    let known = evaluated.lock().expect("not poisoned").get(rev).cloned();
+                    // Evaluated without the lock held (a deploy looks its commit up),
+                    // and kept before the desired state is sent: its deploy finds it.
+                    let fleet = known.unwrap_or_else(|| {
                         let fleet = super::super::fleet::read_fleet(
                             &flake_at(repo, rev),
                             &Processes::default(),
                         )
                         .map(Arc::new)
                         .map_err(|e| format!("{e:#}"));
-                        // Before the desired state is sent: its deploy finds it.
-                        if let Ok(f) = &fleet {
-                            evaluated
-                                .lock()
-                                .expect("not poisoned")
-                                .insert(rev.clone(), f.clone());
-                        }
+                        evaluated
+                            .lock()
+                            .expect("not poisoned")
+                            .insert(rev.clone(), fleet.clone());
                         fleet
                     });
-                    match fleet {
+                    match &fleet {
                         Ok(f) => match f.hosts.get(host).and_then(|h| h.closure.clone()) {
                             Some(closure) => (
                                 Desired::Release {
@@ -315,11 +313,10 @@ pub fn watch_releases(
             }
         }
         // Evaluations are kept for the commits still named.
-        fleets.retain(|rev, _| last.values().any(|r| r.as_deref() == Some(rev.as_str())));
         evaluated
             .lock()
             .expect("not poisoned")
-            .retain(|rev, _| fleets.contains_key(rev));
+            .retain(|rev, _| last.values().any(|r| r.as_deref() == Some(rev.as_str())));
         std::thread::sleep(interval);
     }
 }
@@ -361,17 +358,6 @@ pub fn ssh_options() -> Vec<String> {
         .collect()
 }
 
-/// The repository directory of a local flake reference.
-pub fn repo_dir(flake: &str) -> Option<PathBuf> {
-    let r = flake.split('#').next().unwrap_or(flake);
-    let r = r.split('?').next().unwrap_or(r);
-    let path = r
-        .strip_prefix("path:")
-        .or_else(|| r.strip_prefix("git+file://"))
-        .unwrap_or(r);
-    (!path.contains(':')).then(|| PathBuf::from(if path.is_empty() { "." } else { path }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,11 +369,5 @@ mod tests {
             flake_at(std::path::Path::new("/srv/fleet"), "abc"),
             "git+file:///srv/fleet?rev=abc&allRefs=1"
         );
-        assert_eq!(repo_dir("."), Some(PathBuf::from(".")));
-        assert_eq!(
-            repo_dir("git+file:///srv/f?ref=main"),
-            Some(PathBuf::from("/srv/f"))
-        );
-        assert_eq!(repo_dir("github:o/r"), None);
     }
 }
