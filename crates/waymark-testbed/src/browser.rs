@@ -123,24 +123,38 @@ pub async fn wait_text(b: &Client, css: &str, what: &str, ok: impl Fn(&str) -> b
     wait_text_for(b, css, what, Duration::from_secs(30), ok).await
 }
 
-/// The text of the first element at `css` (which must be there).
+/// The text of the first element at `css`, which must be there within 30 s. Read again
+/// when the page re-rendered between finding the element and reading it (the views
+/// re-render on every event of the stream).
 pub async fn text(b: &Client, css: &str) -> String {
-    b.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    settled(b, css, |e| async move { e.text().await }).await
 }
 
-/// The value of `attr` on the first element at `css`.
+/// The value of `attr` on the first element at `css` (read as [`text`] is).
 pub async fn attr(b: &Client, css: &str, attr: &str) -> Option<String> {
-    b.find(Locator::Css(css))
-        .await
-        .ok()?
-        .attr(attr)
-        .await
-        .ok()?
+    settled(b, css, |e| async move { e.attr(attr).await }).await
+}
+
+async fn settled<T, F>(
+    b: &Client,
+    css: &str,
+    read: impl Fn(fantoccini::elements::Element) -> F,
+) -> T
+where
+    F: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = match b.find(Locator::Css(css)).await {
+            Ok(e) => match read(e).await {
+                Ok(v) => return v,
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        assert!(Instant::now() < deadline, "{css}: {last}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Keeps a screenshot of the page as `<dir>/<name>.png`; its path.
